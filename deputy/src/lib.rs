@@ -1,0 +1,355 @@
+//! The home side of a migrated process.
+//!
+//! One controller thread per process does the migration out (freeze, capture,
+//! ship, commit or roll back), then stays as the tracer of the parked
+//! placeholder: it relays signals sent to the home pid, brings the process
+//! back, and ends the placeholder with the process's exit status. A deputy
+//! thread ([`serve`]) serves the forwarded calls.
+
+pub mod serve;
+pub mod sys;
+
+use crossbeam::channel::{self, Receiver, Sender};
+use om_runtime::image::{self, Target};
+use om_runtime::ptrace::Tracee;
+use om_runtime::sys as rsys;
+use om_runtime::transfer;
+use om_runtime::wire::{self, Msg};
+use serve::{Event, Setup, Shared};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Requests from omd to a controller.
+pub enum Ctl {
+    /// Bring the process home; answer when it runs there.
+    ComeHome(Sender<Result<(), String>>),
+}
+
+/// How the controller reports the process's state to omd: (pid, state, where).
+pub type StateFn = Arc<dyn Fn(i32, &str, u32) + Send + Sync>;
+
+/// What a migration needs to know.
+pub struct Plan {
+    pub pid: i32,
+    pub home: u32,
+    pub dest: u32,
+    pub addr: SocketAddr,
+}
+
+/// Signal used to wake the deputy thread out of a blocking call.
+pub fn wake_signal() -> i32 {
+    libc::SIGRTMIN() + 4
+}
+
+/// Run in a dedicated thread: migrate the process, answer `reply`, then
+/// control it until it ends or comes home.
+pub fn migrate_and_control(plan: Plan, reply: Sender<Result<(), String>>, ctl: Receiver<Ctl>, state: StateFn) {
+    let span = tracing::info_span!("migration", pid = plan.pid, to = plan.dest);
+    let _g = span.enter();
+    match migrate_out(&plan) {
+        Ok(away) => {
+            state(plan.pid, "away", plan.dest);
+            let _ = reply.send(Ok(()));
+            away.control(&plan, ctl, &state);
+        }
+        Err(e) => {
+            state(plan.pid, "home", plan.home);
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
+struct Away {
+    link: TcpStream,
+    shared: Arc<Shared>,
+    events: Receiver<Event>,
+    release: Sender<()>,
+    scratch: u64,
+    fds_res: i32,
+}
+
+fn migrate_out(plan: &Plan) -> Result<Away, String> {
+    let pid = plan.pid;
+    if let Some(why) = image::cant_move(pid) {
+        return Err(format!("process {pid} cannot migrate: {why}"));
+    }
+    let started = std::time::Instant::now();
+    let mut link = TcpStream::connect_timeout(&plan.addr, Duration::from_secs(3))
+        .map_err(|e| format!("node {} at {} is unreachable: {e}; the process stays at home", plan.dest, plan.addr))?;
+    let _ = link.set_nodelay(true);
+    let net = |e: wire::WireError| format!("link to node {} failed: {e}; the process stays at home", plan.dest);
+    wire::send(&mut link, &Msg::Hello { node: plan.home }).map_err(net)?;
+    wire::send(&mut link, &transfer::offer(pid, plan.home)).map_err(net)?;
+    let reopen = match wire::recv_msg(&mut link).map_err(net)? {
+        Msg::OfferOk { reopen } => reopen,
+        Msg::Refused { reason } => return Err(format!("node {} refused the migration: {reason}", plan.dest)),
+        m => return Err(format!("node {} answered {m:?} to the offer", plan.dest)),
+    };
+    let files = image::mapped_files(pid);
+    let same = |p: &str| files.iter().zip(&reopen).any(|((q, _), ok)| *ok && q == p);
+
+    // Freeze.
+    let freeze = std::time::Instant::now();
+    let mut t = Tracee::seize(pid, false).map_err(|e| format!("cannot freeze process {pid}: {e}"))?;
+    let cap = match image::capture(&mut t, &same) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = t.detach();
+            return Err(format!("cannot capture process {pid}: {e}"));
+        }
+    };
+    let fail = |mut t: Tracee, why: String| -> String {
+        let _ = image::rollback(&mut t, cap.scratch);
+        let _ = t.detach();
+        tracing::warn!(why, "migration rolled back; the process runs at home");
+        why
+    };
+
+    // The deputy takes the fds now, while the process is frozen.
+    let shared = Arc::new(Shared {
+        writer: Mutex::new(match link.try_clone() {
+            Ok(w) => w,
+            Err(e) => return Err(fail(t, format!("cannot clone the link: {e}"))),
+        }),
+        busy: AtomicU64::new(0),
+        tid: AtomicI32::new(0),
+    });
+    let reader = match link.try_clone() {
+        Ok(r) => r,
+        Err(e) => return Err(fail(t, format!("cannot clone the link: {e}"))),
+    };
+    let (ready_tx, ready_rx) = channel::bounded(1);
+    let (ev_tx, ev_rx) = channel::unbounded();
+    let (rel_tx, rel_rx) = channel::bounded(1);
+    let setup = Setup::from_image(&cap.image);
+    let sh = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("deputy-{pid}"))
+        .spawn(move || serve::run(reader, setup, sh, ready_tx, ev_tx, rel_rx));
+    if let Err(e) = spawned {
+        return Err(fail(t, format!("cannot start the deputy: {e}")));
+    }
+    match ready_rx.recv() {
+        Ok(Ok(reader_back)) => drop(reader_back),
+        Ok(Err(e)) => return Err(fail(t, e)),
+        Err(_) => return Err(fail(t, "the deputy died during setup".into())),
+    }
+
+    let sent = match transfer::send_image(&mut link, pid, &cap.image) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = rel_tx.send(());
+            return Err(fail(t, format!("sending the image to node {} failed: {e}; the process stays at home", plan.dest)));
+        }
+    };
+    match wire::recv_msg(&mut link) {
+        Ok(Msg::Resumed { guest }) => {
+            tracing::info!(guest, bytes = sent, freeze_ms = freeze.elapsed().as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "migrated");
+        }
+        Ok(Msg::RestoreFailed { reason }) => {
+            let _ = rel_tx.send(());
+            return Err(fail(t, format!("node {} could not rebuild the process: {reason}; it stays at home", plan.dest)));
+        }
+        Ok(m) => {
+            let _ = rel_tx.send(());
+            return Err(fail(t, format!("node {} answered {m:?}; the process stays at home", plan.dest)));
+        }
+        Err(e) => {
+            let _ = rel_tx.send(());
+            return Err(fail(t, format!("node {} failed during the migration ({e}); the process stays at home", plan.dest)));
+        }
+    }
+    // Commit: the placeholder keeps pid, parent, session and terminal, nothing else.
+    let mut t = t;
+    let pending_signals = std::mem::take(&mut t.deferred);
+    if let Err(e) = image::park(&mut t, &cap.image, cap.scratch).and_then(|_| t.resume_traced()) {
+        tracing::error!(%e, "parking the home placeholder failed");
+    }
+    let away = Away { link, shared, events: ev_rx, release: rel_tx, scratch: cap.scratch, fds_res: serve::reserved_base() };
+    for sig in pending_signals {
+        away.send(&Msg::Signal { sig });
+    }
+    Ok(away)
+}
+
+impl Away {
+    fn send(&self, m: &Msg) {
+        let mut w = match self.shared.writer.lock() {
+            Ok(w) => w,
+            Err(p) => p.into_inner(),
+        };
+        if let Err(e) = wire::send(&mut *w, m) {
+            tracing::warn!(%e, "cannot reach the remote");
+        }
+    }
+
+    /// Wake the deputy out of a blocking call, so a signal or a come-home
+    /// request is not held up by it.
+    fn interrupt_deputy(&self) {
+        let id = self.shared.busy.load(Ordering::SeqCst);
+        let tid = self.shared.tid.load(Ordering::SeqCst);
+        if id == 0 || tid == 0 {
+            return;
+        }
+        for _ in 0..200 {
+            let _ = rsys::tgkill(rsys::getpid(), tid, wake_signal());
+            std::thread::sleep(Duration::from_millis(2));
+            if self.shared.busy.load(Ordering::SeqCst) != id {
+                return;
+            }
+        }
+    }
+
+    fn control(mut self, plan: &Plan, ctl: Receiver<Ctl>, state: &StateFn) {
+        let pid = plan.pid;
+        let mut waiting_home: Option<Sender<Result<(), String>>> = None;
+        loop {
+            // Requests from omd.
+            if let Ok(Ctl::ComeHome(r)) = ctl.try_recv() {
+                self.send(&Msg::ComeHome);
+                self.interrupt_deputy();
+                waiting_home = Some(r);
+            }
+            // Events from the deputy.
+            match self.events.recv_timeout(Duration::from_millis(5)) {
+                Ok(Event::Exited { code, signal }) => {
+                    end_placeholder(pid, self.scratch, code, signal);
+                    let _ = self.release.send(());
+                    state(pid, "exited", plan.home);
+                    if let Some(r) = waiting_home {
+                        let _ = r.send(Err(format!("process {pid} exited before it came home")));
+                    }
+                    return;
+                }
+                Ok(Event::GoingHome) => {
+                    state(pid, "returning", plan.home);
+                    let r = self.come_home(pid);
+                    let _ = self.release.send(());
+                    match r {
+                        Ok(()) => {
+                            state(pid, "home", plan.home);
+                            if let Some(w) = waiting_home.take() {
+                                let _ = w.send(Ok(()));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(e, "the process could not be rebuilt at home; it is lost");
+                            let _ = rsys::kill(pid, libc::SIGKILL);
+                            state(pid, "exited", plan.home);
+                            if let Some(w) = waiting_home.take() {
+                                let _ = w.send(Err(e));
+                            }
+                        }
+                    }
+                    return;
+                }
+                Ok(Event::Lost(why)) => {
+                    tracing::error!(why, "lost the node hosting the process; killing it at home");
+                    let _ = rsys::kill(pid, libc::SIGKILL);
+                    let _ = self.release.send(());
+                    state(pid, "exited", plan.home);
+                    return;
+                }
+                Err(_) => {}
+            }
+            // Signals sent to the home pid.
+            match rsys::waitpid(pid, libc::__WALL | libc::WNOHANG) {
+                Ok((0, _)) => {}
+                Ok((_, st)) if libc::WIFSTOPPED(st) => {
+                    let sig = libc::WSTOPSIG(st);
+                    if st >> 16 == 0 && sig != libc::SIGTRAP {
+                        self.send(&Msg::Signal { sig });
+                        self.interrupt_deputy();
+                    }
+                    let _ = rsys::ptrace_cont(pid, 0);
+                }
+                Ok(_) | Err(_) => {
+                    // The placeholder died (SIGKILL at home): the process dies with it.
+                    self.send(&Msg::Kill);
+                    let _ = self.release.send(());
+                    state(pid, "exited", plan.home);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The remote is sending the process back: rebuild it in the placeholder.
+    fn come_home(&mut self, pid: i32) -> Result<(), String> {
+        let link = &mut self.link;
+        let e = |e: wire::WireError| format!("link failed while coming home: {e}");
+        let reopen_msg = match wire::recv_msg(link).map_err(e)? {
+            Msg::Offer { files, vdso_hash, vdso_len, xsave, .. } => transfer::answer_offer(&files, vdso_hash, vdso_len, xsave),
+            m => return Err(format!("expected an offer, got {m:?}")),
+        };
+        wire::send(link, &reopen_msg).map_err(e)?;
+        let mut img = match wire::recv_msg(link).map_err(e)? {
+            Msg::Image(i) => *i,
+            m => return Err(format!("expected the image, got {m:?}")),
+        };
+        let tid = self.shared.tid.load(Ordering::SeqCst);
+        let me = rsys::getpid();
+        let cwd = std::fs::read_link(format!("/proc/{me}/task/{tid}/cwd")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| "/".into());
+        if let Ok(u) = om_runtime::procfs::status_field(me, "Umask") {
+            let _ = u;
+        }
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{me}/task/{tid}/status")) {
+            if let Some(u) = om_runtime::procfs::status_field_in(&s, "Umask") {
+                img.umask = u32::from_str_radix(&u, 8).unwrap_or(img.umask);
+            }
+        }
+        let te = |e: om_runtime::ptrace::TraceError| e.to_string();
+        let mut t = Tracee::interrupt(pid, self.scratch).map_err(te)?;
+        let rs = image::restore_layout(&mut t, &img, Target::Parked, self.scratch).map_err(te)?;
+        transfer::recv_pages(link, &t, &img).map_err(e)?;
+        image::restore_finish(&mut t, &img, Target::Parked, &rs, Some(&cwd)).map_err(te)?;
+        let fds = sys::take_thread_fds(tid, self.fds_res).map_err(|e| format!("taking the deputy's fds: {e}"))?;
+        sys::install_fds(&mut t, rs.scratch, &fds).map_err(te)?;
+        image::unmap_scratch(&mut t, rs.scratch).map_err(te)?;
+        wire::send(link, &Msg::HomeOk).map_err(e)?;
+        t.detach().map_err(te)?;
+        for sig in 1..=64 {
+            if img.pending & (1u64 << (sig - 1)) != 0 {
+                let _ = rsys::kill(pid, sig);
+            }
+        }
+        tracing::info!(pid, "process is running at home again");
+        Ok(())
+    }
+}
+
+/// End the placeholder the way the process ended away: same exit code, or
+/// death by the same signal.
+fn end_placeholder(pid: i32, scratch: u64, code: i32, signal: i32) {
+    if signal == libc::SIGKILL || signal == 0 && code < 0 {
+        let _ = rsys::kill(pid, libc::SIGKILL);
+        return;
+    }
+    let Ok(mut t) = Tracee::interrupt(pid, scratch) else {
+        let _ = rsys::kill(pid, libc::SIGKILL);
+        return;
+    };
+    if signal == 0 {
+        let _ = t.syscall(libc::SYS_exit_group, [code as u64, 0, 0, 0, 0, 0]);
+        return;
+    }
+    // Default action for the signal, unblocked, then deliver it.
+    let dfl = [0u8; 32];
+    let at = scratch + 1024;
+    let _ = t.poke(at, &dfl);
+    let _ = t.syscall(libc::SYS_rt_sigaction, [signal as u64, at, 0, 8, 0, 0]);
+    let _ = rsys::ptrace_set_sigmask(pid, 0);
+    let _ = rsys::kill(pid, signal);
+    let _ = rsys::ptrace_cont(pid, 0);
+    for _ in 0..1000 {
+        match rsys::waitpid(pid, libc::__WALL) {
+            Ok((_, st)) if libc::WIFSTOPPED(st) => {
+                let s = libc::WSTOPSIG(st);
+                let _ = rsys::ptrace_cont(pid, if s == signal { signal } else { 0 });
+            }
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The deputy thread: a thread of omd with a private fd table holding exactly
+//! the migrated process's fds (at the same numbers), its cwd and umask, and
+//! its credentials. It runs forwarded calls as the process would at home.
+
+use crate::sys as dsys;
+use om_runtime::image::Image;
+use om_runtime::marshal::{self, GO_HOME};
+use om_runtime::procfs;
+use om_runtime::syscalls::{self, Arg, Class, Len};
+use om_runtime::sys;
+use om_runtime::wire::{self, Frame, Msg, SysReq, SysRet};
+use std::net::TcpStream;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What the deputy thread tells its controller.
+pub enum Event {
+    Exited { code: i32, signal: i32 },
+    GoingHome,
+    Lost(String),
+}
+
+/// Shared between the deputy thread and the controller.
+pub struct Shared {
+    pub writer: Mutex<TcpStream>,
+    /// Id of the call being served (0: idle), for interrupting it.
+    pub busy: AtomicU64,
+    pub tid: AtomicI32,
+}
+
+/// fds at and above this number in the deputy's table are om's own.
+pub fn reserved_base() -> i32 {
+    let (_, max) = sys::prlimit(0, libc::RLIMIT_NOFILE, None).unwrap_or((1024, 1024));
+    (max.min(1 << 20) as i32) - 64
+}
+
+pub struct Setup {
+    pub pid: i32,
+    pub fds: Vec<(i32, bool)>,
+    pub cwd: String,
+    pub umask: u32,
+    pub uids: [u32; 3],
+    pub gids: [u32; 3],
+    pub groups: Vec<u32>,
+}
+
+impl Setup {
+    pub fn from_image(img: &Image) -> Setup {
+        Setup {
+            pid: img.pid,
+            fds: img.fds.clone(),
+            cwd: img.cwd.clone(),
+            umask: img.umask,
+            uids: img.creds.uids,
+            gids: img.creds.gids,
+            groups: img.creds.groups.clone(),
+        }
+    }
+}
+
+/// Body of the deputy thread. `reader` is a clone of the link; it is handed
+/// back through `ready` (so the controller closes it in the shared fd table)
+/// once the private table has its own copy.
+pub fn run(
+    reader: TcpStream,
+    setup: Setup,
+    shared: Arc<Shared>,
+    ready: crossbeam::channel::Sender<Result<TcpStream, String>>,
+    events: crossbeam::channel::Sender<Event>,
+    release: crossbeam::channel::Receiver<()>,
+) {
+    let res = reserved_base();
+    let r1 = match dsys::private_table(&reader, setup.pid, &setup.fds, res) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(format!("deputy setup: {e}")));
+            return;
+        }
+    };
+    shared.tid.store(sys::gettid(), Ordering::SeqCst);
+    if let Err(e) = sys::chdir(&setup.cwd) {
+        tracing::debug!(%e, cwd = setup.cwd, "deputy cannot enter the process's cwd");
+    }
+    sys::umask(setup.umask);
+    if let Err(e) = sys::thread_set_creds(setup.uids, setup.gids, &setup.groups) {
+        let _ = ready.send(Err(format!("deputy cannot take the process's credentials: {e}")));
+        return;
+    }
+    let _ = ready.send(Ok(reader));
+    // SAFETY-free: r1 is our private copy of the link, owned by this thread from now on.
+    let mut link = dsys::stream_from(r1);
+    let pid = setup.pid;
+    loop {
+        match wire::recv(&mut link) {
+            Ok(Frame::Msg(Msg::Sys(req))) => {
+                shared.busy.store(req.id, Ordering::SeqCst);
+                let ret = serve(&req, pid, res);
+                shared.busy.store(0, Ordering::SeqCst);
+                let mut w = match shared.writer.lock() {
+                    Ok(w) => w,
+                    Err(p) => p.into_inner(),
+                };
+                if let Err(e) = wire::send(&mut *w, &Msg::SysRet(ret)) {
+                    let _ = events.send(Event::Lost(e.to_string()));
+                    break;
+                }
+            }
+            Ok(Frame::Msg(Msg::Exited { code, signal })) => {
+                let _ = events.send(Event::Exited { code, signal });
+                break;
+            }
+            Ok(Frame::Msg(Msg::GoingHome { reason })) => {
+                tracing::info!(pid, reason, "process coming home");
+                let _ = events.send(Event::GoingHome);
+                break;
+            }
+            Ok(Frame::Msg(m)) => tracing::warn!(?m, "unexpected message at the deputy"),
+            Ok(Frame::Data(_)) => tracing::warn!("stray data frame at the deputy"),
+            Err(e) => {
+                let _ = events.send(Event::Lost(e.to_string()));
+                break;
+            }
+        }
+    }
+    let _ = link.into_raw_fd();
+    // Keep the fd table alive until the controller has taken what it needs.
+    let _ = release.recv();
+}
+
+/// The argument layout of a request, as the supervisor built it.
+fn spec_for(req: &SysReq) -> Option<Vec<Arg>> {
+    Some(match req.nr {
+        16 => match syscalls::ioctl_spec(req.args[1])? {
+            (0, _) => vec![Arg::Fd, Arg::V, Arg::V],
+            (n, false) => vec![Arg::Fd, Arg::V, Arg::In(Len::Const(n))],
+            (n, true) => vec![Arg::Fd, Arg::V, Arg::Out(Len::Const(n))],
+        },
+        72 => vec![Arg::Fd, Arg::V, Arg::V],
+        62 => vec![Arg::V, Arg::V],
+        nr => syscalls::spec(nr)?.to_vec(),
+    })
+}
+
+/// Run one forwarded call with the process's identity and fds.
+pub fn serve(req: &SysReq, pid: i32, res: i32) -> SysRet {
+    let fail = |e: i32| SysRet { id: req.id, ret: -(e as i64), data: Vec::new() };
+    if syscalls::class(req.nr) != Class::Forward && req.nr != 62 {
+        return fail(libc::ENOSYS);
+    }
+    let Some(spec) = spec_for(req) else { return fail(libc::ENOSYS) };
+    if let Err(e) = marshal::validate(req, &spec) {
+        tracing::warn!(nr = req.nr, e, "malformed forwarded call refused");
+        return fail(libc::EINVAL);
+    }
+    let mut args = req.args;
+    match req.nr {
+        110 => {
+            let ppid = procfs::stat(pid).map(|s| s.field(4) as i64).unwrap_or(1);
+            return SysRet { id: req.id, ret: ppid, data: Vec::new() };
+        }
+        61 | 247 => {
+            if procfs::children(pid).is_empty() {
+                return fail(libc::ECHILD);
+            }
+            return SysRet { id: req.id, ret: GO_HOME, data: Vec::new() };
+        }
+        62 if args[0] == 0 => {
+            let pgid = procfs::stat(pid).map(|s| s.field(5) as i64).unwrap_or(pid as i64);
+            args[0] = (-pgid) as u64;
+        }
+        436 => args[1] = args[1].min((res - 1) as u64),
+        _ => {}
+    }
+    let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); 6];
+    let mut off = 0usize;
+    for (i, a) in spec.iter().enumerate() {
+        let len = req.lens[i] as usize;
+        match a {
+            Arg::V => {}
+            Arg::Fd => {
+                let fd = args[i] as i32;
+                if fd >= res {
+                    return fail(libc::EBADF);
+                }
+            }
+            _ if len == 0 && args[i] == 0 => {}
+            a => {
+                let mut b = vec![0u8; len.max(1)];
+                if marshal::is_in(*a) {
+                    b[..len].copy_from_slice(&req.data[off..off + len]);
+                    off += len;
+                }
+                args[i] = b.as_mut_ptr() as u64;
+                bufs[i] = b;
+            }
+        }
+    }
+    let ret = sys::raw_syscall(req.nr as i64, args);
+    let mut data = Vec::new();
+    for (i, a) in spec.iter().enumerate() {
+        if marshal::is_out(*a) {
+            let valid = marshal::out_valid(*a, req.lens[i] as usize, ret).min(bufs[i].len());
+            data.extend_from_slice(&bufs[i][..valid]);
+        }
+    }
+    SysRet { id: req.id, ret, data }
+}
+
+/// A TcpStream over an fd of the private table.
+pub(crate) fn stream_from_raw(fd: i32) -> TcpStream {
+    // SAFETY: `fd` is a socket fd this thread owns exclusively in its private table.
+    unsafe { TcpStream::from_raw_fd(fd) }
+}

@@ -1,0 +1,128 @@
+//! Raw pieces of the deputy: the private fd table, and passing fds into the
+//! placeholder when the process comes home.
+
+use om_runtime::ptrace::{Result as TResult, TraceError, Tracee};
+use om_runtime::sys;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+
+/// Give the calling thread its own fd table and cwd, holding only the link
+/// (moved to a reserved high number, returned) and the process's fds, taken
+/// from it with pidfd_getfd at their own numbers.
+pub fn private_table(link: &TcpStream, pid: i32, fds: &[(i32, bool)], res: i32) -> std::io::Result<RawFd> {
+    let s0 = link.as_raw_fd();
+    sys::unshare(libc::CLONE_FILES | libc::CLONE_FS)?;
+    let r1 = sys::dup_above(s0, res)?;
+    let pidfd = sys::pidfd_open(pid, 0)?;
+    let r2 = sys::dup_above(pidfd.as_raw_fd(), r1 + 1)?;
+    drop(pidfd);
+    sys::close_range(0, (res - 1) as u32)?;
+    for &(fd, cloexec) in fds {
+        if fd >= res {
+            return Err(std::io::Error::other(format!("fd {fd} is in om's reserved range")));
+        }
+        let g = sys::pidfd_getfd(r2, fd)?.into_raw_fd();
+        let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+        if g != fd {
+            sys::dup3(g, fd, flags)?;
+            sys::close(g);
+        } else if !cloexec {
+            clear_cloexec(g);
+        }
+    }
+    sys::close(r2);
+    Ok(r1)
+}
+
+fn clear_cloexec(fd: RawFd) {
+    // SAFETY: fcntl on an fd we own, plain integer arguments.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+}
+
+pub fn stream_from(fd: RawFd) -> TcpStream {
+    crate::serve::stream_from_raw(fd)
+}
+
+/// Copies of the deputy thread's fds (below `res`), with their close-on-exec flags.
+pub fn take_thread_fds(tid: i32, res: i32) -> std::io::Result<Vec<(i32, bool, OwnedFd)>> {
+    let me = sys::getpid();
+    let pidfd = sys::pidfd_open(tid, libc::PIDFD_THREAD as u32)?;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{me}/task/{tid}/fd"))? {
+        let Ok(fd) = e?.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if fd >= res {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/{me}/task/{tid}/fdinfo/{fd}")).unwrap_or_default();
+        let flags = om_runtime::procfs::status_field_in(&info, "flags").and_then(|f| u64::from_str_radix(&f, 8).ok()).unwrap_or(0);
+        out.push((fd, flags & libc::O_CLOEXEC as u64 != 0, sys::pidfd_getfd(pidfd.as_raw_fd(), fd)?));
+    }
+    out.sort_by_key(|x| x.0);
+    Ok(out)
+}
+
+/// Install `fds` in the stopped placeholder at their numbers: it connects to
+/// an abstract socket of ours and receives them one by one (SCM_RIGHTS).
+pub fn install_fds(t: &mut Tracee, scratch: u64, fds: &[(i32, bool, OwnedFd)]) -> TResult<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    if fds.is_empty() {
+        return Ok(());
+    }
+    let pid = t.pid;
+    let ioe = |e: std::io::Error| TraceError::Io { pid, what: "fd passing", source: e };
+    let name = format!("om-fds-{}-{}", pid, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).map_err(ioe)?).map_err(ioe)?;
+    let addr_at = scratch + 1024;
+    let mut sa = Vec::new();
+    sa.extend_from_slice(&(libc::AF_UNIX as u16).to_le_bytes());
+    sa.push(0);
+    sa.extend_from_slice(name.as_bytes());
+    t.poke(addr_at, &sa)?;
+    let k = t.syscall_ok("socket", libc::SYS_socket, [libc::AF_UNIX as u64, (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64, 0, 0, 0, 0])?;
+    t.syscall_ok("connect", libc::SYS_connect, [k, addr_at, sa.len() as u64, 0, 0, 0])?;
+    let (conn, _) = listener.accept().map_err(ioe)?;
+    let high = fds.iter().map(|f| f.0).max().unwrap_or(0) as u64 + 1;
+    let k2 = t.syscall_ok("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, [k, libc::F_DUPFD_CLOEXEC as u64, high.max(k + 1), 0, 0, 0])?;
+    t.syscall_ok("close", libc::SYS_close, [k, 0, 0, 0, 0, 0])?;
+
+    // msghdr, iovec, one data byte and a control buffer in the scratch area.
+    let msg_at = scratch + 2048;
+    let iov_at = msg_at + 64;
+    let byte_at = iov_at + 16;
+    let ctl_at = byte_at + 16;
+    let mut m = Vec::new();
+    for v in [0u64, 0, iov_at, 1, ctl_at, 24, 0] {
+        m.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut iov = Vec::new();
+    iov.extend_from_slice(&byte_at.to_le_bytes());
+    iov.extend_from_slice(&1u64.to_le_bytes());
+    t.poke(iov_at, &iov)?;
+    for (target, cloexec, fd) in fds {
+        t.poke(msg_at, &m)?;
+        send_fd(&conn, fd.as_raw_fd()).map_err(ioe)?;
+        t.syscall_ok("recvmsg", libc::SYS_recvmsg, [k2, msg_at, 0, 0, 0, 0])?;
+        let ctl = t.peek(ctl_at, 24)?;
+        let g = i32::from_le_bytes([ctl[16], ctl[17], ctl[18], ctl[19]]) as u64;
+        let flags = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+        if g != *target as u64 {
+            t.syscall_ok("dup3", libc::SYS_dup3, [g, *target as u64, flags, 0, 0, 0])?;
+            t.syscall_ok("close", libc::SYS_close, [g, 0, 0, 0, 0, 0])?;
+        } else if *cloexec {
+            t.syscall_ok("fcntl(F_SETFD)", libc::SYS_fcntl, [g, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0])?;
+        }
+    }
+    t.syscall_ok("close", libc::SYS_close, [k2, 0, 0, 0, 0, 0])?;
+    Ok(())
+}
+
+fn send_fd(conn: &std::os::unix::net::UnixStream, fd: RawFd) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let data = [0u8; 1];
+    let iov = [std::io::IoSlice::new(&data)];
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).map_err(std::io::Error::from)?;
+    Ok(())
+}

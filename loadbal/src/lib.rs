@@ -1,0 +1,1 @@
+//! om load balancer and daemon

@@ -1,0 +1,143 @@
+//! The guest side of om: rebuild a migrated process in a fresh process, trap
+//! its system calls with seccomp user notification, serve the local ones and
+//! send the rest to the deputy at home.
+
+pub mod filter;
+pub mod supervisor;
+pub mod sys;
+
+use om_runtime::image::{self, Image, Target};
+use om_runtime::ptrace::{TraceError, Tracee};
+use om_runtime::sys as rsys;
+use om_runtime::transfer;
+use om_runtime::wire::{self, Msg, WireError};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("{0}")]
+    Trace(#[from] TraceError),
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("{0}")]
+    Filter(#[from] filter::FilterError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Policy of the node for incoming guests.
+pub struct Host {
+    pub node: u32,
+    pub accept: bool,
+}
+
+/// Serve one incoming migration on `stream` (after the link's Hello): answer
+/// the offer, rebuild the process, start it, then supervise it until it exits
+/// or goes home.
+pub fn host_guest(mut stream: TcpStream, host: &Host) -> Result<(), GuestError> {
+    let (pid, home) = match wire::recv_msg(&mut stream)? {
+        Msg::Offer { pid, home, files, vdso_hash, vdso_len, xsave } => {
+            let answer = if host.accept {
+                transfer::answer_offer(&files, vdso_hash, vdso_len, xsave)
+            } else {
+                Msg::Refused { reason: format!("node {} does not accept guests", host.node) }
+            };
+            let refused = matches!(answer, Msg::Refused { .. });
+            wire::send(&mut stream, &answer)?;
+            if refused {
+                return Ok(());
+            }
+            (pid, home)
+        }
+        m => return Err(WireError::Unexpected(format!("{m:?} instead of an offer")).into()),
+    };
+    let img = match wire::recv_msg(&mut stream)? {
+        Msg::Image(img) => *img,
+        m => return Err(WireError::Unexpected(format!("{m:?} instead of an image")).into()),
+    };
+    let span = tracing::info_span!("guest", home_pid = pid, home);
+    let _g = span.enter();
+    let started = std::time::Instant::now();
+    let gpid = sys::spawn_stopped()?;
+    match rebuild(&mut stream, gpid, &img) {
+        Ok(listener) => {
+            for sig in 1..=64 {
+                if img.pending & (1u64 << (sig - 1)) != 0 {
+                    let _ = rsys::kill(gpid, sig);
+                }
+            }
+            wire::send(&mut stream, &Msg::Resumed { guest: gpid })?;
+            tracing::info!(guest = gpid, ms = started.elapsed().as_secs_f64() * 1e3, "guest running");
+            supervisor::Supervisor::new(stream, gpid, listener, &img, home).run();
+            Ok(())
+        }
+        Err(e) => {
+            let _ = rsys::kill(gpid, libc::SIGKILL);
+            let _ = rsys::waitpid(gpid, libc::__WALL);
+            tracing::warn!(%e, "restore failed; the process stays at home");
+            let _ = wire::send(&mut stream, &Msg::RestoreFailed { reason: e.to_string() });
+            Err(e)
+        }
+    }
+}
+
+/// Rebuild `img` in the fresh stopped process `gpid`, drop to the process's
+/// credentials, install the filter, and let it run. Returns the listener.
+fn rebuild(stream: &mut TcpStream, gpid: i32, img: &Image) -> Result<OwnedFd, GuestError> {
+    let mut t = Tracee::adopt_traceme_child(gpid)?;
+    let rs = image::restore_layout(&mut t, img, Target::Fresh, 0)?;
+    transfer::recv_pages(stream, &t, img)?;
+    image::restore_finish(&mut t, img, Target::Fresh, &rs, Some("/"))?;
+    let listener = install_filter(&mut t, img, rs.scratch)?;
+    image::unmap_scratch(&mut t, rs.scratch)?;
+    t.detach()?;
+    Ok(listener)
+}
+
+/// Injected into the guest: its own credentials, no_new_privs, the seccomp
+/// filter with a listener (taken by us with pidfd_getfd), and closing the
+/// guest's copy of the listener (answered with CONTINUE as it traps).
+fn install_filter(t: &mut Tracee, img: &Image, scratch: u64) -> Result<OwnedFd, GuestError> {
+    let c = &img.creds;
+    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+    let at = scratch + 2048;
+    t.poke(at, &groups)?;
+    t.syscall_ok("setgroups", libc::SYS_setgroups, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
+    t.syscall_ok("setresgid", libc::SYS_setresgid, [c.gids[0] as u64, c.gids[1] as u64, c.gids[2] as u64, 0, 0, 0])?;
+    t.syscall_ok("setresuid", libc::SYS_setresuid, [c.uids[0] as u64, c.uids[1] as u64, c.uids[2] as u64, 0, 0, 0])?;
+    t.syscall_ok("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
+
+    let prog = filter::program()?;
+    let prog_at = scratch + 4096;
+    let fprog_at = scratch + 1024;
+    t.poke(prog_at, &prog)?;
+    let mut fprog = Vec::with_capacity(16);
+    fprog.extend_from_slice(&((prog.len() / 8) as u16).to_le_bytes());
+    fprog.extend_from_slice(&[0u8; 6]);
+    fprog.extend_from_slice(&prog_at.to_le_bytes());
+    t.poke(fprog_at, &fprog)?;
+    const SECCOMP_SET_MODE_FILTER: u64 = 1;
+    const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 8;
+    // Once the supervisor has a call, only a fatal signal interrupts the
+    // wait: a forwarded call is never abandoned half done at home.
+    const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: u64 = 32;
+    let flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+    let lfd = t.syscall_ok("seccomp", libc::SYS_seccomp, [SECCOMP_SET_MODE_FILTER, flags, fprog_at, 0, 0, 0])?;
+    let pidfd = rsys::pidfd_open(t.pid, 0)?;
+    let listener = rsys::pidfd_getfd(pidfd.as_raw_fd(), lfd as i32)?;
+    rsys::seccomp_set_sync_wakeup(listener.as_raw_fd())?;
+    let lraw = listener.as_raw_fd();
+    let mut answer = || -> std::io::Result<()> {
+        loop {
+            if let Some(n) = rsys::seccomp_recv(lraw)? {
+                rsys::seccomp_send(lraw, n.id, 0, true)?;
+                return Ok(());
+            }
+        }
+    };
+    t.syscall_hooked(libc::SYS_close, [lfd, 0, 0, 0, 0, 0], &mut answer)?;
+    Ok(listener)
+}

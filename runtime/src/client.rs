@@ -1,0 +1,70 @@
+//! Library API for batch tools and the command-line tools: talk to the local omd.
+
+use crate::wire::{self, Msg, NodeInfo, ProcInfo, WireError};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_SOCKET: &str = "/run/om/omd.sock";
+
+/// The control socket: `--socket`, else `$OM_SOCKET`, else `/run/om/omd.sock`.
+pub fn socket_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    std::env::var_os("OM_SOCKET").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no omd answers on {path}: {source} (start omd, or point --socket/OM_SOCKET at its control socket)")]
+    Connect { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Daemon(String),
+    #[error("talking to omd: {0}")]
+    Wire(#[from] WireError),
+}
+
+/// A connection to one omd.
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path)
+            .map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
+        Ok(Client { stream })
+    }
+
+    fn call(&mut self, msg: &Msg) -> Result<Msg, ClientError> {
+        wire::send(&mut self.stream, msg)?;
+        match wire::recv_msg(&mut self.stream)? {
+            Msg::Error { message } => Err(ClientError::Daemon(message)),
+            m => Ok(m),
+        }
+    }
+
+    /// Put process `pid` (normally the caller itself, before exec) under om.
+    pub fn register(&mut self, pid: i32, cmd: &str) -> Result<(), ClientError> {
+        self.call(&Msg::Register { pid, cmd: cmd.to_string() }).map(drop)
+    }
+
+    /// Move `pid` to node `to`, or home with `None`.
+    pub fn migrate(&mut self, pid: i32, to: Option<u32>) -> Result<(), ClientError> {
+        self.call(&Msg::Migrate { pid, to }).map(drop)
+    }
+
+    pub fn ps(&mut self) -> Result<Vec<ProcInfo>, ClientError> {
+        match self.call(&Msg::Ps)? {
+            Msg::PsReply(v) => Ok(v),
+            m => Err(ClientError::Daemon(format!("unexpected reply {m:?}"))),
+        }
+    }
+
+    pub fn nodes(&mut self) -> Result<Vec<NodeInfo>, ClientError> {
+        match self.call(&Msg::Nodes)? {
+            Msg::NodesReply(v) => Ok(v),
+            m => Err(ClientError::Daemon(format!("unexpected reply {m:?}"))),
+        }
+    }
+}

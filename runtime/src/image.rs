@@ -1,0 +1,721 @@
+//! The process image: what om captures from a frozen process at home and
+//! rebuilds in another process (a fresh guest, or the parked placeholder).
+//!
+//! The image header travels as one validated rkyv frame; page contents follow
+//! as raw data frames, in the order of [`Image::runs`].
+
+use crate::procfs::{self, MapLine};
+use crate::ptrace::{Result, TraceError, Tracee};
+use crate::sys::{self, Regs};
+use rkyv::{Archive, Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+pub const PAGE: u64 = 4096;
+/// Scratch area mapped in a target for injected calls: code at 0, data after.
+pub const SCRATCH_LEN: u64 = 4 * PAGE;
+/// `syscall; int3`, then a parking loop at offset 16: `mov eax, 34 (pause); syscall; jmp -9`.
+const SCRATCH_CODE: [u8; 25] = [
+    0x0f, 0x05, 0xcc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb8, 0x22, 0, 0, 0, 0x0f, 0x05, 0xeb, 0xf7,
+];
+pub const PARK_OFFSET: u64 = 16;
+const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileId {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub hash: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum RegionKind {
+    Anon,
+    Heap,
+    Stack,
+    /// Reopened from `path` at the destination (verified identical); only the
+    /// pages that are no longer file pages travel.
+    File { path: String, offset: u64 },
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+    pub kind: RegionKind,
+    /// Runs of pages (first page index within the region, count) whose contents travel.
+    pub runs: Vec<(u64, u64)>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SigAction {
+    pub sig: i32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Creds {
+    pub uids: [u32; 3],
+    pub gids: [u32; 3],
+    pub groups: Vec<u32>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub struct Image {
+    pub pid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub regs: [u64; 27],
+    pub xstate: Vec<u8>,
+    pub sigmask: u64,
+    pub rseq: (u64, u32, u32),
+    pub robust: (u64, u64),
+    pub mm: MmFields,
+    pub auxv: Vec<u8>,
+    pub exe: String,
+    pub exe_reopen: bool,
+    pub cwd: String,
+    pub umask: u32,
+    pub comm: String,
+    pub rlimits: Vec<(u64, u64)>,
+    pub actions: Vec<SigAction>,
+    pub ignored: u64,
+    pub pending: u64,
+    pub creds: Creds,
+    /// [vvar] start and the size of the vdso group, and a hash of the vdso text.
+    pub vdso: (u64, u64, u64),
+    pub regions: Vec<Region>,
+    pub fds: Vec<(i32, bool)>,
+}
+
+impl Image {
+    /// Every (address, length) piece of page data, in stream order.
+    pub fn runs(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        self.regions.iter().flat_map(|r| {
+            r.runs.iter().map(move |&(first, n)| (r.start + first * PAGE, (n * PAGE) as usize))
+        })
+    }
+
+    pub fn data_bytes(&self) -> u64 {
+        self.runs().map(|(_, l)| l as u64).sum()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self).map(|v| v.to_vec()).unwrap_or_default()
+    }
+
+    pub fn regs(&self) -> Regs {
+        regs_from_array(&self.regs)
+    }
+}
+
+pub fn regs_to_array(r: &Regs) -> [u64; 27] {
+    // SAFETY: user_regs_struct on x86_64 is exactly 27 u64 fields, no padding.
+    unsafe { std::mem::transmute::<Regs, [u64; 27]>(*r) }
+}
+
+pub fn regs_from_array(a: &[u64; 27]) -> Regs {
+    // SAFETY: as above; every bit pattern is a valid user_regs_struct.
+    unsafe { std::mem::transmute::<[u64; 27], Regs>(*a) }
+}
+
+/// Why a process cannot move (openMosix's `cantmove`), or None.
+pub fn cant_move(pid: i32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let threads: u32 = procfs::status_field_in(&status, "Threads").and_then(|t| t.parse().ok()).unwrap_or(1);
+    if threads > 1 {
+        return Some(format!("it has {threads} threads; only single-threaded processes can migrate"));
+    }
+    if procfs::status_field_in(&status, "Seccomp").is_some_and(|s| s != "0") {
+        return Some("it installed its own seccomp filter".into());
+    }
+    let maps = procfs::maps(pid).ok()?;
+    for m in &maps {
+        if m.path.starts_with("/SYSV") {
+            return Some(format!("it attached SysV shared memory at {:#x}", m.start));
+        }
+        if m.shared && (m.write || m.path.is_empty() || m.path.starts_with("/dev/zero") || m.path.starts_with("/memfd:")) {
+            let what = if m.path.is_empty() || m.path.starts_with("/dev/zero") { "shared anonymous memory" } else { "a shared writable mapping" };
+            return Some(format!("it has {what} at {:#x} ({})", m.start, if m.path.is_empty() { "anon" } else { &m.path }));
+        }
+    }
+    None
+}
+
+fn is_special(path: &str) -> bool {
+    matches!(path, "[vvar]" | "[vvar_vclock]" | "[vdso]" | "[vsyscall]")
+}
+
+fn prot_of(m: &MapLine) -> u32 {
+    (if m.read { libc::PROT_READ } else { 0 } | if m.write { libc::PROT_WRITE } else { 0 } | if m.exec { libc::PROT_EXEC } else { 0 })
+        as u32
+}
+
+static FILE_IDS: Mutex<Option<HashMap<(u64, u64, i64), FileId>>> = Mutex::new(None);
+
+/// Identity of a file for "same file at the destination" checks: size, mtime
+/// and a content hash (cached per inode and mtime).
+pub fn file_id(path: &str) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).ok()?;
+    if !md.is_file() {
+        return None;
+    }
+    let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    let key = (md.dev(), md.ino(), mtime_ns);
+    if let Some(id) = FILE_IDS.lock().ok()?.as_ref().and_then(|m| m.get(&key).cloned()) {
+        return Some(id);
+    }
+    let data = std::fs::read(path).ok()?;
+    let id = FileId { size: md.size(), mtime_ns, hash: xxhash_rust::xxh3::xxh3_64(&data) };
+    FILE_IDS.lock().ok()?.get_or_insert_with(HashMap::new).insert(key, id.clone());
+    Some(id)
+}
+
+/// The files a process maps privately (candidates for reopening at the destination).
+pub fn mapped_files(pid: i32) -> Vec<(String, FileId)> {
+    let mut out: Vec<(String, FileId)> = Vec::new();
+    let Ok(maps) = procfs::maps(pid) else { return out };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.to_string_lossy().into_owned());
+    for p in maps.iter().filter(|m| m.path.starts_with('/') && !m.shared).map(|m| m.path.clone()).chain(exe) {
+        if p.ends_with(" (deleted)") || out.iter().any(|(q, _)| *q == p) {
+            continue;
+        }
+        if let Some(id) = file_id(&p) {
+            out.push((p, id));
+        }
+    }
+    out
+}
+
+/// Hash of this host's vdso text, to refuse a move to a node with another kernel.
+pub fn local_vdso() -> (u64, u64) {
+    let Ok(maps) = procfs::maps(sys::getpid()) else { return (0, 0) };
+    let Some(v) = maps.iter().find(|m| m.path == "[vdso]") else { return (0, 0) };
+    let len = (v.end - v.start) as usize;
+    // SAFETY: the [vdso] mapping of our own process is readable for its whole length.
+    let bytes = unsafe { std::slice::from_raw_parts(v.start as *const u8, len) };
+    (xxhash_rust::xxh3::xxh3_64(bytes), len as u64)
+}
+
+fn find_syscall_insn(t: &Tracee, maps: &[MapLine]) -> Result<u64> {
+    let v = maps.iter().find(|m| m.path == "[vdso]").ok_or(TraceError::Injected { pid: t.pid, name: "find vdso", errno: 2 })?;
+    let bytes = t.peek(v.start, (v.end - v.start) as usize)?;
+    bytes
+        .windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|i| v.start + i as u64)
+        .ok_or(TraceError::Injected { pid: t.pid, name: "find syscall in vdso", errno: 2 })
+}
+
+/// Map a scratch area with injection code in the tracee, at `hint` (fixed, not
+/// replacing) or anywhere when `hint` is 0. Switches injection to it.
+pub fn map_scratch(t: &mut Tracee, hint: u64) -> Result<u64> {
+    if t.syscall_ip == 0 {
+        let maps = procfs::maps(t.pid).map_err(|e| TraceError::Io { pid: t.pid, what: "maps", source: e })?;
+        t.syscall_ip = find_syscall_insn(t, &maps)?;
+    }
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if hint != 0 { libc::MAP_FIXED_NOREPLACE } else { 0 };
+    let p = t.syscall_ok(
+        "mmap scratch",
+        libc::SYS_mmap,
+        [hint, SCRATCH_LEN, (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64, flags as u64, u64::MAX, 0],
+    )?;
+    t.poke(p, &SCRATCH_CODE)?;
+    t.syscall_ip = p;
+    Ok(p)
+}
+
+/// Everything captured from a frozen process except page contents.
+pub struct Captured {
+    pub image: Image,
+    /// The scratch area left mapped in the process (for parking, or removal on rollback).
+    pub scratch: u64,
+}
+
+/// Capture a stopped process. `reopen` says which files the destination has
+/// identical (by path); other file mappings travel as anonymous memory.
+pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured> {
+    let pid = t.pid;
+    let ioe = |what: &'static str| move |e: std::io::Error| TraceError::Io { pid, what, source: e };
+    let maps = procfs::maps(pid).map_err(ioe("maps"))?;
+    let scratch = map_scratch(t, 0)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(ioe("status"))?;
+    let st = procfs::stat(pid).map_err(ioe("stat"))?;
+    let sf = |k: &str| procfs::status_field_in(&status, k).unwrap_or_default();
+
+    let brk = t.syscall_ok("brk", libc::SYS_brk, [0; 6])?;
+    let caught = procfs::hex_mask(&sf("SigCgt"));
+    let mut actions = Vec::new();
+    for sig in 1..=64i32 {
+        if caught & (1u64 << (sig - 1)) == 0 {
+            continue;
+        }
+        let out = scratch + 2048;
+        t.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [sig as u64, 0, out, 8, 0, 0])?;
+        let b = t.peek(out, 32)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        actions.push(SigAction { sig, handler: w(0), flags: w(1), restorer: w(2), mask: w(3) });
+    }
+
+    let ids = |k: &str| -> [u32; 3] {
+        let v: Vec<u32> = sf(k).split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        [v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0), v.get(2).copied().unwrap_or(0)]
+    };
+    let creds = Creds {
+        uids: ids("Uid"),
+        gids: ids("Gid"),
+        groups: sf("Groups").split_whitespace().filter_map(|x| x.parse().ok()).collect(),
+    };
+    let mut rlimits = Vec::new();
+    for res in 0..16u32 {
+        rlimits.push(sys::prlimit(pid, res, None).unwrap_or((u64::MAX, u64::MAX)));
+    }
+
+    let vvar = maps.iter().filter(|m| is_special(&m.path) && m.path != "[vsyscall]");
+    let (vlo, vhi) = vvar.fold((u64::MAX, 0), |(lo, hi), m| (lo.min(m.start), hi.max(m.end)));
+    let vvar_start = maps.iter().find(|m| m.path == "[vvar]").map_or(vlo, |m| m.start);
+    let vdso_text = maps.iter().find(|m| m.path == "[vdso]");
+    let vdso_hash = match vdso_text {
+        Some(v) => xxhash_rust::xxh3::xxh3_64(&t.peek(v.start, (v.end - v.start) as usize)?),
+        None => 0,
+    };
+
+    let regions = capture_regions(pid, &maps, scratch, reopen).map_err(ioe("pagemap"))?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let (rseq_ptr, rseq_len, rseq_sig) = sys::ptrace_get_rseq(pid).unwrap_or((0, 0, 0));
+    let image = Image {
+        pid,
+        pgid: st.field(5) as i32,
+        sid: st.field(6) as i32,
+        regs: regs_to_array(&t.saved),
+        xstate: sys::ptrace_get_xstate(pid).map_err(ioe("xstate"))?,
+        sigmask: sys::ptrace_get_sigmask(pid).map_err(ioe("sigmask"))?,
+        rseq: (rseq_ptr, rseq_len, rseq_sig),
+        robust: sys::get_robust_list(pid).unwrap_or((0, 0)),
+        mm: MmFields {
+            start_code: st.field(26),
+            end_code: st.field(27),
+            start_stack: st.field(28),
+            start_data: st.field(45),
+            end_data: st.field(46),
+            start_brk: st.field(47),
+            brk,
+            arg_start: st.field(48),
+            arg_end: st.field(49),
+            env_start: st.field(50),
+            env_end: st.field(51),
+        },
+        auxv: std::fs::read(format!("/proc/{pid}/auxv")).map_err(ioe("auxv"))?,
+        exe_reopen: reopen(&exe),
+        exe,
+        cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| "/".into()),
+        umask: u32::from_str_radix(&sf("Umask"), 8).unwrap_or(0o022),
+        comm: st.comm.clone(),
+        rlimits,
+        actions,
+        ignored: procfs::hex_mask(&sf("SigIgn")),
+        pending: procfs::hex_mask(&sf("SigPnd")) | procfs::hex_mask(&sf("ShdPnd")),
+        creds,
+        vdso: (vvar_start, vhi.saturating_sub(vlo), vdso_hash),
+        regions,
+        fds: procfs::fds(pid).map_err(ioe("fds"))?,
+    };
+    Ok(Captured { image, scratch })
+}
+
+fn capture_regions(pid: i32, maps: &[MapLine], scratch: u64, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Vec<Region>> {
+    use std::os::unix::fs::FileExt;
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
+    let mut out = Vec::new();
+    for m in maps {
+        if is_special(&m.path) || m.start == scratch {
+            continue;
+        }
+        let npages = (m.end - m.start) / PAGE;
+        let kind = match m.path.as_str() {
+            "[heap]" => RegionKind::Heap,
+            "[stack]" => RegionKind::Stack,
+            p if p.starts_with('/') && !p.ends_with(" (deleted)") && !p.starts_with("/memfd:") && reopen(p) => {
+                RegionKind::File { path: p.to_string(), offset: m.offset }
+            }
+            _ => RegionKind::Anon,
+        };
+        let mut runs = Vec::new();
+        if m.read || m.write || m.exec {
+            let mut raw = vec![0u8; (npages * 8) as usize];
+            pagemap.read_exact_at(&mut raw, m.start / PAGE * 8)?;
+            let file_backed_copy = m.path.starts_with('/') && !matches!(kind, RegionKind::File { .. });
+            let mut run: Option<(u64, u64)> = None;
+            for i in 0..npages {
+                let e = u64::from_le_bytes(raw[(i * 8) as usize..(i * 8 + 8) as usize].try_into().unwrap_or([0; 8]));
+                let present = e & (1 << 63) != 0;
+                let swapped = e & (1 << 62) != 0;
+                let file_page = e & (1 << 61) != 0;
+                let want = match kind {
+                    // A reopened file: only pages that became private copies.
+                    RegionKind::File { .. } => present && !file_page,
+                    // A file we cannot reopen there: all of it.
+                    _ if file_backed_copy => true,
+                    _ => present || swapped,
+                };
+                match (&mut run, want) {
+                    (Some((s, n)), true) if *s + *n == i => *n += 1,
+                    (_, true) => {
+                        if let Some(r) = run.take() {
+                            runs.push(r);
+                        }
+                        run = Some((i, 1));
+                    }
+                    _ => {}
+                }
+            }
+            runs.extend(run);
+        }
+        out.push(Region { start: m.start, end: m.end, prot: prot_of(m), kind, runs });
+    }
+    Ok(out)
+}
+
+/// Read page data of `pid` for a batch of runs into `buf` (which must be large enough).
+/// Falls back to /proc/PID/mem for pages that process_vm_readv cannot read.
+pub fn read_pages(pid: i32, runs: &[(u64, usize)], buf: &mut [u8]) -> std::io::Result<()> {
+    let total: usize = runs.iter().map(|r| r.1).sum();
+    match sys::process_vm_readv(pid, &mut buf[..total], runs) {
+        Ok(n) if n == total => return Ok(()),
+        _ => {}
+    }
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let mut off = 0;
+    for &(a, l) in runs {
+        f.read_exact_at(&mut buf[off..off + l], a)?;
+        off += l;
+    }
+    Ok(())
+}
+
+/// Write page data for a batch of runs into `pid` (pages must be writable).
+pub fn write_pages(pid: i32, runs: &[(u64, usize)], data: &[u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    let mut runs_left: Vec<(u64, usize)> = runs.to_vec();
+    while done < data.len() {
+        let n = sys::process_vm_writev(pid, &data[done..], &runs_left)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "process_vm_writev wrote nothing"));
+        }
+        done += n;
+        // Drop what was written from the front of the run list.
+        let mut k = n;
+        while k > 0 && !runs_left.is_empty() {
+            if runs_left[0].1 <= k {
+                k -= runs_left[0].1;
+                runs_left.remove(0);
+            } else {
+                runs_left[0].0 += k as u64;
+                runs_left[0].1 -= k;
+                k = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Batches runs into chunks of at most `max_bytes` and 1024 pieces.
+pub fn batch_runs(runs: impl Iterator<Item = (u64, usize)>, max_bytes: usize) -> Vec<Vec<(u64, usize)>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<(u64, usize)> = Vec::new();
+    let mut size = 0;
+    for (mut a, mut l) in runs {
+        while l > 0 {
+            let take = l.min(max_bytes - size);
+            cur.push((a, take));
+            size += take;
+            a += take as u64;
+            l -= take;
+            if size == max_bytes || cur.len() == 1024 {
+                out.push(std::mem::take(&mut cur));
+                size = 0;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Where the rebuilt process comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Target {
+    /// A fresh process that has not run (a guest on a remote node).
+    Fresh,
+    /// The parked placeholder at home: vdso kept, mm fields still its own.
+    Parked,
+}
+
+/// State between the layout phase and the finishing phase of a restore.
+pub struct Restore {
+    pub scratch: u64,
+    file_fds: Vec<(String, u64)>,
+}
+
+fn free_in(ranges: &[(u64, u64)], lo: u64, len: u64) -> bool {
+    ranges.iter().all(|&(s, e)| lo + len <= s || lo >= e)
+}
+
+/// Pick a scratch address free in both the image and the target's current layout.
+fn pick_scratch(img: &Image, current: &[MapLine]) -> u64 {
+    let mut used: Vec<(u64, u64)> = img.regions.iter().map(|r| (r.start, r.end)).collect();
+    used.push((img.vdso.0, img.vdso.0 + img.vdso.1));
+    used.extend(current.iter().map(|m| (m.start, m.end)));
+    let mut a = 0x7e00_0000_0000u64;
+    while a > 0x1000_0000 {
+        if free_in(&used, a, SCRATCH_LEN) {
+            return a;
+        }
+        a -= 0x10_0000_0000;
+    }
+    0x2000_0000
+}
+
+/// Phase 1 of a restore: clear the target's layout and map every region of
+/// the image, writable where pages will be written.
+pub fn restore_layout(t: &mut Tracee, img: &Image, target: Target, parked_scratch: u64) -> Result<Restore> {
+    let pid = t.pid;
+    let ioe = |what: &'static str| move |e: std::io::Error| TraceError::Io { pid, what, source: e };
+    let current = procfs::maps(pid).map_err(ioe("maps"))?;
+    let image_ranges: Vec<(u64, u64)> = img.regions.iter().map(|r| (r.start, r.end)).collect();
+    let scratch = if target == Target::Parked && parked_scratch != 0 && free_in(&image_ranges, parked_scratch, SCRATCH_LEN) {
+        t.syscall_ip = parked_scratch;
+        parked_scratch
+    } else {
+        let old = t.syscall_ip;
+        let p = map_scratch(t, pick_scratch(img, &current))?;
+        if target == Target::Parked && parked_scratch != 0 && old == parked_scratch {
+            t.syscall_ok("munmap old scratch", libc::SYS_munmap, [parked_scratch, SCRATCH_LEN, 0, 0, 0, 0])?;
+        }
+        p
+    };
+
+    // Unmap everything except the scratch and (when it is already where the image wants it) the vdso.
+    let cur_vdso = current.iter().filter(|m| is_special(&m.path) && m.path != "[vsyscall]").fold((u64::MAX, 0u64), |(lo, hi), m| (lo.min(m.start), hi.max(m.end)));
+    let keep_vdso = cur_vdso.0 == img.vdso.0 && cur_vdso.1 - cur_vdso.0 == img.vdso.1;
+    let mut keep = vec![(scratch, scratch + SCRATCH_LEN)];
+    if keep_vdso {
+        keep.push(cur_vdso);
+    }
+    keep.sort();
+    let mut lo = 0x1000u64;
+    for &(s, e) in &keep {
+        if s > lo {
+            t.syscall_ok("munmap", libc::SYS_munmap, [lo, s - lo, 0, 0, 0, 0])?;
+        }
+        lo = e;
+    }
+    if lo < TASK_SIZE {
+        t.syscall_ok("munmap", libc::SYS_munmap, [lo, TASK_SIZE - lo, 0, 0, 0, 0])?;
+    }
+    if !keep_vdso {
+        const ARCH_MAP_VDSO_64: u64 = 0x2003;
+        t.syscall_ok("arch_prctl(ARCH_MAP_VDSO_64)", libc::SYS_arch_prctl, [ARCH_MAP_VDSO_64, img.vdso.0, 0, 0, 0, 0])?;
+    }
+
+    let path_at = scratch + 1024;
+    let mut file_fds: Vec<(String, u64)> = Vec::new();
+    if target == Target::Parked {
+        // brk cannot be set by PR_SET_MM_MAP without CAP_SYS_ADMIN: move it with brk itself.
+        t.syscall(libc::SYS_brk, [img.mm.start_brk, 0, 0, 0, 0, 0])?;
+        let got = t.syscall(libc::SYS_brk, [img.mm.brk, 0, 0, 0, 0, 0])? as u64;
+        if got != img.mm.brk {
+            return Err(TraceError::Injected { pid, name: "brk", errno: libc::ENOMEM as i64 });
+        }
+    }
+    for r in &img.regions {
+        let len = r.end - r.start;
+        let writable = if r.runs.is_empty() { 0 } else { libc::PROT_WRITE as u32 };
+        let prot = (r.prot | writable) as u64;
+        match &r.kind {
+            RegionKind::Heap if target == Target::Parked => {
+                // Already mapped by brk above; make sure protections match.
+                t.syscall_ok("mprotect heap", libc::SYS_mprotect, [r.start, len, prot, 0, 0, 0])?;
+            }
+            RegionKind::File { path, offset } => {
+                let fd = match file_fds.iter().find(|(p, _)| p == path) {
+                    Some((_, fd)) => *fd,
+                    None => {
+                        let mut c = path.as_bytes().to_vec();
+                        c.push(0);
+                        t.poke(path_at, &c)?;
+                        let fd = t.syscall_ok("open mapped file", libc::SYS_openat, [libc::AT_FDCWD as u64, path_at, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0])?;
+                        file_fds.push((path.clone(), fd));
+                        fd
+                    }
+                };
+                t.syscall_ok("mmap file", libc::SYS_mmap, [r.start, len, prot, (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64, fd, *offset])?;
+            }
+            kind => {
+                let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
+                if *kind == RegionKind::Stack {
+                    flags |= libc::MAP_GROWSDOWN;
+                }
+                if r.prot == 0 {
+                    flags |= libc::MAP_NORESERVE;
+                }
+                t.syscall_ok("mmap", libc::SYS_mmap, [r.start, len, prot, flags as u64, u64::MAX, 0])?;
+                if len >= 4 << 20 && !r.runs.is_empty() {
+                    // Huge pages make writing the image several times cheaper.
+                    let _ = t.syscall(libc::SYS_madvise, [r.start, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0]);
+                }
+            }
+        }
+    }
+    Ok(Restore { scratch, file_fds })
+}
+
+/// Phase 3 of a restore (after the pages are written): protections, mm fields,
+/// rseq, robust list, signals, limits, cwd, umask, name, registers.
+/// The scratch area stays mapped; the caller removes it with [`unmap_scratch`].
+pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore, cwd: Option<&str>) -> Result<()> {
+    let pid = t.pid;
+    let data = rs.scratch + 1024;
+    for r in &img.regions {
+        if !r.runs.is_empty() && r.prot & libc::PROT_WRITE as u32 == 0 {
+            t.syscall_ok("mprotect", libc::SYS_mprotect, [r.start, r.end - r.start, r.prot as u64, 0, 0, 0])?;
+        }
+    }
+    if target == Target::Fresh {
+        let exe_fd = if img.exe_reopen {
+            let mut c = img.exe.as_bytes().to_vec();
+            c.push(0);
+            t.poke(data, &c)?;
+            t.syscall_ok("open exe", libc::SYS_openat, [libc::AT_FDCWD as u64, data, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0])?
+        } else {
+            u32::MAX as u64
+        };
+        let m = &img.mm;
+        let auxv_at = data + 256;
+        let mut map = Vec::with_capacity(104);
+        for v in [m.start_code, m.end_code, m.start_data, m.end_data, m.start_brk, m.brk, m.start_stack, m.arg_start, m.arg_end, m.env_start, m.env_end, auxv_at] {
+            map.extend_from_slice(&v.to_le_bytes());
+        }
+        map.extend_from_slice(&(img.auxv.len() as u32).to_le_bytes());
+        map.extend_from_slice(&(exe_fd as u32).to_le_bytes());
+        t.poke(data, &map)?;
+        t.poke(auxv_at, &img.auxv)?;
+        const PR_SET_MM: u64 = 35;
+        const PR_SET_MM_MAP: u64 = 14;
+        t.syscall_ok("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, [PR_SET_MM, PR_SET_MM_MAP, data, map.len() as u64, 0, 0])?;
+        if exe_fd != u32::MAX as u64 {
+            t.syscall(libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
+        }
+    }
+    for (_, fd) in &rs.file_fds {
+        t.syscall(libc::SYS_close, [*fd, 0, 0, 0, 0, 0])?;
+    }
+    let (rp, rl, rsig) = img.rseq;
+    if rp != 0 {
+        t.syscall_ok("rseq", libc::SYS_rseq, [rp, rl as u64, 0, rsig as u64, 0, 0])?;
+    }
+    t.syscall_ok("set_robust_list", libc::SYS_set_robust_list, [img.robust.0, img.robust.1, 0, 0, 0, 0])?;
+
+    // Signal actions: handlers, ignored ones, and defaults for the rest the target had changed.
+    let cur = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let cur_set = procfs::hex_mask(&procfs::status_field_in(&cur, "SigCgt").unwrap_or_default())
+        | procfs::hex_mask(&procfs::status_field_in(&cur, "SigIgn").unwrap_or_default());
+    for sig in 1..=64i32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let bit = 1u64 << (sig - 1);
+        let act = if let Some(a) = img.actions.iter().find(|a| a.sig == sig) {
+            *a
+        } else if img.ignored & bit != 0 {
+            SigAction { sig, handler: 1, flags: 0, restorer: 0, mask: 0 }
+        } else if cur_set & bit != 0 {
+            SigAction { sig, handler: 0, flags: 0, restorer: 0, mask: 0 }
+        } else {
+            continue;
+        };
+        let mut b = Vec::with_capacity(32);
+        for v in [act.handler, act.flags, act.restorer, act.mask] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        t.poke(data, &b)?;
+        t.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [sig as u64, data, 0, 8, 0, 0])?;
+    }
+    for (res, &(cur, max)) in img.rlimits.iter().enumerate() {
+        if let Err(e) = sys::prlimit(pid, res as u32, Some((cur, max))) {
+            tracing::debug!(pid, res, %e, "rlimit not restored");
+        }
+    }
+    t.syscall(libc::SYS_umask, [img.umask as u64, 0, 0, 0, 0, 0])?;
+    let mut name = img.comm.as_bytes().to_vec();
+    name.truncate(15);
+    name.push(0);
+    t.poke(data, &name)?;
+    t.syscall(libc::SYS_prctl, [libc::PR_SET_NAME as u64, data, 0, 0, 0, 0])?;
+    if let Some(dir) = cwd {
+        let mut c = dir.as_bytes().to_vec();
+        c.push(0);
+        t.poke(data, &c)?;
+        t.syscall(libc::SYS_chdir, [data, 0, 0, 0, 0, 0])?;
+    }
+    sys::ptrace_set_sigmask(pid, img.sigmask).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e })?;
+    sys::ptrace_set_xstate(pid, &img.xstate).map_err(|e| TraceError::Io { pid, what: "setxstate", source: e })?;
+    t.saved = img.regs();
+    Ok(())
+}
+
+/// Remove the scratch area: the last injected call.
+pub fn unmap_scratch(t: &mut Tracee, scratch: u64) -> Result<()> {
+    t.syscall_ip = scratch;
+    t.syscall_ok("munmap scratch", libc::SYS_munmap, [scratch, SCRATCH_LEN, 0, 0, 0, 0]).map(drop)
+}
+
+/// Turn a frozen process into the parked placeholder: no fds, no memory but the
+/// scratch (with the parking loop) and the vdso; it then waits in `pause()`.
+pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
+    t.syscall_ip = scratch;
+    t.syscall_ok("close_range", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
+    let (rp, rl, rsig) = img.rseq;
+    if rp != 0 {
+        t.syscall_ok("rseq unregister", libc::SYS_rseq, [rp, rl as u64, 1, rsig as u64, 0, 0])?;
+    }
+    t.syscall_ok("set_robust_list", libc::SYS_set_robust_list, [0, 24, 0, 0, 0, 0])?;
+    for r in &img.regions {
+        t.syscall_ok("munmap", libc::SYS_munmap, [r.start, r.end - r.start, 0, 0, 0, 0])?;
+    }
+    let mut regs = img.regs();
+    regs.rip = scratch + PARK_OFFSET;
+    regs.orig_rax = u64::MAX;
+    t.saved = regs;
+    Ok(())
+}
+
+/// Undo [`capture`]'s changes when a migration fails: drop the scratch area.
+pub fn rollback(t: &mut Tracee, scratch: u64) -> Result<()> {
+    let keep = t.saved;
+    let r = unmap_scratch(t, scratch);
+    t.saved = keep;
+    r
+}

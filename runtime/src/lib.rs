@@ -1,0 +1,17 @@
+//! om runtime: what every node shares.
+//!
+//! - [`image`]: capture a frozen process and rebuild it elsewhere;
+//! - [`ptrace`]: the stopped-tracee type and syscall injection;
+//! - [`syscalls`]: the table of every x86_64 syscall and how a migrated process gets it served;
+//! - [`wire`]: validated frames for node links and the control socket;
+//! - [`client`]: the control-socket client used by `om-exec`, `omctl` and batch tools.
+
+pub mod client;
+pub mod image;
+pub mod marshal;
+pub mod procfs;
+pub mod ptrace;
+pub mod sys;
+pub mod syscalls;
+pub mod transfer;
+pub mod wire;

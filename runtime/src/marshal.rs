@@ -1,0 +1,84 @@
+//! How a forwarded call's buffers travel: the remote supervisor and the
+//! deputy both follow these rules, driven by [`crate::syscalls::spec`].
+
+use crate::syscalls::Arg;
+use crate::wire::SysReq;
+
+/// Largest buffer one forwarded call moves; bigger reads and writes are cut
+/// short (a short count, as POSIX allows).
+pub const MAX_IO: usize = 8 << 20;
+/// A path or name argument is at most this long (PATH_MAX).
+pub const MAX_PATH: usize = 4096;
+/// Result a deputy gives for a call that must run at home.
+pub const GO_HOME: i64 = i64::MIN;
+
+/// Does this argument carry bytes from the process to home?
+pub fn is_in(a: Arg) -> bool {
+    matches!(a, Arg::Path | Arg::In(_) | Arg::InOut(_))
+}
+
+/// Does this argument carry bytes from home back to the process?
+pub fn is_out(a: Arg) -> bool {
+    matches!(a, Arg::Out(_) | Arg::OutRet(_) | Arg::OutRetN(..) | Arg::InOut(_))
+}
+
+/// Bytes of an out argument that are sent back, given the call's result.
+pub fn out_valid(a: Arg, len: usize, ret: i64) -> usize {
+    if ret < 0 {
+        return 0;
+    }
+    match a {
+        Arg::Out(_) | Arg::InOut(_) => len,
+        Arg::OutRet(_) => (ret as usize).min(len),
+        Arg::OutRetN(_, n) => (ret as usize).saturating_mul(n).min(len),
+        _ => 0,
+    }
+}
+
+/// Check a request against its spec before touching it: every length within
+/// limits and the data exactly the sum of the input lengths.
+pub fn validate(req: &SysReq, spec: &[Arg]) -> Result<(), String> {
+    if spec.len() > 6 {
+        return Err("spec longer than six arguments".into());
+    }
+    let mut want = 0usize;
+    for (i, a) in spec.iter().enumerate() {
+        let l = req.lens[i] as usize;
+        let limit = if *a == Arg::Path { MAX_PATH + 1 } else { MAX_IO };
+        if l > limit {
+            return Err(format!("argument {i} of {} bytes exceeds the {limit}-byte limit", l));
+        }
+        if is_in(*a) {
+            want += l;
+        }
+    }
+    if req.data.len() != want {
+        return Err(format!("{} data bytes for {} bytes of input", req.data.len(), want));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syscalls::{spec, Len};
+
+    #[test]
+    fn read_returns_only_what_was_read() {
+        assert_eq!(out_valid(Arg::OutRet(Len::Val(2)), 100, 7), 7);
+        assert_eq!(out_valid(Arg::OutRet(Len::Val(2)), 100, -9), 0);
+        assert_eq!(out_valid(Arg::OutRetN(Len::Val(2), 12), 120, 3), 36);
+        assert_eq!(out_valid(Arg::Out(Len::Const(144)), 144, 0), 144);
+    }
+
+    #[test]
+    fn validation_rejects_inconsistent_requests() {
+        let s = spec(1).unwrap(); // write
+        let mut req = SysReq { id: 1, nr: 1, args: [1, 0, 3, 0, 0, 0], lens: [0, 3, 0, 0, 0, 0], data: b"abc".to_vec() };
+        assert!(validate(&req, s).is_ok());
+        req.data.push(0);
+        assert!(validate(&req, s).is_err());
+        req.lens[1] = u32::MAX;
+        assert!(validate(&req, s).is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! Small /proc readers for the fields om needs.
+
+use std::io;
+
+/// One line of /proc/PID/maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapLine {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub inode: u64,
+    pub path: String,
+}
+
+pub fn parse_maps(text: &str) -> Vec<MapLine> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut it = line.splitn(6, ' ');
+        let (Some(range), Some(perms), Some(off), Some(_dev), Some(inode)) = (it.next(), it.next(), it.next(), it.next(), it.next())
+        else {
+            continue;
+        };
+        let path = it.next().unwrap_or("").trim_start().to_string();
+        let Some((s, e)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else { continue };
+        let p = perms.as_bytes();
+        if p.len() < 4 {
+            continue;
+        }
+        out.push(MapLine {
+            start,
+            end,
+            read: p[0] == b'r',
+            write: p[1] == b'w',
+            exec: p[2] == b'x',
+            shared: p[3] == b's',
+            offset: u64::from_str_radix(off, 16).unwrap_or(0),
+            inode: inode.parse().unwrap_or(0),
+            path,
+        });
+    }
+    out
+}
+
+pub fn maps(pid: i32) -> io::Result<Vec<MapLine>> {
+    Ok(parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
+}
+
+/// Fields of /proc/PID/stat after the command name, indexed by their
+/// 1-based field number in proc(5).
+pub struct Stat {
+    fields: Vec<String>,
+    pub comm: String,
+}
+
+impl Stat {
+    pub fn field(&self, n: usize) -> u64 {
+        // fields[0] is field 3 (state).
+        self.fields.get(n.wrapping_sub(3)).and_then(|f| f.parse::<i64>().ok()).map_or(0, |v| v as u64)
+    }
+    pub fn state(&self) -> char {
+        self.fields.first().and_then(|s| s.chars().next()).unwrap_or('?')
+    }
+}
+
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let fields = text[close + 1..].split_whitespace().map(str::to_string).collect();
+    Some(Stat { fields, comm })
+}
+
+pub fn stat(pid: i32) -> io::Result<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad /proc stat"))
+}
+
+/// The value of one `Key:` line of /proc/PID/status.
+pub fn status_field(pid: i32, key: &str) -> io::Result<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(status_field_in(&text, key).unwrap_or_default())
+}
+
+pub fn status_field_in(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.trim().to_string())
+    })
+}
+
+pub fn hex_mask(s: &str) -> u64 {
+    u64::from_str_radix(s.trim(), 16).unwrap_or(0)
+}
+
+/// Open fds of a process with their close-on-exec flag.
+pub fn fds(pid: i32) -> io::Result<Vec<(i32, bool)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let e = e?;
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+        let flags = status_field_in(&info, "flags").and_then(|f| u64::from_str_radix(&f, 8).ok()).unwrap_or(0);
+        out.push((fd, flags & libc::O_CLOEXEC as u64 != 0));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Children of a process (all its threads).
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in rd.flatten() {
+            let p = t.path().join("children");
+            if let Ok(s) = std::fs::read_to_string(p) {
+                out.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_line() {
+        let m = parse_maps(
+            "55d0c0a00000-55d0c0a02000 r--p 00000000 fd:01 1234   /usr/bin/cat\n7ffd1000-7ffd3000 rw-p 00000000 00:00 0                          [stack]\n7f00-8f00 ---p 00000000 00:00 0 \n",
+        );
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].path, "/usr/bin/cat");
+        assert!(m[0].read && !m[0].write && !m[0].shared);
+        assert_eq!(m[1].path, "[stack]");
+        assert_eq!(m[2].path, "");
+    }
+
+    #[test]
+    fn stat_with_spaces_in_comm() {
+        let s = parse_stat("42 (a b) c) S 1 42 42 0 -1").unwrap();
+        assert_eq!(s.comm, "a b) c");
+        assert_eq!(s.state(), 'S');
+        assert_eq!(s.field(4), 1);
+        assert_eq!(s.field(5), 42);
+    }
+}

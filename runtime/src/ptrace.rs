@@ -1,0 +1,277 @@
+//! A stopped ptrace tracee and system-call injection.
+//!
+//! A [`Tracee`] value exists only while the process is in a ptrace-stop, so
+//! registers and memory are only reachable then (reverie's typestate idea, cut
+//! to what om needs). A tracee that vanishes surfaces as [`TraceError::Died`].
+
+use crate::sys::{self, Regs};
+use std::io;
+
+/// Errors of a traced process.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("process {pid} died while traced (status {status:#x})")]
+    Died { pid: i32, status: i32 },
+    #[error("ptrace on process {pid} failed during {what}: {source}")]
+    Io { pid: i32, what: &'static str, source: io::Error },
+    #[error("injected {name} in process {pid} failed: errno {errno}")]
+    Injected { pid: i32, name: &'static str, errno: i64 },
+}
+
+pub type Result<T> = std::result::Result<T, TraceError>;
+
+const TRACESYSGOOD: u64 = libc::PTRACE_O_TRACESYSGOOD as u64;
+const EXITKILL: u64 = libc::PTRACE_O_EXITKILL as u64;
+
+/// Restart codes a syscall interrupted by a stop leaves in rax.
+const ERESTARTSYS: i64 = -512;
+const ERESTARTNOINTR: i64 = -513;
+const ERESTARTNOHAND: i64 = -514;
+const ERESTART_RESTARTBLOCK: i64 = -516;
+
+/// Undo an interrupted syscall the way the kernel's signal path would: rewind to
+/// re-issue it, or report EINTR for `restart_syscall` cases (as CRIU does).
+/// Always leaves `orig_rax = -1` so no later path restarts it a second time.
+pub fn repair_restart(regs: &mut Regs) {
+    let orig = regs.orig_rax as i64;
+    if orig >= 0 {
+        match regs.rax as i64 {
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                regs.rip -= 2;
+                regs.rax = regs.orig_rax;
+            }
+            ERESTART_RESTARTBLOCK => regs.rax = (-libc::EINTR as i64) as u64,
+            _ => {}
+        }
+    }
+    regs.orig_rax = u64::MAX;
+}
+
+/// A process held in a ptrace-stop by the calling thread.
+pub struct Tracee {
+    pub pid: i32,
+    /// Address of a `syscall` instruction (0f 05) in the tracee, for injection.
+    pub syscall_ip: u64,
+    /// Signals that arrived while we held the process; re-sent on release.
+    pub deferred: Vec<i32>,
+    /// Registers to put back when the tracee resumes (already repaired).
+    pub saved: Regs,
+}
+
+fn io_err(pid: i32, what: &'static str) -> impl FnOnce(io::Error) -> TraceError {
+    move |source| {
+        if source.raw_os_error() == Some(libc::ESRCH) {
+            TraceError::Died { pid, status: -1 }
+        } else {
+            TraceError::Io { pid, what, source }
+        }
+    }
+}
+
+impl Tracee {
+    /// Seize a running process and bring it to a stop (`PTRACE_SEIZE` + `INTERRUPT`).
+    /// `kill_on_exit` sets `PTRACE_O_EXITKILL` (for guests, never for home processes).
+    pub fn seize(pid: i32, kill_on_exit: bool) -> Result<Tracee> {
+        Self::seize_then(pid, kill_on_exit, &mut || {})
+    }
+
+    /// Seize and interrupt, run `before_wait` (e.g. answer the seccomp
+    /// notification the process waits in, so it can reach the stop), then wait.
+    pub fn seize_then(pid: i32, kill_on_exit: bool, before_wait: &mut dyn FnMut()) -> Result<Tracee> {
+        let opts = TRACESYSGOOD | if kill_on_exit { EXITKILL } else { 0 };
+        sys::ptrace_seize(pid, opts).map_err(io_err(pid, "seize"))?;
+        sys::ptrace_interrupt(pid).map_err(io_err(pid, "interrupt"))?;
+        before_wait();
+        let mut t = Tracee { pid, syscall_ip: 0, deferred: Vec::new(), saved: zero_regs() };
+        t.wait_stop()?;
+        t.saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
+        repair_restart(&mut t.saved);
+        Ok(t)
+    }
+
+    /// Adopt a child that called `PTRACE_TRACEME` and then exec'd: it is stopped
+    /// by SIGTRAP at its first instruction.
+    pub fn adopt_traceme_child(pid: i32) -> Result<Tracee> {
+        let (_, status) = sys::waitpid(pid, libc::__WALL).map_err(io_err(pid, "wait"))?;
+        if !libc::WIFSTOPPED(status) {
+            return Err(TraceError::Died { pid, status });
+        }
+        sys::ptrace_setoptions(pid, TRACESYSGOOD | EXITKILL).map_err(io_err(pid, "setoptions"))?;
+        let mut saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
+        saved.orig_rax = u64::MAX;
+        Ok(Tracee { pid, syscall_ip: 0, deferred: Vec::new(), saved })
+    }
+
+    /// Stop a process this thread already traces (e.g. a parked placeholder).
+    pub fn interrupt(pid: i32, syscall_ip: u64) -> Result<Tracee> {
+        sys::ptrace_interrupt(pid).map_err(io_err(pid, "interrupt"))?;
+        let mut t = Tracee { pid, syscall_ip, deferred: Vec::new(), saved: zero_regs() };
+        t.wait_stop()?;
+        t.saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
+        repair_restart(&mut t.saved);
+        Ok(t)
+    }
+
+    /// Wrap a process that this thread already holds in a ptrace-stop.
+    pub fn already_stopped(pid: i32, syscall_ip: u64) -> Result<Tracee> {
+        let mut saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
+        repair_restart(&mut saved);
+        Ok(Tracee { pid, syscall_ip, deferred: Vec::new(), saved })
+    }
+
+    /// Wait for the stop that PTRACE_INTERRUPT asked for; signals that arrive
+    /// first are deferred (the process is in a ptrace-stop either way).
+    fn wait_stop(&mut self) -> Result<()> {
+        let (_, status) = sys::waitpid(self.pid, libc::__WALL).map_err(io_err(self.pid, "wait"))?;
+        if !libc::WIFSTOPPED(status) {
+            return Err(TraceError::Died { pid: self.pid, status });
+        }
+        let sig = libc::WSTOPSIG(status);
+        let event = status >> 16;
+        if event == 0 && sig != libc::SIGTRAP && sig != (libc::SIGTRAP | 0x80) {
+            self.deferred.push(sig);
+        }
+        Ok(())
+    }
+
+    pub fn regs(&self) -> Result<Regs> {
+        sys::ptrace_getregs(self.pid).map_err(io_err(self.pid, "getregs"))
+    }
+
+    pub fn set_regs(&self, regs: &Regs) -> Result<()> {
+        sys::ptrace_setregs(self.pid, regs).map_err(io_err(self.pid, "setregs"))
+    }
+
+    /// Run one system call inside the tracee and return its raw result.
+    pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        self.syscall_hooked(nr, args, &mut || Ok(()))
+    }
+
+    /// Like [`Tracee::syscall`], calling `between` after the tracee was let go
+    /// from its entry stop and before waiting for the exit stop (to answer a
+    /// seccomp notification the call raises).
+    pub fn syscall_hooked(&mut self, nr: i64, args: [u64; 6], between: &mut dyn FnMut() -> io::Result<()>) -> Result<i64> {
+        assert!(self.syscall_ip != 0, "no syscall instruction known in tracee");
+        let mut r = self.saved;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
+        r.rip = self.syscall_ip;
+        self.set_regs(&r)?;
+        // Two stops: entry, then exit. Signals in between are deferred.
+        for stop in 0..2 {
+            loop {
+                sys::ptrace_syscall(self.pid, 0).map_err(io_err(self.pid, "syscall"))?;
+                if stop == 1 {
+                    between().map_err(io_err(self.pid, "between stops"))?;
+                }
+                let (_, status) = sys::waitpid(self.pid, libc::__WALL).map_err(io_err(self.pid, "wait"))?;
+                if !libc::WIFSTOPPED(status) {
+                    return Err(TraceError::Died { pid: self.pid, status });
+                }
+                let sig = libc::WSTOPSIG(status);
+                if sig == (libc::SIGTRAP | 0x80) {
+                    break;
+                }
+                if status >> 16 == 0 && sig != libc::SIGTRAP {
+                    self.deferred.push(sig);
+                }
+            }
+        }
+        let out = self.regs()?;
+        self.set_regs(&self.saved)?;
+        Ok(out.rax as i64)
+    }
+
+    /// Like [`Tracee::syscall`] but a negative result is an error naming the call.
+    pub fn syscall_ok(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<u64> {
+        let r = self.syscall(nr, args)?;
+        if (-4095..0).contains(&r) {
+            return Err(TraceError::Injected { pid: self.pid, name, errno: -r });
+        }
+        Ok(r as u64)
+    }
+
+    /// Write bytes into the tracee through /proc/PID/mem (works on read-only pages).
+    pub fn poke(&self, addr: u64, data: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{}/mem", self.pid))
+            .map_err(io_err(self.pid, "open mem"))?;
+        f.write_all_at(data, addr).map_err(io_err(self.pid, "write mem"))
+    }
+
+    pub fn peek(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(format!("/proc/{}/mem", self.pid)).map_err(io_err(self.pid, "open mem"))?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, addr).map_err(io_err(self.pid, "read mem"))?;
+        Ok(buf)
+    }
+
+    /// Put the saved registers back and let the process go, re-sending deferred signals.
+    pub fn detach(self) -> Result<()> {
+        self.set_regs(&self.saved)?;
+        sys::ptrace_detach(self.pid, 0).map_err(io_err(self.pid, "detach"))?;
+        for sig in self.deferred {
+            let _ = sys::kill(self.pid, sig);
+        }
+        Ok(())
+    }
+
+    /// Resume under trace (PTRACE_CONT) with the saved registers.
+    pub fn resume_traced(&self) -> Result<()> {
+        self.set_regs(&self.saved)?;
+        sys::ptrace_cont(self.pid, 0).map_err(io_err(self.pid, "cont"))
+    }
+}
+
+pub fn zero_regs() -> Regs {
+    // SAFETY: user_regs_struct is plain data; all zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_rewinds_erestartsys() {
+        let mut r = zero_regs();
+        r.orig_rax = 230;
+        r.rax = (-514i64) as u64;
+        r.rip = 0x1000;
+        repair_restart(&mut r);
+        assert_eq!(r.rip, 0x0ffe);
+        assert_eq!(r.rax, 230);
+        assert_eq!(r.orig_rax, u64::MAX);
+    }
+
+    #[test]
+    fn restart_block_becomes_eintr() {
+        let mut r = zero_regs();
+        r.orig_rax = 35;
+        r.rax = (-516i64) as u64;
+        r.rip = 0x1000;
+        repair_restart(&mut r);
+        assert_eq!(r.rip, 0x1000);
+        assert_eq!(r.rax as i64, -4);
+    }
+
+    #[test]
+    fn finished_syscall_untouched() {
+        let mut r = zero_regs();
+        r.orig_rax = 0;
+        r.rax = 5;
+        r.rip = 0x1000;
+        repair_restart(&mut r);
+        assert_eq!((r.rip, r.rax), (0x1000, 5));
+    }
+}

@@ -1,0 +1,418 @@
+//! Raw system calls: ptrace, cross-process memory, pidfds, seccomp
+//! notification ioctls and per-thread credentials.
+//!
+//! Every `unsafe` block of the runtime lives here, each with a `// SAFETY:`
+//! line. Callers get plain `io::Result` values.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+pub use libc::user_regs_struct as Regs;
+
+/// `NT_X86_XSTATE`, the regset holding the FPU/SSE/AVX state.
+const NT_X86_XSTATE: libc::c_int = 0x202;
+const NT_PRSTATUS: libc::c_int = 1;
+
+fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn ptrace_raw(req: libc::c_uint, pid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: ptrace takes a request, a pid and two word-sized arguments; every
+    // caller below passes either plain values or pointers to live, correctly
+    // sized buffers for the request.
+    cvt(unsafe { libc::ptrace(req, pid, addr as *mut libc::c_void, data as *mut libc::c_void) })
+}
+
+/// `PTRACE_SEIZE` with options.
+pub fn ptrace_seize(pid: i32, options: u64) -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_SEIZE, pid, 0, options as usize).map(drop)
+}
+
+pub fn ptrace_interrupt(pid: i32) -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_INTERRUPT, pid, 0, 0).map(drop)
+}
+
+pub fn ptrace_setoptions(pid: i32, options: u64) -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_SETOPTIONS, pid, 0, options as usize).map(drop)
+}
+
+pub fn ptrace_syscall(pid: i32, sig: i32) -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_SYSCALL, pid, 0, sig as usize).map(drop)
+}
+
+pub fn ptrace_cont(pid: i32, sig: i32) -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_CONT, pid, 0, sig as usize).map(drop)
+}
+
+pub fn ptrace_listen(pid: i32) -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_LISTEN, pid, 0, 0).map(drop)
+}
+
+pub fn ptrace_detach(pid: i32, sig: i32) -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_DETACH, pid, 0, sig as usize).map(drop)
+}
+
+/// `PTRACE_TRACEME`, for a child between fork and exec.
+pub fn ptrace_traceme() -> io::Result<()> {
+    ptrace_raw(libc::PTRACE_TRACEME, 0, 0, 0).map(drop)
+}
+
+pub fn ptrace_getregs(pid: i32) -> io::Result<Regs> {
+    // SAFETY: user_regs_struct is plain old data; all-zero is a valid value.
+    let mut regs: Regs = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: (&raw mut regs).cast(),
+        iov_len: std::mem::size_of::<Regs>(),
+    };
+    ptrace_raw(libc::PTRACE_GETREGSET, pid, NT_PRSTATUS as usize, (&raw mut iov) as usize)?;
+    Ok(regs)
+}
+
+pub fn ptrace_setregs(pid: i32, regs: &Regs) -> io::Result<()> {
+    let mut copy = *regs;
+    let mut iov = libc::iovec {
+        iov_base: (&raw mut copy).cast(),
+        iov_len: std::mem::size_of::<Regs>(),
+    };
+    ptrace_raw(libc::PTRACE_SETREGSET, pid, NT_PRSTATUS as usize, (&raw mut iov) as usize).map(drop)
+}
+
+/// The extended FPU state (`NT_X86_XSTATE`), as many bytes as the kernel has.
+pub fn ptrace_get_xstate(pid: i32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 16384];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    ptrace_raw(libc::PTRACE_GETREGSET, pid, NT_X86_XSTATE as usize, (&raw mut iov) as usize)?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+pub fn ptrace_set_xstate(pid: i32, xstate: &[u8]) -> io::Result<()> {
+    let mut copy = xstate.to_vec();
+    let mut iov = libc::iovec { iov_base: copy.as_mut_ptr().cast(), iov_len: copy.len() };
+    ptrace_raw(libc::PTRACE_SETREGSET, pid, NT_X86_XSTATE as usize, (&raw mut iov) as usize).map(drop)
+}
+
+pub fn ptrace_get_sigmask(pid: i32) -> io::Result<u64> {
+    let mut mask: u64 = 0;
+    ptrace_raw(libc::PTRACE_GETSIGMASK, pid, 8, (&raw mut mask) as usize)?;
+    Ok(mask)
+}
+
+pub fn ptrace_set_sigmask(pid: i32, mask: u64) -> io::Result<()> {
+    let mut m = mask;
+    ptrace_raw(libc::PTRACE_SETSIGMASK, pid, 8, (&raw mut m) as usize).map(drop)
+}
+
+/// `PTRACE_GET_RSEQ_CONFIGURATION`: (abi pointer, abi size, signature).
+pub fn ptrace_get_rseq(pid: i32) -> io::Result<(u64, u32, u32)> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct RseqConf {
+        ptr: u64,
+        size: u32,
+        sig: u32,
+        flags: u32,
+        pad: u32,
+    }
+    let mut conf = RseqConf::default();
+    ptrace_raw(
+        libc::PTRACE_GET_RSEQ_CONFIGURATION,
+        pid,
+        std::mem::size_of::<RseqConf>(),
+        (&raw mut conf) as usize,
+    )?;
+    Ok((conf.ptr, conf.size, conf.sig))
+}
+
+/// One wait status from `waitpid`, raw.
+pub fn waitpid(pid: i32, flags: i32) -> io::Result<(i32, i32)> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status points to a live int.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok((r, status));
+    }
+}
+
+/// `waitpid` that returns on EINTR instead of retrying (so a thread can be woken).
+pub fn waitpid_interruptible(pid: i32, flags: i32) -> io::Result<(i32, i32)> {
+    let mut status = 0;
+    // SAFETY: status points to a live int.
+    let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((r, status))
+}
+
+/// Read memory of another process; `local` is filled from `remote` (addr, len) pieces.
+pub fn process_vm_readv(pid: i32, local: &mut [u8], remote: &[(u64, usize)]) -> io::Result<usize> {
+    let liov = libc::iovec { iov_base: local.as_mut_ptr().cast(), iov_len: local.len() };
+    let riov: Vec<libc::iovec> = remote
+        .iter()
+        .map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l })
+        .collect();
+    // SAFETY: liov describes `local`, which we borrow mutably; riov describes
+    // addresses in the other process, which the kernel checks.
+    let n = unsafe { libc::process_vm_readv(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0) };
+    cvt(n as libc::c_long).map(|n| n as usize)
+}
+
+/// Write `local` into another process at the (addr, len) pieces of `remote`.
+pub fn process_vm_writev(pid: i32, local: &[u8], remote: &[(u64, usize)]) -> io::Result<usize> {
+    let liov = libc::iovec { iov_base: local.as_ptr() as *mut libc::c_void, iov_len: local.len() };
+    let riov: Vec<libc::iovec> = remote
+        .iter()
+        .map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l })
+        .collect();
+    // SAFETY: the kernel only reads from `local`; the remote side is checked by the kernel.
+    let n = unsafe { libc::process_vm_writev(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0) };
+    cvt(n as libc::c_long).map(|n| n as usize)
+}
+
+pub fn pidfd_open(pid: i32, flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })?;
+    // SAFETY: the fd was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A duplicate of `fd` of the process behind `pidfd` (same open file description).
+pub fn pidfd_getfd(pidfd: RawFd, fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_getfd takes two fds and flags; returns a new fd or -1.
+    let n = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) })?;
+    // SAFETY: a fresh fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(n as RawFd) })
+}
+
+/// `get_robust_list(pid)`: (head, len).
+pub fn get_robust_list(pid: i32) -> io::Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: both out-pointers point to live locals of the right size.
+    cvt(unsafe { libc::syscall(libc::SYS_get_robust_list, pid, &mut head, &mut len) })?;
+    Ok((head, len as u64))
+}
+
+/// `prlimit64(pid, res, new, old)`.
+pub fn prlimit(pid: i32, res: u32, new: Option<(u64, u64)>) -> io::Result<(u64, u64)> {
+    let newl = new.map(|(c, m)| libc::rlimit64 { rlim_cur: c, rlim_max: m });
+    let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    let newp = newl.as_ref().map_or(std::ptr::null(), |r| r as *const libc::rlimit64);
+    // SAFETY: newp is null or points to a live rlimit64; old is a live out-param.
+    cvt(unsafe { libc::syscall(libc::SYS_prlimit64, pid, res, newp, &mut old) })?;
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory arguments.
+    cvt(unsafe { libc::kill(pid, sig) } as libc::c_long).map(drop)
+}
+
+pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: tgkill has no memory arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) }).map(drop)
+}
+
+pub fn gettid() -> i32 {
+    // SAFETY: gettid cannot fail.
+    unsafe { libc::gettid() }
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// A raw six-argument system call, returning the kernel's value (`-errno` on failure).
+pub fn raw_syscall(nr: i64, a: [u64; 6]) -> i64 {
+    // SAFETY: the caller (the deputy) only passes numbers from the forwarding
+    // table, with every pointer argument rewritten to point into buffers it owns
+    // and sized as the table says.
+    let r = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
+    if r == -1 {
+        -(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) as i64)
+    } else {
+        r
+    }
+}
+
+/// Per-thread credentials: raw syscalls, which (unlike glibc's wrappers) change
+/// only the calling thread.
+pub fn thread_set_creds(uids: [u32; 3], gids: [u32; 3], groups: &[u32]) -> io::Result<()> {
+    // SAFETY: groups points to `groups.len()` gid_t values.
+    cvt(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })?;
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_setresgid, gids[0], gids[1], gids[2]) })?;
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_setresuid, uids[0], uids[1], uids[2]) })?;
+    Ok(())
+}
+
+/// `unshare(flags)` for the calling thread.
+pub fn unshare(flags: i32) -> io::Result<()> {
+    // SAFETY: plain integer argument.
+    cvt(unsafe { libc::unshare(flags) } as libc::c_long).map(drop)
+}
+
+pub fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
+}
+
+/// `dup3(old, new, flags)`; `new` then belongs to the caller's fd table slot.
+pub fn dup3(old: RawFd, new: RawFd, flags: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::dup3(old, new, flags) } as libc::c_long).map(drop)
+}
+
+pub fn close(fd: RawFd) {
+    // SAFETY: closing a number never touches memory; callers own the fd.
+    unsafe { libc::close(fd) };
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, min)`.
+pub fn dup_above(fd: RawFd, min: RawFd) -> io::Result<RawFd> {
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) } as libc::c_long).map(|f| f as RawFd)
+}
+
+pub fn chdir(path: &str) -> io::Result<()> {
+    let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is a NUL-terminated string that outlives the call.
+    cvt(unsafe { libc::chdir(c.as_ptr()) } as libc::c_long).map(drop)
+}
+
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask) }
+}
+
+/// Install a no-op handler (without SA_RESTART) so that `tgkill` can wake a
+/// thread blocked in a system call.
+pub fn install_wakeup_handler(sig: i32) -> io::Result<()> {
+    extern "C" fn noop(_: libc::c_int) {}
+    // SAFETY: sigaction is plain data; zero is a valid start.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = noop as *const () as usize;
+    sa.sa_flags = 0;
+    // SAFETY: sa is initialised; old action is not wanted.
+    cvt(unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } as libc::c_long).map(drop)
+}
+
+/// Size of the XSAVE area for the features the OS enabled (CPUID leaf 0xD).
+pub fn xsave_size() -> u32 {
+    let r = std::arch::x86_64::__cpuid_count(0xd, 0);
+    r.ebx
+}
+
+/// A memfd with the given name.
+pub fn memfd(name: &str) -> io::Result<OwnedFd> {
+    let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated and outlives the call.
+    let fd = cvt(unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: fresh fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+// ---- seccomp user notification -------------------------------------------------
+
+pub use libc::{seccomp_notif as SeccompNotif, seccomp_notif_resp as SeccompResp};
+
+/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` on a listener (Linux 6.6+).
+pub fn seccomp_set_sync_wakeup(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the ioctl takes a u64 flag word by value-pointer semantics of _IOW,
+    // which the kernel reads as an integer argument.
+    cvt(unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, 1u64) } as libc::c_long).map(drop)
+}
+
+/// Receive one notification. `Ok(None)` on EINTR/ENOENT (not stream errors).
+pub fn seccomp_recv(fd: RawFd) -> io::Result<Option<SeccompNotif>> {
+    // SAFETY: seccomp_notif is plain data and must be zeroed before RECV.
+    let mut n: SeccompNotif = unsafe { std::mem::zeroed() };
+    // SAFETY: n is a live, zeroed seccomp_notif.
+    let r = unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut n) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EINTR) | Some(libc::ENOENT) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(n))
+}
+
+/// Answer a notification with a value or `-errno`; `continue_` lets the kernel run it.
+/// Returns false when the notification is no longer valid (ENOENT).
+pub fn seccomp_send(fd: RawFd, id: u64, val: i64, continue_: bool) -> io::Result<bool> {
+    let mut resp = SeccompResp {
+        id,
+        val: if val < 0 { 0 } else { val },
+        error: if val < 0 { val as i32 } else { 0 },
+        flags: if continue_ { libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32 } else { 0 },
+    };
+    // SAFETY: resp is a live seccomp_notif_resp.
+    let r = unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(true)
+}
+
+/// Is the notification still pending (the target has not been interrupted)?
+pub fn seccomp_id_valid(fd: RawFd, id: u64) -> bool {
+    let mut v = id;
+    // SAFETY: v is a live u64.
+    unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut v) == 0 }
+}
+
+/// poll(2) over a few fds; returns revents per fd.
+pub fn poll(fds: &[(RawFd, i16)], timeout_ms: i32) -> io::Result<Vec<i16>> {
+    let mut p: Vec<libc::pollfd> =
+        fds.iter().map(|&(fd, ev)| libc::pollfd { fd, events: ev, revents: 0 }).collect();
+    // SAFETY: p is a live array of pollfd of the given length.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.iter().map(|x| x.revents).collect())
+}
+
+/// The raw value of an fd-like object.
+pub fn raw<F: AsRawFd>(f: &F) -> RawFd {
+    f.as_raw_fd()
+}
+
+/// `execvp` in place (used by om-exec after registration). Returns only on failure.
+pub fn execvp(prog: &str, args: &[String]) -> io::Error {
+    let cprog = match CString::new(prog) {
+        Ok(c) => c,
+        Err(_) => return io::Error::from_raw_os_error(libc::EINVAL),
+    };
+    let cargs: Vec<CString> = match args.iter().map(|a| CString::new(a.as_str())).collect() {
+        Ok(v) => v,
+        Err(_) => return io::Error::from_raw_os_error(libc::EINVAL),
+    };
+    let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: cprog and argv are NUL-terminated and live for the call.
+    unsafe { libc::execvp(cprog.as_ptr(), argv.as_ptr()) };
+    io::Error::last_os_error()
+}

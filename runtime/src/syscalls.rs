@@ -1,0 +1,626 @@
+//! Every x86_64 system call, with how a migrated process gets it served
+//! (the gVisor `linux64.go` idea): run locally by the kernel on the remote
+//! node, emulated by the remote supervisor, forwarded to the home deputy, or
+//! served by bringing the process home.
+
+/// How a call made by a migrated process is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Allowed in the BPF filter: the remote kernel runs it, no trap at all.
+    Local,
+    /// Answered by the remote supervisor (identity calls, signals to itself).
+    Emulated,
+    /// Marshalled to the deputy at home and run there with the process's identity.
+    Forward,
+    /// Cannot be served away: the process goes home and the call runs there.
+    Home,
+}
+
+/// Length of a pointer argument's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Len {
+    Const(usize),
+    /// The value of argument i.
+    Val(usize),
+    /// Argument i times a constant.
+    ArgMul(usize, usize),
+    /// The u32 that argument i points to (a socklen_t in/out).
+    DerefU32(usize),
+    /// An fd_set sized for nfds = argument i.
+    FdSet(usize),
+}
+
+/// One argument of a forwarded call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arg {
+    /// A plain value.
+    V,
+    /// A file descriptor number (checked against the deputy's reserved range).
+    Fd,
+    /// A NUL-terminated path or name, read from the process.
+    Path,
+    In(Len),
+    Out(Len),
+    /// Out buffer whose valid length is the call's result (read, getdents64).
+    OutRet(Len),
+    /// Out buffer of `result * n` valid bytes (epoll_wait).
+    OutRetN(Len, usize),
+    InOut(Len),
+}
+
+use Arg::*;
+use Class::*;
+use Len::*;
+
+/// (number, name, class, note)
+pub struct Entry {
+    pub nr: u32,
+    pub name: &'static str,
+    pub class: Class,
+    pub note: &'static str,
+}
+
+macro_rules! t {
+    ($($nr:expr, $name:expr, $class:expr, $note:expr;)*) => { &[$(Entry { nr: $nr, name: $name, class: $class, note: $note }),*] };
+}
+
+pub const TABLE: &[Entry] = t! {
+    0, "read", Forward, "fds live at home";
+    1, "write", Forward, "fds live at home";
+    2, "open", Forward, "files are the home node's";
+    3, "close", Forward, "the deputy is the only holder of the fds";
+    4, "stat", Forward, "path resolved at home";
+    5, "fstat", Forward, "fd at home";
+    6, "lstat", Forward, "path resolved at home";
+    7, "poll", Forward, "polls home fds";
+    8, "lseek", Forward, "offsets shared with home";
+    9, "mmap", Local, "anonymous only (BPF checks MAP_ANONYMOUS); file mappings go home";
+    10, "mprotect", Local, "memory is local";
+    11, "munmap", Local, "memory is local";
+    12, "brk", Local, "memory is local";
+    13, "rt_sigaction", Local, "signal actions live in the guest";
+    14, "rt_sigprocmask", Local, "signal mask lives in the guest";
+    15, "rt_sigreturn", Local, "signal frames are local";
+    16, "ioctl", Forward, "terminal and fd ioctls with known layouts; others go home";
+    17, "pread64", Forward, "fds live at home";
+    18, "pwrite64", Forward, "fds live at home";
+    19, "readv", Forward, "gathered into one read at home";
+    20, "writev", Forward, "gathered into one write at home";
+    21, "access", Forward, "path resolved at home";
+    22, "pipe", Forward, "pipes are created at home";
+    23, "select", Forward, "selects on home fds";
+    24, "sched_yield", Local, "scheduling is local";
+    25, "mremap", Local, "memory is local";
+    26, "msync", Local, "private memory only";
+    27, "mincore", Local, "memory is local";
+    28, "madvise", Local, "memory is local";
+    29, "shmget", Home, "SysV IPC lives at home";
+    30, "shmat", Home, "SysV IPC lives at home";
+    31, "shmctl", Home, "SysV IPC lives at home";
+    32, "dup", Forward, "fd table is at home";
+    33, "dup2", Forward, "fd table is at home";
+    34, "pause", Local, "waits for a signal delivered to the guest";
+    35, "nanosleep", Local, "time is local";
+    36, "getitimer", Local, "timers run in the guest";
+    37, "alarm", Local, "timers run in the guest";
+    38, "setitimer", Local, "timers run in the guest";
+    39, "getpid", Emulated, "answers the home pid";
+    40, "sendfile", Forward, "both fds at home";
+    41, "socket", Forward, "sockets live at home";
+    42, "connect", Forward, "sockets live at home";
+    43, "accept", Forward, "sockets live at home";
+    44, "sendto", Forward, "sockets live at home";
+    45, "recvfrom", Forward, "sockets live at home";
+    46, "sendmsg", Forward, "gathered; SCM_RIGHTS numbers are home numbers";
+    47, "recvmsg", Forward, "scattered; SCM_RIGHTS numbers are home numbers";
+    48, "shutdown", Forward, "sockets live at home";
+    49, "bind", Forward, "sockets live at home";
+    50, "listen", Forward, "sockets live at home";
+    51, "getsockname", Forward, "sockets live at home";
+    52, "getpeername", Forward, "sockets live at home";
+    53, "socketpair", Forward, "sockets live at home";
+    54, "setsockopt", Forward, "sockets live at home";
+    55, "getsockopt", Forward, "sockets live at home";
+    56, "clone", Home, "new tasks are created at home";
+    57, "fork", Home, "new processes are created at home";
+    58, "vfork", Home, "new processes are created at home";
+    59, "execve", Home, "a new program starts at home";
+    60, "exit", Local, "the home placeholder exits with the same status";
+    61, "wait4", Forward, "children live at home: ECHILD when none, else go home";
+    62, "kill", Emulated, "to itself: delivered locally; others: forwarded";
+    63, "uname", Forward, "the home node's identity";
+    64, "semget", Home, "SysV IPC lives at home";
+    65, "semop", Home, "SysV IPC lives at home";
+    66, "semctl", Home, "SysV IPC lives at home";
+    67, "shmdt", Home, "SysV IPC lives at home";
+    68, "msgget", Home, "SysV IPC lives at home";
+    69, "msgsnd", Home, "SysV IPC lives at home";
+    70, "msgrcv", Home, "SysV IPC lives at home";
+    71, "msgctl", Home, "SysV IPC lives at home";
+    72, "fcntl", Forward, "value commands forwarded; record locks go home (POSIX locks are per process)";
+    73, "flock", Forward, "per open file description, held at home";
+    74, "fsync", Forward, "fds live at home";
+    75, "fdatasync", Forward, "fds live at home";
+    76, "truncate", Forward, "path resolved at home";
+    77, "ftruncate", Forward, "fds live at home";
+    78, "getdents", Forward, "directories at home";
+    79, "getcwd", Forward, "cwd is kept by the deputy";
+    80, "chdir", Forward, "cwd is kept by the deputy";
+    81, "fchdir", Forward, "cwd is kept by the deputy";
+    82, "rename", Forward, "path resolved at home";
+    83, "mkdir", Forward, "path resolved at home";
+    84, "rmdir", Forward, "path resolved at home";
+    85, "creat", Forward, "path resolved at home";
+    86, "link", Forward, "path resolved at home";
+    87, "unlink", Forward, "path resolved at home";
+    88, "symlink", Forward, "path resolved at home";
+    89, "readlink", Forward, "path resolved at home";
+    90, "chmod", Forward, "path resolved at home";
+    91, "fchmod", Forward, "fds live at home";
+    92, "chown", Forward, "path resolved at home";
+    93, "fchown", Forward, "fds live at home";
+    94, "lchown", Forward, "path resolved at home";
+    95, "umask", Forward, "file creation happens at home";
+    96, "gettimeofday", Local, "time is local (vdso)";
+    97, "getrlimit", Local, "limits were restored in the guest";
+    98, "getrusage", Local, "usage of the guest";
+    99, "sysinfo", Forward, "the home node's view";
+    100, "times", Local, "usage of the guest";
+    101, "ptrace", Home, "tracing happens at home";
+    102, "getuid", Emulated, "home credentials";
+    103, "syslog", Home, "privileged; runs at home";
+    104, "getgid", Emulated, "home credentials";
+    105, "setuid", Home, "credentials change at home";
+    106, "setgid", Home, "credentials change at home";
+    107, "geteuid", Emulated, "home credentials";
+    108, "getegid", Emulated, "home credentials";
+    109, "setpgid", Home, "process groups live at home";
+    110, "getppid", Forward, "the home parent, read fresh by the deputy";
+    111, "getpgrp", Emulated, "home process group";
+    112, "setsid", Home, "sessions live at home";
+    113, "setreuid", Home, "credentials change at home";
+    114, "setregid", Home, "credentials change at home";
+    115, "getgroups", Emulated, "home credentials";
+    116, "setgroups", Home, "credentials change at home";
+    117, "setresuid", Home, "credentials change at home";
+    118, "getresuid", Emulated, "home credentials";
+    119, "setresgid", Home, "credentials change at home";
+    120, "getresgid", Emulated, "home credentials";
+    121, "getpgid", Emulated, "own group answered locally; others go home";
+    122, "setfsuid", Home, "credentials change at home";
+    123, "setfsgid", Home, "credentials change at home";
+    124, "getsid", Emulated, "own session answered locally; others go home";
+    125, "capget", Home, "capabilities are the home process's";
+    126, "capset", Home, "capabilities are the home process's";
+    127, "rt_sigpending", Local, "signals are delivered to the guest";
+    128, "rt_sigtimedwait", Local, "signals are delivered to the guest";
+    129, "rt_sigqueueinfo", Home, "signals to other processes at home";
+    130, "rt_sigsuspend", Local, "signals are delivered to the guest";
+    131, "sigaltstack", Local, "signal stack is local memory";
+    132, "utime", Forward, "path resolved at home";
+    133, "mknod", Forward, "path resolved at home";
+    134, "uselib", Home, "obsolete; runs at home";
+    135, "personality", Home, "execution domain is the home process's";
+    136, "ustat", Home, "obsolete; runs at home";
+    137, "statfs", Forward, "path resolved at home";
+    138, "fstatfs", Forward, "fds live at home";
+    139, "sysfs", Home, "obsolete; runs at home";
+    140, "getpriority", Home, "priorities of home processes";
+    141, "setpriority", Home, "priorities of home processes";
+    142, "sched_setparam", Home, "scheduling of home processes";
+    143, "sched_getparam", Home, "scheduling of home processes";
+    144, "sched_setscheduler", Home, "scheduling of home processes";
+    145, "sched_getscheduler", Home, "scheduling of home processes";
+    146, "sched_get_priority_max", Local, "constant";
+    147, "sched_get_priority_min", Local, "constant";
+    148, "sched_rr_get_interval", Home, "scheduling of home processes";
+    149, "mlock", Local, "memory is local";
+    150, "munlock", Local, "memory is local";
+    151, "mlockall", Local, "memory is local";
+    152, "munlockall", Local, "memory is local";
+    153, "vhangup", Home, "terminals live at home";
+    154, "modify_ldt", Home, "LDT state does not migrate";
+    155, "pivot_root", Home, "privileged; runs at home";
+    156, "_sysctl", Home, "obsolete; runs at home";
+    157, "prctl", Local, "per-process settings kept in the guest";
+    158, "arch_prctl", Local, "fs/gs base is local";
+    159, "adjtimex", Home, "clock of the home node";
+    160, "setrlimit", Local, "limits of the guest; carried home in the image";
+    161, "chroot", Home, "root directory is at home";
+    162, "sync", Forward, "home file systems";
+    163, "acct", Home, "privileged; runs at home";
+    164, "settimeofday", Home, "clock of the home node";
+    165, "mount", Home, "privileged; runs at home";
+    166, "umount2", Home, "privileged; runs at home";
+    167, "swapon", Home, "privileged; runs at home";
+    168, "swapoff", Home, "privileged; runs at home";
+    169, "reboot", Home, "privileged; runs at home";
+    170, "sethostname", Home, "privileged; runs at home";
+    171, "setdomainname", Home, "privileged; runs at home";
+    172, "iopl", Home, "privileged; runs at home";
+    173, "ioperm", Home, "privileged; runs at home";
+    174, "create_module", Home, "removed from Linux";
+    175, "init_module", Home, "privileged; runs at home";
+    176, "delete_module", Home, "privileged; runs at home";
+    177, "get_kernel_syms", Home, "removed from Linux";
+    178, "query_module", Home, "removed from Linux";
+    179, "quotactl", Home, "home file systems";
+    180, "nfsservctl", Home, "removed from Linux";
+    181, "getpmsg", Home, "unimplemented in Linux";
+    182, "putpmsg", Home, "unimplemented in Linux";
+    183, "afs_syscall", Home, "unimplemented in Linux";
+    184, "tuxcall", Home, "unimplemented in Linux";
+    185, "security", Home, "unimplemented in Linux";
+    186, "gettid", Emulated, "answers the home pid (single-threaded)";
+    187, "readahead", Forward, "fds live at home";
+    188, "setxattr", Forward, "path resolved at home";
+    189, "lsetxattr", Forward, "path resolved at home";
+    190, "fsetxattr", Forward, "fds live at home";
+    191, "getxattr", Forward, "path resolved at home";
+    192, "lgetxattr", Forward, "path resolved at home";
+    193, "fgetxattr", Forward, "fds live at home";
+    194, "listxattr", Forward, "path resolved at home";
+    195, "llistxattr", Forward, "path resolved at home";
+    196, "flistxattr", Forward, "fds live at home";
+    197, "removexattr", Forward, "path resolved at home";
+    198, "lremovexattr", Forward, "path resolved at home";
+    199, "fremovexattr", Forward, "fds live at home";
+    200, "tkill", Emulated, "to itself: delivered locally; others go home";
+    201, "time", Local, "time is local (vdso)";
+    202, "futex", Local, "memory is local";
+    203, "sched_setaffinity", Local, "CPU placement on the node that runs it";
+    204, "sched_getaffinity", Local, "CPU placement on the node that runs it";
+    205, "set_thread_area", Local, "TLS is local";
+    206, "io_setup", Home, "AIO contexts live at home";
+    207, "io_destroy", Home, "AIO contexts live at home";
+    208, "io_getevents", Home, "AIO contexts live at home";
+    209, "io_submit", Home, "AIO contexts live at home";
+    210, "io_cancel", Home, "AIO contexts live at home";
+    211, "get_thread_area", Local, "TLS is local";
+    212, "lookup_dcookie", Home, "removed from Linux";
+    213, "epoll_create", Forward, "epoll instances live at home";
+    214, "epoll_ctl_old", Home, "unimplemented in Linux";
+    215, "epoll_wait_old", Home, "unimplemented in Linux";
+    216, "remap_file_pages", Home, "file mappings live at home";
+    217, "getdents64", Forward, "directories at home";
+    218, "set_tid_address", Local, "memory is local";
+    219, "restart_syscall", Local, "restarts a local call";
+    220, "semtimedop", Home, "SysV IPC lives at home";
+    221, "fadvise64", Forward, "fds live at home";
+    222, "timer_create", Local, "POSIX timers run in the guest";
+    223, "timer_settime", Local, "POSIX timers run in the guest";
+    224, "timer_gettime", Local, "POSIX timers run in the guest";
+    225, "timer_getoverrun", Local, "POSIX timers run in the guest";
+    226, "timer_delete", Local, "POSIX timers run in the guest";
+    227, "clock_settime", Home, "clock of the home node";
+    228, "clock_gettime", Local, "time is local (vdso)";
+    229, "clock_getres", Local, "time is local";
+    230, "clock_nanosleep", Local, "time is local";
+    231, "exit_group", Local, "the home placeholder exits with the same status";
+    232, "epoll_wait", Forward, "epoll instances live at home";
+    233, "epoll_ctl", Forward, "epoll instances live at home";
+    234, "tgkill", Emulated, "to itself: delivered locally; others go home";
+    235, "utimes", Forward, "path resolved at home";
+    236, "vserver", Home, "unimplemented in Linux";
+    237, "mbind", Local, "memory policy is local";
+    238, "set_mempolicy", Local, "memory policy is local";
+    239, "get_mempolicy", Local, "memory policy is local";
+    240, "mq_open", Home, "POSIX message queues live at home";
+    241, "mq_unlink", Home, "POSIX message queues live at home";
+    242, "mq_timedsend", Home, "POSIX message queues live at home";
+    243, "mq_timedreceive", Home, "POSIX message queues live at home";
+    244, "mq_notify", Home, "POSIX message queues live at home";
+    245, "mq_getsetattr", Home, "POSIX message queues live at home";
+    246, "kexec_load", Home, "privileged; runs at home";
+    247, "waitid", Forward, "children live at home: ECHILD when none, else go home";
+    248, "add_key", Home, "keyrings live at home";
+    249, "request_key", Home, "keyrings live at home";
+    250, "keyctl", Home, "keyrings live at home";
+    251, "ioprio_set", Home, "I/O priorities of home processes";
+    252, "ioprio_get", Home, "I/O priorities of home processes";
+    253, "inotify_init", Forward, "watches home files";
+    254, "inotify_add_watch", Forward, "watches home files";
+    255, "inotify_rm_watch", Forward, "watches home files";
+    256, "migrate_pages", Home, "NUMA of home processes";
+    257, "openat", Forward, "files are the home node's";
+    258, "mkdirat", Forward, "path resolved at home";
+    259, "mknodat", Forward, "path resolved at home";
+    260, "fchownat", Forward, "path resolved at home";
+    261, "futimesat", Forward, "path resolved at home";
+    262, "newfstatat", Forward, "path resolved at home";
+    263, "unlinkat", Forward, "path resolved at home";
+    264, "renameat", Forward, "path resolved at home";
+    265, "linkat", Forward, "path resolved at home";
+    266, "symlinkat", Forward, "path resolved at home";
+    267, "readlinkat", Forward, "path resolved at home";
+    268, "fchmodat", Forward, "path resolved at home";
+    269, "faccessat", Forward, "path resolved at home";
+    270, "pselect6", Forward, "without a signal mask; with one it goes home";
+    271, "ppoll", Forward, "without a signal mask; with one it goes home";
+    272, "unshare", Home, "namespaces of the home process";
+    273, "set_robust_list", Local, "memory is local";
+    274, "get_robust_list", Local, "memory is local";
+    275, "splice", Forward, "both fds at home";
+    276, "tee", Forward, "both fds at home";
+    277, "sync_file_range", Forward, "fds live at home";
+    278, "vmsplice", Home, "splices local memory into a home pipe";
+    279, "move_pages", Home, "NUMA of home processes";
+    280, "utimensat", Forward, "path resolved at home";
+    281, "epoll_pwait", Forward, "without a signal mask; with one it goes home";
+    282, "signalfd", Home, "signals are delivered to the guest";
+    283, "timerfd_create", Forward, "timer fds live at home";
+    284, "eventfd", Forward, "event fds live at home";
+    285, "fallocate", Forward, "fds live at home";
+    286, "timerfd_settime", Forward, "timer fds live at home";
+    287, "timerfd_gettime", Forward, "timer fds live at home";
+    288, "accept4", Forward, "sockets live at home";
+    289, "signalfd4", Home, "signals are delivered to the guest";
+    290, "eventfd2", Forward, "event fds live at home";
+    291, "epoll_create1", Forward, "epoll instances live at home";
+    292, "dup3", Forward, "fd table is at home";
+    293, "pipe2", Forward, "pipes are created at home";
+    294, "inotify_init1", Forward, "watches home files";
+    295, "preadv", Forward, "gathered into one pread at home";
+    296, "pwritev", Forward, "gathered into one pwrite at home";
+    297, "rt_tgsigqueueinfo", Home, "signals to other processes at home";
+    298, "perf_event_open", Home, "perf events of home processes";
+    299, "recvmmsg", Home, "multi-message socket calls run at home";
+    300, "fanotify_init", Home, "privileged; runs at home";
+    301, "fanotify_mark", Home, "privileged; runs at home";
+    302, "prlimit64", Local, "own limits only (BPF checks pid 0); others go home";
+    303, "name_to_handle_at", Home, "file handles of home files";
+    304, "open_by_handle_at", Home, "file handles of home files";
+    305, "clock_adjtime", Home, "clock of the home node";
+    306, "syncfs", Forward, "fds live at home";
+    307, "sendmmsg", Home, "multi-message socket calls run at home";
+    308, "setns", Home, "namespaces of the home process";
+    309, "getcpu", Local, "CPU of the node that runs it";
+    310, "process_vm_readv", Home, "other processes live at home";
+    311, "process_vm_writev", Home, "other processes live at home";
+    312, "kcmp", Home, "compares home processes";
+    313, "finit_module", Home, "privileged; runs at home";
+    314, "sched_setattr", Home, "scheduling of home processes";
+    315, "sched_getattr", Home, "scheduling of home processes";
+    316, "renameat2", Forward, "path resolved at home";
+    317, "seccomp", Home, "its own filter is installed at home (it then stays there)";
+    318, "getrandom", Local, "randomness is local";
+    319, "memfd_create", Forward, "memfds live at home (mapping one goes home)";
+    320, "kexec_file_load", Home, "privileged; runs at home";
+    321, "bpf", Home, "privileged; runs at home";
+    322, "execveat", Home, "a new program starts at home";
+    323, "userfaultfd", Home, "its fd would be local";
+    324, "membarrier", Local, "single-threaded: local";
+    325, "mlock2", Local, "memory is local";
+    326, "copy_file_range", Forward, "both fds at home";
+    327, "preadv2", Home, "flags need the home kernel";
+    328, "pwritev2", Home, "flags need the home kernel";
+    329, "pkey_mprotect", Local, "memory is local";
+    330, "pkey_alloc", Local, "memory is local";
+    331, "pkey_free", Local, "memory is local";
+    332, "statx", Forward, "path resolved at home";
+    333, "io_pgetevents", Home, "AIO contexts live at home";
+    334, "rseq", Local, "restartable sequences are local";
+    335, "uretprobe", Home, "uprobes of the home kernel";
+    424, "pidfd_send_signal", Forward, "pidfds live at home";
+    425, "io_uring_setup", Home, "io_uring rings live at home";
+    426, "io_uring_enter", Home, "io_uring rings live at home";
+    427, "io_uring_register", Home, "io_uring rings live at home";
+    428, "open_tree", Home, "mount API of the home node";
+    429, "move_mount", Home, "mount API of the home node";
+    430, "fsopen", Home, "mount API of the home node";
+    431, "fsconfig", Home, "mount API of the home node";
+    432, "fsmount", Home, "mount API of the home node";
+    433, "fspick", Home, "mount API of the home node";
+    434, "pidfd_open", Forward, "pidfds of home processes";
+    435, "clone3", Home, "new tasks are created at home";
+    436, "close_range", Forward, "fd table is at home (the deputy's reserved fds are kept)";
+    437, "openat2", Forward, "files are the home node's";
+    438, "pidfd_getfd", Home, "takes fds of home processes";
+    439, "faccessat2", Forward, "path resolved at home";
+    440, "process_madvise", Home, "other processes live at home";
+    441, "epoll_pwait2", Home, "epoll with a signal mask runs at home";
+    442, "mount_setattr", Home, "mount API of the home node";
+    443, "quotactl_fd", Home, "home file systems";
+    444, "landlock_create_ruleset", Home, "sandboxing applies at home";
+    445, "landlock_add_rule", Home, "sandboxing applies at home";
+    446, "landlock_restrict_self", Home, "sandboxing applies at home";
+    447, "memfd_secret", Home, "secret memory cannot travel";
+    448, "process_mrelease", Home, "other processes live at home";
+    449, "futex_waitv", Local, "memory is local";
+    450, "set_mempolicy_home_node", Local, "memory policy is local";
+    451, "cachestat", Forward, "page cache of home files";
+    452, "fchmodat2", Forward, "path resolved at home";
+    453, "map_shadow_stack", Home, "shadow stacks do not migrate";
+    454, "futex_wake", Local, "memory is local";
+    455, "futex_wait", Local, "memory is local";
+    456, "futex_requeue", Local, "memory is local";
+    457, "statmount", Home, "mounts of the home node";
+    458, "listmount", Home, "mounts of the home node";
+    459, "lsm_get_self_attr", Home, "security attributes of the home process";
+    460, "lsm_set_self_attr", Home, "security attributes of the home process";
+    461, "lsm_list_modules", Home, "security modules of the home node";
+    462, "mseal", Home, "sealed memory cannot be rebuilt";
+    463, "setxattrat", Home, "new xattr API runs at home";
+    464, "getxattrat", Home, "new xattr API runs at home";
+    465, "listxattrat", Home, "new xattr API runs at home";
+    466, "removexattrat", Home, "new xattr API runs at home";
+    467, "open_tree_attr", Home, "mount API of the home node";
+};
+
+/// The table entry for a number, if known.
+pub fn entry(nr: u32) -> Option<&'static Entry> {
+    TABLE.binary_search_by_key(&nr, |e| e.nr).ok().map(|i| &TABLE[i])
+}
+
+/// The class of a call; unknown numbers go home.
+pub fn class(nr: u32) -> Class {
+    entry(nr).map_or(Home, |e| e.class)
+}
+
+pub fn name(nr: u32) -> &'static str {
+    entry(nr).map_or("unknown", |e| e.name)
+}
+
+/// Marshalling of a forwarded call's arguments. Calls with a special path in
+/// the supervisor (readv family, sendmsg/recvmsg, ioctl, fcntl, kill...) have
+/// none here.
+pub fn spec(nr: u32) -> Option<&'static [Arg]> {
+    Some(match nr {
+        0 => &[Fd, OutRet(Val(2)), V],
+        1 => &[Fd, In(Val(2)), V],
+        2 => &[Path, V, V],
+        3 => &[Fd],
+        4 | 6 => &[Path, Out(Const(144))],
+        5 => &[Fd, Out(Const(144))],
+        7 => &[InOut(ArgMul(1, 8)), V, V],
+        8 => &[Fd, V, V],
+        17 => &[Fd, OutRet(Val(2)), V, V],
+        18 => &[Fd, In(Val(2)), V, V],
+        21 => &[Path, V],
+        22 => &[Out(Const(8))],
+        23 => &[V, InOut(FdSet(0)), InOut(FdSet(0)), InOut(FdSet(0)), InOut(Const(16))],
+        32 => &[Fd],
+        33 => &[Fd, Fd],
+        40 => &[Fd, Fd, InOut(Const(8)), V],
+        41 => &[V, V, V],
+        42 | 49 => &[Fd, In(Val(2)), V],
+        43 | 51 | 52 => &[Fd, Out(DerefU32(2)), InOut(Const(4))],
+        44 => &[Fd, In(Val(2)), V, V, In(Val(5)), V],
+        45 => &[Fd, OutRet(Val(2)), V, V, Out(DerefU32(5)), InOut(Const(4))],
+        48 | 50 => &[Fd, V],
+        53 => &[V, V, V, Out(Const(8))],
+        54 => &[Fd, V, V, In(Val(4)), V],
+        55 => &[Fd, V, V, Out(DerefU32(4)), InOut(Const(4))],
+        61 => &[V, Out(Const(4)), V, Out(Const(144))],
+        63 => &[Out(Const(390))],
+        73 => &[Fd, V],
+        74 | 75 | 81 | 306 => &[Fd],
+        76 => &[Path, V],
+        77 => &[Fd, V],
+        78 | 217 => &[Fd, OutRet(Val(2)), V],
+        79 => &[OutRet(Val(1)), V],
+        80 | 84 | 87 => &[Path],
+        82 | 86 | 88 => &[Path, Path],
+        83 | 85 | 90 => &[Path, V],
+        89 => &[Path, OutRet(Val(2)), V],
+        91 => &[Fd, V],
+        92 | 94 => &[Path, V, V],
+        93 => &[Fd, V, V],
+        95 => &[V],
+        99 => &[Out(Const(112))],
+        110 => &[],
+        132 => &[Path, In(Const(16))],
+        133 => &[Path, V, V],
+        137 => &[Path, Out(Const(120))],
+        138 => &[Fd, Out(Const(120))],
+        162 => &[],
+        187 => &[Fd, V, V],
+        188 | 189 => &[Path, Path, In(Val(3)), V, V],
+        190 => &[Fd, Path, In(Val(3)), V, V],
+        191 | 192 => &[Path, Path, OutRet(Val(3)), V],
+        193 => &[Fd, Path, OutRet(Val(3)), V],
+        194 | 195 => &[Path, OutRet(Val(2)), V],
+        196 => &[Fd, OutRet(Val(2)), V],
+        197 | 198 => &[Path, Path],
+        199 => &[Fd, Path],
+        213 | 291 | 284 | 294 => &[V],
+        221 => &[Fd, V, V, V],
+        232 => &[Fd, OutRetN(ArgMul(2, 12), 12), V, V],
+        233 => &[Fd, V, Fd, In(Const(12))],
+        235 => &[Path, In(Const(32))],
+        247 => &[V, V, Out(Const(128)), V, Out(Const(144))],
+        253 => &[],
+        254 => &[Fd, Path, V],
+        255 => &[Fd, V],
+        257 => &[Fd, Path, V, V],
+        258 => &[Fd, Path, V],
+        259 => &[Fd, Path, V, V],
+        260 => &[Fd, Path, V, V, V],
+        261 => &[Fd, Path, In(Const(32))],
+        262 => &[Fd, Path, Out(Const(144)), V],
+        263 | 268 => &[Fd, Path, V],
+        264 => &[Fd, Path, Fd, Path],
+        265 => &[Fd, Path, Fd, Path, V],
+        266 => &[Path, Fd, Path],
+        267 => &[Fd, Path, OutRet(Val(3)), V],
+        269 => &[Fd, Path, V],
+        270 => &[V, InOut(FdSet(0)), InOut(FdSet(0)), InOut(FdSet(0)), InOut(Const(16)), V],
+        271 => &[InOut(ArgMul(1, 8)), V, InOut(Const(16)), V, V],
+        275 => &[Fd, InOut(Const(8)), Fd, InOut(Const(8)), V, V],
+        276 => &[Fd, Fd, V, V],
+        277 => &[Fd, V, V, V],
+        280 => &[Fd, Path, In(Const(32)), V],
+        281 => &[Fd, OutRetN(ArgMul(2, 12), 12), V, V, V, V],
+        283 => &[V, V],
+        285 => &[Fd, V, V, V],
+        286 => &[Fd, V, In(Const(32)), Out(Const(32))],
+        287 => &[Fd, Out(Const(32))],
+        288 => &[Fd, Out(DerefU32(2)), InOut(Const(4)), V],
+        290 => &[V, V],
+        292 => &[Fd, Fd, V],
+        293 => &[Out(Const(8)), V],
+        316 => &[Fd, Path, Fd, Path, V],
+        319 => &[Path, V],
+        326 => &[Fd, InOut(Const(8)), Fd, InOut(Const(8)), V, V],
+        332 => &[Fd, Path, V, V, Out(Const(256))],
+        424 => &[Fd, V, In(Const(128)), V],
+        434 => &[V, V],
+        436 => &[V, V, V],
+        437 => &[Fd, Path, In(Val(3)), V],
+        439 | 452 => &[Fd, Path, V, V],
+        451 => &[Fd, In(Const(16)), Out(Const(32)), V],
+        _ => return None,
+    })
+}
+
+/// Size of the buffer an ioctl request reads or writes, and its direction
+/// (true: the kernel writes it). None: unknown request, the process goes home.
+pub fn ioctl_spec(req: u64) -> Option<(usize, bool)> {
+    Some(match req {
+        0x5401 => (36, true),                        // TCGETS
+        0x5402..=0x5404 => (36, false),              // TCSETS, TCSETSW, TCSETSF
+        0x5413 => (8, true),                         // TIOCGWINSZ
+        0x5414 => (8, false),                        // TIOCSWINSZ
+        0x541b => (4, true),                         // FIONREAD
+        0x5421 => (4, false),                        // FIONBIO
+        0x5452 => (4, false),                        // FIOASYNC
+        0x5450 | 0x5451 => (0, false),               // FIONCLEX, FIOCLEX
+        0x540b => (0, false),                        // TCFLSH (value argument)
+        0x5409 | 0x540a => (0, false),               // TCSBRK, TCXONC (value argument)
+        0x802c542a => (44, true),                    // TCGETS2
+        0x402c542b..=0x402c542d => (44, false),      // TCSETS2 family
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_sorted_unique_and_noted() {
+        for w in TABLE.windows(2) {
+            assert!(w[0].nr < w[1].nr, "{} before {}", w[0].name, w[1].name);
+        }
+        assert!(TABLE.iter().all(|e| !e.note.is_empty()));
+        assert!(TABLE.len() > 370);
+    }
+
+    #[test]
+    fn every_forwarded_call_can_be_marshalled() {
+        let special = [16, 19, 20, 46, 47, 62, 72, 200, 234, 295, 296];
+        for e in TABLE.iter().filter(|e| e.class == Forward) {
+            assert!(spec(e.nr).is_some() || special.contains(&e.nr), "{} has no marshalling", e.name);
+        }
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(class(0), Forward);
+        assert_eq!(class(57), Home);
+        assert_eq!(class(39), Emulated);
+        assert_eq!(class(228), Local);
+        assert_eq!(class(9999), Home);
+        assert_eq!(name(257), "openat");
+    }
+}

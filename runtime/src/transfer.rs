@@ -1,0 +1,67 @@
+//! Moving an image over a link: the offer (which files the receiver can
+//! reopen), the image header, and the page stream in fixed-size batches.
+
+use crate::image::{self, FileId, Image};
+use crate::ptrace::Tracee;
+use crate::wire::{self, Frame, Msg, WireError};
+use std::io::{Read, Write};
+
+/// Page data travels in batches of this many bytes (the last may be shorter).
+pub const CHUNK: usize = 4 << 20;
+
+/// Build the offer for a process about to move.
+pub fn offer(pid: i32, home: u32) -> Msg {
+    let (vdso_hash, vdso_len) = image::local_vdso();
+    Msg::Offer { pid, home, files: image::mapped_files(pid), vdso_hash, vdso_len, xsave: crate::sys::xsave_size() }
+}
+
+/// The receiver's answer: refuse a different kernel or FPU state size, else say
+/// which files are identical here.
+pub fn answer_offer(files: &[(String, FileId)], vdso_hash: u64, vdso_len: u64, xsave: u32) -> Msg {
+    let (h, l) = image::local_vdso();
+    if h != vdso_hash || l != vdso_len {
+        return Msg::Refused { reason: "this node runs a different kernel (vdso differs); the process cannot run here".into() };
+    }
+    if crate::sys::xsave_size() != xsave {
+        return Msg::Refused {
+            reason: format!("this node's FPU state is {} bytes, the process's is {xsave}: different CPU features", crate::sys::xsave_size()),
+        };
+    }
+    let reopen = files.iter().map(|(p, id)| image::file_id(p).as_ref() == Some(id)).collect();
+    Msg::OfferOk { reopen }
+}
+
+/// Send the image header and every page of `pid` it lists, then `PagesDone`.
+pub fn send_image<W: Write>(w: &mut W, pid: i32, img: &Image) -> Result<u64, WireError> {
+    wire::send(w, &Msg::Image(Box::new(img.clone())))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    for batch in image::batch_runs(img.runs(), CHUNK) {
+        let n: usize = batch.iter().map(|r| r.1).sum();
+        image::read_pages(pid, &batch, &mut buf[..n])?;
+        wire::send_data(w, &buf[..n])?;
+        total += n as u64;
+    }
+    wire::send(w, &Msg::PagesDone)?;
+    Ok(total)
+}
+
+/// Receive the page stream for `img` and write it into the tracee.
+pub fn recv_pages<R: Read>(r: &mut R, t: &Tracee, img: &Image) -> Result<u64, WireError> {
+    let mut total = 0u64;
+    for batch in image::batch_runs(img.runs(), CHUNK) {
+        let n: usize = batch.iter().map(|r| r.1).sum();
+        match wire::recv(r)? {
+            Frame::Data(d) if d.len() == n => {
+                image::write_pages(t.pid, &batch, &d)?;
+                total += n as u64;
+            }
+            Frame::Data(d) => return Err(WireError::Malformed(format!("page batch of {} bytes, expected {n}", d.len()))),
+            Frame::Msg(m) => return Err(WireError::Unexpected(format!("{m:?} inside the page stream"))),
+        }
+    }
+    match wire::recv_msg(r)? {
+        Msg::PagesDone => Ok(total),
+        m => Err(WireError::Unexpected(format!("{m:?} instead of the end of the page stream"))),
+    }
+}

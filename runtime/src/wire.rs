@@ -1,0 +1,268 @@
+//! Frames on node links and the control socket.
+//!
+//! A frame is a 16-byte header (magic, kind, length, checksum of the payload)
+//! and a payload. A message payload is an rkyv archive of [`Msg`], validated
+//! with bytecheck before any field is read. Data payloads are raw page or
+//! buffer bytes. A reader never allocates more than [`MAX_FRAME`] for one frame.
+
+use crate::image::{FileId, Image};
+use rkyv::{Archive, Deserialize, Serialize};
+use std::io::{self, Read, Write};
+
+pub const MAGIC: u32 = 0x314d_4f21; // "!OM1"
+pub const MAX_FRAME: usize = 64 << 20;
+const KIND_MSG: u8 = 1;
+const KIND_DATA: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o error on link: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooBig(usize),
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+}
+
+/// One process as `omctl ps` shows it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub home: u32,
+    pub where_: u32,
+    pub state: String,
+    pub cmd: String,
+    pub cant_move: String,
+}
+
+/// One node as `omctl nodes` shows it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct NodeInfo {
+    pub id: u32,
+    pub addr: String,
+    pub state: String,
+    pub load: f64,
+    pub cpus: u32,
+    pub speed: f64,
+    pub mem_free: u64,
+    pub guests: u32,
+}
+
+/// A forwarded system call: argument values, and the input buffers of the
+/// pointer arguments concatenated in argument order, with their lengths.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SysReq {
+    pub id: u64,
+    pub nr: u32,
+    pub args: [u64; 6],
+    pub lens: [u32; 6],
+    pub data: Vec<u8>,
+}
+
+/// The answer: the raw result (`-errno` on failure) and output buffers.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SysRet {
+    pub id: u64,
+    pub ret: i64,
+    pub data: Vec<u8>,
+}
+
+/// Every message of om.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub enum Msg {
+    // ---- control socket (om-exec, omctl -> omd)
+    Register { pid: i32, cmd: String },
+    Ps,
+    PsReply(Vec<ProcInfo>),
+    Migrate { pid: i32, to: Option<u32> },
+    Nodes,
+    NodesReply(Vec<NodeInfo>),
+    Ok,
+    Error { message: String },
+
+    // ---- node link: migration
+    Hello { node: u32 },
+    Offer { pid: i32, home: u32, files: Vec<(String, FileId)>, vdso_hash: u64, vdso_len: u64, xsave: u32 },
+    OfferOk { reopen: Vec<bool> },
+    Refused { reason: String },
+    Image(Box<Image>),
+    PagesDone,
+    Resumed { guest: i32 },
+    RestoreFailed { reason: String },
+
+    // ---- node link: a migrated process (remote <-> deputy)
+    Sys(SysReq),
+    SysRet(SysRet),
+    Signal { sig: i32 },
+    ComeHome,
+    GoingHome { reason: String },
+    HomeOk,
+    Exited { code: i32, signal: i32 },
+    Kill,
+}
+
+/// Write one message frame.
+pub fn send<W: Write>(w: &mut W, msg: &Msg) -> Result<(), WireError> {
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(msg).map_err(|e| WireError::Malformed(e.to_string()))?;
+    write_frame(w, KIND_MSG, &bytes)
+}
+
+/// Write one raw data frame.
+pub fn send_data<W: Write>(w: &mut W, data: &[u8]) -> Result<(), WireError> {
+    write_frame(w, KIND_DATA, data)
+}
+
+fn checksum(data: &[u8]) -> u32 {
+    // Cheap integrity check against torn or corrupt frames (links are also
+    // authenticated; this is not a MAC).
+    (xxhash_rust::xxh3::xxh3_64(data) & 0xffff_ffff) as u32
+}
+
+fn write_frame<W: Write>(w: &mut W, kind: u8, data: &[u8]) -> Result<(), WireError> {
+    if data.len() > MAX_FRAME {
+        return Err(WireError::TooBig(data.len()));
+    }
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4] = kind;
+    h[8..12].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&checksum(data).to_le_bytes());
+    let bufs = [io::IoSlice::new(&h), io::IoSlice::new(data)];
+    write_all_vectored(w, &bufs, 16 + data.len())?;
+    Ok(())
+}
+
+fn write_all_vectored<W: Write>(w: &mut W, bufs: &[io::IoSlice<'_>], total: usize) -> io::Result<()> {
+    let n = w.write_vectored(bufs)?;
+    if n == total {
+        return Ok(());
+    }
+    // Slow path: finish piece by piece.
+    let mut skip = n;
+    for b in bufs {
+        if skip >= b.len() {
+            skip -= b.len();
+            continue;
+        }
+        w.write_all(&b[skip..])?;
+        skip = 0;
+    }
+    Ok(())
+}
+
+/// A frame as read: a validated message, or raw data.
+pub enum Frame {
+    Msg(Msg),
+    Data(Vec<u8>),
+}
+
+/// Read one frame; the message payload is validated before it is used.
+pub fn recv<R: Read>(r: &mut R) -> Result<Frame, WireError> {
+    let mut h = [0u8; 16];
+    match r.read_exact(&mut h) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(WireError::Closed),
+        Err(e) => return Err(WireError::Io(e)),
+    }
+    let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    if magic != MAGIC {
+        return Err(WireError::Malformed(format!("bad magic {magic:#010x}")));
+    }
+    let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooBig(len));
+    }
+    let sum = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+    match h[4] {
+        KIND_MSG => {
+            let mut buf = rkyv::util::AlignedVec::<16>::with_capacity(len);
+            buf.resize(len, 0);
+            r.read_exact(&mut buf).map_err(eof)?;
+            if checksum(&buf) != sum {
+                return Err(WireError::Malformed("checksum mismatch".into()));
+            }
+            rkyv::from_bytes::<Msg, rkyv::rancor::Error>(&buf)
+                .map(Frame::Msg)
+                .map_err(|e| WireError::Malformed(format!("invalid message: {e}")))
+        }
+        KIND_DATA => {
+            let mut buf = vec![0u8; len];
+            r.read_exact(&mut buf).map_err(eof)?;
+            if checksum(&buf) != sum {
+                return Err(WireError::Malformed("checksum mismatch".into()));
+            }
+            Ok(Frame::Data(buf))
+        }
+        k => Err(WireError::Malformed(format!("unknown frame kind {k}"))),
+    }
+}
+
+fn eof(e: io::Error) -> WireError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        WireError::Closed
+    } else {
+        WireError::Io(e)
+    }
+}
+
+/// Read one frame that must be a message.
+pub fn recv_msg<R: Read>(r: &mut R) -> Result<Msg, WireError> {
+    match recv(r)? {
+        Frame::Msg(m) => Ok(m),
+        Frame::Data(d) => Err(WireError::Unexpected(format!("{} data bytes where a message was expected", d.len()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        let mut buf = Vec::new();
+        send(&mut buf, &Msg::Migrate { pid: 42, to: Some(3) }).unwrap();
+        send_data(&mut buf, b"hello").unwrap();
+        let mut r = &buf[..];
+        match recv(&mut r).unwrap() {
+            Frame::Msg(Msg::Migrate { pid, to }) => assert_eq!((pid, to), (42, Some(3))),
+            _ => panic!("wrong frame"),
+        }
+        match recv(&mut r).unwrap() {
+            Frame::Data(d) => assert_eq!(d, b"hello"),
+            _ => panic!("wrong frame"),
+        }
+        assert!(matches!(recv(&mut r), Err(WireError::Closed)));
+    }
+
+    #[test]
+    fn rejects_garbage_oversize_and_corruption() {
+        let mut r: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(matches!(recv(&mut r), Err(WireError::Malformed(_))));
+
+        let mut h = Vec::new();
+        h.extend_from_slice(&MAGIC.to_le_bytes());
+        h.extend_from_slice(&[1, 0, 0, 0]);
+        h.extend_from_slice(&u32::MAX.to_le_bytes());
+        h.extend_from_slice(&[0; 4]);
+        assert!(matches!(recv(&mut &h[..]), Err(WireError::TooBig(_))));
+
+        let mut buf = Vec::new();
+        send(&mut buf, &Msg::Ps).unwrap();
+        let last = buf.len() - 1;
+        buf[last] ^= 0xff;
+        assert!(matches!(recv(&mut &buf[..]), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn rejects_valid_checksum_invalid_archive() {
+        // A frame whose checksum matches but whose bytes are not a Msg archive.
+        let junk = vec![0xffu8; 64];
+        let mut buf = Vec::new();
+        write_frame(&mut buf, KIND_MSG, &junk).unwrap();
+        assert!(matches!(recv(&mut &buf[..]), Err(WireError::Malformed(_))));
+    }
+}

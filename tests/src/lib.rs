@@ -1,0 +1,1 @@
+//! om end-to-end test helpers

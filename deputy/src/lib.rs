@@ -45,7 +45,12 @@ pub fn wake_signal() -> i32 {
 
 /// Run in a dedicated thread: migrate the process, answer `reply`, then
 /// control it until it ends or comes home.
-pub fn migrate_and_control(plan: Plan, reply: Sender<Result<(), String>>, ctl: Receiver<Ctl>, state: StateFn) {
+pub fn migrate_and_control(
+    plan: Plan,
+    reply: Sender<Result<(), String>>,
+    ctl: Receiver<Ctl>,
+    state: StateFn,
+) {
     let span = tracing::info_span!("migration", pid = plan.pid, to = plan.dest);
     let _g = span.enter();
     match migrate_out(&plan) {
@@ -65,7 +70,7 @@ struct Away {
     link: TcpStream,
     shared: Arc<Shared>,
     events: Receiver<Event>,
-    release: Sender<()>,
+    release: Sender<bool>,
     scratch: u64,
     fds_res: i32,
 }
@@ -76,15 +81,29 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
         return Err(format!("process {pid} cannot migrate: {why}"));
     }
     let started = std::time::Instant::now();
-    let mut link = TcpStream::connect_timeout(&plan.addr, Duration::from_secs(3))
-        .map_err(|e| format!("node {} at {} is unreachable: {e}; the process stays at home", plan.dest, plan.addr))?;
+    let mut link = TcpStream::connect_timeout(&plan.addr, Duration::from_secs(3)).map_err(|e| {
+        format!(
+            "node {} at {} is unreachable: {e}; the process stays at home",
+            plan.dest, plan.addr
+        )
+    })?;
     let _ = link.set_nodelay(true);
-    let net = |e: wire::WireError| format!("link to node {} failed: {e}; the process stays at home", plan.dest);
+    let net = |e: wire::WireError| {
+        format!(
+            "link to node {} failed: {e}; the process stays at home",
+            plan.dest
+        )
+    };
     wire::send(&mut link, &Msg::Hello { node: plan.home }).map_err(net)?;
     wire::send(&mut link, &transfer::offer(pid, plan.home)).map_err(net)?;
     let reopen = match wire::recv_msg(&mut link).map_err(net)? {
         Msg::OfferOk { reopen } => reopen,
-        Msg::Refused { reason } => return Err(format!("node {} refused the migration: {reason}", plan.dest)),
+        Msg::Refused { reason } => {
+            return Err(format!(
+                "node {} refused the migration: {reason}",
+                plan.dest
+            ))
+        }
         m => return Err(format!("node {} answered {m:?} to the offer", plan.dest)),
     };
     let files = image::mapped_files(pid);
@@ -92,7 +111,8 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
 
     // Freeze.
     let freeze = std::time::Instant::now();
-    let mut t = Tracee::seize(pid, false).map_err(|e| format!("cannot freeze process {pid}: {e}"))?;
+    let mut t =
+        Tracee::seize(pid, false).map_err(|e| format!("cannot freeze process {pid}: {e}"))?;
     let cap = match image::capture(&mut t, &same) {
         Ok(c) => c,
         Err(e) => {
@@ -109,10 +129,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
 
     // The deputy takes the fds now, while the process is frozen.
     let shared = Arc::new(Shared {
-        writer: Mutex::new(match link.try_clone() {
-            Ok(w) => w,
-            Err(e) => return Err(fail(t, format!("cannot clone the link: {e}"))),
-        }),
+        write_lock: Mutex::new(()),
         busy: AtomicU64::new(0),
         tid: AtomicI32::new(0),
     });
@@ -140,25 +157,55 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     let sent = match transfer::send_image(&mut link, pid, &cap.image) {
         Ok(n) => n,
         Err(e) => {
-            let _ = rel_tx.send(());
-            return Err(fail(t, format!("sending the image to node {} failed: {e}; the process stays at home", plan.dest)));
+            let _ = rel_tx.send(false);
+            return Err(fail(
+                t,
+                format!(
+                    "sending the image to node {} failed: {e}; the process stays at home",
+                    plan.dest
+                ),
+            ));
         }
     };
     match wire::recv_msg(&mut link) {
         Ok(Msg::Resumed { guest }) => {
-            tracing::info!(guest, bytes = sent, freeze_ms = freeze.elapsed().as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "migrated");
+            tracing::info!(
+                guest,
+                bytes = sent,
+                freeze_ms = freeze.elapsed().as_secs_f64() * 1e3,
+                total_ms = started.elapsed().as_secs_f64() * 1e3,
+                "migrated"
+            );
         }
         Ok(Msg::RestoreFailed { reason }) => {
-            let _ = rel_tx.send(());
-            return Err(fail(t, format!("node {} could not rebuild the process: {reason}; it stays at home", plan.dest)));
+            let _ = rel_tx.send(false);
+            return Err(fail(
+                t,
+                format!(
+                    "node {} could not rebuild the process: {reason}; it stays at home",
+                    plan.dest
+                ),
+            ));
         }
         Ok(m) => {
-            let _ = rel_tx.send(());
-            return Err(fail(t, format!("node {} answered {m:?}; the process stays at home", plan.dest)));
+            let _ = rel_tx.send(false);
+            return Err(fail(
+                t,
+                format!(
+                    "node {} answered {m:?}; the process stays at home",
+                    plan.dest
+                ),
+            ));
         }
         Err(e) => {
-            let _ = rel_tx.send(());
-            return Err(fail(t, format!("node {} failed during the migration ({e}); the process stays at home", plan.dest)));
+            let _ = rel_tx.send(false);
+            return Err(fail(
+                t,
+                format!(
+                    "node {} failed during the migration ({e}); the process stays at home",
+                    plan.dest
+                ),
+            ));
         }
     }
     // Commit: the placeholder keeps pid, parent, session and terminal, nothing else.
@@ -167,7 +214,15 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     if let Err(e) = image::park(&mut t, &cap.image, cap.scratch).and_then(|_| t.resume_traced()) {
         tracing::error!(%e, "parking the home placeholder failed");
     }
-    let away = Away { link, shared, events: ev_rx, release: rel_tx, scratch: cap.scratch, fds_res: serve::reserved_base() };
+    let _ = rel_tx.send(true);
+    let away = Away {
+        link,
+        shared,
+        events: ev_rx,
+        release: rel_tx,
+        scratch: cap.scratch,
+        fds_res: serve::reserved_base(),
+    };
     for sig in pending_signals {
         away.send(&Msg::Signal { sig });
     }
@@ -176,11 +231,11 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
 
 impl Away {
     fn send(&self, m: &Msg) {
-        let mut w = match self.shared.writer.lock() {
+        let _w = match self.shared.write_lock.lock() {
             Ok(w) => w,
             Err(p) => p.into_inner(),
         };
-        if let Err(e) = wire::send(&mut *w, m) {
+        if let Err(e) = wire::send(&mut &self.link, m) {
             tracing::warn!(%e, "cannot reach the remote");
         }
     }
@@ -216,7 +271,7 @@ impl Away {
             match self.events.recv_timeout(Duration::from_millis(5)) {
                 Ok(Event::Exited { code, signal }) => {
                     end_placeholder(pid, self.scratch, code, signal);
-                    let _ = self.release.send(());
+                    let _ = self.release.send(false);
                     state(pid, "exited", plan.home);
                     if let Some(r) = waiting_home {
                         let _ = r.send(Err(format!("process {pid} exited before it came home")));
@@ -226,7 +281,7 @@ impl Away {
                 Ok(Event::GoingHome) => {
                     state(pid, "returning", plan.home);
                     let r = self.come_home(pid);
-                    let _ = self.release.send(());
+                    let _ = self.release.send(false);
                     match r {
                         Ok(()) => {
                             state(pid, "home", plan.home);
@@ -235,7 +290,10 @@ impl Away {
                             }
                         }
                         Err(e) => {
-                            tracing::error!(e, "the process could not be rebuilt at home; it is lost");
+                            tracing::error!(
+                                e,
+                                "the process could not be rebuilt at home; it is lost"
+                            );
                             let _ = rsys::kill(pid, libc::SIGKILL);
                             state(pid, "exited", plan.home);
                             if let Some(w) = waiting_home.take() {
@@ -248,7 +306,7 @@ impl Away {
                 Ok(Event::Lost(why)) => {
                     tracing::error!(why, "lost the node hosting the process; killing it at home");
                     let _ = rsys::kill(pid, libc::SIGKILL);
-                    let _ = self.release.send(());
+                    let _ = self.release.send(false);
                     state(pid, "exited", plan.home);
                     return;
                 }
@@ -268,7 +326,7 @@ impl Away {
                 Ok(_) | Err(_) => {
                     // The placeholder died (SIGKILL at home): the process dies with it.
                     self.send(&Msg::Kill);
-                    let _ = self.release.send(());
+                    let _ = self.release.send(false);
                     state(pid, "exited", plan.home);
                     return;
                 }
@@ -281,7 +339,13 @@ impl Away {
         let link = &mut self.link;
         let e = |e: wire::WireError| format!("link failed while coming home: {e}");
         let reopen_msg = match wire::recv_msg(link).map_err(e)? {
-            Msg::Offer { files, vdso_hash, vdso_len, xsave, .. } => transfer::answer_offer(&files, vdso_hash, vdso_len, xsave),
+            Msg::Offer {
+                files,
+                vdso_hash,
+                vdso_len,
+                xsave,
+                ..
+            } => transfer::answer_offer(&files, vdso_hash, vdso_len, xsave),
             m => return Err(format!("expected an offer, got {m:?}")),
         };
         wire::send(link, &reopen_msg).map_err(e)?;
@@ -291,10 +355,9 @@ impl Away {
         };
         let tid = self.shared.tid.load(Ordering::SeqCst);
         let me = rsys::getpid();
-        let cwd = std::fs::read_link(format!("/proc/{me}/task/{tid}/cwd")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| "/".into());
-        if let Ok(u) = om_runtime::procfs::status_field(me, "Umask") {
-            let _ = u;
-        }
+        let cwd = std::fs::read_link(format!("/proc/{me}/task/{tid}/cwd"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "/".into());
         if let Ok(s) = std::fs::read_to_string(format!("/proc/{me}/task/{tid}/status")) {
             if let Some(u) = om_runtime::procfs::status_field_in(&s, "Umask") {
                 img.umask = u32::from_str_radix(&u, 8).unwrap_or(img.umask);
@@ -305,7 +368,8 @@ impl Away {
         let rs = image::restore_layout(&mut t, &img, Target::Parked, self.scratch).map_err(te)?;
         transfer::recv_pages(link, &t, &img).map_err(e)?;
         image::restore_finish(&mut t, &img, Target::Parked, &rs, Some(&cwd)).map_err(te)?;
-        let fds = sys::take_thread_fds(tid, self.fds_res).map_err(|e| format!("taking the deputy's fds: {e}"))?;
+        let fds = sys::take_thread_fds(tid, self.fds_res)
+            .map_err(|e| format!("taking the deputy's fds: {e}"))?;
         sys::install_fds(&mut t, rs.scratch, &fds).map_err(te)?;
         image::unmap_scratch(&mut t, rs.scratch).map_err(te)?;
         wire::send(link, &Msg::HomeOk).map_err(e)?;

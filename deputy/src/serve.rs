@@ -6,8 +6,8 @@ use crate::sys as dsys;
 use om_runtime::image::Image;
 use om_runtime::marshal::{self, GO_HOME};
 use om_runtime::procfs;
-use om_runtime::syscalls::{self, Arg, Class, Len};
 use om_runtime::sys;
+use om_runtime::syscalls::{self, Arg, Class, Len};
 use om_runtime::wire::{self, Frame, Msg, SysReq, SysRet};
 use std::net::TcpStream;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -23,7 +23,10 @@ pub enum Event {
 
 /// Shared between the deputy thread and the controller.
 pub struct Shared {
-    pub writer: Mutex<TcpStream>,
+    /// Held while writing a frame: the deputy thread (through its own copy of
+    /// the link, its fd table differs) and the controller share the socket.
+    /// Shared state owns no fd: it may be dropped in either fd table.
+    pub write_lock: Mutex<()>,
     /// Id of the call being served (0: idle), for interrupting it.
     pub busy: AtomicU64,
     pub tid: AtomicI32,
@@ -68,7 +71,7 @@ pub fn run(
     shared: Arc<Shared>,
     ready: crossbeam::channel::Sender<Result<TcpStream, String>>,
     events: crossbeam::channel::Sender<Event>,
-    release: crossbeam::channel::Receiver<()>,
+    release: crossbeam::channel::Receiver<bool>,
 ) {
     let res = reserved_base();
     let r1 = match dsys::private_table(&reader, setup.pid, &setup.fds, res) {
@@ -84,12 +87,19 @@ pub fn run(
     }
     sys::umask(setup.umask);
     if let Err(e) = sys::thread_set_creds(setup.uids, setup.gids, &setup.groups) {
-        let _ = ready.send(Err(format!("deputy cannot take the process's credentials: {e}")));
+        let _ = ready.send(Err(format!(
+            "deputy cannot take the process's credentials: {e}"
+        )));
         return;
     }
     let _ = ready.send(Ok(reader));
-    // SAFETY-free: r1 is our private copy of the link, owned by this thread from now on.
+    // r1 is our private copy of the link, owned by this thread from now on.
     let mut link = dsys::stream_from(r1);
+    // Serve only once the controller has seen the process resume there.
+    if !matches!(release.recv(), Ok(true)) {
+        let _ = link.into_raw_fd();
+        return;
+    }
     let pid = setup.pid;
     loop {
         match wire::recv(&mut link) {
@@ -97,11 +107,12 @@ pub fn run(
                 shared.busy.store(req.id, Ordering::SeqCst);
                 let ret = serve(&req, pid, res);
                 shared.busy.store(0, Ordering::SeqCst);
-                let mut w = match shared.writer.lock() {
+                // Whole frames only: the controller writes on the same socket.
+                let _w = match shared.write_lock.lock() {
                     Ok(w) => w,
                     Err(p) => p.into_inner(),
                 };
-                if let Err(e) = wire::send(&mut *w, &Msg::SysRet(ret)) {
+                if let Err(e) = wire::send(&mut link, &Msg::SysRet(ret)) {
                     let _ = events.send(Event::Lost(e.to_string()));
                     break;
                 }
@@ -144,11 +155,17 @@ fn spec_for(req: &SysReq) -> Option<Vec<Arg>> {
 
 /// Run one forwarded call with the process's identity and fds.
 pub fn serve(req: &SysReq, pid: i32, res: i32) -> SysRet {
-    let fail = |e: i32| SysRet { id: req.id, ret: -(e as i64), data: Vec::new() };
+    let fail = |e: i32| SysRet {
+        id: req.id,
+        ret: -(e as i64),
+        data: Vec::new(),
+    };
     if syscalls::class(req.nr) != Class::Forward && req.nr != 62 {
         return fail(libc::ENOSYS);
     }
-    let Some(spec) = spec_for(req) else { return fail(libc::ENOSYS) };
+    let Some(spec) = spec_for(req) else {
+        return fail(libc::ENOSYS);
+    };
     if let Err(e) = marshal::validate(req, &spec) {
         tracing::warn!(nr = req.nr, e, "malformed forwarded call refused");
         return fail(libc::EINVAL);
@@ -157,16 +174,26 @@ pub fn serve(req: &SysReq, pid: i32, res: i32) -> SysRet {
     match req.nr {
         110 => {
             let ppid = procfs::stat(pid).map(|s| s.field(4) as i64).unwrap_or(1);
-            return SysRet { id: req.id, ret: ppid, data: Vec::new() };
+            return SysRet {
+                id: req.id,
+                ret: ppid,
+                data: Vec::new(),
+            };
         }
         61 | 247 => {
             if procfs::children(pid).is_empty() {
                 return fail(libc::ECHILD);
             }
-            return SysRet { id: req.id, ret: GO_HOME, data: Vec::new() };
+            return SysRet {
+                id: req.id,
+                ret: GO_HOME,
+                data: Vec::new(),
+            };
         }
         62 if args[0] == 0 => {
-            let pgid = procfs::stat(pid).map(|s| s.field(5) as i64).unwrap_or(pid as i64);
+            let pgid = procfs::stat(pid)
+                .map(|s| s.field(5) as i64)
+                .unwrap_or(pid as i64);
             args[0] = (-pgid) as u64;
         }
         436 => args[1] = args[1].min((res - 1) as u64),
@@ -204,7 +231,11 @@ pub fn serve(req: &SysReq, pid: i32, res: i32) -> SysRet {
             data.extend_from_slice(&bufs[i][..valid]);
         }
     }
-    SysRet { id: req.id, ret, data }
+    SysRet {
+        id: req.id,
+        ret,
+        data,
+    }
 }
 
 /// A TcpStream over an fd of the private table.

@@ -1,1 +1,5 @@
-//! om load balancer and daemon
+//! om's node daemon (`omd`): node links, migration orchestration and, in a
+//! later issue, the load balancer.
+
+pub mod daemon;
+pub mod sys;

@@ -23,10 +23,18 @@ pub fn program() -> Result<Vec<u8>, FilterError> {
             9 => ctx.add_rule_conditional(
                 ScmpAction::Allow,
                 sc,
-                &[ScmpArgCompare::new(3, ScmpCompareOp::MaskedEqual(libc::MAP_ANONYMOUS as u64), libc::MAP_ANONYMOUS as u64)],
+                &[ScmpArgCompare::new(
+                    3,
+                    ScmpCompareOp::MaskedEqual(libc::MAP_ANONYMOUS as u64),
+                    libc::MAP_ANONYMOUS as u64,
+                )],
             )?,
             // Own limits only.
-            302 => ctx.add_rule_conditional(ScmpAction::Allow, sc, &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, 0)])?,
+            302 => ctx.add_rule_conditional(
+                ScmpAction::Allow,
+                sc,
+                &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, 0)],
+            )?,
             _ => ctx.add_rule(ScmpAction::Allow, sc)?,
         };
     }

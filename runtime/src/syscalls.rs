@@ -449,7 +449,10 @@ pub const TABLE: &[Entry] = t! {
 
 /// The table entry for a number, if known.
 pub fn entry(nr: u32) -> Option<&'static Entry> {
-    TABLE.binary_search_by_key(&nr, |e| e.nr).ok().map(|i| &TABLE[i])
+    TABLE
+        .binary_search_by_key(&nr, |e| e.nr)
+        .ok()
+        .map(|i| &TABLE[i])
 }
 
 /// The class of a call; unknown numbers go home.
@@ -478,7 +481,13 @@ pub fn spec(nr: u32) -> Option<&'static [Arg]> {
         18 => &[Fd, In(Val(2)), V, V],
         21 => &[Path, V],
         22 => &[Out(Const(8))],
-        23 => &[V, InOut(FdSet(0)), InOut(FdSet(0)), InOut(FdSet(0)), InOut(Const(16))],
+        23 => &[
+            V,
+            InOut(FdSet(0)),
+            InOut(FdSet(0)),
+            InOut(FdSet(0)),
+            InOut(Const(16)),
+        ],
         32 => &[Fd],
         33 => &[Fd, Fd],
         40 => &[Fd, Fd, InOut(Const(8)), V],
@@ -544,7 +553,14 @@ pub fn spec(nr: u32) -> Option<&'static [Arg]> {
         266 => &[Path, Fd, Path],
         267 => &[Fd, Path, OutRet(Val(3)), V],
         269 => &[Fd, Path, V],
-        270 => &[V, InOut(FdSet(0)), InOut(FdSet(0)), InOut(FdSet(0)), InOut(Const(16)), V],
+        270 => &[
+            V,
+            InOut(FdSet(0)),
+            InOut(FdSet(0)),
+            InOut(FdSet(0)),
+            InOut(Const(16)),
+            V,
+        ],
         271 => &[InOut(ArgMul(1, 8)), V, InOut(Const(16)), V, V],
         275 => &[Fd, InOut(Const(8)), Fd, InOut(Const(8)), V, V],
         276 => &[Fd, Fd, V, V],
@@ -577,18 +593,18 @@ pub fn spec(nr: u32) -> Option<&'static [Arg]> {
 /// (true: the kernel writes it). None: unknown request, the process goes home.
 pub fn ioctl_spec(req: u64) -> Option<(usize, bool)> {
     Some(match req {
-        0x5401 => (36, true),                        // TCGETS
-        0x5402..=0x5404 => (36, false),              // TCSETS, TCSETSW, TCSETSF
-        0x5413 => (8, true),                         // TIOCGWINSZ
-        0x5414 => (8, false),                        // TIOCSWINSZ
-        0x541b => (4, true),                         // FIONREAD
-        0x5421 => (4, false),                        // FIONBIO
-        0x5452 => (4, false),                        // FIOASYNC
-        0x5450 | 0x5451 => (0, false),               // FIONCLEX, FIOCLEX
-        0x540b => (0, false),                        // TCFLSH (value argument)
-        0x5409 | 0x540a => (0, false),               // TCSBRK, TCXONC (value argument)
-        0x802c542a => (44, true),                    // TCGETS2
-        0x402c542b..=0x402c542d => (44, false),      // TCSETS2 family
+        0x5401 => (36, true),                   // TCGETS
+        0x5402..=0x5404 => (36, false),         // TCSETS, TCSETSW, TCSETSF
+        0x5413 => (8, true),                    // TIOCGWINSZ
+        0x5414 => (8, false),                   // TIOCSWINSZ
+        0x541b => (4, true),                    // FIONREAD
+        0x5421 => (4, false),                   // FIONBIO
+        0x5452 => (4, false),                   // FIOASYNC
+        0x5450 | 0x5451 => (0, false),          // FIONCLEX, FIOCLEX
+        0x540b => (0, false),                   // TCFLSH (value argument)
+        0x5409 | 0x540a => (0, false),          // TCSBRK, TCXONC (value argument)
+        0x802c542a => (44, true),               // TCGETS2
+        0x402c542b..=0x402c542d => (44, false), // TCSETS2 family
         _ => return None,
     })
 }
@@ -610,7 +626,11 @@ mod tests {
     fn every_forwarded_call_can_be_marshalled() {
         let special = [16, 19, 20, 46, 47, 62, 72, 200, 234, 295, 296];
         for e in TABLE.iter().filter(|e| e.class == Forward) {
-            assert!(spec(e.nr).is_some() || special.contains(&e.nr), "{} has no marshalling", e.name);
+            assert!(
+                spec(e.nr).is_some() || special.contains(&e.nr),
+                "{} has no marshalling",
+                e.name
+            );
         }
     }
 

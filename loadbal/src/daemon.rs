@@ -1,0 +1,438 @@
+//! The node daemon: control socket (om-exec, omctl), node links (incoming
+//! migrations), the table of processes under om, and one controller thread
+//! per migrated process.
+
+use crossbeam::channel::{self, Sender};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use om_deputy::{Ctl, Plan, StateFn};
+use om_runtime::procfs;
+use om_runtime::wire::{self, Msg, NodeInfo, ProcInfo, WireError};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Settings of one node daemon.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: u32,
+    pub listen: SocketAddr,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub peers: Vec<(u32, SocketAddr)>,
+    pub accept_guests: bool,
+}
+
+/// A process under om on this node (its home).
+struct Proc {
+    cmd: String,
+    state: String,
+    where_: u32,
+    locked: bool,
+    ctl: Option<Sender<Ctl>>,
+}
+
+pub struct Node {
+    cfg: Config,
+    procs: Mutex<HashMap<i32, Proc>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {addr}: {source} (is another omd using it? pick another --listen)")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("another omd already answers on {0}; give this one its own --socket")]
+    SocketBusy(String),
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("event loop: {0}")]
+    Poll(#[from] std::io::Error),
+}
+
+const CONTROL: Token = Token(0);
+const LINKS: Token = Token(1);
+
+/// Run the daemon until killed.
+pub fn run(cfg: Config) -> Result<(), DaemonError> {
+    om_runtime::sys::install_wakeup_handler(om_deputy::wake_signal())?;
+    for d in [
+        &cfg.state_dir,
+        &cfg.socket.parent().map(PathBuf::from).unwrap_or_default(),
+    ] {
+        if !d.as_os_str().is_empty() {
+            std::fs::create_dir_all(d).map_err(|source| DaemonError::Dir {
+                path: d.display().to_string(),
+                source,
+            })?;
+        }
+    }
+    if cfg.socket.exists() {
+        if UnixStream::connect(&cfg.socket).is_ok() {
+            return Err(DaemonError::SocketBusy(cfg.socket.display().to_string()));
+        }
+        let _ = std::fs::remove_file(&cfg.socket);
+    }
+    let control = UnixListener::bind(&cfg.socket).map_err(|source| DaemonError::Listen {
+        addr: cfg.socket.display().to_string(),
+        source,
+    })?;
+    // Everyone may ask; each request is checked against the caller's credentials.
+    let _ = std::fs::set_permissions(
+        &cfg.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    );
+    let links = TcpListener::bind(cfg.listen).map_err(|source| DaemonError::Listen {
+        addr: cfg.listen.to_string(),
+        source,
+    })?;
+    control.set_nonblocking(true)?;
+    links.set_nonblocking(true)?;
+    tracing::info!(node = cfg.node_id, listen = %cfg.listen, socket = %cfg.socket.display(), peers = cfg.peers.len(), "omd ready");
+
+    let node = Arc::new(Node {
+        cfg,
+        procs: Mutex::new(HashMap::new()),
+    });
+    let mut poll = Poll::new()?;
+    poll.registry().register(
+        &mut SourceFd(&control.as_raw_fd()),
+        CONTROL,
+        Interest::READABLE,
+    )?;
+    poll.registry()
+        .register(&mut SourceFd(&links.as_raw_fd()), LINKS, Interest::READABLE)?;
+    let mut events = Events::with_capacity(64);
+    loop {
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_secs(1))) {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.into());
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                CONTROL => {
+                    while let Ok((s, _)) = control.accept() {
+                        let n = node.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("control".into())
+                            .spawn(move || n.serve_control(s));
+                    }
+                }
+                LINKS => {
+                    while let Ok((s, peer)) = links.accept() {
+                        let n = node.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("link".into())
+                            .spawn(move || n.serve_link(s, peer));
+                    }
+                }
+                _ => {}
+            }
+        }
+        node.prune();
+    }
+}
+
+fn peer_uid(s: &UnixStream) -> Option<u32> {
+    nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.uid())
+}
+
+fn owner_uid(pid: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
+}
+
+impl Node {
+    fn state_fn(self: &Arc<Self>) -> StateFn {
+        let n = Arc::downgrade(self);
+        Arc::new(move |pid, state, where_| {
+            if let Some(n) = n.upgrade() {
+                let mut procs = n.procs.lock().unwrap_or_else(|p| p.into_inner());
+                if state == "exited" {
+                    procs.remove(&pid);
+                } else if let Some(p) = procs.get_mut(&pid) {
+                    p.state = state.to_string();
+                    p.where_ = where_;
+                    if state == "home" {
+                        p.ctl = None;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Forget processes that ended while at home.
+    fn prune(&self) {
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        procs.retain(|pid, p| {
+            p.state != "home"
+                || procfs::stat(*pid)
+                    .map(|s| s.state() != 'Z' && s.state() != 'X')
+                    .unwrap_or(false)
+        });
+    }
+
+    fn serve_control(self: Arc<Self>, mut s: UnixStream) {
+        let uid = peer_uid(&s);
+        loop {
+            let msg = match wire::recv_msg(&mut s) {
+                Ok(m) => m,
+                Err(WireError::Closed) => return,
+                Err(e) => {
+                    tracing::warn!(%e, "malformed control request; closing that connection");
+                    let _ = wire::send(
+                        &mut s,
+                        &Msg::Error {
+                            message: format!("malformed request: {e}"),
+                        },
+                    );
+                    return;
+                }
+            };
+            let reply = self.control(msg, uid);
+            if wire::send(&mut s, &reply).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn allowed(&self, uid: Option<u32>, pid: i32) -> bool {
+        matches!(uid, Some(0)) || (uid.is_some() && uid == owner_uid(pid))
+    }
+
+    fn control(self: &Arc<Self>, msg: Msg, uid: Option<u32>) -> Msg {
+        let err = |m: String| Msg::Error { message: m };
+        match msg {
+            Msg::Register { pid, cmd } => {
+                if procfs::stat(pid).is_err() {
+                    return err(format!("no process {pid}"));
+                }
+                if !self.allowed(uid, pid) {
+                    return err(format!(
+                        "permission denied: process {pid} belongs to another user"
+                    ));
+                }
+                let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+                procs.insert(
+                    pid,
+                    Proc {
+                        cmd,
+                        state: "home".into(),
+                        where_: self.cfg.node_id,
+                        locked: false,
+                        ctl: None,
+                    },
+                );
+                tracing::info!(pid, "registered");
+                Msg::Ok
+            }
+            Msg::Ps => {
+                self.prune();
+                let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+                let mut v: Vec<ProcInfo> = procs
+                    .iter()
+                    .map(|(pid, p)| ProcInfo {
+                        pid: *pid,
+                        home: self.cfg.node_id,
+                        where_: p.where_,
+                        state: p.state.clone(),
+                        cmd: p.cmd.clone(),
+                        cant_move: if p.locked {
+                            "locked".into()
+                        } else if p.state == "home" {
+                            om_runtime::image::cant_move(*pid).unwrap_or_default()
+                        } else {
+                            String::new()
+                        },
+                    })
+                    .collect();
+                v.sort_by_key(|p| p.pid);
+                Msg::PsReply(v)
+            }
+            Msg::Nodes => Msg::NodesReply(self.nodes()),
+            Msg::Migrate { pid, to } => match self.migrate(pid, to, uid) {
+                Ok(()) => Msg::Ok,
+                Err(e) => err(e),
+            },
+            m => err(format!("unexpected request {m:?}")),
+        }
+    }
+
+    fn nodes(&self) -> Vec<NodeInfo> {
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+            .unwrap_or(0.0);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let mem_free = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| procfs::status_field_in(&s, "MemAvailable"))
+            .and_then(|v| {
+                v.split_whitespace()
+                    .next()
+                    .and_then(|x| x.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024);
+        let mut v = vec![NodeInfo {
+            id: self.cfg.node_id,
+            addr: self.cfg.listen.to_string(),
+            state: "alive".into(),
+            load: load / cpus as f64,
+            cpus,
+            speed: 1.0,
+            mem_free,
+            guests: 0,
+        }];
+        for (id, addr) in &self.cfg.peers {
+            let up = TcpStream::connect_timeout(addr, Duration::from_millis(300)).is_ok();
+            v.push(NodeInfo {
+                id: *id,
+                addr: addr.to_string(),
+                state: if up { "alive" } else { "down" }.into(),
+                load: 0.0,
+                cpus: 0,
+                speed: 1.0,
+                mem_free: 0,
+                guests: 0,
+            });
+        }
+        v
+    }
+
+    fn migrate(
+        self: &Arc<Self>,
+        pid: i32,
+        to: Option<u32>,
+        uid: Option<u32>,
+    ) -> Result<(), String> {
+        let me = self.cfg.node_id;
+        let to = to.filter(|&n| n != me);
+        let (state, where_, ctl, locked) = {
+            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            match procs.get(&pid) {
+                Some(p) => (p.state.clone(), p.where_, p.ctl.clone(), p.locked),
+                None if procfs::stat(pid).is_ok() => {
+                    return Err(format!(
+                        "process {pid} is not under om on node {me}; start it with om-exec"
+                    ));
+                }
+                None => return Err(format!("no process {pid} on node {me}")),
+            }
+        };
+        if !self.allowed(uid, pid) {
+            return Err(format!(
+                "permission denied: process {pid} belongs to another user"
+            ));
+        }
+        if locked {
+            return Err(format!(
+                "process {pid} is locked to where it is (omctl unlock {pid})"
+            ));
+        }
+        let addr = match to {
+            Some(n) => Some(
+                self.cfg
+                    .peers
+                    .iter()
+                    .find(|(id, _)| *id == n)
+                    .map(|(_, a)| *a)
+                    .ok_or_else(|| {
+                        let known: Vec<String> =
+                            self.cfg.peers.iter().map(|(i, _)| i.to_string()).collect();
+                        format!(
+                            "unknown node {n}; known nodes: {me} (this one), {}",
+                            known.join(", ")
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        match (state.as_str(), to) {
+            ("home", None) => Ok(()),
+            ("away", Some(n)) if n == where_ => Ok(()),
+            ("away", _) => {
+                let ctl = ctl.ok_or("the process is between nodes; try again")?;
+                let (tx, rx) = channel::bounded(1);
+                ctl.send(Ctl::ComeHome(tx))
+                    .map_err(|_| "the process's controller is gone".to_string())?;
+                rx.recv_timeout(Duration::from_secs(60))
+                    .map_err(|_| "the process did not come home in 60 s".to_string())??;
+                match (to, addr) {
+                    (Some(n), Some(a)) => self.migrate_out(pid, n, a),
+                    _ => Ok(()),
+                }
+            }
+            ("home", Some(n)) => self.migrate_out(pid, n, addr.ok_or("no address")?),
+            (s, _) => Err(format!("process {pid} is {s}; try again in a moment")),
+        }
+    }
+
+    fn migrate_out(self: &Arc<Self>, pid: i32, dest: u32, addr: SocketAddr) -> Result<(), String> {
+        let (reply_tx, reply_rx) = channel::bounded(1);
+        let (ctl_tx, ctl_rx) = channel::unbounded();
+        {
+            let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(p) = procs.get_mut(&pid) {
+                p.state = "migrating".into();
+                p.ctl = Some(ctl_tx);
+            }
+        }
+        let plan = Plan {
+            pid,
+            home: self.cfg.node_id,
+            dest,
+            addr,
+        };
+        let state = self.state_fn();
+        std::thread::Builder::new()
+            .name(format!("home-{pid}"))
+            .spawn(move || om_deputy::migrate_and_control(plan, reply_tx, ctl_rx, state))
+            .map_err(|e| format!("cannot start a controller: {e}"))?;
+        reply_rx
+            .recv()
+            .map_err(|_| "the migration thread died".to_string())?
+    }
+
+    fn serve_link(self: Arc<Self>, mut s: TcpStream, peer: SocketAddr) {
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let node = match wire::recv_msg(&mut s) {
+            Ok(Msg::Hello { node }) => node,
+            Ok(m) => {
+                tracing::warn!(%peer, ?m, "link did not start with Hello; closing it");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%peer, %e, "malformed frame on a node link; closing it");
+                return;
+            }
+        };
+        if !self.cfg.peers.iter().any(|(id, _)| *id == node) {
+            tracing::warn!(%peer, node, "link from unknown node refused (add it with --peer)");
+            return;
+        }
+        let _ = s.set_read_timeout(None);
+        let host = om_remote::Host {
+            node: self.cfg.node_id,
+            accept: self.cfg.accept_guests,
+        };
+        if let Err(e) = om_remote::host_guest(s, &host) {
+            tracing::warn!(%peer, %e, "incoming migration failed");
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! om-exec: run a program under om. It registers with the local omd and then
+//! becomes the program (same pid, same parent), so its exit status is the program's.
+
+use clap::Parser;
+use om_runtime::client::{socket_path, Client};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "om-exec",
+    about = "run PROG under om: it starts at home and can migrate while it runs"
+)]
+struct Args {
+    /// omd's control socket [default: $OM_SOCKET, else /run/om/omd.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Keep the process where it is (never migrate it).
+    #[arg(long)]
+    lock: bool,
+    /// Start on this node (not supported yet).
+    #[arg(long)]
+    node: Option<u32>,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn main() {
+    let a = Args::parse();
+    if a.node.is_some() {
+        eprintln!("om-exec: --node is not supported yet; start the program and move it with 'omctl migrate PID NODE'");
+        std::process::exit(2);
+    }
+    if a.lock {
+        eprintln!("om-exec: --lock is not supported yet");
+        std::process::exit(2);
+    }
+    let path = socket_path(a.socket.as_deref());
+    let me = std::process::id() as i32;
+    let result = Client::connect(&path).and_then(|mut c| c.register(me, &a.command.join(" ")));
+    if let Err(e) = result {
+        eprintln!("om-exec: {e}");
+        std::process::exit(125);
+    }
+    let err = om_runtime::sys::execvp(&a.command[0], &a.command);
+    eprintln!("om-exec: cannot run {}: {err}", a.command[0]);
+    std::process::exit(if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    });
+}

@@ -1,1 +1,271 @@
-//! om end-to-end test helpers
+//! Helpers for om's end-to-end tests: a cluster of real `omd` daemons on
+//! this host (each with its own node id, port, control socket and state dir),
+//! and the fixtures and tools run against it.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Directory holding the built binaries (target/debug or target/release).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    for b in ["omd", "omctl", "om-exec", "counter"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} is missing: build the binaries first with `cargo build --workspace` (the README's test command does)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// om needs root here: ptrace of any process, PR_SET_MM_MAP (CAP_SYS_ADMIN).
+pub fn require_root() {
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "om's end-to-end tests need root (CAP_SYS_PTRACE and CAP_SYS_ADMIN); run them as root"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub struct Node {
+    pub id: u32,
+    pub port: u16,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Start `n` daemons that know each other as static peers.
+    pub fn start(n: u32) -> Cluster {
+        require_root();
+        let base = bin_dir().join("om-e2e");
+        let dir = base.join(format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let nodes = (1..=n)
+            .map(|id| Node {
+                id,
+                port: free_port(),
+                socket: dir.join(format!("n{id}.sock")),
+                child: None,
+            })
+            .collect();
+        let mut c = Cluster { dir, nodes };
+        for id in 1..=n {
+            c.start_node(id);
+        }
+        c
+    }
+
+    pub fn start_node(&mut self, id: u32) {
+        let peers: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|x| x.id != id)
+            .map(|x| format!("--peer={}=127.0.0.1:{}", x.id, x.port))
+            .collect();
+        let node = &self.nodes[(id - 1) as usize];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("n{id}.log")))
+            .expect("log");
+        let child = Command::new(bin("omd"))
+            .arg(format!("--node-id={id}"))
+            .arg(format!("--listen=127.0.0.1:{}", node.port))
+            .arg(format!("--socket={}", node.socket.display()))
+            .arg(format!(
+                "--state-dir={}",
+                self.dir.join(format!("s{id}")).display()
+            ))
+            .args(peers)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start omd");
+        let socket = node.socket.clone();
+        self.nodes[(id - 1) as usize].child = Some(child);
+        let t0 = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "omd {id} did not come up; log:\n{}",
+                self.log(id)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL one daemon.
+    pub fn kill_node(&mut self, id: u32) {
+        if let Some(mut c) = self.nodes[(id - 1) as usize].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn node_pid(&self, id: u32) -> Option<u32> {
+        self.nodes[(id - 1) as usize].child.as_ref().map(Child::id)
+    }
+
+    pub fn socket(&self, id: u32) -> &Path {
+        &self.nodes[(id - 1) as usize].socket
+    }
+
+    pub fn log(&self, id: u32) -> String {
+        std::fs::read_to_string(self.dir.join(format!("n{id}.log"))).unwrap_or_default()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `om-exec` on node `id` running a fixture (or any program), output to files.
+    pub fn om_exec(&self, id: u32, prog: &Path, args: &[&str], out: &str) -> Child {
+        Command::new(bin("om-exec"))
+            .env("OM_SOCKET", self.socket(id))
+            .arg("--")
+            .arg(prog)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(self.path(out)).expect("out"))
+            .stderr(std::fs::File::create(self.path(&format!("{out}.err"))).expect("err"))
+            .spawn()
+            .expect("om-exec")
+    }
+
+    pub fn omctl(&self, id: u32, args: &[&str]) -> Output {
+        Command::new(bin("omctl"))
+            .env("OM_SOCKET", self.socket(id))
+            .args(args)
+            .output()
+            .expect("omctl")
+    }
+
+    /// `omctl migrate PID TO` on the home node; Ok or the error text.
+    pub fn migrate(&self, home: u32, pid: u32, to: &str) -> Result<(), String> {
+        let o = self.omctl(home, &["migrate", &pid.to_string(), to]);
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    }
+
+    pub fn ps(&self, id: u32) -> serde_json::Value {
+        let o = self.omctl(id, &["--json", "ps"]);
+        assert!(
+            o.status.success(),
+            "omctl ps failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).expect("ps json")
+    }
+
+    /// Where `pid` runs now, per its home's `omctl ps --json`.
+    pub fn where_is(&self, home: u32, pid: u32) -> Option<u64> {
+        self.ps(home)
+            .as_array()?
+            .iter()
+            .find(|p| p["pid"] == pid)?
+            .get("where")?
+            .as_u64()
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- node {} ---\n{}", n.id, self.log(n.id)))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "daemon logs kept in {}\n{}",
+                self.dir.display(),
+                self.logs()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Wait until `path` has at least `n` lines; returns its lines.
+pub fn wait_lines(path: &Path, n: usize, timeout: Duration) -> Vec<String> {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "{} has {} lines, waited for {n}: {text}",
+            path.display(),
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait for a child with a deadline; its exit status.
+pub fn wait_child(c: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().expect("try_wait") {
+            return s;
+        }
+        if t0.elapsed() > timeout {
+            let _ = c.kill();
+            panic!("process {} did not finish within {timeout:?}", c.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -209,7 +209,6 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
         }
     }
     // Commit: the placeholder keeps pid, parent, session and terminal, nothing else.
-    let mut t = t;
     let pending_signals = std::mem::take(&mut t.deferred);
     if let Err(e) = image::park(&mut t, &cap.image, cap.scratch).and_then(|_| t.resume_traced()) {
         tracing::error!(%e, "parking the home placeholder failed");

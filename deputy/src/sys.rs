@@ -53,7 +53,7 @@ pub fn stream_from(fd: RawFd) -> TcpStream {
 /// Copies of the deputy thread's fds (below `res`), with their close-on-exec flags.
 pub fn take_thread_fds(tid: i32, res: i32) -> std::io::Result<Vec<(i32, bool, OwnedFd)>> {
     let me = sys::getpid();
-    let pidfd = sys::pidfd_open(tid, libc::PIDFD_THREAD as u32)?;
+    let pidfd = sys::pidfd_open(tid, libc::PIDFD_THREAD)?;
     let mut out = Vec::new();
     for e in std::fs::read_dir(format!("/proc/{me}/task/{tid}/fd"))? {
         let Ok(fd) = e?.file_name().to_string_lossy().parse::<i32>() else {

@@ -52,6 +52,6 @@ mod tests {
     #[test]
     fn program_builds() {
         let p = super::program().unwrap();
-        assert!(!p.is_empty() && p.len() % 8 == 0);
+        assert!(!p.is_empty() && p.len().is_multiple_of(8));
     }
 }

@@ -12,6 +12,9 @@ use om_runtime::wire::{self, Frame, Msg, SysReq, SysRet};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+/// (address, length) pieces of a readv/writev call.
+type Iovecs = Vec<(u64, usize)>;
+
 const ERESTARTSYS: i64 = -512;
 const ERESTARTNOINTR: i64 = -513;
 
@@ -84,7 +87,7 @@ impl Supervisor {
             }
             if rev[1] != 0 {
                 match wire::recv(&mut self.stream) {
-                    Ok(Frame::Msg(m)) => self.from_home(m),
+                    Ok(Frame::Msg(m)) => self.on_home_msg(m),
                     Ok(Frame::Data(_)) => tracing::warn!("stray data frame from home ignored"),
                     Err(e) => return self.lost(&e.to_string()),
                 }
@@ -108,7 +111,7 @@ impl Supervisor {
         }
     }
 
-    fn from_home(&mut self, m: Msg) {
+    fn on_home_msg(&mut self, m: Msg) {
         match m {
             Msg::Signal { sig } => {
                 let _ = sys::kill(self.gpid, sig);
@@ -281,7 +284,7 @@ impl Supervisor {
         let mut args = n.data.args;
         let id = n.id;
         // Calls with a shape of their own.
-        let (fnr, spec, iov): (u32, Vec<Arg>, Option<Vec<(u64, usize)>>) = match nr {
+        let (fnr, spec, iov): (u32, Vec<Arg>, Option<Iovecs>) = match nr {
             19 | 20 | 295 | 296 => {
                 let Some(raw) = self.read_mem(args[1], (args[2] as usize).min(1024) * 16) else {
                     self.reply(id, -libc::EFAULT as i64);
@@ -421,7 +424,7 @@ impl Supervisor {
         let ret = loop {
             match wire::recv(&mut self.stream) {
                 Ok(Frame::Msg(Msg::SysRet(r))) if r.id == rid => break r,
-                Ok(Frame::Msg(m)) => self.from_home(m),
+                Ok(Frame::Msg(m)) => self.on_home_msg(m),
                 Ok(Frame::Data(_)) => {}
                 Err(e) => {
                     tracing::warn!(%e, "link to home lost during a forwarded call");

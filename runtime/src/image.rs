@@ -196,7 +196,9 @@ fn prot_of(m: &MapLine) -> u32 {
         | if m.exec { libc::PROT_EXEC } else { 0 }) as u32
 }
 
-static FILE_IDS: Mutex<Option<HashMap<(u64, u64, i64), FileId>>> = Mutex::new(None);
+/// (device, inode, mtime) -> identity, so each mapped file is hashed once.
+type FileIdCache = HashMap<(u64, u64, i64), FileId>;
+static FILE_IDS: Mutex<Option<FileIdCache>> = Mutex::new(None);
 
 /// Identity of a file for "same file at the destination" checks: size, mtime
 /// and a content hash (cached per inode and mtime).

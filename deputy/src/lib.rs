@@ -45,12 +45,7 @@ pub fn wake_signal() -> i32 {
 
 /// Run in a dedicated thread: migrate the process, answer `reply`, then
 /// control it until it ends or comes home.
-pub fn migrate_and_control(
-    plan: Plan,
-    reply: Sender<Result<(), String>>,
-    ctl: Receiver<Ctl>,
-    state: StateFn,
-) {
+pub fn migrate_and_control(plan: Plan, reply: Sender<Result<(), String>>, ctl: Receiver<Ctl>, state: StateFn) {
     let span = tracing::info_span!("migration", pid = plan.pid, to = plan.dest);
     let _g = span.enter();
     match migrate_out(&plan) {
@@ -81,29 +76,15 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
         return Err(format!("process {pid} cannot migrate: {why}"));
     }
     let started = std::time::Instant::now();
-    let mut link = TcpStream::connect_timeout(&plan.addr, Duration::from_secs(3)).map_err(|e| {
-        format!(
-            "node {} at {} is unreachable: {e}; the process stays at home",
-            plan.dest, plan.addr
-        )
-    })?;
+    let mut link = TcpStream::connect_timeout(&plan.addr, Duration::from_secs(3))
+        .map_err(|e| format!("node {} at {} is unreachable: {e}; the process stays at home", plan.dest, plan.addr))?;
     let _ = link.set_nodelay(true);
-    let net = |e: wire::WireError| {
-        format!(
-            "link to node {} failed: {e}; the process stays at home",
-            plan.dest
-        )
-    };
+    let net = |e: wire::WireError| format!("link to node {} failed: {e}; the process stays at home", plan.dest);
     wire::send(&mut link, &Msg::Hello { node: plan.home }).map_err(net)?;
     wire::send(&mut link, &transfer::offer(pid, plan.home)).map_err(net)?;
     let reopen = match wire::recv_msg(&mut link).map_err(net)? {
         Msg::OfferOk { reopen } => reopen,
-        Msg::Refused { reason } => {
-            return Err(format!(
-                "node {} refused the migration: {reason}",
-                plan.dest
-            ))
-        }
+        Msg::Refused { reason } => return Err(format!("node {} refused the migration: {reason}", plan.dest)),
         m => return Err(format!("node {} answered {m:?} to the offer", plan.dest)),
     };
     let files = image::mapped_files(pid);
@@ -111,8 +92,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
 
     // Freeze.
     let freeze = std::time::Instant::now();
-    let mut t =
-        Tracee::seize(pid, false).map_err(|e| format!("cannot freeze process {pid}: {e}"))?;
+    let mut t = Tracee::seize(pid, false).map_err(|e| format!("cannot freeze process {pid}: {e}"))?;
     let cap = match image::capture(&mut t, &same) {
         Ok(c) => c,
         Err(e) => {
@@ -128,11 +108,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     };
 
     // The deputy takes the fds now, while the process is frozen.
-    let shared = Arc::new(Shared {
-        write_lock: Mutex::new(()),
-        busy: AtomicU64::new(0),
-        tid: AtomicI32::new(0),
-    });
+    let shared = Arc::new(Shared { write_lock: Mutex::new(()), busy: AtomicU64::new(0), tid: AtomicI32::new(0) });
     let reader = match link.try_clone() {
         Ok(r) => r,
         Err(e) => return Err(fail(t, format!("cannot clone the link: {e}"))),
@@ -160,10 +136,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
             let _ = rel_tx.send(false);
             return Err(fail(
                 t,
-                format!(
-                    "sending the image to node {} failed: {e}; the process stays at home",
-                    plan.dest
-                ),
+                format!("sending the image to node {} failed: {e}; the process stays at home", plan.dest),
             ));
         }
     };
@@ -181,30 +154,18 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
             let _ = rel_tx.send(false);
             return Err(fail(
                 t,
-                format!(
-                    "node {} could not rebuild the process: {reason}; it stays at home",
-                    plan.dest
-                ),
+                format!("node {} could not rebuild the process: {reason}; it stays at home", plan.dest),
             ));
         }
         Ok(m) => {
             let _ = rel_tx.send(false);
-            return Err(fail(
-                t,
-                format!(
-                    "node {} answered {m:?}; the process stays at home",
-                    plan.dest
-                ),
-            ));
+            return Err(fail(t, format!("node {} answered {m:?}; the process stays at home", plan.dest)));
         }
         Err(e) => {
             let _ = rel_tx.send(false);
             return Err(fail(
                 t,
-                format!(
-                    "node {} failed during the migration ({e}); the process stays at home",
-                    plan.dest
-                ),
+                format!("node {} failed during the migration ({e}); the process stays at home", plan.dest),
             ));
         }
     }
@@ -214,14 +175,8 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
         tracing::error!(%e, "parking the home placeholder failed");
     }
     let _ = rel_tx.send(true);
-    let away = Away {
-        link,
-        shared,
-        events: ev_rx,
-        release: rel_tx,
-        scratch: cap.scratch,
-        fds_res: serve::reserved_base(),
-    };
+    let away =
+        Away { link, shared, events: ev_rx, release: rel_tx, scratch: cap.scratch, fds_res: serve::reserved_base() };
     for sig in pending_signals {
         away.send(&Msg::Signal { sig });
     }
@@ -289,10 +244,7 @@ impl Away {
                             }
                         }
                         Err(e) => {
-                            tracing::error!(
-                                e,
-                                "the process could not be rebuilt at home; it is lost"
-                            );
+                            tracing::error!(e, "the process could not be rebuilt at home; it is lost");
                             let _ = rsys::kill(pid, libc::SIGKILL);
                             state(pid, "exited", plan.home);
                             if let Some(w) = waiting_home.take() {
@@ -338,13 +290,9 @@ impl Away {
         let link = &mut self.link;
         let e = |e: wire::WireError| format!("link failed while coming home: {e}");
         let reopen_msg = match wire::recv_msg(link).map_err(e)? {
-            Msg::Offer {
-                files,
-                vdso_hash,
-                vdso_len,
-                xsave,
-                ..
-            } => transfer::answer_offer(&files, vdso_hash, vdso_len, xsave),
+            Msg::Offer { files, vdso_hash, vdso_len, xsave, .. } => {
+                transfer::answer_offer(&files, vdso_hash, vdso_len, xsave)
+            }
             m => return Err(format!("expected an offer, got {m:?}")),
         };
         wire::send(link, &reopen_msg).map_err(e)?;
@@ -367,8 +315,7 @@ impl Away {
         let rs = image::restore_layout(&mut t, &img, Target::Parked, self.scratch).map_err(te)?;
         transfer::recv_pages(link, &t, &img).map_err(e)?;
         image::restore_finish(&mut t, &img, Target::Parked, &rs, Some(&cwd)).map_err(te)?;
-        let fds = sys::take_thread_fds(tid, self.fds_res)
-            .map_err(|e| format!("taking the deputy's fds: {e}"))?;
+        let fds = sys::take_thread_fds(tid, self.fds_res).map_err(|e| format!("taking the deputy's fds: {e}"))?;
         sys::install_fds(&mut t, rs.scratch, &fds).map_err(te)?;
         image::unmap_scratch(&mut t, rs.scratch).map_err(te)?;
         wire::send(link, &Msg::HomeOk).map_err(e)?;

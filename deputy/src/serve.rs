@@ -87,9 +87,7 @@ pub fn run(
     }
     sys::umask(setup.umask);
     if let Err(e) = sys::thread_set_creds(setup.uids, setup.gids, &setup.groups) {
-        let _ = ready.send(Err(format!(
-            "deputy cannot take the process's credentials: {e}"
-        )));
+        let _ = ready.send(Err(format!("deputy cannot take the process's credentials: {e}")));
         return;
     }
     let _ = ready.send(Ok(reader));
@@ -155,11 +153,7 @@ fn spec_for(req: &SysReq) -> Option<Vec<Arg>> {
 
 /// Run one forwarded call with the process's identity and fds.
 pub fn serve(req: &SysReq, pid: i32, res: i32) -> SysRet {
-    let fail = |e: i32| SysRet {
-        id: req.id,
-        ret: -(e as i64),
-        data: Vec::new(),
-    };
+    let fail = |e: i32| SysRet { id: req.id, ret: -(e as i64), data: Vec::new() };
     if syscalls::class(req.nr) != Class::Forward && req.nr != 62 {
         return fail(libc::ENOSYS);
     }
@@ -174,26 +168,16 @@ pub fn serve(req: &SysReq, pid: i32, res: i32) -> SysRet {
     match req.nr {
         110 => {
             let ppid = procfs::stat(pid).map(|s| s.field(4) as i64).unwrap_or(1);
-            return SysRet {
-                id: req.id,
-                ret: ppid,
-                data: Vec::new(),
-            };
+            return SysRet { id: req.id, ret: ppid, data: Vec::new() };
         }
         61 | 247 => {
             if procfs::children(pid).is_empty() {
                 return fail(libc::ECHILD);
             }
-            return SysRet {
-                id: req.id,
-                ret: GO_HOME,
-                data: Vec::new(),
-            };
+            return SysRet { id: req.id, ret: GO_HOME, data: Vec::new() };
         }
         62 if args[0] == 0 => {
-            let pgid = procfs::stat(pid)
-                .map(|s| s.field(5) as i64)
-                .unwrap_or(pid as i64);
+            let pgid = procfs::stat(pid).map(|s| s.field(5) as i64).unwrap_or(pid as i64);
             args[0] = (-pgid) as u64;
         }
         436 => args[1] = args[1].min((res - 1) as u64),
@@ -231,11 +215,7 @@ pub fn serve(req: &SysReq, pid: i32, res: i32) -> SysRet {
             data.extend_from_slice(&bufs[i][..valid]);
         }
     }
-    SysRet {
-        id: req.id,
-        ret,
-        data,
-    }
+    SysRet { id: req.id, ret, data }
 }
 
 /// A TcpStream over an fd of the private table.

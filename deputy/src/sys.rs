@@ -9,12 +9,7 @@ use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 /// Give the calling thread its own fd table and cwd, holding only the link
 /// (moved to a reserved high number, returned) and the process's fds, taken
 /// from it with pidfd_getfd at their own numbers.
-pub fn private_table(
-    link: &TcpStream,
-    pid: i32,
-    fds: &[(i32, bool)],
-    res: i32,
-) -> std::io::Result<RawFd> {
+pub fn private_table(link: &TcpStream, pid: i32, fds: &[(i32, bool)], res: i32) -> std::io::Result<RawFd> {
     let s0 = link.as_raw_fd();
     sys::unshare(libc::CLONE_FILES | libc::CLONE_FS)?;
     let r1 = sys::dup_above(s0, res)?;
@@ -24,9 +19,7 @@ pub fn private_table(
     sys::close_range(0, (res - 1) as u32)?;
     for &(fd, cloexec) in fds {
         if fd >= res {
-            return Err(std::io::Error::other(format!(
-                "fd {fd} is in om's reserved range"
-            )));
+            return Err(std::io::Error::other(format!("fd {fd} is in om's reserved range")));
         }
         let g = sys::pidfd_getfd(r2, fd)?.into_raw_fd();
         let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
@@ -62,16 +55,11 @@ pub fn take_thread_fds(tid: i32, res: i32) -> std::io::Result<Vec<(i32, bool, Ow
         if fd >= res {
             continue;
         }
-        let info = std::fs::read_to_string(format!("/proc/{me}/task/{tid}/fdinfo/{fd}"))
-            .unwrap_or_default();
+        let info = std::fs::read_to_string(format!("/proc/{me}/task/{tid}/fdinfo/{fd}")).unwrap_or_default();
         let flags = om_runtime::procfs::status_field_in(&info, "flags")
             .and_then(|f| u64::from_str_radix(&f, 8).ok())
             .unwrap_or(0);
-        out.push((
-            fd,
-            flags & libc::O_CLOEXEC as u64 != 0,
-            sys::pidfd_getfd(pidfd.as_raw_fd(), fd)?,
-        ));
+        out.push((fd, flags & libc::O_CLOEXEC as u64 != 0, sys::pidfd_getfd(pidfd.as_raw_fd(), fd)?));
     }
     out.sort_by_key(|x| x.0);
     Ok(out)
@@ -86,21 +74,14 @@ pub fn install_fds(t: &mut Tracee, scratch: u64, fds: &[(i32, bool, OwnedFd)]) -
         return Ok(());
     }
     let pid = t.pid;
-    let ioe = |e: std::io::Error| TraceError::Io {
-        pid,
-        what: "fd passing",
-        source: e,
-    };
+    let ioe = |e: std::io::Error| TraceError::Io { pid, what: "fd passing", source: e };
     let name = format!(
         "om-fds-{}-{}",
         pid,
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
     );
     let listener =
-        UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).map_err(ioe)?)
-            .map_err(ioe)?;
+        UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).map_err(ioe)?).map_err(ioe)?;
     let addr_at = scratch + 1024;
     let mut sa = Vec::new();
     sa.extend_from_slice(&(libc::AF_UNIX as u16).to_le_bytes());
@@ -110,20 +91,9 @@ pub fn install_fds(t: &mut Tracee, scratch: u64, fds: &[(i32, bool, OwnedFd)]) -
     let k = t.syscall_ok(
         "socket",
         libc::SYS_socket,
-        [
-            libc::AF_UNIX as u64,
-            (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64,
-            0,
-            0,
-            0,
-            0,
-        ],
+        [libc::AF_UNIX as u64, (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64, 0, 0, 0, 0],
     )?;
-    t.syscall_ok(
-        "connect",
-        libc::SYS_connect,
-        [k, addr_at, sa.len() as u64, 0, 0, 0],
-    )?;
+    t.syscall_ok("connect", libc::SYS_connect, [k, addr_at, sa.len() as u64, 0, 0, 0])?;
     let (conn, _) = listener.accept().map_err(ioe)?;
     let high = fds.iter().map(|f| f.0).max().unwrap_or(0) as u64 + 1;
     let k2 = t.syscall_ok(
@@ -174,7 +144,6 @@ fn send_fd(conn: &std::os::unix::net::UnixStream, fd: RawFd) -> std::io::Result<
     let iov = [std::io::IoSlice::new(&data)];
     let fds = [fd];
     let cmsg = [ControlMessage::ScmRights(&fds)];
-    sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
-        .map_err(std::io::Error::from)?;
+    sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).map_err(std::io::Error::from)?;
     Ok(())
 }

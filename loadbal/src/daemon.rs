@@ -44,17 +44,11 @@ pub struct Node {
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot listen on {addr}: {source} (is another omd using it? pick another --listen)")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
     #[error("another omd already answers on {0}; give this one its own --socket")]
     SocketBusy(String),
     #[error("cannot create {path}: {source}")]
-    Dir {
-        path: String,
-        source: std::io::Error,
-    },
+    Dir { path: String, source: std::io::Error },
     #[error("event loop: {0}")]
     Poll(#[from] std::io::Error),
 }
@@ -65,15 +59,9 @@ const LINKS: Token = Token(1);
 /// Run the daemon until killed.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     om_runtime::sys::install_wakeup_handler(om_deputy::wake_signal())?;
-    for d in [
-        &cfg.state_dir,
-        &cfg.socket.parent().map(PathBuf::from).unwrap_or_default(),
-    ] {
+    for d in [&cfg.state_dir, &cfg.socket.parent().map(PathBuf::from).unwrap_or_default()] {
         if !d.as_os_str().is_empty() {
-            std::fs::create_dir_all(d).map_err(|source| DaemonError::Dir {
-                path: d.display().to_string(),
-                source,
-            })?;
+            std::fs::create_dir_all(d).map_err(|source| DaemonError::Dir { path: d.display().to_string(), source })?;
         }
     }
     if cfg.socket.exists() {
@@ -82,35 +70,20 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         }
         let _ = std::fs::remove_file(&cfg.socket);
     }
-    let control = UnixListener::bind(&cfg.socket).map_err(|source| DaemonError::Listen {
-        addr: cfg.socket.display().to_string(),
-        source,
-    })?;
+    let control = UnixListener::bind(&cfg.socket)
+        .map_err(|source| DaemonError::Listen { addr: cfg.socket.display().to_string(), source })?;
     // Everyone may ask; each request is checked against the caller's credentials.
-    let _ = std::fs::set_permissions(
-        &cfg.socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    );
-    let links = TcpListener::bind(cfg.listen).map_err(|source| DaemonError::Listen {
-        addr: cfg.listen.to_string(),
-        source,
-    })?;
+    let _ = std::fs::set_permissions(&cfg.socket, std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let links =
+        TcpListener::bind(cfg.listen).map_err(|source| DaemonError::Listen { addr: cfg.listen.to_string(), source })?;
     control.set_nonblocking(true)?;
     links.set_nonblocking(true)?;
     tracing::info!(node = cfg.node_id, listen = %cfg.listen, socket = %cfg.socket.display(), peers = cfg.peers.len(), "omd ready");
 
-    let node = Arc::new(Node {
-        cfg,
-        procs: Mutex::new(HashMap::new()),
-    });
+    let node = Arc::new(Node { cfg, procs: Mutex::new(HashMap::new()) });
     let mut poll = Poll::new()?;
-    poll.registry().register(
-        &mut SourceFd(&control.as_raw_fd()),
-        CONTROL,
-        Interest::READABLE,
-    )?;
-    poll.registry()
-        .register(&mut SourceFd(&links.as_raw_fd()), LINKS, Interest::READABLE)?;
+    poll.registry().register(&mut SourceFd(&control.as_raw_fd()), CONTROL, Interest::READABLE)?;
+    poll.registry().register(&mut SourceFd(&links.as_raw_fd()), LINKS, Interest::READABLE)?;
     let mut events = Events::with_capacity(64);
     loop {
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_secs(1))) {
@@ -124,17 +97,13 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                 CONTROL => {
                     while let Ok((s, _)) = control.accept() {
                         let n = node.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("control".into())
-                            .spawn(move || n.serve_control(s));
+                        let _ = std::thread::Builder::new().name("control".into()).spawn(move || n.serve_control(s));
                     }
                 }
                 LINKS => {
                     while let Ok((s, peer)) = links.accept() {
                         let n = node.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("link".into())
-                            .spawn(move || n.serve_link(s, peer));
+                        let _ = std::thread::Builder::new().name("link".into()).spawn(move || n.serve_link(s, peer));
                     }
                 }
                 _ => {}
@@ -145,16 +114,12 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
 }
 
 fn peer_uid(s: &UnixStream) -> Option<u32> {
-    nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
-        .ok()
-        .map(|c| c.uid())
+    nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials).ok().map(|c| c.uid())
 }
 
 fn owner_uid(pid: i32) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}"))
-        .ok()
-        .map(|m| m.uid())
+    std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
 }
 
 impl Node {
@@ -180,10 +145,7 @@ impl Node {
     fn prune(&self) {
         let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
         procs.retain(|pid, p| {
-            p.state != "home"
-                || procfs::stat(*pid)
-                    .map(|s| s.state() != 'Z' && s.state() != 'X')
-                    .unwrap_or(false)
+            p.state != "home" || procfs::stat(*pid).map(|s| s.state() != 'Z' && s.state() != 'X').unwrap_or(false)
         });
     }
 
@@ -195,12 +157,7 @@ impl Node {
                 Err(WireError::Closed) => return,
                 Err(e) => {
                     tracing::warn!(%e, "malformed control request; closing that connection");
-                    let _ = wire::send(
-                        &mut s,
-                        &Msg::Error {
-                            message: format!("malformed request: {e}"),
-                        },
-                    );
+                    let _ = wire::send(&mut s, &Msg::Error { message: format!("malformed request: {e}") });
                     return;
                 }
             };
@@ -223,20 +180,12 @@ impl Node {
                     return err(format!("no process {pid}"));
                 }
                 if !self.allowed(uid, pid) {
-                    return err(format!(
-                        "permission denied: process {pid} belongs to another user"
-                    ));
+                    return err(format!("permission denied: process {pid} belongs to another user"));
                 }
                 let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
                 procs.insert(
                     pid,
-                    Proc {
-                        cmd,
-                        state: "home".into(),
-                        where_: self.cfg.node_id,
-                        locked: false,
-                        ctl: None,
-                    },
+                    Proc { cmd, state: "home".into(), where_: self.cfg.node_id, locked: false, ctl: None },
                 );
                 tracing::info!(pid, "registered");
                 Msg::Ok
@@ -282,11 +231,7 @@ impl Node {
         let mem_free = std::fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|s| procfs::status_field_in(&s, "MemAvailable"))
-            .and_then(|v| {
-                v.split_whitespace()
-                    .next()
-                    .and_then(|x| x.parse::<u64>().ok())
-            })
+            .and_then(|v| v.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()))
             .map_or(0, |kb| kb * 1024);
         let mut v = vec![NodeInfo {
             id: self.cfg.node_id,
@@ -314,12 +259,7 @@ impl Node {
         v
     }
 
-    fn migrate(
-        self: &Arc<Self>,
-        pid: i32,
-        to: Option<u32>,
-        uid: Option<u32>,
-    ) -> Result<(), String> {
+    fn migrate(self: &Arc<Self>, pid: i32, to: Option<u32>, uid: Option<u32>) -> Result<(), String> {
         let me = self.cfg.node_id;
         let to = to.filter(|&n| n != me);
         let (state, where_, ctl, locked) = {
@@ -327,39 +267,22 @@ impl Node {
             match procs.get(&pid) {
                 Some(p) => (p.state.clone(), p.where_, p.ctl.clone(), p.locked),
                 None if procfs::stat(pid).is_ok() => {
-                    return Err(format!(
-                        "process {pid} is not under om on node {me}; start it with om-exec"
-                    ));
+                    return Err(format!("process {pid} is not under om on node {me}; start it with om-exec"));
                 }
                 None => return Err(format!("no process {pid} on node {me}")),
             }
         };
         if !self.allowed(uid, pid) {
-            return Err(format!(
-                "permission denied: process {pid} belongs to another user"
-            ));
+            return Err(format!("permission denied: process {pid} belongs to another user"));
         }
         if locked {
-            return Err(format!(
-                "process {pid} is locked to where it is (omctl unlock {pid})"
-            ));
+            return Err(format!("process {pid} is locked to where it is (omctl unlock {pid})"));
         }
         let addr = match to {
-            Some(n) => Some(
-                self.cfg
-                    .peers
-                    .iter()
-                    .find(|(id, _)| *id == n)
-                    .map(|(_, a)| *a)
-                    .ok_or_else(|| {
-                        let known: Vec<String> =
-                            self.cfg.peers.iter().map(|(i, _)| i.to_string()).collect();
-                        format!(
-                            "unknown node {n}; known nodes: {me} (this one), {}",
-                            known.join(", ")
-                        )
-                    })?,
-            ),
+            Some(n) => Some(self.cfg.peers.iter().find(|(id, _)| *id == n).map(|(_, a)| *a).ok_or_else(|| {
+                let known: Vec<String> = self.cfg.peers.iter().map(|(i, _)| i.to_string()).collect();
+                format!("unknown node {n}; known nodes: {me} (this one), {}", known.join(", "))
+            })?),
             None => None,
         };
         match (state.as_str(), to) {
@@ -368,8 +291,7 @@ impl Node {
             ("away", _) => {
                 let ctl = ctl.ok_or("the process is between nodes; try again")?;
                 let (tx, rx) = channel::bounded(1);
-                ctl.send(Ctl::ComeHome(tx))
-                    .map_err(|_| "the process's controller is gone".to_string())?;
+                ctl.send(Ctl::ComeHome(tx)).map_err(|_| "the process's controller is gone".to_string())?;
                 rx.recv_timeout(Duration::from_secs(60))
                     .map_err(|_| "the process did not come home in 60 s".to_string())??;
                 match (to, addr) {
@@ -392,20 +314,13 @@ impl Node {
                 p.ctl = Some(ctl_tx);
             }
         }
-        let plan = Plan {
-            pid,
-            home: self.cfg.node_id,
-            dest,
-            addr,
-        };
+        let plan = Plan { pid, home: self.cfg.node_id, dest, addr };
         let state = self.state_fn();
         std::thread::Builder::new()
             .name(format!("home-{pid}"))
             .spawn(move || om_deputy::migrate_and_control(plan, reply_tx, ctl_rx, state))
             .map_err(|e| format!("cannot start a controller: {e}"))?;
-        reply_rx
-            .recv()
-            .map_err(|_| "the migration thread died".to_string())?
+        reply_rx.recv().map_err(|_| "the migration thread died".to_string())?
     }
 
     fn serve_link(self: Arc<Self>, mut s: TcpStream, peer: SocketAddr) {
@@ -427,10 +342,7 @@ impl Node {
             return;
         }
         let _ = s.set_read_timeout(None);
-        let host = om_remote::Host {
-            node: self.cfg.node_id,
-            accept: self.cfg.accept_guests,
-        };
+        let host = om_remote::Host { node: self.cfg.node_id, accept: self.cfg.accept_guests };
         if let Err(e) = om_remote::host_guest(s, &host) {
             tracing::warn!(%peer, %e, "incoming migration failed");
         }

@@ -30,11 +30,9 @@ pub fn program() -> Result<Vec<u8>, FilterError> {
                 )],
             )?,
             // Own limits only.
-            302 => ctx.add_rule_conditional(
-                ScmpAction::Allow,
-                sc,
-                &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, 0)],
-            )?,
+            302 => {
+                ctx.add_rule_conditional(ScmpAction::Allow, sc, &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, 0)])?
+            }
             _ => ctx.add_rule(ScmpAction::Allow, sc)?,
         };
     }

@@ -39,20 +39,11 @@ pub struct Host {
 /// or goes home.
 pub fn host_guest(mut stream: TcpStream, host: &Host) -> Result<(), GuestError> {
     let (pid, home) = match wire::recv_msg(&mut stream)? {
-        Msg::Offer {
-            pid,
-            home,
-            files,
-            vdso_hash,
-            vdso_len,
-            xsave,
-        } => {
+        Msg::Offer { pid, home, files, vdso_hash, vdso_len, xsave } => {
             let answer = if host.accept {
                 transfer::answer_offer(&files, vdso_hash, vdso_len, xsave)
             } else {
-                Msg::Refused {
-                    reason: format!("node {} does not accept guests", host.node),
-                }
+                Msg::Refused { reason: format!("node {} does not accept guests", host.node) }
             };
             let refused = matches!(answer, Msg::Refused { .. });
             wire::send(&mut stream, &answer)?;
@@ -79,11 +70,7 @@ pub fn host_guest(mut stream: TcpStream, host: &Host) -> Result<(), GuestError> 
                 }
             }
             wire::send(&mut stream, &Msg::Resumed { guest: gpid })?;
-            tracing::info!(
-                guest = gpid,
-                ms = started.elapsed().as_secs_f64() * 1e3,
-                "guest running"
-            );
+            tracing::info!(guest = gpid, ms = started.elapsed().as_secs_f64() * 1e3, "guest running");
             supervisor::Supervisor::new(stream, gpid, listener, &img, home).run();
             Ok(())
         }
@@ -91,12 +78,7 @@ pub fn host_guest(mut stream: TcpStream, host: &Host) -> Result<(), GuestError> 
             let _ = rsys::kill(gpid, libc::SIGKILL);
             let _ = rsys::waitpid(gpid, libc::__WALL);
             tracing::warn!(%e, "restore failed; the process stays at home");
-            let _ = wire::send(
-                &mut stream,
-                &Msg::RestoreFailed {
-                    reason: e.to_string(),
-                },
-            );
+            let _ = wire::send(&mut stream, &Msg::RestoreFailed { reason: e.to_string() });
             Err(e)
         }
     }
@@ -123,40 +105,10 @@ fn install_filter(t: &mut Tracee, img: &Image, scratch: u64) -> Result<OwnedFd, 
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
     let at = scratch + 2048;
     t.poke(at, &groups)?;
-    t.syscall_ok(
-        "setgroups",
-        libc::SYS_setgroups,
-        [c.groups.len() as u64, at, 0, 0, 0, 0],
-    )?;
-    t.syscall_ok(
-        "setresgid",
-        libc::SYS_setresgid,
-        [
-            c.gids[0] as u64,
-            c.gids[1] as u64,
-            c.gids[2] as u64,
-            0,
-            0,
-            0,
-        ],
-    )?;
-    t.syscall_ok(
-        "setresuid",
-        libc::SYS_setresuid,
-        [
-            c.uids[0] as u64,
-            c.uids[1] as u64,
-            c.uids[2] as u64,
-            0,
-            0,
-            0,
-        ],
-    )?;
-    t.syscall_ok(
-        "prctl(PR_SET_NO_NEW_PRIVS)",
-        libc::SYS_prctl,
-        [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
-    )?;
+    t.syscall_ok("setgroups", libc::SYS_setgroups, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
+    t.syscall_ok("setresgid", libc::SYS_setresgid, [c.gids[0] as u64, c.gids[1] as u64, c.gids[2] as u64, 0, 0, 0])?;
+    t.syscall_ok("setresuid", libc::SYS_setresuid, [c.uids[0] as u64, c.uids[1] as u64, c.uids[2] as u64, 0, 0, 0])?;
+    t.syscall_ok("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
 
     let prog = filter::program()?;
     let prog_at = scratch + 4096;
@@ -173,11 +125,7 @@ fn install_filter(t: &mut Tracee, img: &Image, scratch: u64) -> Result<OwnedFd, 
     // wait: a forwarded call is never abandoned half done at home.
     const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: u64 = 32;
     let flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
-    let lfd = t.syscall_ok(
-        "seccomp",
-        libc::SYS_seccomp,
-        [SECCOMP_SET_MODE_FILTER, flags, fprog_at, 0, 0, 0],
-    )?;
+    let lfd = t.syscall_ok("seccomp", libc::SYS_seccomp, [SECCOMP_SET_MODE_FILTER, flags, fprog_at, 0, 0, 0])?;
     let pidfd = rsys::pidfd_open(t.pid, 0)?;
     let listener = rsys::pidfd_getfd(pidfd.as_raw_fd(), lfd as i32)?;
     rsys::seccomp_set_sync_wakeup(listener.as_raw_fd())?;

@@ -40,13 +40,7 @@ enum Flow {
 }
 
 impl Supervisor {
-    pub fn new(
-        stream: TcpStream,
-        gpid: i32,
-        listener: OwnedFd,
-        img: &Image,
-        _home: u32,
-    ) -> Supervisor {
+    pub fn new(stream: TcpStream, gpid: i32, listener: OwnedFd, img: &Image, _home: u32) -> Supervisor {
         Supervisor {
             stream,
             gpid,
@@ -67,14 +61,7 @@ impl Supervisor {
         let sfd = self.stream.as_raw_fd();
         let pfd = self.pidfd.as_ref().map_or(-1, |p| p.as_raw_fd());
         loop {
-            let rev = match sys::poll(
-                &[
-                    (lfd, libc::POLLIN),
-                    (sfd, libc::POLLIN),
-                    (pfd, libc::POLLIN),
-                ],
-                -1,
-            ) {
+            let rev = match sys::poll(&[(lfd, libc::POLLIN), (sfd, libc::POLLIN), (pfd, libc::POLLIN)], -1) {
                 Ok(r) => r,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => {
@@ -139,11 +126,7 @@ impl Supervisor {
 
     /// Home is unreachable: the guest cannot go on without its files.
     fn lost(self, why: &str) {
-        tracing::warn!(
-            guest = self.gpid,
-            why,
-            "link to home lost; killing the guest"
-        );
+        tracing::warn!(guest = self.gpid, why, "link to home lost; killing the guest");
         let _ = sys::kill(self.gpid, libc::SIGKILL);
         let _ = sys::waitpid(self.gpid, libc::__WALL);
     }
@@ -163,9 +146,7 @@ impl Supervisor {
                 None => self.forward(n),
             },
             Class::Forward => self.forward(n),
-            Class::Local | Class::Home => {
-                self.go_home(&format!("{} runs at home", syscalls::name(nr)), Some(n.id))
-            }
+            Class::Local | Class::Home => self.go_home(&format!("{} runs at home", syscalls::name(nr)), Some(n.id)),
         }
     }
 
@@ -183,10 +164,7 @@ impl Supervisor {
             118 | 120 => {
                 let v = if nr == 118 { c.uids } else { c.gids };
                 for (i, x) in v.iter().enumerate() {
-                    if a[i] != 0
-                        && sys::process_vm_writev(self.gpid, &x.to_le_bytes(), &[(a[i], 4)])
-                            .is_err()
-                    {
+                    if a[i] != 0 && sys::process_vm_writev(self.gpid, &x.to_le_bytes(), &[(a[i], 4)]).is_err() {
                         return Some(-libc::EFAULT as i64);
                     }
                 }
@@ -201,9 +179,7 @@ impl Supervisor {
                     -libc::EINVAL as i64
                 } else {
                     let b: Vec<u8> = g.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    if !b.is_empty()
-                        && sys::process_vm_writev(self.gpid, &b, &[(a[1], b.len())]).is_err()
-                    {
+                    if !b.is_empty() && sys::process_vm_writev(self.gpid, &b, &[(a[1], b.len())]).is_err() {
                         return Some(-libc::EFAULT as i64);
                     }
                     g.len() as i64
@@ -294,8 +270,7 @@ impl Supervisor {
                 let mut total = 0usize;
                 for c in raw.chunks(16) {
                     let base = u64::from_le_bytes(c[0..8].try_into().unwrap_or([0; 8]));
-                    let len = (u64::from_le_bytes(c[8..16].try_into().unwrap_or([0; 8])) as usize)
-                        .min(MAX_IO - total);
+                    let len = (u64::from_le_bytes(c[8..16].try_into().unwrap_or([0; 8])) as usize).min(MAX_IO - total);
                     iov.push((base, len));
                     total += len;
                 }
@@ -315,17 +290,13 @@ impl Supervisor {
                 (fnr, spec, Some(iov))
             }
             16 => match syscalls::ioctl_spec(args[1]) {
-                None => {
-                    return self.go_home(&format!("ioctl {:#x} runs at home", args[1]), Some(id))
-                }
+                None => return self.go_home(&format!("ioctl {:#x} runs at home", args[1]), Some(id)),
                 Some((0, _)) => (nr, vec![Arg::Fd, Arg::V, Arg::V], None),
                 Some((len, false)) => (nr, vec![Arg::Fd, Arg::V, Arg::In(Len::Const(len))], None),
                 Some((len, true)) => (nr, vec![Arg::Fd, Arg::V, Arg::Out(Len::Const(len))], None),
             },
             72 => match args[1] {
-                0..=4 | 8..=11 | 1024..=1026 | 1030..=1034 => {
-                    (nr, vec![Arg::Fd, Arg::V, Arg::V], None)
-                }
+                0..=4 | 8..=11 | 1024..=1026 | 1030..=1034 => (nr, vec![Arg::Fd, Arg::V, Arg::V], None),
                 _ => return self.go_home("fcntl record locks run at home", Some(id)),
             },
             62 => (nr, vec![Arg::V, Arg::V], None),
@@ -333,17 +304,11 @@ impl Supervisor {
                 Some(b) if b == [0; 8] => (nr, syscalls::spec(nr).unwrap_or(&[]).to_vec(), None),
                 _ => return self.go_home("pselect6 with a signal mask runs at home", Some(id)),
             },
-            271 if args[3] != 0 => {
-                return self.go_home("ppoll with a signal mask runs at home", Some(id))
-            }
-            281 if args[4] != 0 => {
-                return self.go_home("epoll_pwait with a signal mask runs at home", Some(id))
-            }
+            271 if args[3] != 0 => return self.go_home("ppoll with a signal mask runs at home", Some(id)),
+            281 if args[4] != 0 => return self.go_home("epoll_pwait with a signal mask runs at home", Some(id)),
             _ => match syscalls::spec(nr) {
                 Some(s) => (nr, s.to_vec(), None),
-                None => {
-                    return self.go_home(&format!("{} runs at home", syscalls::name(nr)), Some(id))
-                }
+                None => return self.go_home(&format!("{} runs at home", syscalls::name(nr)), Some(id)),
             },
         };
 
@@ -366,28 +331,24 @@ impl Supervisor {
                     }
                     None => false,
                 },
-                Arg::In(l) | Arg::InOut(l) if args[i] != 0 || iov.is_some() => {
-                    match self.eval(l, &mut args) {
-                        Some(len) => {
-                            let bytes = match (&iov, nr) {
-                                (Some(v), 20 | 296) => gather(self.gpid, v),
-                                _ => self.read_mem(args[i], len),
-                            };
-                            match bytes {
-                                Some(b) => {
-                                    lens[i] = b.len() as u32;
-                                    data.extend_from_slice(&b);
-                                    true
-                                }
-                                None => false,
+                Arg::In(l) | Arg::InOut(l) if args[i] != 0 || iov.is_some() => match self.eval(l, &mut args) {
+                    Some(len) => {
+                        let bytes = match (&iov, nr) {
+                            (Some(v), 20 | 296) => gather(self.gpid, v),
+                            _ => self.read_mem(args[i], len),
+                        };
+                        match bytes {
+                            Some(b) => {
+                                lens[i] = b.len() as u32;
+                                data.extend_from_slice(&b);
+                                true
                             }
+                            None => false,
                         }
-                        None => false,
                     }
-                }
-                Arg::Out(l) | Arg::OutRet(l) | Arg::OutRetN(l, _)
-                    if args[i] != 0 || iov.is_some() =>
-                {
+                    None => false,
+                },
+                Arg::Out(l) | Arg::OutRet(l) | Arg::OutRetN(l, _) if args[i] != 0 || iov.is_some() => {
                     match self.eval(l, &mut args) {
                         Some(len) => {
                             lens[i] = len as u32;
@@ -409,13 +370,7 @@ impl Supervisor {
         let rid = self.next_id;
         self.next_id += 1;
         self.signalled = false;
-        let req = SysReq {
-            id: rid,
-            nr: fnr,
-            args,
-            lens,
-            data,
-        };
+        let req = SysReq { id: rid, nr: fnr, args, lens, data };
         if let Err(e) = wire::send(&mut self.stream, &Msg::Sys(req)) {
             tracing::warn!(%e, "cannot reach the deputy");
             let _ = sys::kill(self.gpid, libc::SIGKILL);
@@ -458,11 +413,7 @@ impl Supervisor {
             }
             off += valid;
         }
-        let val = if ret == -(libc::EINTR as i64) && self.signalled {
-            ERESTARTSYS
-        } else {
-            ret
-        };
+        let val = if ret == -(libc::EINTR as i64) && self.signalled { ERESTARTSYS } else { ret };
         self.reply(id, val);
         if self.come_home {
             return self.go_home("asked to come home", None);
@@ -505,12 +456,7 @@ impl Supervisor {
     }
 
     fn send_home(&mut self, t: &mut Tracee, reason: &str) -> Result<bool, crate::GuestError> {
-        wire::send(
-            &mut self.stream,
-            &Msg::GoingHome {
-                reason: reason.to_string(),
-            },
-        )?;
+        wire::send(&mut self.stream, &Msg::GoingHome { reason: reason.to_string() })?;
         wire::send(&mut self.stream, &transfer::offer(self.gpid, 0))?;
         let reopen = loop {
             match wire::recv_msg(&mut self.stream)? {

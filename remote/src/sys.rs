@@ -9,10 +9,7 @@ use std::process::{Command, Stdio};
 /// Its whole address space is replaced by the restore.
 pub fn spawn_stopped() -> io::Result<i32> {
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg("--om-guest-stub")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.arg("--om-guest-stub").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // SAFETY: the closure runs between fork and exec and only makes two
     // async-signal-safe system calls.
     unsafe {

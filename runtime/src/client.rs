@@ -11,18 +11,13 @@ pub fn socket_path(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {
         return p.to_path_buf();
     }
-    std::env::var_os("OM_SOCKET")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    std::env::var_os("OM_SOCKET").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no omd answers on {path}: {source} (start omd, or point --socket/OM_SOCKET at its control socket)")]
-    Connect {
-        path: String,
-        source: std::io::Error,
-    },
+    Connect { path: String, source: std::io::Error },
     #[error("{0}")]
     Daemon(String),
     #[error("talking to omd: {0}")]
@@ -36,10 +31,8 @@ pub struct Client {
 
 impl Client {
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let stream = UnixStream::connect(path)
+            .map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
         Ok(Client { stream })
     }
 
@@ -53,11 +46,7 @@ impl Client {
 
     /// Put process `pid` (normally the caller itself, before exec) under om.
     pub fn register(&mut self, pid: i32, cmd: &str) -> Result<(), ClientError> {
-        self.call(&Msg::Register {
-            pid,
-            cmd: cmd.to_string(),
-        })
-        .map(drop)
+        self.call(&Msg::Register { pid, cmd: cmd.to_string() }).map(drop)
     }
 
     /// Move `pid` to node `to`, or home with `None`.

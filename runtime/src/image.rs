@@ -15,10 +15,8 @@ pub const PAGE: u64 = 4096;
 /// Scratch area mapped in a target for injected calls: code at 0, data after.
 pub const SCRATCH_LEN: u64 = 4 * PAGE;
 /// `syscall; int3`, then a parking loop at offset 16: `mov eax, 34 (pause); syscall; jmp -9`.
-const SCRATCH_CODE: [u8; 25] = [
-    0x0f, 0x05, 0xcc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb8, 0x22, 0, 0, 0, 0x0f, 0x05, 0xeb,
-    0xf7,
-];
+const SCRATCH_CODE: [u8; 25] =
+    [0x0f, 0x05, 0xcc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb8, 0x22, 0, 0, 0, 0x0f, 0x05, 0xeb, 0xf7];
 pub const PARK_OFFSET: u64 = 16;
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 
@@ -114,11 +112,9 @@ pub struct Image {
 impl Image {
     /// Every (address, length) piece of page data, in stream order.
     pub fn runs(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
-        self.regions.iter().flat_map(|r| {
-            r.runs
-                .iter()
-                .map(move |&(first, n)| (r.start + first * PAGE, (n * PAGE) as usize))
-        })
+        self.regions
+            .iter()
+            .flat_map(|r| r.runs.iter().map(move |&(first, n)| (r.start + first * PAGE, (n * PAGE) as usize)))
     }
 
     pub fn data_bytes(&self) -> u64 {
@@ -126,9 +122,7 @@ impl Image {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        rkyv::to_bytes::<rkyv::rancor::Error>(self)
-            .map(|v| v.to_vec())
-            .unwrap_or_default()
+        rkyv::to_bytes::<rkyv::rancor::Error>(self).map(|v| v.to_vec()).unwrap_or_default()
     }
 
     pub fn regs(&self) -> Regs {
@@ -149,13 +143,9 @@ pub fn regs_from_array(a: &[u64; 27]) -> Regs {
 /// Why a process cannot move (openMosix's `cantmove`), or None.
 pub fn cant_move(pid: i32) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let threads: u32 = procfs::status_field_in(&status, "Threads")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1);
+    let threads: u32 = procfs::status_field_in(&status, "Threads").and_then(|t| t.parse().ok()).unwrap_or(1);
     if threads > 1 {
-        return Some(format!(
-            "it has {threads} threads; only single-threaded processes can migrate"
-        ));
+        return Some(format!("it has {threads} threads; only single-threaded processes can migrate"));
     }
     if procfs::status_field_in(&status, "Seccomp").is_some_and(|s| s != "0") {
         return Some("it installed its own seccomp filter".into());
@@ -166,10 +156,7 @@ pub fn cant_move(pid: i32) -> Option<String> {
             return Some(format!("it attached SysV shared memory at {:#x}", m.start));
         }
         if m.shared
-            && (m.write
-                || m.path.is_empty()
-                || m.path.starts_with("/dev/zero")
-                || m.path.starts_with("/memfd:"))
+            && (m.write || m.path.is_empty() || m.path.starts_with("/dev/zero") || m.path.starts_with("/memfd:"))
         {
             let what = if m.path.is_empty() || m.path.starts_with("/dev/zero") {
                 "shared anonymous memory"
@@ -210,25 +197,12 @@ pub fn file_id(path: &str) -> Option<FileId> {
     }
     let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
     let key = (md.dev(), md.ino(), mtime_ns);
-    if let Some(id) = FILE_IDS
-        .lock()
-        .ok()?
-        .as_ref()
-        .and_then(|m| m.get(&key).cloned())
-    {
+    if let Some(id) = FILE_IDS.lock().ok()?.as_ref().and_then(|m| m.get(&key).cloned()) {
         return Some(id);
     }
     let data = std::fs::read(path).ok()?;
-    let id = FileId {
-        size: md.size(),
-        mtime_ns,
-        hash: xxhash_rust::xxh3::xxh3_64(&data),
-    };
-    FILE_IDS
-        .lock()
-        .ok()?
-        .get_or_insert_with(HashMap::new)
-        .insert(key, id.clone());
+    let id = FileId { size: md.size(), mtime_ns, hash: xxhash_rust::xxh3::xxh3_64(&data) };
+    FILE_IDS.lock().ok()?.get_or_insert_with(HashMap::new).insert(key, id.clone());
     Some(id)
 }
 
@@ -238,15 +212,8 @@ pub fn mapped_files(pid: i32) -> Vec<(String, FileId)> {
     let Ok(maps) = procfs::maps(pid) else {
         return out;
     };
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    for p in maps
-        .iter()
-        .filter(|m| m.path.starts_with('/') && !m.shared)
-        .map(|m| m.path.clone())
-        .chain(exe)
-    {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.to_string_lossy().into_owned());
+    for p in maps.iter().filter(|m| m.path.starts_with('/') && !m.shared).map(|m| m.path.clone()).chain(exe) {
         if p.ends_with(" (deleted)") || out.iter().any(|(q, _)| *q == p) {
             continue;
         }
@@ -272,55 +239,31 @@ pub fn local_vdso() -> (u64, u64) {
 }
 
 fn find_syscall_insn(t: &Tracee, maps: &[MapLine]) -> Result<u64> {
-    let v = maps
-        .iter()
-        .find(|m| m.path == "[vdso]")
-        .ok_or(TraceError::Injected {
-            pid: t.pid,
-            name: "find vdso",
-            errno: 2,
-        })?;
+    let v = maps.iter().find(|m| m.path == "[vdso]").ok_or(TraceError::Injected {
+        pid: t.pid,
+        name: "find vdso",
+        errno: 2,
+    })?;
     let bytes = t.peek(v.start, (v.end - v.start) as usize)?;
-    bytes
-        .windows(2)
-        .position(|w| w == [0x0f, 0x05])
-        .map(|i| v.start + i as u64)
-        .ok_or(TraceError::Injected {
-            pid: t.pid,
-            name: "find syscall in vdso",
-            errno: 2,
-        })
+    bytes.windows(2).position(|w| w == [0x0f, 0x05]).map(|i| v.start + i as u64).ok_or(TraceError::Injected {
+        pid: t.pid,
+        name: "find syscall in vdso",
+        errno: 2,
+    })
 }
 
 /// Map a scratch area with injection code in the tracee, at `hint` (fixed, not
 /// replacing) or anywhere when `hint` is 0. Switches injection to it.
 pub fn map_scratch(t: &mut Tracee, hint: u64) -> Result<u64> {
     if t.syscall_ip == 0 {
-        let maps = procfs::maps(t.pid).map_err(|e| TraceError::Io {
-            pid: t.pid,
-            what: "maps",
-            source: e,
-        })?;
+        let maps = procfs::maps(t.pid).map_err(|e| TraceError::Io { pid: t.pid, what: "maps", source: e })?;
         t.syscall_ip = find_syscall_insn(t, &maps)?;
     }
-    let flags = libc::MAP_PRIVATE
-        | libc::MAP_ANONYMOUS
-        | if hint != 0 {
-            libc::MAP_FIXED_NOREPLACE
-        } else {
-            0
-        };
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if hint != 0 { libc::MAP_FIXED_NOREPLACE } else { 0 };
     let p = t.syscall_ok(
         "mmap scratch",
         libc::SYS_mmap,
-        [
-            hint,
-            SCRATCH_LEN,
-            (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
-            flags as u64,
-            u64::MAX,
-            0,
-        ],
+        [hint, SCRATCH_LEN, (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64, flags as u64, u64::MAX, 0],
     )?;
     t.poke(p, &SCRATCH_CODE)?;
     t.syscall_ip = p;
@@ -338,13 +281,7 @@ pub struct Captured {
 /// identical (by path); other file mappings travel as anonymous memory.
 pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured> {
     let pid = t.pid;
-    let ioe = |what: &'static str| {
-        move |e: std::io::Error| TraceError::Io {
-            pid,
-            what,
-            source: e,
-        }
-    };
+    let ioe = |what: &'static str| move |e: std::io::Error| TraceError::Io { pid, what, source: e };
     let maps = procfs::maps(pid).map_err(ioe("maps"))?;
     let scratch = map_scratch(t, 0)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(ioe("status"))?;
@@ -359,56 +296,29 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
             continue;
         }
         let out = scratch + 2048;
-        t.syscall_ok(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [sig as u64, 0, out, 8, 0, 0],
-        )?;
+        t.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [sig as u64, 0, out, 8, 0, 0])?;
         let b = t.peek(out, 32)?;
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-        actions.push(SigAction {
-            sig,
-            handler: w(0),
-            flags: w(1),
-            restorer: w(2),
-            mask: w(3),
-        });
+        actions.push(SigAction { sig, handler: w(0), flags: w(1), restorer: w(2), mask: w(3) });
     }
 
     let ids = |k: &str| -> [u32; 3] {
-        let v: Vec<u32> = sf(k)
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        [
-            v.first().copied().unwrap_or(0),
-            v.get(1).copied().unwrap_or(0),
-            v.get(2).copied().unwrap_or(0),
-        ]
+        let v: Vec<u32> = sf(k).split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        [v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0), v.get(2).copied().unwrap_or(0)]
     };
     let creds = Creds {
         uids: ids("Uid"),
         gids: ids("Gid"),
-        groups: sf("Groups")
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect(),
+        groups: sf("Groups").split_whitespace().filter_map(|x| x.parse().ok()).collect(),
     };
     let mut rlimits = Vec::new();
     for res in 0..16u32 {
         rlimits.push(sys::prlimit(pid, res, None).unwrap_or((u64::MAX, u64::MAX)));
     }
 
-    let vvar = maps
-        .iter()
-        .filter(|m| is_special(&m.path) && m.path != "[vsyscall]");
-    let (vlo, vhi) = vvar.fold((u64::MAX, 0), |(lo, hi), m| {
-        (lo.min(m.start), hi.max(m.end))
-    });
-    let vvar_start = maps
-        .iter()
-        .find(|m| m.path == "[vvar]")
-        .map_or(vlo, |m| m.start);
+    let vvar = maps.iter().filter(|m| is_special(&m.path) && m.path != "[vsyscall]");
+    let (vlo, vhi) = vvar.fold((u64::MAX, 0), |(lo, hi), m| (lo.min(m.start), hi.max(m.end)));
+    let vvar_start = maps.iter().find(|m| m.path == "[vvar]").map_or(vlo, |m| m.start);
     let vdso_text = maps.iter().find(|m| m.path == "[vdso]");
     let vdso_hash = match vdso_text {
         Some(v) => xxhash_rust::xxh3::xxh3_64(&t.peek(v.start, (v.end - v.start) as usize)?),
@@ -416,9 +326,8 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
     };
 
     let regions = capture_regions(pid, &maps, scratch, reopen).map_err(ioe("pagemap"))?;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let exe =
+        std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let (rseq_ptr, rseq_len, rseq_sig) = sys::ptrace_get_rseq(pid).unwrap_or((0, 0, 0));
     let image = Image {
         pid,
@@ -479,15 +388,8 @@ fn capture_regions(
         let kind = match m.path.as_str() {
             "[heap]" => RegionKind::Heap,
             "[stack]" => RegionKind::Stack,
-            p if p.starts_with('/')
-                && !p.ends_with(" (deleted)")
-                && !p.starts_with("/memfd:")
-                && reopen(p) =>
-            {
-                RegionKind::File {
-                    path: p.to_string(),
-                    offset: m.offset,
-                }
+            p if p.starts_with('/') && !p.ends_with(" (deleted)") && !p.starts_with("/memfd:") && reopen(p) => {
+                RegionKind::File { path: p.to_string(), offset: m.offset }
             }
             _ => RegionKind::Anon,
         };
@@ -495,15 +397,10 @@ fn capture_regions(
         if m.read || m.write || m.exec {
             let mut raw = vec![0u8; (npages * 8) as usize];
             pagemap.read_exact_at(&mut raw, m.start / PAGE * 8)?;
-            let file_backed_copy =
-                m.path.starts_with('/') && !matches!(kind, RegionKind::File { .. });
+            let file_backed_copy = m.path.starts_with('/') && !matches!(kind, RegionKind::File { .. });
             let mut run: Option<(u64, u64)> = None;
             for i in 0..npages {
-                let e = u64::from_le_bytes(
-                    raw[(i * 8) as usize..(i * 8 + 8) as usize]
-                        .try_into()
-                        .unwrap_or([0; 8]),
-                );
+                let e = u64::from_le_bytes(raw[(i * 8) as usize..(i * 8 + 8) as usize].try_into().unwrap_or([0; 8]));
                 let present = e & (1 << 63) != 0;
                 let swapped = e & (1 << 62) != 0;
                 let file_page = e & (1 << 61) != 0;
@@ -527,13 +424,7 @@ fn capture_regions(
             }
             runs.extend(run);
         }
-        out.push(Region {
-            start: m.start,
-            end: m.end,
-            prot: prot_of(m),
-            kind,
-            runs,
-        });
+        out.push(Region { start: m.start, end: m.end, prot: prot_of(m), kind, runs });
     }
     Ok(out)
 }
@@ -563,10 +454,7 @@ pub fn write_pages(pid: i32, runs: &[(u64, usize)], data: &[u8]) -> std::io::Res
     while done < data.len() {
         let n = sys::process_vm_writev(pid, &data[done..], &runs_left)?;
         if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "process_vm_writev wrote nothing",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "process_vm_writev wrote nothing"));
         }
         done += n;
         // Drop what was written from the front of the run list.
@@ -586,10 +474,7 @@ pub fn write_pages(pid: i32, runs: &[(u64, usize)], data: &[u8]) -> std::io::Res
 }
 
 /// Batches runs into chunks of at most `max_bytes` and 1024 pieces.
-pub fn batch_runs(
-    runs: impl Iterator<Item = (u64, usize)>,
-    max_bytes: usize,
-) -> Vec<Vec<(u64, usize)>> {
+pub fn batch_runs(runs: impl Iterator<Item = (u64, usize)>, max_bytes: usize) -> Vec<Vec<(u64, usize)>> {
     let mut out = Vec::new();
     let mut cur: Vec<(u64, usize)> = Vec::new();
     let mut size = 0;
@@ -648,48 +533,29 @@ fn pick_scratch(img: &Image, current: &[MapLine]) -> u64 {
 
 /// Phase 1 of a restore: clear the target's layout and map every region of
 /// the image, writable where pages will be written.
-pub fn restore_layout(
-    t: &mut Tracee,
-    img: &Image,
-    target: Target,
-    parked_scratch: u64,
-) -> Result<Restore> {
+pub fn restore_layout(t: &mut Tracee, img: &Image, target: Target, parked_scratch: u64) -> Result<Restore> {
     let pid = t.pid;
-    let ioe = |what: &'static str| {
-        move |e: std::io::Error| TraceError::Io {
-            pid,
-            what,
-            source: e,
-        }
-    };
+    let ioe = |what: &'static str| move |e: std::io::Error| TraceError::Io { pid, what, source: e };
     let current = procfs::maps(pid).map_err(ioe("maps"))?;
     let image_ranges: Vec<(u64, u64)> = img.regions.iter().map(|r| (r.start, r.end)).collect();
-    let scratch = if target == Target::Parked
-        && parked_scratch != 0
-        && free_in(&image_ranges, parked_scratch, SCRATCH_LEN)
-    {
-        t.syscall_ip = parked_scratch;
-        parked_scratch
-    } else {
-        let old = t.syscall_ip;
-        let p = map_scratch(t, pick_scratch(img, &current))?;
-        if target == Target::Parked && parked_scratch != 0 && old == parked_scratch {
-            t.syscall_ok(
-                "munmap old scratch",
-                libc::SYS_munmap,
-                [parked_scratch, SCRATCH_LEN, 0, 0, 0, 0],
-            )?;
-        }
-        p
-    };
+    let scratch =
+        if target == Target::Parked && parked_scratch != 0 && free_in(&image_ranges, parked_scratch, SCRATCH_LEN) {
+            t.syscall_ip = parked_scratch;
+            parked_scratch
+        } else {
+            let old = t.syscall_ip;
+            let p = map_scratch(t, pick_scratch(img, &current))?;
+            if target == Target::Parked && parked_scratch != 0 && old == parked_scratch {
+                t.syscall_ok("munmap old scratch", libc::SYS_munmap, [parked_scratch, SCRATCH_LEN, 0, 0, 0, 0])?;
+            }
+            p
+        };
 
     // Unmap everything except the scratch and (when it is already where the image wants it) the vdso.
     let cur_vdso = current
         .iter()
         .filter(|m| is_special(&m.path) && m.path != "[vsyscall]")
-        .fold((u64::MAX, 0u64), |(lo, hi), m| {
-            (lo.min(m.start), hi.max(m.end))
-        });
+        .fold((u64::MAX, 0u64), |(lo, hi), m| (lo.min(m.start), hi.max(m.end)));
     let keep_vdso = cur_vdso.0 == img.vdso.0 && cur_vdso.1 - cur_vdso.0 == img.vdso.1;
     let mut keep = vec![(scratch, scratch + SCRATCH_LEN)];
     if keep_vdso {
@@ -708,11 +574,7 @@ pub fn restore_layout(
     }
     if !keep_vdso {
         const ARCH_MAP_VDSO_64: u64 = 0x2003;
-        t.syscall_ok(
-            "arch_prctl(ARCH_MAP_VDSO_64)",
-            libc::SYS_arch_prctl,
-            [ARCH_MAP_VDSO_64, img.vdso.0, 0, 0, 0, 0],
-        )?;
+        t.syscall_ok("arch_prctl(ARCH_MAP_VDSO_64)", libc::SYS_arch_prctl, [ARCH_MAP_VDSO_64, img.vdso.0, 0, 0, 0, 0])?;
     }
 
     let path_at = scratch + 1024;
@@ -722,20 +584,12 @@ pub fn restore_layout(
         t.syscall(libc::SYS_brk, [img.mm.start_brk, 0, 0, 0, 0, 0])?;
         let got = t.syscall(libc::SYS_brk, [img.mm.brk, 0, 0, 0, 0, 0])? as u64;
         if got != img.mm.brk {
-            return Err(TraceError::Injected {
-                pid,
-                name: "brk",
-                errno: libc::ENOMEM as i64,
-            });
+            return Err(TraceError::Injected { pid, name: "brk", errno: libc::ENOMEM as i64 });
         }
     }
     for r in &img.regions {
         let len = r.end - r.start;
-        let writable = if r.runs.is_empty() {
-            0
-        } else {
-            libc::PROT_WRITE as u32
-        };
+        let writable = if r.runs.is_empty() { 0 } else { libc::PROT_WRITE as u32 };
         let prot = (r.prot | writable) as u64;
         match &r.kind {
             RegionKind::File { path, offset } => {
@@ -748,14 +602,7 @@ pub fn restore_layout(
                         let fd = t.syscall_ok(
                             "open mapped file",
                             libc::SYS_openat,
-                            [
-                                libc::AT_FDCWD as u64,
-                                path_at,
-                                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                                0,
-                                0,
-                                0,
-                            ],
+                            [libc::AT_FDCWD as u64, path_at, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0],
                         )?;
                         file_fds.push((path.clone(), fd));
                         fd
@@ -764,14 +611,7 @@ pub fn restore_layout(
                 t.syscall_ok(
                     "mmap file",
                     libc::SYS_mmap,
-                    [
-                        r.start,
-                        len,
-                        prot,
-                        (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64,
-                        fd,
-                        *offset,
-                    ],
+                    [r.start, len, prot, (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64, fd, *offset],
                 )?;
             }
             kind => {
@@ -782,17 +622,10 @@ pub fn restore_layout(
                 if r.prot == 0 {
                     flags |= libc::MAP_NORESERVE;
                 }
-                t.syscall_ok(
-                    "mmap",
-                    libc::SYS_mmap,
-                    [r.start, len, prot, flags as u64, u64::MAX, 0],
-                )?;
+                t.syscall_ok("mmap", libc::SYS_mmap, [r.start, len, prot, flags as u64, u64::MAX, 0])?;
                 if len >= 4 << 20 && !r.runs.is_empty() {
                     // Huge pages make writing the image several times cheaper.
-                    let _ = t.syscall(
-                        libc::SYS_madvise,
-                        [r.start, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0],
-                    );
+                    let _ = t.syscall(libc::SYS_madvise, [r.start, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0]);
                 }
             }
         }
@@ -803,22 +636,12 @@ pub fn restore_layout(
 /// Phase 3 of a restore (after the pages are written): protections, mm fields,
 /// rseq, robust list, signals, limits, cwd, umask, name, registers.
 /// The scratch area stays mapped; the caller removes it with [`unmap_scratch`].
-pub fn restore_finish(
-    t: &mut Tracee,
-    img: &Image,
-    target: Target,
-    rs: &Restore,
-    cwd: Option<&str>,
-) -> Result<()> {
+pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore, cwd: Option<&str>) -> Result<()> {
     let pid = t.pid;
     let data = rs.scratch + 1024;
     for r in &img.regions {
         if !r.runs.is_empty() && r.prot & libc::PROT_WRITE as u32 == 0 {
-            t.syscall_ok(
-                "mprotect",
-                libc::SYS_mprotect,
-                [r.start, r.end - r.start, r.prot as u64, 0, 0, 0],
-            )?;
+            t.syscall_ok("mprotect", libc::SYS_mprotect, [r.start, r.end - r.start, r.prot as u64, 0, 0, 0])?;
         }
     }
     if target == Target::Fresh {
@@ -829,14 +652,7 @@ pub fn restore_finish(
             t.syscall_ok(
                 "open exe",
                 libc::SYS_openat,
-                [
-                    libc::AT_FDCWD as u64,
-                    data,
-                    (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                    0,
-                    0,
-                    0,
-                ],
+                [libc::AT_FDCWD as u64, data, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0],
             )?
         } else {
             u32::MAX as u64
@@ -880,17 +696,9 @@ pub fn restore_finish(
     }
     let (rp, rl, rsig) = img.rseq;
     if rp != 0 {
-        t.syscall_ok(
-            "rseq",
-            libc::SYS_rseq,
-            [rp, rl as u64, 0, rsig as u64, 0, 0],
-        )?;
+        t.syscall_ok("rseq", libc::SYS_rseq, [rp, rl as u64, 0, rsig as u64, 0, 0])?;
     }
-    t.syscall_ok(
-        "set_robust_list",
-        libc::SYS_set_robust_list,
-        [img.robust.0, img.robust.1, 0, 0, 0, 0],
-    )?;
+    t.syscall_ok("set_robust_list", libc::SYS_set_robust_list, [img.robust.0, img.robust.1, 0, 0, 0, 0])?;
 
     // Signal actions: handlers, ignored ones, and defaults for the rest the target had changed.
     let cur = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -904,21 +712,9 @@ pub fn restore_finish(
         let act = if let Some(a) = img.actions.iter().find(|a| a.sig == sig) {
             *a
         } else if img.ignored & bit != 0 {
-            SigAction {
-                sig,
-                handler: 1,
-                flags: 0,
-                restorer: 0,
-                mask: 0,
-            }
+            SigAction { sig, handler: 1, flags: 0, restorer: 0, mask: 0 }
         } else if cur_set & bit != 0 {
-            SigAction {
-                sig,
-                handler: 0,
-                flags: 0,
-                restorer: 0,
-                mask: 0,
-            }
+            SigAction { sig, handler: 0, flags: 0, restorer: 0, mask: 0 }
         } else {
             continue;
         };
@@ -927,11 +723,7 @@ pub fn restore_finish(
             b.extend_from_slice(&v.to_le_bytes());
         }
         t.poke(data, &b)?;
-        t.syscall_ok(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [sig as u64, data, 0, 8, 0, 0],
-        )?;
+        t.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [sig as u64, data, 0, 8, 0, 0])?;
     }
     for (res, &(cur, max)) in img.rlimits.iter().enumerate() {
         if let Err(e) = sys::prlimit(pid, res as u32, Some((cur, max))) {
@@ -943,26 +735,15 @@ pub fn restore_finish(
     name.truncate(15);
     name.push(0);
     t.poke(data, &name)?;
-    t.syscall(
-        libc::SYS_prctl,
-        [libc::PR_SET_NAME as u64, data, 0, 0, 0, 0],
-    )?;
+    t.syscall(libc::SYS_prctl, [libc::PR_SET_NAME as u64, data, 0, 0, 0, 0])?;
     if let Some(dir) = cwd {
         let mut c = dir.as_bytes().to_vec();
         c.push(0);
         t.poke(data, &c)?;
         t.syscall(libc::SYS_chdir, [data, 0, 0, 0, 0, 0])?;
     }
-    sys::ptrace_set_sigmask(pid, img.sigmask).map_err(|e| TraceError::Io {
-        pid,
-        what: "setsigmask",
-        source: e,
-    })?;
-    sys::ptrace_set_xstate(pid, &img.xstate).map_err(|e| TraceError::Io {
-        pid,
-        what: "setxstate",
-        source: e,
-    })?;
+    sys::ptrace_set_sigmask(pid, img.sigmask).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e })?;
+    sys::ptrace_set_xstate(pid, &img.xstate).map_err(|e| TraceError::Io { pid, what: "setxstate", source: e })?;
     t.saved = img.regs();
     Ok(())
 }
@@ -970,42 +751,21 @@ pub fn restore_finish(
 /// Remove the scratch area: the last injected call.
 pub fn unmap_scratch(t: &mut Tracee, scratch: u64) -> Result<()> {
     t.syscall_ip = scratch;
-    t.syscall_ok(
-        "munmap scratch",
-        libc::SYS_munmap,
-        [scratch, SCRATCH_LEN, 0, 0, 0, 0],
-    )
-    .map(drop)
+    t.syscall_ok("munmap scratch", libc::SYS_munmap, [scratch, SCRATCH_LEN, 0, 0, 0, 0]).map(drop)
 }
 
 /// Turn a frozen process into the parked placeholder: no fds, no memory but the
 /// scratch (with the parking loop) and the vdso; it then waits in `pause()`.
 pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     t.syscall_ip = scratch;
-    t.syscall_ok(
-        "close_range",
-        libc::SYS_close_range,
-        [0, u32::MAX as u64, 0, 0, 0, 0],
-    )?;
+    t.syscall_ok("close_range", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
     let (rp, rl, rsig) = img.rseq;
     if rp != 0 {
-        t.syscall_ok(
-            "rseq unregister",
-            libc::SYS_rseq,
-            [rp, rl as u64, 1, rsig as u64, 0, 0],
-        )?;
+        t.syscall_ok("rseq unregister", libc::SYS_rseq, [rp, rl as u64, 1, rsig as u64, 0, 0])?;
     }
-    t.syscall_ok(
-        "set_robust_list",
-        libc::SYS_set_robust_list,
-        [0, 24, 0, 0, 0, 0],
-    )?;
+    t.syscall_ok("set_robust_list", libc::SYS_set_robust_list, [0, 24, 0, 0, 0, 0])?;
     for r in &img.regions {
-        t.syscall_ok(
-            "munmap",
-            libc::SYS_munmap,
-            [r.start, r.end - r.start, 0, 0, 0, 0],
-        )?;
+        t.syscall_ok("munmap", libc::SYS_munmap, [r.start, r.end - r.start, 0, 0, 0, 0])?;
     }
     let mut regs = img.regs();
     regs.rip = scratch + PARK_OFFSET;

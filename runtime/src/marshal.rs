@@ -19,10 +19,7 @@ pub fn is_in(a: Arg) -> bool {
 
 /// Does this argument carry bytes from home back to the process?
 pub fn is_out(a: Arg) -> bool {
-    matches!(
-        a,
-        Arg::Out(_) | Arg::OutRet(_) | Arg::OutRetN(..) | Arg::InOut(_)
-    )
+    matches!(a, Arg::Out(_) | Arg::OutRet(_) | Arg::OutRetN(..) | Arg::InOut(_))
 }
 
 /// Bytes of an out argument that are sent back, given the call's result.
@@ -47,27 +44,16 @@ pub fn validate(req: &SysReq, spec: &[Arg]) -> Result<(), String> {
     let mut want = 0usize;
     for (i, a) in spec.iter().enumerate() {
         let l = req.lens[i] as usize;
-        let limit = if *a == Arg::Path {
-            MAX_PATH + 1
-        } else {
-            MAX_IO
-        };
+        let limit = if *a == Arg::Path { MAX_PATH + 1 } else { MAX_IO };
         if l > limit {
-            return Err(format!(
-                "argument {i} of {} bytes exceeds the {limit}-byte limit",
-                l
-            ));
+            return Err(format!("argument {i} of {} bytes exceeds the {limit}-byte limit", l));
         }
         if is_in(*a) {
             want += l;
         }
     }
     if req.data.len() != want {
-        return Err(format!(
-            "{} data bytes for {} bytes of input",
-            req.data.len(),
-            want
-        ));
+        return Err(format!("{} data bytes for {} bytes of input", req.data.len(), want));
     }
     Ok(())
 }
@@ -88,13 +74,8 @@ mod tests {
     #[test]
     fn validation_rejects_inconsistent_requests() {
         let s = spec(1).unwrap(); // write
-        let mut req = SysReq {
-            id: 1,
-            nr: 1,
-            args: [1, 0, 3, 0, 0, 0],
-            lens: [0, 3, 0, 0, 0, 0],
-            data: b"abc".to_vec(),
-        };
+        let mut req =
+            SysReq { id: 1, nr: 1, args: [1, 0, 3, 0, 0, 0], lens: [0, 3, 0, 0, 0, 0], data: b"abc".to_vec() };
         assert!(validate(&req, s).is_ok());
         req.data.push(0);
         assert!(validate(&req, s).is_err());

@@ -52,9 +52,7 @@ pub fn parse_maps(text: &str) -> Vec<MapLine> {
 }
 
 pub fn maps(pid: i32) -> io::Result<Vec<MapLine>> {
-    Ok(parse_maps(&std::fs::read_to_string(format!(
-        "/proc/{pid}/maps"
-    ))?))
+    Ok(parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
 }
 
 /// Fields of /proc/PID/stat after the command name, indexed by their
@@ -67,16 +65,10 @@ pub struct Stat {
 impl Stat {
     pub fn field(&self, n: usize) -> u64 {
         // fields[0] is field 3 (state).
-        self.fields
-            .get(n.wrapping_sub(3))
-            .and_then(|f| f.parse::<i64>().ok())
-            .map_or(0, |v| v as u64)
+        self.fields.get(n.wrapping_sub(3)).and_then(|f| f.parse::<i64>().ok()).map_or(0, |v| v as u64)
     }
     pub fn state(&self) -> char {
-        self.fields
-            .first()
-            .and_then(|s| s.chars().next())
-            .unwrap_or('?')
+        self.fields.first().and_then(|s| s.chars().next()).unwrap_or('?')
     }
 }
 
@@ -84,10 +76,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let comm = text[open + 1..close].to_string();
-    let fields = text[close + 1..]
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let fields = text[close + 1..].split_whitespace().map(str::to_string).collect();
     Some(Stat { fields, comm })
 }
 
@@ -122,9 +111,7 @@ pub fn fds(pid: i32) -> io::Result<Vec<(i32, bool)>> {
             continue;
         };
         let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-        let flags = status_field_in(&info, "flags")
-            .and_then(|f| u64::from_str_radix(&f, 8).ok())
-            .unwrap_or(0);
+        let flags = status_field_in(&info, "flags").and_then(|f| u64::from_str_radix(&f, 8).ok()).unwrap_or(0);
         out.push((fd, flags & libc::O_CLOEXEC as u64 != 0));
     }
     out.sort();

@@ -13,17 +13,9 @@ pub enum TraceError {
     #[error("process {pid} died while traced (status {status:#x})")]
     Died { pid: i32, status: i32 },
     #[error("ptrace on process {pid} failed during {what}: {source}")]
-    Io {
-        pid: i32,
-        what: &'static str,
-        source: io::Error,
-    },
+    Io { pid: i32, what: &'static str, source: io::Error },
     #[error("injected {name} in process {pid} failed: errno {errno}")]
-    Injected {
-        pid: i32,
-        name: &'static str,
-        errno: i64,
-    },
+    Injected { pid: i32, name: &'static str, errno: i64 },
 }
 
 pub type Result<T> = std::result::Result<T, TraceError>;
@@ -85,21 +77,12 @@ impl Tracee {
 
     /// Seize and interrupt, run `before_wait` (e.g. answer the seccomp
     /// notification the process waits in, so it can reach the stop), then wait.
-    pub fn seize_then(
-        pid: i32,
-        kill_on_exit: bool,
-        before_wait: &mut dyn FnMut(),
-    ) -> Result<Tracee> {
+    pub fn seize_then(pid: i32, kill_on_exit: bool, before_wait: &mut dyn FnMut()) -> Result<Tracee> {
         let opts = TRACESYSGOOD | if kill_on_exit { EXITKILL } else { 0 };
         sys::ptrace_seize(pid, opts).map_err(io_err(pid, "seize"))?;
         sys::ptrace_interrupt(pid).map_err(io_err(pid, "interrupt"))?;
         before_wait();
-        let mut t = Tracee {
-            pid,
-            syscall_ip: 0,
-            deferred: Vec::new(),
-            saved: zero_regs(),
-        };
+        let mut t = Tracee { pid, syscall_ip: 0, deferred: Vec::new(), saved: zero_regs() };
         t.wait_stop()?;
         t.saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
         repair_restart(&mut t.saved);
@@ -116,23 +99,13 @@ impl Tracee {
         sys::ptrace_setoptions(pid, TRACESYSGOOD | EXITKILL).map_err(io_err(pid, "setoptions"))?;
         let mut saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
         saved.orig_rax = u64::MAX;
-        Ok(Tracee {
-            pid,
-            syscall_ip: 0,
-            deferred: Vec::new(),
-            saved,
-        })
+        Ok(Tracee { pid, syscall_ip: 0, deferred: Vec::new(), saved })
     }
 
     /// Stop a process this thread already traces (e.g. a parked placeholder).
     pub fn interrupt(pid: i32, syscall_ip: u64) -> Result<Tracee> {
         sys::ptrace_interrupt(pid).map_err(io_err(pid, "interrupt"))?;
-        let mut t = Tracee {
-            pid,
-            syscall_ip,
-            deferred: Vec::new(),
-            saved: zero_regs(),
-        };
+        let mut t = Tracee { pid, syscall_ip, deferred: Vec::new(), saved: zero_regs() };
         t.wait_stop()?;
         t.saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
         repair_restart(&mut t.saved);
@@ -143,12 +116,7 @@ impl Tracee {
     pub fn already_stopped(pid: i32, syscall_ip: u64) -> Result<Tracee> {
         let mut saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
         repair_restart(&mut saved);
-        Ok(Tracee {
-            pid,
-            syscall_ip,
-            deferred: Vec::new(),
-            saved,
-        })
+        Ok(Tracee { pid, syscall_ip, deferred: Vec::new(), saved })
     }
 
     /// Wait for the stop that PTRACE_INTERRUPT asked for; signals that arrive
@@ -156,10 +124,7 @@ impl Tracee {
     fn wait_stop(&mut self) -> Result<()> {
         let (_, status) = sys::waitpid(self.pid, libc::__WALL).map_err(io_err(self.pid, "wait"))?;
         if !libc::WIFSTOPPED(status) {
-            return Err(TraceError::Died {
-                pid: self.pid,
-                status,
-            });
+            return Err(TraceError::Died { pid: self.pid, status });
         }
         let sig = libc::WSTOPSIG(status);
         let event = status >> 16;
@@ -191,10 +156,7 @@ impl Tracee {
         args: [u64; 6],
         between: &mut dyn FnMut() -> io::Result<()>,
     ) -> Result<i64> {
-        assert!(
-            self.syscall_ip != 0,
-            "no syscall instruction known in tracee"
-        );
+        assert!(self.syscall_ip != 0, "no syscall instruction known in tracee");
         let mut r = self.saved;
         r.rax = nr as u64;
         r.orig_rax = u64::MAX;
@@ -213,13 +175,9 @@ impl Tracee {
                 if stop == 1 {
                     between().map_err(io_err(self.pid, "between stops"))?;
                 }
-                let (_, status) =
-                    sys::waitpid(self.pid, libc::__WALL).map_err(io_err(self.pid, "wait"))?;
+                let (_, status) = sys::waitpid(self.pid, libc::__WALL).map_err(io_err(self.pid, "wait"))?;
                 if !libc::WIFSTOPPED(status) {
-                    return Err(TraceError::Died {
-                        pid: self.pid,
-                        status,
-                    });
+                    return Err(TraceError::Died { pid: self.pid, status });
                 }
                 let sig = libc::WSTOPSIG(status);
                 if sig == (libc::SIGTRAP | 0x80) {
@@ -239,11 +197,7 @@ impl Tracee {
     pub fn syscall_ok(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<u64> {
         let r = self.syscall(nr, args)?;
         if (-4095..0).contains(&r) {
-            return Err(TraceError::Injected {
-                pid: self.pid,
-                name,
-                errno: -r,
-            });
+            return Err(TraceError::Injected { pid: self.pid, name, errno: -r });
         }
         Ok(r as u64)
     }
@@ -256,17 +210,14 @@ impl Tracee {
             .write(true)
             .open(format!("/proc/{}/mem", self.pid))
             .map_err(io_err(self.pid, "open mem"))?;
-        f.write_all_at(data, addr)
-            .map_err(io_err(self.pid, "write mem"))
+        f.write_all_at(data, addr).map_err(io_err(self.pid, "write mem"))
     }
 
     pub fn peek(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(format!("/proc/{}/mem", self.pid))
-            .map_err(io_err(self.pid, "open mem"))?;
+        let f = std::fs::File::open(format!("/proc/{}/mem", self.pid)).map_err(io_err(self.pid, "open mem"))?;
         let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, addr)
-            .map_err(io_err(self.pid, "read mem"))?;
+        f.read_exact_at(&mut buf, addr).map_err(io_err(self.pid, "read mem"))?;
         Ok(buf)
     }
 

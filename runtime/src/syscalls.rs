@@ -449,10 +449,7 @@ pub const TABLE: &[Entry] = t! {
 
 /// The table entry for a number, if known.
 pub fn entry(nr: u32) -> Option<&'static Entry> {
-    TABLE
-        .binary_search_by_key(&nr, |e| e.nr)
-        .ok()
-        .map(|i| &TABLE[i])
+    TABLE.binary_search_by_key(&nr, |e| e.nr).ok().map(|i| &TABLE[i])
 }
 
 /// The class of a call; unknown numbers go home.
@@ -481,13 +478,7 @@ pub fn spec(nr: u32) -> Option<&'static [Arg]> {
         18 => &[Fd, In(Val(2)), V, V],
         21 => &[Path, V],
         22 => &[Out(Const(8))],
-        23 => &[
-            V,
-            InOut(FdSet(0)),
-            InOut(FdSet(0)),
-            InOut(FdSet(0)),
-            InOut(Const(16)),
-        ],
+        23 => &[V, InOut(FdSet(0)), InOut(FdSet(0)), InOut(FdSet(0)), InOut(Const(16))],
         32 => &[Fd],
         33 => &[Fd, Fd],
         40 => &[Fd, Fd, InOut(Const(8)), V],
@@ -553,14 +544,7 @@ pub fn spec(nr: u32) -> Option<&'static [Arg]> {
         266 => &[Path, Fd, Path],
         267 => &[Fd, Path, OutRet(Val(3)), V],
         269 => &[Fd, Path, V],
-        270 => &[
-            V,
-            InOut(FdSet(0)),
-            InOut(FdSet(0)),
-            InOut(FdSet(0)),
-            InOut(Const(16)),
-            V,
-        ],
+        270 => &[V, InOut(FdSet(0)), InOut(FdSet(0)), InOut(FdSet(0)), InOut(Const(16)), V],
         271 => &[InOut(ArgMul(1, 8)), V, InOut(Const(16)), V, V],
         275 => &[Fd, InOut(Const(8)), Fd, InOut(Const(8)), V, V],
         276 => &[Fd, Fd, V, V],
@@ -626,11 +610,7 @@ mod tests {
     fn every_forwarded_call_can_be_marshalled() {
         let special = [16, 19, 20, 46, 47, 62, 72, 200, 234, 295, 296];
         for e in TABLE.iter().filter(|e| e.class == Forward) {
-            assert!(
-                spec(e.nr).is_some() || special.contains(&e.nr),
-                "{} has no marshalling",
-                e.name
-            );
+            assert!(spec(e.nr).is_some() || special.contains(&e.nr), "{} has no marshalling", e.name);
         }
     }
 

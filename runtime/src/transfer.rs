@@ -12,14 +12,7 @@ pub const CHUNK: usize = 4 << 20;
 /// Build the offer for a process about to move.
 pub fn offer(pid: i32, home: u32) -> Msg {
     let (vdso_hash, vdso_len) = image::local_vdso();
-    Msg::Offer {
-        pid,
-        home,
-        files: image::mapped_files(pid),
-        vdso_hash,
-        vdso_len,
-        xsave: crate::sys::xsave_size(),
-    }
+    Msg::Offer { pid, home, files: image::mapped_files(pid), vdso_hash, vdso_len, xsave: crate::sys::xsave_size() }
 }
 
 /// The receiver's answer: refuse a different kernel or FPU state size, else say
@@ -28,19 +21,18 @@ pub fn answer_offer(files: &[(String, FileId)], vdso_hash: u64, vdso_len: u64, x
     let (h, l) = image::local_vdso();
     if h != vdso_hash || l != vdso_len {
         return Msg::Refused {
-            reason: "this node runs a different kernel (vdso differs); the process cannot run here"
-                .into(),
+            reason: "this node runs a different kernel (vdso differs); the process cannot run here".into(),
         };
     }
     if crate::sys::xsave_size() != xsave {
         return Msg::Refused {
-            reason: format!("this node's FPU state is {} bytes, the process's is {xsave}: different CPU features", crate::sys::xsave_size()),
+            reason: format!(
+                "this node's FPU state is {} bytes, the process's is {xsave}: different CPU features",
+                crate::sys::xsave_size()
+            ),
         };
     }
-    let reopen = files
-        .iter()
-        .map(|(p, id)| image::file_id(p).as_ref() == Some(id))
-        .collect();
+    let reopen = files.iter().map(|(p, id)| image::file_id(p).as_ref() == Some(id)).collect();
     Msg::OfferOk { reopen }
 }
 
@@ -70,22 +62,13 @@ pub fn recv_pages<R: Read>(r: &mut R, t: &Tracee, img: &Image) -> Result<u64, Wi
                 total += n as u64;
             }
             Frame::Data(d) => {
-                return Err(WireError::Malformed(format!(
-                    "page batch of {} bytes, expected {n}",
-                    d.len()
-                )))
+                return Err(WireError::Malformed(format!("page batch of {} bytes, expected {n}", d.len())))
             }
-            Frame::Msg(m) => {
-                return Err(WireError::Unexpected(format!(
-                    "{m:?} inside the page stream"
-                )))
-            }
+            Frame::Msg(m) => return Err(WireError::Unexpected(format!("{m:?} inside the page stream"))),
         }
     }
     match wire::recv_msg(r)? {
         Msg::PagesDone => Ok(total),
-        m => Err(WireError::Unexpected(format!(
-            "{m:?} instead of the end of the page stream"
-        ))),
+        m => Err(WireError::Unexpected(format!("{m:?} instead of the end of the page stream"))),
     }
 }

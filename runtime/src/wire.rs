@@ -75,72 +75,39 @@ pub struct SysRet {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone)]
 pub enum Msg {
     // ---- control socket (om-exec, omctl -> omd)
-    Register {
-        pid: i32,
-        cmd: String,
-    },
+    Register { pid: i32, cmd: String },
     Ps,
     PsReply(Vec<ProcInfo>),
-    Migrate {
-        pid: i32,
-        to: Option<u32>,
-    },
+    Migrate { pid: i32, to: Option<u32> },
     Nodes,
     NodesReply(Vec<NodeInfo>),
     Ok,
-    Error {
-        message: String,
-    },
+    Error { message: String },
 
     // ---- node link: migration
-    Hello {
-        node: u32,
-    },
-    Offer {
-        pid: i32,
-        home: u32,
-        files: Vec<(String, FileId)>,
-        vdso_hash: u64,
-        vdso_len: u64,
-        xsave: u32,
-    },
-    OfferOk {
-        reopen: Vec<bool>,
-    },
-    Refused {
-        reason: String,
-    },
+    Hello { node: u32 },
+    Offer { pid: i32, home: u32, files: Vec<(String, FileId)>, vdso_hash: u64, vdso_len: u64, xsave: u32 },
+    OfferOk { reopen: Vec<bool> },
+    Refused { reason: String },
     Image(Box<Image>),
     PagesDone,
-    Resumed {
-        guest: i32,
-    },
-    RestoreFailed {
-        reason: String,
-    },
+    Resumed { guest: i32 },
+    RestoreFailed { reason: String },
 
     // ---- node link: a migrated process (remote <-> deputy)
     Sys(SysReq),
     SysRet(SysRet),
-    Signal {
-        sig: i32,
-    },
+    Signal { sig: i32 },
     ComeHome,
-    GoingHome {
-        reason: String,
-    },
+    GoingHome { reason: String },
     HomeOk,
-    Exited {
-        code: i32,
-        signal: i32,
-    },
+    Exited { code: i32, signal: i32 },
     Kill,
 }
 
 /// Write one message frame.
 pub fn send<W: Write>(w: &mut W, msg: &Msg) -> Result<(), WireError> {
-    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(msg)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(msg).map_err(|e| WireError::Malformed(e.to_string()))?;
     write_frame(w, KIND_MSG, &bytes)
 }
 
@@ -169,11 +136,7 @@ fn write_frame<W: Write>(w: &mut W, kind: u8, data: &[u8]) -> Result<(), WireErr
     Ok(())
 }
 
-fn write_all_vectored<W: Write>(
-    w: &mut W,
-    bufs: &[io::IoSlice<'_>],
-    total: usize,
-) -> io::Result<()> {
+fn write_all_vectored<W: Write>(w: &mut W, bufs: &[io::IoSlice<'_>], total: usize) -> io::Result<()> {
     let n = w.write_vectored(bufs)?;
     if n == total {
         return Ok(());
@@ -250,10 +213,7 @@ fn eof(e: io::Error) -> WireError {
 pub fn recv_msg<R: Read>(r: &mut R) -> Result<Msg, WireError> {
     match recv(r)? {
         Frame::Msg(m) => Ok(m),
-        Frame::Data(d) => Err(WireError::Unexpected(format!(
-            "{} data bytes where a message was expected",
-            d.len()
-        ))),
+        Frame::Data(d) => Err(WireError::Unexpected(format!("{} data bytes where a message was expected", d.len()))),
     }
 }
 
@@ -264,14 +224,7 @@ mod tests {
     #[test]
     fn roundtrip() {
         let mut buf = Vec::new();
-        send(
-            &mut buf,
-            &Msg::Migrate {
-                pid: 42,
-                to: Some(3),
-            },
-        )
-        .unwrap();
+        send(&mut buf, &Msg::Migrate { pid: 42, to: Some(3) }).unwrap();
         send_data(&mut buf, b"hello").unwrap();
         let mut r = &buf[..];
         match recv(&mut r).unwrap() {

@@ -14,11 +14,7 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// Directory holding the built binaries (target/debug or target/release).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
     for b in ["omd", "omctl", "om-exec", "counter"] {
         assert!(
             dir.join(b).exists(),
@@ -37,18 +33,11 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn require_root() {
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "om's end-to-end tests need root (CAP_SYS_PTRACE and CAP_SYS_ADMIN); run them as root"
-    );
+    assert_eq!(euid, 0, "om's end-to-end tests need root (CAP_SYS_PTRACE and CAP_SYS_ADMIN); run them as root");
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 pub struct Node {
@@ -68,20 +57,11 @@ impl Cluster {
     pub fn start(n: u32) -> Cluster {
         require_root();
         let base = bin_dir().join("om-e2e");
-        let dir = base.join(format!(
-            "{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
+        let dir = base.join(format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
         let nodes = (1..=n)
-            .map(|id| Node {
-                id,
-                port: free_port(),
-                socket: dir.join(format!("n{id}.sock")),
-                child: None,
-            })
+            .map(|id| Node { id, port: free_port(), socket: dir.join(format!("n{id}.sock")), child: None })
             .collect();
         let mut c = Cluster { dir, nodes };
         for id in 1..=n {
@@ -91,12 +71,8 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, id: u32) {
-        let peers: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|x| x.id != id)
-            .map(|x| format!("--peer={}=127.0.0.1:{}", x.id, x.port))
-            .collect();
+        let peers: Vec<String> =
+            self.nodes.iter().filter(|x| x.id != id).map(|x| format!("--peer={}=127.0.0.1:{}", x.id, x.port)).collect();
         let node = &self.nodes[(id - 1) as usize];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -107,10 +83,7 @@ impl Cluster {
             .arg(format!("--node-id={id}"))
             .arg(format!("--listen=127.0.0.1:{}", node.port))
             .arg(format!("--socket={}", node.socket.display()))
-            .arg(format!(
-                "--state-dir={}",
-                self.dir.join(format!("s{id}")).display()
-            ))
+            .arg(format!("--state-dir={}", self.dir.join(format!("s{id}")).display()))
             .args(peers)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -122,11 +95,7 @@ impl Cluster {
         self.nodes[(id - 1) as usize].child = Some(child);
         let t0 = Instant::now();
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "omd {id} did not come up; log:\n{}",
-                self.log(id)
-            );
+            assert!(t0.elapsed() < Duration::from_secs(10), "omd {id} did not come up; log:\n{}", self.log(id));
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -170,11 +139,7 @@ impl Cluster {
     }
 
     pub fn omctl(&self, id: u32, args: &[&str]) -> Output {
-        Command::new(bin("omctl"))
-            .env("OM_SOCKET", self.socket(id))
-            .args(args)
-            .output()
-            .expect("omctl")
+        Command::new(bin("omctl")).env("OM_SOCKET", self.socket(id)).args(args).output().expect("omctl")
     }
 
     /// `omctl migrate PID TO` on the home node; Ok or the error text.
@@ -189,29 +154,17 @@ impl Cluster {
 
     pub fn ps(&self, id: u32) -> serde_json::Value {
         let o = self.omctl(id, &["--json", "ps"]);
-        assert!(
-            o.status.success(),
-            "omctl ps failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert!(o.status.success(), "omctl ps failed: {}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice(&o.stdout).expect("ps json")
     }
 
     /// Where `pid` runs now, per its home's `omctl ps --json`.
     pub fn where_is(&self, home: u32, pid: u32) -> Option<u64> {
-        self.ps(home)
-            .as_array()?
-            .iter()
-            .find(|p| p["pid"] == pid)?
-            .get("where")?
-            .as_u64()
+        self.ps(home).as_array()?.iter().find(|p| p["pid"] == pid)?.get("where")?.as_u64()
     }
 
     pub fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- node {} ---\n{}", n.id, self.log(n.id)))
-            .collect()
+        self.nodes.iter().map(|n| format!("--- node {} ---\n{}", n.id, self.log(n.id))).collect()
     }
 }
 
@@ -224,12 +177,7 @@ impl Drop for Cluster {
             }
         }
         if std::thread::panicking() {
-            let _ = writeln!(
-                std::io::stderr(),
-                "daemon logs kept in {}\n{}",
-                self.dir.display(),
-                self.logs()
-            );
+            let _ = writeln!(std::io::stderr(), "daemon logs kept in {}\n{}", self.dir.display(), self.logs());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -245,12 +193,7 @@ pub fn wait_lines(path: &Path, n: usize, timeout: Duration) -> Vec<String> {
         if lines.len() >= n {
             return lines;
         }
-        assert!(
-            t0.elapsed() < timeout,
-            "{} has {} lines, waited for {n}: {text}",
-            path.display(),
-            lines.len()
-        );
+        assert!(t0.elapsed() < timeout, "{} has {} lines, waited for {n}: {text}", path.display(), lines.len());
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -88,7 +88,11 @@ fn malformed_frames_close_only_that_connection() {
 
 #[test]
 fn om_exec_without_a_daemon_names_the_socket() {
-    let o = Command::new(bin("om-exec")).env("OM_SOCKET", "/nonexistent/om.sock").args(["--", "true"]).output().expect("om-exec");
+    let o = Command::new(bin("om-exec"))
+        .env("OM_SOCKET", "/nonexistent/om.sock")
+        .args(["--", "true"])
+        .output()
+        .expect("om-exec");
     assert_eq!(o.status.code(), Some(125));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("/nonexistent/om.sock") && e.lines().count() == 1, "{e}");

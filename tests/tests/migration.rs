@@ -12,10 +12,7 @@ const T: Duration = Duration::from_secs(60);
 fn check_counter(lines: &[String], pid: u32) {
     let mut prev: Option<u64> = None;
     for l in lines {
-        let f: Vec<u64> = l
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
+        let f: Vec<u64> = l.split_whitespace().filter_map(|x| x.parse().ok()).collect();
         assert_eq!(f.len(), 4, "bad line {l:?}");
         if let Some(p) = prev {
             assert_eq!(f[0], p + 1, "counter skipped or repeated at {l:?}");
@@ -32,18 +29,15 @@ fn counter_with_64mib_moves_to_2_then_3_then_home() {
     let mut p = c.om_exec(1, &bin("counter"), &["64", "70", "100"], "counter.out");
     let pid = p.id();
     wait_lines(&c.path("counter.out"), 5, T);
-    c.migrate(1, pid, "2")
-        .unwrap_or_else(|e| panic!("migrate to 2: {e}\n{}", c.logs()));
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("migrate to 2: {e}\n{}", c.logs()));
     assert_eq!(c.where_is(1, pid), Some(2));
     let n = wait_lines(&c.path("counter.out"), 1, T).len();
     wait_lines(&c.path("counter.out"), n + 5, T);
-    c.migrate(1, pid, "3")
-        .unwrap_or_else(|e| panic!("migrate to 3: {e}\n{}", c.logs()));
+    c.migrate(1, pid, "3").unwrap_or_else(|e| panic!("migrate to 3: {e}\n{}", c.logs()));
     assert_eq!(c.where_is(1, pid), Some(3));
     let n = wait_lines(&c.path("counter.out"), 1, T).len();
     wait_lines(&c.path("counter.out"), n + 5, T);
-    c.migrate(1, pid, "home")
-        .unwrap_or_else(|e| panic!("migrate home: {e}\n{}", c.logs()));
+    c.migrate(1, pid, "home").unwrap_or_else(|e| panic!("migrate home: {e}\n{}", c.logs()));
     assert_eq!(c.where_is(1, pid), Some(1));
     let st = wait_child(&mut p, T);
     assert!(st.success(), "counter ended with {st:?}\n{}", c.logs());
@@ -59,14 +53,11 @@ fn file_offset_survives_migrations() {
     let fs = f.to_str().expect("path");
     let mut p = c.om_exec(1, &bin("filewriter"), &[fs, "40", "50"], "fw.out");
     std::thread::sleep(Duration::from_millis(300));
-    c.migrate(1, p.id(), "2")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     std::thread::sleep(Duration::from_millis(400));
-    c.migrate(1, p.id(), "3")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.migrate(1, p.id(), "3").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     std::thread::sleep(Duration::from_millis(400));
-    c.migrate(1, p.id(), "home")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.migrate(1, p.id(), "home").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     assert!(wait_child(&mut p, T).success());
     let want: String = (0..40).map(|i| format!("line {i}\n")).collect();
     assert_eq!(std::fs::read_to_string(&f).expect("file"), want);
@@ -77,21 +68,20 @@ fn stdin_pipe_is_read_completely_while_away() {
     let c = Cluster::start(2);
     let mut p = Command::new("sh")
         .arg("-c")
-        .arg(format!("i=1; while [ $i -le 40 ]; do echo $i; i=$((i+1)); sleep 0.03; done | exec {} -- {} > {}", bin("om-exec").display(), bin("stdinsum").display(), c.path("sum.out").display()))
+        .arg(format!(
+            "i=1; while [ $i -le 40 ]; do echo $i; i=$((i+1)); sleep 0.03; done | exec {} -- {} > {}",
+            bin("om-exec").display(),
+            bin("stdinsum").display(),
+            c.path("sum.out").display()
+        ))
         .env("OM_SOCKET", c.socket(1))
         .spawn()
         .expect("sh");
     // The pipeline's last command is the om process.
     std::thread::sleep(Duration::from_millis(300));
-    let pid = c
-        .ps(1)
-        .as_array()
-        .and_then(|a| a.first().cloned())
-        .expect("registered")["pid"]
-        .as_u64()
-        .expect("pid") as u32;
-    c.migrate(1, pid, "2")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let pid =
+        c.ps(1).as_array().and_then(|a| a.first().cloned()).expect("registered")["pid"].as_u64().expect("pid") as u32;
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     assert!(wait_child(&mut p, T).success());
     let lines = wait_lines(&c.path("sum.out"), 41, T);
     assert_eq!(lines.last().map(String::as_str), Some("done 40 820"));
@@ -102,28 +92,18 @@ fn closing_a_pipe_remotely_gives_eof_at_home() {
     let c = Cluster::start(2);
     let mut p = Command::new(bin("om-exec"))
         .env("OM_SOCKET", c.socket(1))
-        .args([
-            "--",
-            bin("pipecloser").to_str().expect("path"),
-            "6",
-            "4",
-            "100",
-        ])
+        .args(["--", bin("pipecloser").to_str().expect("path"), "6", "4", "100"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("om-exec");
     let pid = p.id();
     let mut out = p.stdout.take().expect("pipe");
     std::thread::sleep(Duration::from_millis(250));
-    c.migrate(1, pid, "2")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     let mut text = String::new();
     std::io::Read::read_to_string(&mut out, &mut text).expect("read to EOF");
     // EOF came while the process still runs on node 2.
-    assert!(
-        p.try_wait().expect("try_wait").is_none(),
-        "process ended before EOF was seen"
-    );
+    assert!(p.try_wait().expect("try_wait").is_none(), "process ended before EOF was seen");
     assert_eq!(c.where_is(1, pid), Some(2));
     assert_eq!(text.lines().count(), 6);
     assert!(wait_child(&mut p, T).success());
@@ -141,23 +121,12 @@ fn shell_status(c: Option<&Cluster>, args: &str, migrate_to: Option<&str>) -> St
         ),
         None => format!("{} {args} >/dev/null; echo status=$?", prog.display()),
     };
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("sh");
+    let child = Command::new("sh").arg("-c").arg(cmd).stdout(std::process::Stdio::piped()).spawn().expect("sh");
     if let (Some(c), Some(to)) = (c, migrate_to) {
         std::thread::sleep(Duration::from_millis(300));
-        let pid = c
-            .ps(1)
-            .as_array()
-            .and_then(|a| a.first().cloned())
-            .expect("registered")["pid"]
-            .as_u64()
-            .expect("pid") as u32;
-        c.migrate(1, pid, to)
-            .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        let pid = c.ps(1).as_array().and_then(|a| a.first().cloned()).expect("registered")["pid"].as_u64().expect("pid")
+            as u32;
+        c.migrate(1, pid, to).unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     }
     let o = child.wait_with_output().expect("sh");
     String::from_utf8_lossy(&o.stdout).trim().to_string()
@@ -178,8 +147,7 @@ fn sigusr1_to_the_home_pid_runs_the_handler_remotely() {
     let c = Cluster::start(2);
     let mut p = c.om_exec(1, &bin("sigcatch"), &["30", "exit:0", "100"], "sig.out");
     std::thread::sleep(Duration::from_millis(300));
-    c.migrate(1, p.id(), "2")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling the test's own child.
     unsafe { libc::kill(p.id() as i32, libc::SIGUSR1) };
@@ -196,21 +164,14 @@ fn sigkill_to_the_home_pid_kills_the_migrated_process() {
     let c = Cluster::start(2);
     let mut p = c.om_exec(1, &bin("sigcatch"), &["300", "exit:0", "100"], "kill.out");
     std::thread::sleep(Duration::from_millis(300));
-    c.migrate(1, p.id(), "2")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     p.kill().expect("kill");
     let st = wait_child(&mut p, T);
     assert_eq!(st.signal(), Some(libc::SIGKILL));
     // Nothing of it is left on node 2.
     std::thread::sleep(Duration::from_millis(300));
-    let left = Command::new("pgrep")
-        .args(["-x", "sigcatch"])
-        .output()
-        .expect("pgrep");
-    assert!(
-        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
-        "guest left behind"
-    );
+    let left = Command::new("pgrep").args(["-x", "sigcatch"]).output().expect("pgrep");
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "guest left behind");
 }
 
 #[test]
@@ -221,11 +182,9 @@ fn cpython_interpreter_migrates_mid_loop_and_finishes() {
     let python = which("python3");
     let mut p = c.om_exec(1, &python, &[script.to_str().expect("path")], "py.out");
     wait_lines(&c.path("py.out"), 5, T);
-    c.migrate(1, p.id(), "2")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     std::thread::sleep(Duration::from_millis(400));
-    c.migrate(1, p.id(), "3")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.migrate(1, p.id(), "3").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     assert!(wait_child(&mut p, T).success(), "{}", c.logs());
     let lines = wait_lines(&c.path("py.out"), 41, T);
     for (i, l) in lines[..40].iter().enumerate() {
@@ -241,22 +200,15 @@ fn a_shell_that_forks_while_away_goes_home_and_finishes() {
     let mut p = c.om_exec(
         1,
         Path::new("/bin/sh"),
-        &[
-            "-c",
-            "i=0; while [ $i -lt 12 ]; do i=$((i+1)); echo n $i; sleep 0.1; done; exit 3",
-        ],
+        &["-c", "i=0; while [ $i -lt 12 ]; do i=$((i+1)); echo n $i; sleep 0.1; done; exit 3"],
         "sh.out",
     );
     std::thread::sleep(Duration::from_millis(350));
-    c.migrate(1, p.id(), "2")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     let st = wait_child(&mut p, T);
     assert_eq!(st.code(), Some(3));
     let want: String = (1..=12).map(|i| format!("n {i}\n")).collect();
-    assert_eq!(
-        std::fs::read_to_string(c.path("sh.out")).expect("out"),
-        want
-    );
+    assert_eq!(std::fs::read_to_string(c.path("sh.out")).expect("out"), want);
 }
 
 #[test]
@@ -270,15 +222,10 @@ fn killing_the_destination_mid_migration_leaves_the_process_running_at_home() {
     let killer = std::thread::spawn(move || {
         let t0 = std::time::Instant::now();
         while t0.elapsed() < Duration::from_secs(20) {
-            let kids = std::fs::read_to_string(format!("/proc/{omd2}/task/{omd2}/children"))
-                .unwrap_or_default();
+            let kids = std::fs::read_to_string(format!("/proc/{omd2}/task/{omd2}/children")).unwrap_or_default();
             let any = std::fs::read_dir(format!("/proc/{omd2}/task")).map(|d| {
-                d.flatten().any(|t| {
-                    !std::fs::read_to_string(t.path().join("children"))
-                        .unwrap_or_default()
-                        .trim()
-                        .is_empty()
-                })
+                d.flatten()
+                    .any(|t| !std::fs::read_to_string(t.path().join("children")).unwrap_or_default().trim().is_empty())
             });
             if !kids.trim().is_empty() || any.unwrap_or(false) {
                 // SAFETY: killing the daemon this test started.
@@ -290,10 +237,7 @@ fn killing_the_destination_mid_migration_leaves_the_process_running_at_home() {
         false
     });
     let r = c.migrate(1, pid, "2");
-    assert!(
-        killer.join().expect("killer"),
-        "node 2 never started the guest"
-    );
+    assert!(killer.join().expect("killer"), "node 2 never started the guest");
     c.kill_node(2);
     assert!(r.is_err(), "migration claimed success though node 2 died");
     assert_eq!(c.where_is(1, pid), Some(1));
@@ -302,16 +246,9 @@ fn killing_the_destination_mid_migration_leaves_the_process_running_at_home() {
 }
 
 fn which(p: &str) -> std::path::PathBuf {
-    let o = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {p}"))
-        .output()
-        .expect("sh");
+    let o = Command::new("sh").arg("-c").arg(format!("command -v {p}")).output().expect("sh");
     let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert!(
-        !s.is_empty(),
-        "{p} is not installed; the CPython test needs it (apt-get install python3)"
-    );
+    assert!(!s.is_empty(), "{p} is not installed; the CPython test needs it (apt-get install python3)");
     std::path::PathBuf::from(s)
 }
 

@@ -7,10 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "omd",
-    about = "om node daemon: runs the home, remote and balancer roles of one node"
-)]
+#[command(name = "omd", about = "om node daemon: runs the home, remote and balancer roles of one node")]
 struct Args {
     /// This node's id (a positive number, unique in the cluster).
     #[arg(long)]
@@ -36,15 +33,9 @@ struct Args {
 }
 
 fn parse_peer(s: &str) -> Result<(u32, SocketAddr), String> {
-    let (id, addr) = s
-        .split_once('=')
-        .ok_or_else(|| format!("peer '{s}' is not ID=ADDR:PORT"))?;
-    let id = id
-        .parse()
-        .map_err(|_| format!("peer id '{id}' is not a number"))?;
-    let addr = addr
-        .parse()
-        .map_err(|_| format!("peer address '{addr}' is not ADDR:PORT"))?;
+    let (id, addr) = s.split_once('=').ok_or_else(|| format!("peer '{s}' is not ID=ADDR:PORT"))?;
+    let id = id.parse().map_err(|_| format!("peer id '{id}' is not a number"))?;
+    let addr = addr.parse().map_err(|_| format!("peer address '{addr}' is not ADDR:PORT"))?;
     Ok((id, addr))
 }
 
@@ -56,9 +47,7 @@ fn main() -> anyhow::Result<()> {
     }
     let log = om_loadbal::sys::LogFd(om_loadbal::sys::log_fd().context("setting up the log")?);
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_ansi(false)
         .with_writer(move || log)
         .init();
@@ -70,18 +59,13 @@ fn main() -> anyhow::Result<()> {
         bail!("--node-id must be a positive number");
     }
     if a.peers.iter().any(|(id, _)| *id == a.node_id) {
-        bail!(
-            "--peer {} names this node itself; list only the other nodes",
-            a.node_id
-        );
+        bail!("--peer {} names this node itself; list only the other nodes", a.node_id);
     }
     let cfg = Config {
         node_id: a.node_id,
         listen: a.listen,
         socket: om_runtime::client::socket_path(a.socket.as_deref()),
-        state_dir: a
-            .state_dir
-            .unwrap_or_else(|| PathBuf::from(format!("/var/lib/om/node-{}", a.node_id))),
+        state_dir: a.state_dir.unwrap_or_else(|| PathBuf::from(format!("/var/lib/om/node-{}", a.node_id))),
         peers: a.peers,
         accept_guests: !a.no_guests,
     };

@@ -6,10 +6,7 @@ use om_runtime::client::{socket_path, Client};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "om-exec",
-    about = "run PROG under om: it starts at home and can migrate while it runs"
-)]
+#[command(name = "om-exec", about = "run PROG under om: it starts at home and can migrate while it runs")]
 struct Args {
     /// omd's control socket [default: $OM_SOCKET, else /run/om/omd.sock].
     #[arg(long)]
@@ -44,9 +41,5 @@ fn main() {
     }
     let err = om_runtime::sys::execvp(&a.command[0], &a.command);
     eprintln!("om-exec: cannot run {}: {err}", a.command[0]);
-    std::process::exit(if err.kind() == std::io::ErrorKind::NotFound {
-        127
-    } else {
-        126
-    });
+    std::process::exit(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
 }

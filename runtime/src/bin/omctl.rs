@@ -5,10 +5,7 @@ use om_runtime::client::{socket_path, Client};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "omctl",
-    about = "steer om: list processes and nodes, migrate processes"
-)]
+#[command(name = "omctl", about = "steer om: list processes and nodes, migrate processes")]
 struct Args {
     /// omd's control socket [default: $OM_SOCKET, else /run/om/omd.sock].
     #[arg(long, global = true)]
@@ -51,10 +48,7 @@ fn main() {
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
-                println!(
-                    "{:>8} {:>5} {:>6} {:<10} {:<30} WHY IT STAYS",
-                    "PID", "HOME", "WHERE", "STATE", "COMMAND"
-                );
+                println!("{:>8} {:>5} {:>6} {:<10} {:<30} WHY IT STAYS", "PID", "HOME", "WHERE", "STATE", "COMMAND");
                 for p in ps {
                     println!(
                         "{:>8} {:>5} {:>6} {:<10} {:<30} {}",
@@ -74,9 +68,7 @@ fn main() {
             } else {
                 match node.parse::<u32>() {
                     Ok(n) => Some(n),
-                    Err(_) => fail(&format!(
-                        "'{node}' is not a node id; give a number or 'home'"
-                    )),
+                    Err(_) => fail(&format!("'{node}' is not a node id; give a number or 'home'")),
                 }
             };
             if let Err(e) = c.migrate(pid, to) {

@@ -26,14 +26,7 @@ fn ptrace_raw(req: libc::c_uint, pid: i32, addr: usize, data: usize) -> io::Resu
     // SAFETY: ptrace takes a request, a pid and two word-sized arguments; every
     // caller below passes either plain values or pointers to live, correctly
     // sized buffers for the request.
-    cvt(unsafe {
-        libc::ptrace(
-            req,
-            pid,
-            addr as *mut libc::c_void,
-            data as *mut libc::c_void,
-        )
-    })
+    cvt(unsafe { libc::ptrace(req, pid, addr as *mut libc::c_void, data as *mut libc::c_void) })
 }
 
 /// `PTRACE_SEIZE` with options.
@@ -73,64 +66,30 @@ pub fn ptrace_traceme() -> io::Result<()> {
 pub fn ptrace_getregs(pid: i32) -> io::Result<Regs> {
     // SAFETY: user_regs_struct is plain old data; all-zero is a valid value.
     let mut regs: Regs = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: (&raw mut regs).cast(),
-        iov_len: std::mem::size_of::<Regs>(),
-    };
-    ptrace_raw(
-        libc::PTRACE_GETREGSET,
-        pid,
-        NT_PRSTATUS as usize,
-        (&raw mut iov) as usize,
-    )?;
+    let mut iov = libc::iovec { iov_base: (&raw mut regs).cast(), iov_len: std::mem::size_of::<Regs>() };
+    ptrace_raw(libc::PTRACE_GETREGSET, pid, NT_PRSTATUS as usize, (&raw mut iov) as usize)?;
     Ok(regs)
 }
 
 pub fn ptrace_setregs(pid: i32, regs: &Regs) -> io::Result<()> {
     let mut copy = *regs;
-    let mut iov = libc::iovec {
-        iov_base: (&raw mut copy).cast(),
-        iov_len: std::mem::size_of::<Regs>(),
-    };
-    ptrace_raw(
-        libc::PTRACE_SETREGSET,
-        pid,
-        NT_PRSTATUS as usize,
-        (&raw mut iov) as usize,
-    )
-    .map(drop)
+    let mut iov = libc::iovec { iov_base: (&raw mut copy).cast(), iov_len: std::mem::size_of::<Regs>() };
+    ptrace_raw(libc::PTRACE_SETREGSET, pid, NT_PRSTATUS as usize, (&raw mut iov) as usize).map(drop)
 }
 
 /// The extended FPU state (`NT_X86_XSTATE`), as many bytes as the kernel has.
 pub fn ptrace_get_xstate(pid: i32) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 16384];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    ptrace_raw(
-        libc::PTRACE_GETREGSET,
-        pid,
-        NT_X86_XSTATE as usize,
-        (&raw mut iov) as usize,
-    )?;
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    ptrace_raw(libc::PTRACE_GETREGSET, pid, NT_X86_XSTATE as usize, (&raw mut iov) as usize)?;
     buf.truncate(iov.iov_len);
     Ok(buf)
 }
 
 pub fn ptrace_set_xstate(pid: i32, xstate: &[u8]) -> io::Result<()> {
     let mut copy = xstate.to_vec();
-    let mut iov = libc::iovec {
-        iov_base: copy.as_mut_ptr().cast(),
-        iov_len: copy.len(),
-    };
-    ptrace_raw(
-        libc::PTRACE_SETREGSET,
-        pid,
-        NT_X86_XSTATE as usize,
-        (&raw mut iov) as usize,
-    )
-    .map(drop)
+    let mut iov = libc::iovec { iov_base: copy.as_mut_ptr().cast(), iov_len: copy.len() };
+    ptrace_raw(libc::PTRACE_SETREGSET, pid, NT_X86_XSTATE as usize, (&raw mut iov) as usize).map(drop)
 }
 
 pub fn ptrace_get_sigmask(pid: i32) -> io::Result<u64> {
@@ -156,12 +115,7 @@ pub fn ptrace_get_rseq(pid: i32) -> io::Result<(u64, u32, u32)> {
         pad: u32,
     }
     let mut conf = RseqConf::default();
-    ptrace_raw(
-        libc::PTRACE_GET_RSEQ_CONFIGURATION,
-        pid,
-        std::mem::size_of::<RseqConf>(),
-        (&raw mut conf) as usize,
-    )?;
+    ptrace_raw(libc::PTRACE_GET_RSEQ_CONFIGURATION, pid, std::mem::size_of::<RseqConf>(), (&raw mut conf) as usize)?;
     Ok((conf.ptr, conf.size, conf.sig))
 }
 
@@ -195,42 +149,22 @@ pub fn waitpid_interruptible(pid: i32, flags: i32) -> io::Result<(i32, i32)> {
 
 /// Read memory of another process; `local` is filled from `remote` (addr, len) pieces.
 pub fn process_vm_readv(pid: i32, local: &mut [u8], remote: &[(u64, usize)]) -> io::Result<usize> {
-    let liov = libc::iovec {
-        iov_base: local.as_mut_ptr().cast(),
-        iov_len: local.len(),
-    };
-    let riov: Vec<libc::iovec> = remote
-        .iter()
-        .map(|&(a, l)| libc::iovec {
-            iov_base: a as *mut libc::c_void,
-            iov_len: l,
-        })
-        .collect();
+    let liov = libc::iovec { iov_base: local.as_mut_ptr().cast(), iov_len: local.len() };
+    let riov: Vec<libc::iovec> =
+        remote.iter().map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l }).collect();
     // SAFETY: liov describes `local`, which we borrow mutably; riov describes
     // addresses in the other process, which the kernel checks.
-    let n = unsafe {
-        libc::process_vm_readv(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0)
-    };
+    let n = unsafe { libc::process_vm_readv(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0) };
     cvt(n as libc::c_long).map(|n| n as usize)
 }
 
 /// Write `local` into another process at the (addr, len) pieces of `remote`.
 pub fn process_vm_writev(pid: i32, local: &[u8], remote: &[(u64, usize)]) -> io::Result<usize> {
-    let liov = libc::iovec {
-        iov_base: local.as_ptr() as *mut libc::c_void,
-        iov_len: local.len(),
-    };
-    let riov: Vec<libc::iovec> = remote
-        .iter()
-        .map(|&(a, l)| libc::iovec {
-            iov_base: a as *mut libc::c_void,
-            iov_len: l,
-        })
-        .collect();
+    let liov = libc::iovec { iov_base: local.as_ptr() as *mut libc::c_void, iov_len: local.len() };
+    let riov: Vec<libc::iovec> =
+        remote.iter().map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l }).collect();
     // SAFETY: the kernel only reads from `local`; the remote side is checked by the kernel.
-    let n = unsafe {
-        libc::process_vm_writev(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0)
-    };
+    let n = unsafe { libc::process_vm_writev(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0) };
     cvt(n as libc::c_long).map(|n| n as usize)
 }
 
@@ -260,17 +194,9 @@ pub fn get_robust_list(pid: i32) -> io::Result<(u64, u64)> {
 
 /// `prlimit64(pid, res, new, old)`.
 pub fn prlimit(pid: i32, res: u32, new: Option<(u64, u64)>) -> io::Result<(u64, u64)> {
-    let newl = new.map(|(c, m)| libc::rlimit64 {
-        rlim_cur: c,
-        rlim_max: m,
-    });
-    let mut old = libc::rlimit64 {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    let newp = newl
-        .as_ref()
-        .map_or(std::ptr::null(), |r| r as *const libc::rlimit64);
+    let newl = new.map(|(c, m)| libc::rlimit64 { rlim_cur: c, rlim_max: m });
+    let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    let newp = newl.as_ref().map_or(std::ptr::null(), |r| r as *const libc::rlimit64);
     // SAFETY: newp is null or points to a live rlimit64; old is a live out-param.
     cvt(unsafe { libc::syscall(libc::SYS_prlimit64, pid, res, newp, &mut old) })?;
     Ok((old.rlim_cur, old.rlim_max))
@@ -303,9 +229,7 @@ pub fn raw_syscall(nr: i64, a: [u64; 6]) -> i64 {
     // and sized as the table says.
     let r = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
     if r == -1 {
-        -(io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO) as i64)
+        -(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) as i64)
     } else {
         r
     }
@@ -397,8 +321,7 @@ pub use libc::{seccomp_notif as SeccompNotif, seccomp_notif_resp as SeccompResp}
 pub fn seccomp_set_sync_wakeup(fd: RawFd) -> io::Result<()> {
     // SAFETY: the ioctl takes a u64 flag word by value-pointer semantics of _IOW,
     // which the kernel reads as an integer argument.
-    cvt(unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, 1u64) } as libc::c_long)
-        .map(drop)
+    cvt(unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, 1u64) } as libc::c_long).map(drop)
 }
 
 /// Receive one notification. `Ok(None)` on EINTR/ENOENT (not stream errors).
@@ -424,11 +347,7 @@ pub fn seccomp_send(fd: RawFd, id: u64, val: i64, continue_: bool) -> io::Result
         id,
         val: if val < 0 { 0 } else { val },
         error: if val < 0 { val as i32 } else { 0 },
-        flags: if continue_ {
-            libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32
-        } else {
-            0
-        },
+        flags: if continue_ { libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32 } else { 0 },
     };
     // SAFETY: resp is a live seccomp_notif_resp.
     let r = unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
@@ -451,14 +370,7 @@ pub fn seccomp_id_valid(fd: RawFd, id: u64) -> bool {
 
 /// poll(2) over a few fds; returns revents per fd.
 pub fn poll(fds: &[(RawFd, i16)], timeout_ms: i32) -> io::Result<Vec<i16>> {
-    let mut p: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&(fd, ev)| libc::pollfd {
-            fd,
-            events: ev,
-            revents: 0,
-        })
-        .collect();
+    let mut p: Vec<libc::pollfd> = fds.iter().map(|&(fd, ev)| libc::pollfd { fd, events: ev, revents: 0 }).collect();
     // SAFETY: p is a live array of pollfd of the given length.
     let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
     if r < 0 {

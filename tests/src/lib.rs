@@ -2,6 +2,8 @@
 //! this host (each with its own node id, port, control socket and state dir),
 //! and the fixtures and tools run against it.
 
+pub mod sys;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,10 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// Directory holding the built binaries (target/debug or target/release).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let here = exe.parent().expect("exe dir");
+    // Tests live in target/PROFILE/deps, bench binaries in target/PROFILE.
+    let dir =
+        if here.join("omd").exists() { here.to_path_buf() } else { here.parent().expect("target dir").to_path_buf() };
     for b in ["omd", "omctl", "om-exec", "counter"] {
         assert!(
             dir.join(b).exists(),

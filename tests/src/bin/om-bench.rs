@@ -1,0 +1,204 @@
+//! om-bench: measures om against baselines taken in the same run, and prints
+//! a markdown table for BENCHMARKS.md. Needs root and the release binaries:
+//!     cargo build --release --workspace && target/release/om-bench
+
+use om_tests::{bin, sys, wait_lines, Cluster};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// 32-byte ping-pong on loopback TCP, microseconds per round trip.
+fn tcp_rtt_us(n: u32) -> f64 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        s.set_nodelay(true).expect("nodelay");
+        let mut b = [0u8; 32];
+        while s.read_exact(&mut b).is_ok() {
+            if s.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let mut c = TcpStream::connect(addr).expect("connect");
+    c.set_nodelay(true).expect("nodelay");
+    let mut b = [0u8; 32];
+    let t = Instant::now();
+    for _ in 0..n {
+        c.write_all(&b).expect("write");
+        c.read_exact(&mut b).expect("read");
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    drop(c);
+    let _ = h.join();
+    us
+}
+
+/// Bulk loopback TCP throughput with 1 MiB writes, MB/s.
+fn tcp_bulk_mbs(mib: usize) -> f64 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        let mut b = vec![0u8; 1 << 20];
+        let mut total = 0usize;
+        while let Ok(n) = s.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    let mut c = TcpStream::connect(addr).expect("connect");
+    let buf = vec![1u8; 1 << 20];
+    let t = Instant::now();
+    for _ in 0..mib {
+        c.write_all(&buf).expect("write");
+    }
+    drop(c);
+    let got = h.join().expect("join");
+    got as f64 / 1e6 / t.elapsed().as_secs_f64()
+}
+
+fn memcpy_ms(mib: usize) -> f64 {
+    let src = vec![3u8; mib << 20];
+    let mut dst = vec![0u8; mib << 20];
+    dst.copy_from_slice(&src); // fault the pages in first
+    let t = Instant::now();
+    dst.copy_from_slice(std::hint::black_box(&src));
+    std::hint::black_box(&dst);
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Run the sysbench fixture under om-exec on node 1, optionally moved to node 2
+/// first; returns its result line's value.
+fn sysbench(c: &Cluster, args: &[&str], remote: bool) -> f64 {
+    let mut p = Command::new(bin("om-exec"))
+        .env("OM_SOCKET", c.socket(1))
+        .arg("--")
+        .arg(bin("sysbench"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("om-exec");
+    let mut out = BufReader::new(p.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready");
+    assert_eq!(line.trim(), "ready", "sysbench said {line:?}");
+    if remote {
+        c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    }
+    let mut stdin = p.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("go");
+    line.clear();
+    out.read_line(&mut line).expect("result");
+    let _ = p.wait();
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad result {line:?}"))
+}
+
+fn native_sysbench(args: &[&str]) -> f64 {
+    let mut p = Command::new(bin("sysbench"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sysbench");
+    let mut out = BufReader::new(p.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready");
+    p.stdin.take().expect("stdin").write_all(b"go\n").expect("go");
+    line.clear();
+    out.read_line(&mut line).expect("result");
+    let _ = p.wait();
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("value")
+}
+
+/// Freeze times (ms) of `rounds` migrations home -> 2 of a counter with `mib` MiB.
+fn freeze_ms(c: &Cluster, mib: usize, rounds: usize) -> Vec<f64> {
+    let out = format!("freeze{mib}.out");
+    let mut p = c.om_exec(1, &bin("counter"), &[&mib.to_string(), "0", "200"], &out);
+    wait_lines(&c.path(&out), 2, Duration::from_secs(120));
+    let before = c.log(1).matches("freeze_ms=").count();
+    for _ in 0..rounds {
+        c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        std::thread::sleep(Duration::from_millis(300));
+        c.migrate(1, p.id(), "home").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = p.kill();
+    let _ = p.wait();
+    c.log(1)
+        .split("freeze_ms=")
+        .skip(1 + before)
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .collect()
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n: u64 = if quick { 20_000 } else { 200_000 };
+    let c = Cluster::start(2);
+    println!(
+        "om-bench ({}), {} CPUs",
+        if quick { "quick" } else { "full" },
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!();
+    println!("| what | measured | baseline (same run) | ratio | target | met |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+
+    // Syscalls at home under om-exec vs native.
+    let native = median((0..3).map(|_| native_sysbench(&["getppid", &n.to_string()])).collect());
+    let home = median((0..3).map(|_| sysbench(&c, &["getppid", &n.to_string()], false)).collect());
+    let r = home / native;
+    println!("| getppid at home under om-exec | {home:.3} us | native {native:.3} us | {r:.2}x | no measurable cost (<= 1.10x) | {} |", yes(r <= 1.10));
+
+    // Emulated getpid on the remote vs the minimal notify round trip.
+    let notify = median((0..3).map(|_| sys::notify_roundtrip_us(n / 4, true).expect("notify probe")).collect());
+    let notify_nosync = sys::notify_roundtrip_us(n / 20, false).expect("notify probe");
+    let remote_getpid = median((0..3).map(|_| sysbench(&c, &["getpid", &(n / 4).to_string()], true)).collect());
+    let r = remote_getpid / notify;
+    println!("| emulated getpid on a remote node | {remote_getpid:.2} us | C notify round trip with SYNC_WAKE_UP {notify:.2} us (without: {notify_nosync:.2} us) | {r:.2}x | <= 1.3x | {} |", yes(r <= 1.3));
+
+    // Forwarded 1-byte read vs TCP round trip.
+    let rtt = median((0..3).map(|_| tcp_rtt_us(20_000)).collect());
+    let reads = (n / 20).to_string();
+    let fwd = median((0..3).map(|_| sysbench(&c, &["read1", &reads, "/dev/zero"], true)).collect());
+    println!("| forwarded 1-byte read | {fwd:.1} us | TCP 32-byte round trip {rtt:.1} us | RTT + {:.1} us | <= RTT + 15 us | {} |", fwd - rtt, yes(fwd <= rtt + 15.0));
+
+    // Streaming writes through the deputy vs raw TCP.
+    let mib = if quick { 256 } else { 1024 };
+    let raw = median((0..3).map(|_| tcp_bulk_mbs(mib)).collect());
+    let target = c.path("stream.bin");
+    let ts = target.to_str().expect("path").to_string();
+    let fwd_w = sysbench(&c, &["write", &ts, &mib.to_string()], true);
+    let _ = std::fs::remove_file(&target);
+    let r = fwd_w / raw;
+    println!("| forwarded write() of {mib} MiB to a file at home | {fwd_w:.0} MB/s | raw loopback TCP {raw:.0} MB/s | {:.0}% | >= 50% | {} |", r * 100.0, yes(r >= 0.5));
+
+    // Freeze times.
+    for (mib, target) in [(64usize, 60.0f64), (512, 600.0)] {
+        let rounds = if quick { 2 } else { 5 };
+        let f = freeze_ms(&c, mib, rounds);
+        let m = median(f.clone());
+        let cp = memcpy_ms(mib);
+        println!("| freeze of a {mib} MiB process, home -> node 2 (median of {}) | {m:.0} ms | memcpy of {mib} MiB {cp:.1} ms | {:.1}x | <= {target:.0} ms | {} |", f.len(), m / cp, yes(m <= target));
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "**no**"
+    }
+}

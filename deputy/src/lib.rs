@@ -62,7 +62,10 @@ pub fn migrate_and_control(plan: Plan, reply: Sender<Result<(), String>>, ctl: R
 }
 
 struct Away {
+    /// Forwarded calls and the way home.
     link: TcpStream,
+    /// Signals, come-home and kill requests for the supervisor.
+    ctl_link: TcpStream,
     shared: Arc<Shared>,
     events: Receiver<Event>,
     release: Sender<bool>,
@@ -80,13 +83,20 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
         .map_err(|e| format!("node {} at {} is unreachable: {e}; the process stays at home", plan.dest, plan.addr))?;
     let _ = link.set_nodelay(true);
     let net = |e: wire::WireError| format!("link to node {} failed: {e}; the process stays at home", plan.dest);
+    let token = random_token();
     wire::send(&mut link, &Msg::Hello { node: plan.home }).map_err(net)?;
-    wire::send(&mut link, &transfer::offer(pid, plan.home)).map_err(net)?;
+    wire::send(&mut link, &transfer::offer(pid, plan.home, token)).map_err(net)?;
     let reopen = match wire::recv_msg(&mut link).map_err(net)? {
         Msg::OfferOk { reopen } => reopen,
         Msg::Refused { reason } => return Err(format!("node {} refused the migration: {reason}", plan.dest)),
         m => return Err(format!("node {} answered {m:?} to the offer", plan.dest)),
     };
+    // The second link: signals and requests for the guest's supervisor.
+    let mut ctl_link = TcpStream::connect_timeout(&plan.addr, Duration::from_secs(3))
+        .map_err(|e| format!("node {} at {} is unreachable: {e}; the process stays at home", plan.dest, plan.addr))?;
+    let _ = ctl_link.set_nodelay(true);
+    wire::send(&mut ctl_link, &Msg::Hello { node: plan.home }).map_err(net)?;
+    wire::send(&mut ctl_link, &Msg::Attach { token }).map_err(net)?;
     let files = image::mapped_files(pid);
     let same = |p: &str| files.iter().zip(&reopen).any(|((q, _), ok)| *ok && q == p);
 
@@ -175,8 +185,15 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
         tracing::error!(%e, "parking the home placeholder failed");
     }
     let _ = rel_tx.send(true);
-    let away =
-        Away { link, shared, events: ev_rx, release: rel_tx, scratch: cap.scratch, fds_res: serve::reserved_base() };
+    let away = Away {
+        link,
+        ctl_link,
+        shared,
+        events: ev_rx,
+        release: rel_tx,
+        scratch: cap.scratch,
+        fds_res: serve::reserved_base(),
+    };
     for sig in pending_signals {
         away.send(&Msg::Signal { sig });
     }
@@ -184,12 +201,9 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
 }
 
 impl Away {
+    /// A request for the supervisor, on the control link.
     fn send(&self, m: &Msg) {
-        let _w = match self.shared.write_lock.lock() {
-            Ok(w) => w,
-            Err(p) => p.into_inner(),
-        };
-        if let Err(e) = wire::send(&mut &self.link, m) {
+        if let Err(e) = wire::send(&mut &self.ctl_link, m) {
             tracing::warn!(%e, "cannot reach the remote");
         }
     }
@@ -277,6 +291,7 @@ impl Away {
                 Ok(_) | Err(_) => {
                     // The placeholder died (SIGKILL at home): the process dies with it.
                     self.send(&Msg::Kill);
+                    self.interrupt_deputy();
                     let _ = self.release.send(false);
                     state(pid, "exited", plan.home);
                     return;
@@ -328,6 +343,16 @@ impl Away {
         tracing::info!(pid, "process is running at home again");
         Ok(())
     }
+}
+
+/// An unguessable name for the control link of one migration.
+fn random_token() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        return t ^ ((rsys::getpid() as u64) << 32);
+    }
+    u64::from_le_bytes(b)
 }
 
 /// End the placeholder the way the process ended away: same exit code, or

@@ -341,10 +341,22 @@ impl Node {
             tracing::warn!(%peer, node, "link from unknown node refused (add it with --peer)");
             return;
         }
-        let _ = s.set_read_timeout(None);
-        let host = om_remote::Host { node: self.cfg.node_id, accept: self.cfg.accept_guests };
-        if let Err(e) = om_remote::host_guest(s, &host) {
-            tracing::warn!(%peer, %e, "incoming migration failed");
+        match wire::recv_msg(&mut s) {
+            Ok(Msg::Attach { token }) => {
+                let _ = s.set_read_timeout(None);
+                if !om_remote::attach(token, s) {
+                    tracing::warn!(%peer, node, "control link for no migration in progress; closed");
+                }
+            }
+            Ok(offer @ Msg::Offer { .. }) => {
+                let _ = s.set_read_timeout(None);
+                let host = om_remote::Host { node: self.cfg.node_id, accept: self.cfg.accept_guests };
+                if let Err(e) = om_remote::host_guest(s, offer, &host) {
+                    tracing::warn!(%peer, %e, "incoming migration failed");
+                }
+            }
+            Ok(m) => tracing::warn!(%peer, ?m, "unexpected request on a node link; closing it"),
+            Err(e) => tracing::warn!(%peer, %e, "malformed frame on a node link; closing it"),
         }
     }
 }

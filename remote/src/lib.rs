@@ -6,13 +6,16 @@ pub mod filter;
 pub mod supervisor;
 pub mod sys;
 
+use crossbeam::channel::Sender;
 use om_runtime::image::{self, Image, Target};
 use om_runtime::ptrace::{TraceError, Tracee};
 use om_runtime::sys as rsys;
 use om_runtime::transfer;
 use om_runtime::wire::{self, Msg, WireError};
+use std::collections::HashMap;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -34,36 +37,64 @@ pub struct Host {
     pub accept: bool,
 }
 
-/// Serve one incoming migration on `stream` (after the link's Hello): answer
-/// the offer, rebuild the process, start it, then supervise it until it exits
-/// or goes home.
-pub fn host_guest(mut stream: TcpStream, host: &Host) -> Result<(), GuestError> {
-    let (pid, home) = match wire::recv_msg(&mut stream)? {
-        Msg::Offer { pid, home, files, vdso_hash, vdso_len, xsave } => {
-            let answer = if host.accept {
-                transfer::answer_offer(&files, vdso_hash, vdso_len, xsave)
-            } else {
-                Msg::Refused { reason: format!("node {} does not accept guests", host.node) }
-            };
-            let refused = matches!(answer, Msg::Refused { .. });
-            wire::send(&mut stream, &answer)?;
-            if refused {
-                return Ok(());
-            }
-            (pid, home)
-        }
-        m => return Err(WireError::Unexpected(format!("{m:?} instead of an offer")).into()),
+static ATTACH: Mutex<Option<HashMap<u64, Sender<TcpStream>>>> = Mutex::new(None);
+
+/// A second link from home arrived (`Attach`): hand it to the guest that
+/// announced `token` in its offer. Unknown tokens are refused.
+pub fn attach(token: u64, stream: TcpStream) -> bool {
+    let tx = ATTACH.lock().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|m| m.remove(&token));
+    match tx {
+        Some(tx) => tx.send(stream).is_ok(),
+        None => false,
+    }
+}
+
+/// Serve one incoming migration on `stream`, whose first message after Hello
+/// was `offer`: answer it, rebuild the process, start it, then supervise it
+/// until it exits or goes home.
+pub fn host_guest(mut stream: TcpStream, offer: Msg, host: &Host) -> Result<(), GuestError> {
+    let Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave } = offer else {
+        return Err(WireError::Unexpected(format!("{offer:?} instead of an offer")).into());
     };
-    let img = match wire::recv_msg(&mut stream)? {
-        Msg::Image(img) => *img,
-        m => return Err(WireError::Unexpected(format!("{m:?} instead of an image")).into()),
+    let answer = if host.accept {
+        transfer::answer_offer(&files, vdso_hash, vdso_len, xsave)
+    } else {
+        Msg::Refused { reason: format!("node {} does not accept guests", host.node) }
+    };
+    if matches!(answer, Msg::Refused { .. }) {
+        wire::send(&mut stream, &answer)?;
+        return Ok(());
+    }
+    // Register the control link's token before home can send its Attach.
+    let (ctl_tx, ctl_rx) = crossbeam::channel::bounded(1);
+    ATTACH.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(token, ctl_tx);
+    wire::send(&mut stream, &answer)?;
+    let forget = || {
+        ATTACH.lock().unwrap_or_else(|p| p.into_inner()).as_mut().map(|m| m.remove(&token));
+    };
+    let img = match wire::recv_msg(&mut stream) {
+        Ok(Msg::Image(img)) => *img,
+        Ok(m) => {
+            forget();
+            return Err(WireError::Unexpected(format!("{m:?} instead of an image")).into());
+        }
+        Err(e) => {
+            forget();
+            return Err(e.into());
+        }
     };
     let span = tracing::info_span!("guest", home_pid = pid, home);
     let _g = span.enter();
     let started = std::time::Instant::now();
     let gpid = sys::spawn_stopped()?;
-    match rebuild(&mut stream, gpid, &img) {
-        Ok(listener) => {
+    let ctl_link = ctl_rx.recv_timeout(std::time::Duration::from_secs(10));
+    forget();
+    let rebuilt = match ctl_link {
+        Ok(ctl) => rebuild(&mut stream, gpid, &img).map(|l| (l, ctl)),
+        Err(_) => Err(GuestError::Refused("home never opened its control link".into())),
+    };
+    match rebuilt {
+        Ok((listener, ctl)) => {
             for sig in 1..=64 {
                 if img.pending & (1u64 << (sig - 1)) != 0 {
                     let _ = rsys::kill(gpid, sig);
@@ -71,7 +102,7 @@ pub fn host_guest(mut stream: TcpStream, host: &Host) -> Result<(), GuestError> 
             }
             wire::send(&mut stream, &Msg::Resumed { guest: gpid })?;
             tracing::info!(guest = gpid, ms = started.elapsed().as_secs_f64() * 1e3, "guest running");
-            supervisor::Supervisor::new(stream, gpid, listener, &img, home).run();
+            supervisor::Supervisor::new(stream, ctl, gpid, listener, &img).run();
             Ok(())
         }
         Err(e) => {

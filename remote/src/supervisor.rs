@@ -4,6 +4,7 @@
 
 use om_runtime::image::{self, Creds, Image};
 use om_runtime::marshal::{self, GO_HOME, MAX_IO, MAX_PATH};
+use om_runtime::procfs;
 use om_runtime::ptrace::Tracee;
 use om_runtime::sys::{self, SeccompNotif};
 use om_runtime::syscalls::{self, Arg, Class, Len};
@@ -11,6 +12,8 @@ use om_runtime::transfer;
 use om_runtime::wire::{self, Frame, Msg, SysReq, SysRet};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// (address, length) pieces of a readv/writev call.
 type Iovecs = Vec<(u64, usize)>;
@@ -19,18 +22,33 @@ const ERESTARTSYS: i64 = -512;
 const ERESTARTNOINTR: i64 = -513;
 
 pub struct Supervisor {
+    /// Calls to the deputy and their answers (the only reader is this thread).
     stream: TcpStream,
+    /// Signals and requests from home, read by the helper thread.
+    ctl: Option<TcpStream>,
     gpid: i32,
     listener: OwnedFd,
-    pidfd: Option<OwnedFd>,
     home_pid: i32,
     pgid: i32,
     sid: i32,
     creds: Creds,
     next_id: u64,
-    come_home: bool,
-    /// A signal from home arrived while the current call was at the deputy.
-    signalled: bool,
+    flags: Arc<Flags>,
+}
+
+/// State shared with the helper thread.
+#[derive(Default)]
+struct Flags {
+    come_home: AtomicBool,
+    /// The helper reaped the guest and told home.
+    exited: AtomicBool,
+    /// The supervisor is taking the guest home: its end is not an exit.
+    going_home: AtomicBool,
+    /// The supervisor loop has returned.
+    done: AtomicBool,
+    tid: AtomicI32,
+    /// Whole frames on `stream` from either thread.
+    write_lock: Mutex<()>,
 }
 
 enum Flow {
@@ -40,95 +58,80 @@ enum Flow {
 }
 
 impl Supervisor {
-    pub fn new(stream: TcpStream, gpid: i32, listener: OwnedFd, img: &Image, _home: u32) -> Supervisor {
+    pub fn new(stream: TcpStream, ctl: TcpStream, gpid: i32, listener: OwnedFd, img: &Image) -> Supervisor {
         Supervisor {
             stream,
+            ctl: Some(ctl),
             gpid,
             listener,
-            pidfd: sys::pidfd_open(gpid, 0).ok(),
             home_pid: img.pid,
             pgid: img.pgid,
             sid: img.sid,
             creds: img.creds.clone(),
             next_id: 1,
-            come_home: false,
-            signalled: false,
+            flags: Arc::new(Flags::default()),
         }
     }
 
+    /// Serve the guest's calls: block in RECV (the fastest wake-up, with
+    /// SYNC_WAKE_UP); the helper thread wakes us with a signal when home asks
+    /// for something or the guest ends.
     pub fn run(mut self) {
-        let lfd = self.listener.as_raw_fd();
-        let sfd = self.stream.as_raw_fd();
-        let pfd = self.pidfd.as_ref().map_or(-1, |p| p.as_raw_fd());
-        loop {
-            let rev = match sys::poll(&[(lfd, libc::POLLIN), (sfd, libc::POLLIN), (pfd, libc::POLLIN)], -1) {
-                Ok(r) => r,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => {
-                    tracing::error!(%e, "poll failed");
-                    return self.lost("poll failed");
-                }
-            };
-            if rev[2] != 0 {
-                return self.exited();
-            }
-            if rev[1] != 0 {
-                match wire::recv(&mut self.stream) {
-                    Ok(Frame::Msg(m)) => self.on_home_msg(m),
-                    Ok(Frame::Data(_)) => tracing::warn!("stray data frame from home ignored"),
-                    Err(e) => return self.lost(&e.to_string()),
-                }
-                if self.come_home {
-                    if let Flow::Done = self.go_home("asked to come home", None) {
-                        return;
-                    }
-                }
-            }
-            if rev[0] & libc::POLLIN != 0 {
-                match sys::seccomp_recv(lfd) {
-                    Ok(Some(n)) => {
-                        if let Flow::Done = self.handle(&n) {
-                            return;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::debug!(%e, "notification receive failed"),
-                }
-            }
-        }
-    }
-
-    fn on_home_msg(&mut self, m: Msg) {
-        match m {
-            Msg::Signal { sig } => {
-                let _ = sys::kill(self.gpid, sig);
-                self.signalled = true;
-            }
-            Msg::Kill => {
-                let _ = sys::kill(self.gpid, libc::SIGKILL);
-            }
-            Msg::ComeHome => self.come_home = true,
-            m => tracing::warn!(?m, "unexpected message from home ignored"),
-        }
-    }
-
-    /// The guest exited: report its status home.
-    fn exited(self) {
-        let (code, signal) = match sys::waitpid(self.gpid, libc::__WALL) {
-            Ok((_, st)) if libc::WIFEXITED(st) => (libc::WEXITSTATUS(st), 0),
-            Ok((_, st)) if libc::WIFSIGNALED(st) => (0, libc::WTERMSIG(st)),
-            _ => (0, libc::SIGKILL),
+        self.flags.tid.store(sys::gettid(), Ordering::SeqCst);
+        let (Some(ctl), Ok(out)) = (self.ctl.take(), self.stream.try_clone()) else {
+            return self.lost("cannot set up the helper");
         };
-        tracing::info!(guest = self.gpid, code, signal, "guest ended");
-        let mut s = self.stream;
-        let _ = wire::send(&mut s, &Msg::Exited { code, signal });
+        let (flags, gpid) = (self.flags.clone(), self.gpid);
+        if std::thread::Builder::new()
+            .name(format!("guest-{gpid}"))
+            .spawn(move || helper(ctl, out, gpid, flags))
+            .is_err()
+        {
+            return self.lost("cannot start the helper thread");
+        }
+        let lfd = self.listener.as_raw_fd();
+        loop {
+            if self.flags.exited.load(Ordering::SeqCst) {
+                break;
+            }
+            if self.flags.come_home.load(Ordering::SeqCst) {
+                if let Flow::Done = self.go_home("asked to come home", None) {
+                    break;
+                }
+                continue;
+            }
+            match sys::seccomp_recv(lfd) {
+                Ok(Some(n)) => {
+                    if let Flow::Done = self.handle(&n) {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(%e, "notification receive failed");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        }
+        self.flags.done.store(true, Ordering::SeqCst);
     }
 
     /// Home is unreachable: the guest cannot go on without its files.
     fn lost(self, why: &str) {
         tracing::warn!(guest = self.gpid, why, "link to home lost; killing the guest");
         let _ = sys::kill(self.gpid, libc::SIGKILL);
-        let _ = sys::waitpid(self.gpid, libc::__WALL);
+    }
+
+    fn send(&mut self, m: &Msg) -> Result<(), wire::WireError> {
+        let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        wire::send(&mut self.stream, m)
+    }
+
+    /// Does the guest have a signal pending that it does not block?
+    fn signal_pending(&self) -> bool {
+        let Ok(st) = std::fs::read_to_string(format!("/proc/{}/status", self.gpid)) else { return false };
+        let f = |k: &str| procfs::hex_mask(&procfs::status_field_in(&st, k).unwrap_or_default());
+        (f("SigPnd") | f("ShdPnd")) & !f("SigBlk") != 0
     }
 
     fn reply(&self, id: u64, val: i64) {
@@ -367,33 +370,30 @@ impl Supervisor {
         if !sys::seccomp_id_valid(self.listener.as_raw_fd(), id) {
             return Flow::Go;
         }
-        let rid = self.next_id;
-        self.next_id += 1;
-        self.signalled = false;
-        let req = SysReq { id: rid, nr: fnr, args, lens, data };
-        if let Err(e) = wire::send(&mut self.stream, &Msg::Sys(req)) {
-            tracing::warn!(%e, "cannot reach the deputy");
-            let _ = sys::kill(self.gpid, libc::SIGKILL);
-            return Flow::Go;
-        }
-        let ret = loop {
-            match wire::recv(&mut self.stream) {
-                Ok(Frame::Msg(Msg::SysRet(r))) if r.id == rid => break r,
-                Ok(Frame::Msg(m)) => self.on_home_msg(m),
-                Ok(Frame::Data(_)) => {}
-                Err(e) => {
-                    tracing::warn!(%e, "link to home lost during a forwarded call");
+        let req = SysReq { id: 0, nr: fnr, args, lens, data };
+        let SysRet { ret, data, .. } = loop {
+            let r = match self.call_deputy(&req) {
+                Some(r) => r,
+                None => {
                     let _ = sys::kill(self.gpid, libc::SIGKILL);
                     return Flow::Go;
                 }
+            };
+            if r.ret != -(libc::EINTR as i64) {
+                break r;
+            }
+            // The deputy was woken because home has something for us.
+            if self.flags.come_home.load(Ordering::SeqCst) {
+                return self.go_home("asked to come home", Some(id));
+            }
+            // A signal for the guest: let its kernel decide (SA_RESTART or EINTR).
+            // A signal it ignores or blocks interrupts nothing: issue the call again.
+            if (0..20).any(|_| self.signal_pending() || !sleep_ms(1)) {
+                break SysRet { id: 0, ret: ERESTARTSYS, data: Vec::new() };
             }
         };
-        let SysRet { ret, data, .. } = ret;
         if ret == GO_HOME {
             return self.go_home(&format!("{} needs home", syscalls::name(nr)), Some(id));
-        }
-        if ret == -(libc::EINTR as i64) && self.come_home {
-            return self.go_home("asked to come home", Some(id));
         }
         // Scatter the outputs.
         let mut off = 0usize;
@@ -413,19 +413,41 @@ impl Supervisor {
             }
             off += valid;
         }
-        let val = if ret == -(libc::EINTR as i64) && self.signalled { ERESTARTSYS } else { ret };
-        self.reply(id, val);
-        if self.come_home {
+        self.reply(id, ret);
+        if self.flags.come_home.load(Ordering::SeqCst) {
             return self.go_home("asked to come home", None);
         }
         Flow::Go
+    }
+
+    /// Send one call to the deputy and wait for its answer. None: home is gone.
+    fn call_deputy(&mut self, req: &SysReq) -> Option<SysRet> {
+        let rid = self.next_id;
+        self.next_id += 1;
+        let mut req = req.clone();
+        req.id = rid;
+        if let Err(e) = self.send(&Msg::Sys(req)) {
+            tracing::warn!(%e, "cannot reach the deputy");
+            return None;
+        }
+        loop {
+            match wire::recv(&mut self.stream) {
+                Ok(Frame::Msg(Msg::SysRet(r))) if r.id == rid => return Some(r),
+                Ok(other) => tracing::warn!(kind = frame_kind(&other), "unexpected frame while waiting for the deputy"),
+                Err(e) => {
+                    tracing::warn!(%e, "link to home lost during a forwarded call");
+                    return None;
+                }
+            }
+        }
     }
 
     /// Bring the process home. `pending` is the notification it waits in, if any:
     /// it is answered with a restart code once the stop is requested, so the
     /// call is issued again at home.
     fn go_home(&mut self, reason: &str, pending: Option<u64>) -> Flow {
-        self.come_home = false;
+        self.flags.come_home.store(false, Ordering::SeqCst);
+        self.flags.going_home.store(true, Ordering::SeqCst);
         tracing::info!(guest = self.gpid, reason, "going home");
         let lfd = self.listener.as_raw_fd();
         let mut answer = || {
@@ -450,32 +472,27 @@ impl Supervisor {
             Ok(false) | Err(_) => {
                 tracing::warn!("home could not take the process back; it keeps running here");
                 let _ = t.detach();
+                self.flags.going_home.store(false, Ordering::SeqCst);
                 Flow::Go
             }
         }
     }
 
     fn send_home(&mut self, t: &mut Tracee, reason: &str) -> Result<bool, crate::GuestError> {
-        wire::send(&mut self.stream, &Msg::GoingHome { reason: reason.to_string() })?;
-        wire::send(&mut self.stream, &transfer::offer(self.gpid, 0))?;
-        let reopen = loop {
-            match wire::recv_msg(&mut self.stream)? {
-                Msg::OfferOk { reopen } => break reopen,
-                Msg::Refused { reason } => return Err(crate::GuestError::Refused(reason)),
-                Msg::Signal { sig } => {
-                    let _ = sys::kill(self.gpid, sig);
-                }
-                Msg::Kill => {
-                    let _ = sys::kill(self.gpid, libc::SIGKILL);
-                    return Ok(true);
-                }
-                _ => {}
-            }
+        self.send(&Msg::GoingHome { reason: reason.to_string() })?;
+        self.send(&transfer::offer(self.gpid, 0, 0))?;
+        let reopen = match wire::recv_msg(&mut self.stream)? {
+            Msg::OfferOk { reopen } => reopen,
+            Msg::Refused { reason } => return Err(crate::GuestError::Refused(reason)),
+            m => return Err(wire::WireError::Unexpected(format!("{m:?} instead of an answer to the offer")).into()),
         };
         let files = image::mapped_files(self.gpid);
         let same = |p: &str| files.iter().zip(&reopen).any(|((q, _), ok)| *ok && q == p);
         let cap = image::capture(t, &same)?;
-        transfer::send_image(&mut self.stream, self.gpid, &cap.image)?;
+        {
+            let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            transfer::send_image(&mut self.stream, self.gpid, &cap.image)?;
+        }
         loop {
             match wire::recv_msg(&mut self.stream)? {
                 Msg::HomeOk => return Ok(true),
@@ -520,5 +537,91 @@ fn scatter(pid: i32, iov: &[(u64, usize)], data: &[u8]) {
         let n = len.min(data.len() - off);
         let _ = sys::process_vm_writev(pid, &data[off..off + n], &[(base, n)]);
         off += n;
+    }
+}
+
+fn sleep_ms(ms: u64) -> bool {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    true
+}
+
+fn frame_kind(f: &Frame) -> String {
+    match f {
+        Frame::Msg(m) => format!("{m:?}").chars().take(40).collect(),
+        Frame::Data(d) => format!("{} data bytes", d.len()),
+    }
+}
+
+/// The helper of one guest: applies signals and requests from home (second
+/// link), and reports the guest's end. It wakes the supervisor out of RECV
+/// with the wake-up signal when it needs it.
+fn helper(mut ctl: TcpStream, mut out: TcpStream, gpid: i32, flags: Arc<Flags>) {
+    let wake = || {
+        let tid = flags.tid.load(Ordering::SeqCst);
+        if tid != 0 {
+            let _ = sys::tgkill(sys::getpid(), tid, libc::SIGRTMIN() + 4);
+        }
+    };
+    let pidfd = sys::pidfd_open(gpid, 0).ok();
+    let pfd = pidfd.as_ref().map_or(-1, |p| p.as_raw_fd());
+    let mut home_gone = false;
+    loop {
+        if flags.done.load(Ordering::SeqCst) {
+            return;
+        }
+        let cfd = if home_gone { -1 } else { ctl.as_raw_fd() };
+        let rev = match sys::poll(&[(cfd, libc::POLLIN), (pfd, libc::POLLIN)], 50) {
+            Ok(r) => r,
+            Err(_) => continue,
+        };
+        if rev[1] != 0 {
+            if flags.going_home.load(Ordering::SeqCst) {
+                return;
+            }
+            let (code, signal) = match sys::waitpid(gpid, libc::__WALL) {
+                Ok((_, st)) if libc::WIFEXITED(st) => (libc::WEXITSTATUS(st), 0),
+                Ok((_, st)) if libc::WIFSIGNALED(st) => (0, libc::WTERMSIG(st)),
+                _ => (0, libc::SIGKILL),
+            };
+            tracing::info!(guest = gpid, code, signal, "guest ended");
+            {
+                let _g = flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = wire::send(&mut out, &Msg::Exited { code, signal });
+            }
+            flags.exited.store(true, Ordering::SeqCst);
+            while !flags.done.load(Ordering::SeqCst) {
+                wake();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            return;
+        }
+        if rev[0] != 0 {
+            match wire::recv(&mut ctl) {
+                Ok(Frame::Msg(Msg::Signal { sig })) => {
+                    let _ = sys::kill(gpid, sig);
+                }
+                Ok(Frame::Msg(Msg::Kill)) => {
+                    let _ = sys::kill(gpid, libc::SIGKILL);
+                }
+                Ok(Frame::Msg(Msg::ComeHome)) => {
+                    flags.come_home.store(true, Ordering::SeqCst);
+                    for _ in 0..400 {
+                        if !flags.come_home.load(Ordering::SeqCst) || flags.done.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        wake();
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+                Ok(f) => tracing::warn!(kind = frame_kind(&f), "unexpected frame on the control link"),
+                Err(e) => {
+                    home_gone = true;
+                    if !flags.going_home.load(Ordering::SeqCst) && !flags.done.load(Ordering::SeqCst) {
+                        tracing::warn!(guest = gpid, %e, "home's control link closed; killing the guest");
+                        let _ = sys::kill(gpid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
     }
 }

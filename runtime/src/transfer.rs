@@ -10,9 +10,17 @@ use std::io::{Read, Write};
 pub const CHUNK: usize = 4 << 20;
 
 /// Build the offer for a process about to move.
-pub fn offer(pid: i32, home: u32) -> Msg {
+pub fn offer(pid: i32, home: u32, token: u64) -> Msg {
     let (vdso_hash, vdso_len) = image::local_vdso();
-    Msg::Offer { pid, home, files: image::mapped_files(pid), vdso_hash, vdso_len, xsave: crate::sys::xsave_size() }
+    Msg::Offer {
+        pid,
+        home,
+        token,
+        files: image::mapped_files(pid),
+        vdso_hash,
+        vdso_len,
+        xsave: crate::sys::xsave_size(),
+    }
 }
 
 /// The receiver's answer: refuse a different kernel or FPU state size, else say

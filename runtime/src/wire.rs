@@ -75,33 +75,71 @@ pub struct SysRet {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone)]
 pub enum Msg {
     // ---- control socket (om-exec, omctl -> omd)
-    Register { pid: i32, cmd: String },
+    Register {
+        pid: i32,
+        cmd: String,
+    },
     Ps,
     PsReply(Vec<ProcInfo>),
-    Migrate { pid: i32, to: Option<u32> },
+    Migrate {
+        pid: i32,
+        to: Option<u32>,
+    },
     Nodes,
     NodesReply(Vec<NodeInfo>),
     Ok,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 
     // ---- node link: migration
-    Hello { node: u32 },
-    Offer { pid: i32, home: u32, files: Vec<(String, FileId)>, vdso_hash: u64, vdso_len: u64, xsave: u32 },
-    OfferOk { reopen: Vec<bool> },
-    Refused { reason: String },
+    Hello {
+        node: u32,
+    },
+    /// `token` names the second connection (`Attach`) that carries signals
+    /// and requests from home to the guest's supervisor.
+    Offer {
+        pid: i32,
+        home: u32,
+        token: u64,
+        files: Vec<(String, FileId)>,
+        vdso_hash: u64,
+        vdso_len: u64,
+        xsave: u32,
+    },
+    Attach {
+        token: u64,
+    },
+    OfferOk {
+        reopen: Vec<bool>,
+    },
+    Refused {
+        reason: String,
+    },
     Image(Box<Image>),
     PagesDone,
-    Resumed { guest: i32 },
-    RestoreFailed { reason: String },
+    Resumed {
+        guest: i32,
+    },
+    RestoreFailed {
+        reason: String,
+    },
 
     // ---- node link: a migrated process (remote <-> deputy)
     Sys(SysReq),
     SysRet(SysRet),
-    Signal { sig: i32 },
+    Signal {
+        sig: i32,
+    },
     ComeHome,
-    GoingHome { reason: String },
+    GoingHome {
+        reason: String,
+    },
     HomeOk,
-    Exited { code: i32, signal: i32 },
+    Exited {
+        code: i32,
+        signal: i32,
+    },
     Kill,
 }
 

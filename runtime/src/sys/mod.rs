@@ -400,3 +400,36 @@ pub fn execvp(prog: &str, args: &[String]) -> io::Error {
     unsafe { libc::execvp(cprog.as_ptr(), argv.as_ptr()) };
     io::Error::last_os_error()
 }
+
+/// A level-triggered epoll set, registered once (cheaper per wait than poll(2)).
+pub struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes flags and returns a new fd or -1.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as libc::c_long)?;
+        // SAFETY: a fresh fd owned by us.
+        Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) } })
+    }
+
+    /// Watch `fd` for input; events report `token`.
+    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: ev is a live epoll_event.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } as libc::c_long).map(drop)
+    }
+
+    /// Wait for events; returns (token, events) pairs. EINTR gives an empty list.
+    pub fn wait(&self, timeout_ms: i32) -> io::Result<Vec<(u64, u32)>> {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 8];
+        // SAFETY: evs is a live array of 8 epoll_event.
+        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), evs.as_mut_ptr(), 8, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::EINTR) { Ok(Vec::new()) } else { Err(e) };
+        }
+        Ok(evs[..n as usize].iter().map(|e| (e.u64, e.events)).collect())
+    }
+}

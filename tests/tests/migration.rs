@@ -253,3 +253,36 @@ fn which(p: &str) -> std::path::PathBuf {
 }
 
 use std::path::Path;
+
+/// A signal that arrives while the migrated process is blocked in a read
+/// served at home runs its handler there and then, like natively, restarts the
+/// read (SA_RESTART) or makes it fail with EINTR.
+#[test]
+fn signal_during_a_blocking_forwarded_read_restarts_or_interrupts_it() {
+    for (mode, want) in [("restart", "read 6 usr1=2"), ("norestart", "eintr usr1=1")] {
+        let c = Cluster::start(2);
+        let mut p = Command::new(bin("om-exec"))
+            .env("OM_SOCKET", c.socket(1))
+            .args(["--", bin("readwait").to_str().expect("path"), mode])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(c.path("rw.out")).expect("out"))
+            .spawn()
+            .expect("om-exec");
+        wait_lines(&c.path("rw.out"), 1, T);
+        c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: signalling the test's own child.
+        unsafe { libc::kill(p.id() as i32, libc::SIGUSR1) };
+        std::thread::sleep(Duration::from_millis(300));
+        if mode == "restart" {
+            // SAFETY: as above.
+            unsafe { libc::kill(p.id() as i32, libc::SIGUSR1) };
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(c.where_is(1, p.id()), Some(2), "the read must still wait, away");
+            std::io::Write::write_all(p.stdin.as_mut().expect("stdin"), b"hello\n").expect("write");
+        }
+        assert!(wait_child(&mut p, T).success());
+        let lines = wait_lines(&c.path("rw.out"), 2, T);
+        assert_eq!(lines[1], want, "mode {mode}\n{}", c.logs());
+    }
+}

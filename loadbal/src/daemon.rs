@@ -81,6 +81,13 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     tracing::info!(node = cfg.node_id, listen = %cfg.listen, socket = %cfg.socket.display(), peers = cfg.peers.len(), "omd ready");
 
     let node = Arc::new(Node { cfg, procs: Mutex::new(HashMap::new()) });
+    match crate::sys::ProcEvents::open() {
+        Ok(events) => {
+            let n = node.clone();
+            std::thread::Builder::new().name("proc-events".into()).spawn(move || n.track(events))?;
+        }
+        Err(e) => tracing::warn!(%e, "process events unavailable: children of processes under om will not be under om"),
+    }
     let mut poll = Poll::new()?;
     poll.registry().register(&mut SourceFd(&control.as_raw_fd()), CONTROL, Interest::READABLE)?;
     poll.registry().register(&mut SourceFd(&links.as_raw_fd()), LINKS, Interest::READABLE)?;
@@ -113,6 +120,14 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     }
 }
 
+/// The command line of a process, arguments joined by spaces.
+fn cmdline(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let s: Vec<String> =
+        raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    (!s.is_empty()).then(|| s.join(" "))
+}
+
 fn peer_uid(s: &UnixStream) -> Option<u32> {
     nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials).ok().map(|c| c.uid())
 }
@@ -139,6 +154,44 @@ impl Node {
                 }
             }
         })
+    }
+
+    /// Adopt every process forked by a process under om (children,
+    /// grandchildren, double-forked daemons: the fork is seen before any
+    /// reparenting).
+    fn track(self: Arc<Self>, events: crate::sys::ProcEvents) {
+        loop {
+            match events.next() {
+                Ok(evs) => {
+                    let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+                    for ev in evs {
+                        if let crate::sys::ProcEvent::Fork { parent, child } = ev {
+                            if procs.contains_key(&parent) && !procs.contains_key(&child) {
+                                let cmd = cmdline(child).unwrap_or_default();
+                                procs.insert(
+                                    child,
+                                    Proc {
+                                        cmd,
+                                        state: "home".into(),
+                                        where_: self.cfg.node_id,
+                                        locked: false,
+                                        ctl: None,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    tracing::warn!("process events overflowed; some forks may have been missed");
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => {
+                    tracing::error!(%e, "process events failed; new children are no longer adopted");
+                    return;
+                }
+            }
+        }
     }
 
     /// Forget processes that ended while at home.
@@ -200,7 +253,11 @@ impl Node {
                         home: self.cfg.node_id,
                         where_: p.where_,
                         state: p.state.clone(),
-                        cmd: p.cmd.clone(),
+                        cmd: if p.state == "home" {
+                            cmdline(*pid).unwrap_or_else(|| p.cmd.clone())
+                        } else {
+                            p.cmd.clone()
+                        },
                         cant_move: if p.locked {
                             "locked".into()
                         } else if p.state == "home" {

@@ -286,3 +286,49 @@ fn signal_during_a_blocking_forwarded_read_restarts_or_interrupts_it() {
         assert_eq!(lines[1], want, "mode {mode}\n{}", c.logs());
     }
 }
+
+/// Children, and daemons that double-forked away from their parent, of a
+/// process started with om-exec are under om and can migrate.
+#[test]
+fn descendants_and_double_forked_daemons_are_under_om_and_migrate() {
+    let c = Cluster::start(2);
+    let counter = bin("counter");
+    let script = format!(
+        "( setsid {cn} 4 60 50 > {d} 2>&1 & ) ; {cn} 4 60 50 > {k}; wait",
+        cn = counter.display(),
+        d = c.path("daemon.out").display(),
+        k = c.path("child.out").display()
+    );
+    let mut sh = c.om_exec(1, Path::new("/bin/sh"), &["-c", &script], "sh.out");
+    wait_lines(&c.path("child.out"), 3, T);
+    wait_lines(&c.path("daemon.out"), 3, T);
+    let ps = c.ps(1);
+    let counters: Vec<u32> = ps
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|p| p["cmd"].as_str().unwrap_or("").starts_with(counter.to_str().expect("path")))
+        .map(|p| p["pid"].as_u64().expect("pid") as u32)
+        .collect();
+    assert_eq!(counters.len(), 2, "both the child and the daemon are under om: {ps}");
+    let sh_pid = sh.id() as i32;
+    let daemon = *counters
+        .iter()
+        .find(|&&p| om_runtime_ppid(p) != sh_pid)
+        .unwrap_or_else(|| panic!("no reparented daemon among {counters:?}"));
+    for &p in &counters {
+        c.migrate(1, p, "2").unwrap_or_else(|e| panic!("migrating {p}: {e}\n{}", c.logs()));
+        assert_eq!(c.where_is(1, p), Some(2));
+    }
+    assert!(wait_child(&mut sh, T).success());
+    for (f, pid) in
+        [("child.out", counters.iter().copied().find(|&p| p != daemon).expect("child")), ("daemon.out", daemon)]
+    {
+        check_counter(&wait_lines(&c.path(f), 60, T), pid);
+    }
+}
+
+fn om_runtime_ppid(pid: u32) -> i32 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    s.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse().ok()).unwrap_or(0)
+}

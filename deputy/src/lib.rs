@@ -102,7 +102,15 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
 
     // Freeze.
     let freeze = std::time::Instant::now();
-    let mut t = Tracee::seize(pid, false).map_err(|e| format!("cannot freeze process {pid}: {e}"))?;
+    let mut t = Tracee::seize(pid, false).map_err(|e| {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let f = |k| om_runtime::procfs::status_field_in(&st, k).unwrap_or_default();
+        if st.is_empty() || f("State").starts_with('Z') {
+            format!("process {pid} ended before it could move")
+        } else {
+            format!("cannot freeze process {pid} (state {}, traced by {}): {e}", f("State"), f("TracerPid"))
+        }
+    })?;
     let cap = match image::capture(&mut t, &same) {
         Ok(c) => c,
         Err(e) => {

@@ -99,18 +99,44 @@ pub fn run(
         return;
     }
     let pid = setup.pid;
+    let mut bufs = Buffers::default();
     loop {
         match wire::recv(&mut link) {
             Ok(Frame::Msg(Msg::Sys(req))) => {
+                // Bulk input follows as a data frame.
+                let input_is_separate =
+                    req.data.is_empty() && spec_for(&req).is_some_and(|sp| marshal::input_len(&req, &sp) > 0);
+                if input_is_separate {
+                    match wire::recv_into(&mut link, &mut bufs.input) {
+                        Ok(None) => {}
+                        Ok(Some(m)) => {
+                            tracing::warn!(?m, "expected a call's data at the deputy");
+                            let _ = events.send(Event::Lost("protocol error".into()));
+                            break;
+                        }
+                        Err(e) => {
+                            let _ = events.send(Event::Lost(e.to_string()));
+                            break;
+                        }
+                    }
+                }
+                let input = std::mem::take(&mut bufs.input);
                 shared.busy.store(req.id, Ordering::SeqCst);
-                let ret = serve(&req, pid, res);
+                let ret = serve(&req, if input_is_separate { &input } else { &req.data }, pid, res, &mut bufs);
                 shared.busy.store(0, Ordering::SeqCst);
+                bufs.input = input;
                 // Whole frames only: the controller writes on the same socket.
                 let _w = match shared.write_lock.lock() {
                     Ok(w) => w,
                     Err(p) => p.into_inner(),
                 };
-                if let Err(e) = wire::send(&mut link, &Msg::SysRet(ret)) {
+                let inline = bufs.answer.len() <= marshal::INLINE_MAX;
+                let data = if inline { bufs.answer.clone() } else { Vec::new() };
+                let mut r = wire::send(&mut link, &Msg::SysRet(SysRet { id: req.id, ret, data }));
+                if r.is_ok() && !inline {
+                    r = wire::send_data(&mut link, &bufs.answer);
+                }
+                if let Err(e) = r {
                     let _ = events.send(Event::Lost(e.to_string()));
                     break;
                 }
@@ -151,30 +177,32 @@ fn spec_for(req: &SysReq) -> Option<Vec<Arg>> {
     })
 }
 
-/// Run one forwarded call with the process's identity and fds.
-pub fn serve(req: &SysReq, pid: i32, res: i32) -> SysRet {
-    let fail = |e: i32| SysRet { id: req.id, ret: -(e as i64), data: Vec::new() };
+/// Reusable buffers of a deputy: a call's bulk input, its outputs, the answer.
+#[derive(Default)]
+pub struct Buffers {
+    input: Vec<u8>,
+    out: Vec<u8>,
+    answer: Vec<u8>,
+}
+
+/// Run one forwarded call with the process's identity and fds. `input` holds
+/// the input arguments' bytes (inline in the request, or the data frame that
+/// followed it). Returns the result; the answer's bytes are in `b.answer`.
+pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) -> i64 {
+    b.answer.clear();
     if syscalls::class(req.nr) != Class::Forward && req.nr != 62 {
-        return fail(libc::ENOSYS);
+        return -(libc::ENOSYS as i64);
     }
-    let Some(spec) = spec_for(req) else {
-        return fail(libc::ENOSYS);
-    };
-    if let Err(e) = marshal::validate(req, &spec) {
+    let Some(spec) = spec_for(req) else { return -(libc::ENOSYS as i64) };
+    if let Err(e) = marshal::validate(req, &spec, input.len()) {
         tracing::warn!(nr = req.nr, e, "malformed forwarded call refused");
-        return fail(libc::EINVAL);
+        return -(libc::EINVAL as i64);
     }
     let mut args = req.args;
     match req.nr {
-        110 => {
-            let ppid = procfs::stat(pid).map(|s| s.field(4) as i64).unwrap_or(1);
-            return SysRet { id: req.id, ret: ppid, data: Vec::new() };
-        }
+        110 => return procfs::stat(pid).map(|s| s.field(4) as i64).unwrap_or(1),
         61 | 247 => {
-            if procfs::children(pid).is_empty() {
-                return fail(libc::ECHILD);
-            }
-            return SysRet { id: req.id, ret: GO_HOME, data: Vec::new() };
+            return if procfs::children(pid).is_empty() { -(libc::ECHILD as i64) } else { GO_HOME };
         }
         62 if args[0] == 0 => {
             let pgid = procfs::stat(pid).map(|s| s.field(5) as i64).unwrap_or(pid as i64);
@@ -183,39 +211,50 @@ pub fn serve(req: &SysReq, pid: i32, res: i32) -> SysRet {
         436 => args[1] = args[1].min((res - 1) as u64),
         _ => {}
     }
-    let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); 6];
-    let mut off = 0usize;
+    // Outputs get slices of one reusable buffer; inputs are used where they lie,
+    // except in-out buffers, which are copied into the output buffer first.
+    let out_total: usize =
+        spec.iter().enumerate().filter(|(_, a)| marshal::is_out(**a)).map(|(i, _)| req.lens[i] as usize + 1).sum();
+    if b.out.len() < out_total {
+        b.out.resize(out_total, 0);
+    }
+    let mut in_off = 0usize;
+    let mut out_off = 0usize;
+    let mut out_at = [0usize; 6];
     for (i, a) in spec.iter().enumerate() {
         let len = req.lens[i] as usize;
         match a {
             Arg::V => {}
             Arg::Fd => {
-                let fd = args[i] as i32;
-                if fd >= res {
-                    return fail(libc::EBADF);
+                if args[i] as i32 >= res {
+                    return -(libc::EBADF as i64);
                 }
             }
             _ if len == 0 && args[i] == 0 => {}
+            Arg::Path | Arg::In(_) => {
+                // The kernel only reads these.
+                args[i] = input[in_off..].as_ptr() as u64;
+                in_off += len;
+            }
             a => {
-                let mut b = vec![0u8; len.max(1)];
-                if marshal::is_in(*a) {
-                    b[..len].copy_from_slice(&req.data[off..off + len]);
-                    off += len;
+                if matches!(a, Arg::InOut(_)) {
+                    b.out[out_off..out_off + len].copy_from_slice(&input[in_off..in_off + len]);
+                    in_off += len;
                 }
-                args[i] = b.as_mut_ptr() as u64;
-                bufs[i] = b;
+                args[i] = b.out[out_off..].as_mut_ptr() as u64;
+                out_at[i] = out_off;
+                out_off += len + 1;
             }
         }
     }
     let ret = sys::raw_syscall(req.nr as i64, args);
-    let mut data = Vec::new();
     for (i, a) in spec.iter().enumerate() {
         if marshal::is_out(*a) {
-            let valid = marshal::out_valid(*a, req.lens[i] as usize, ret).min(bufs[i].len());
-            data.extend_from_slice(&bufs[i][..valid]);
+            let valid = marshal::out_valid(*a, req.lens[i] as usize, ret);
+            b.answer.extend_from_slice(&b.out[out_at[i]..out_at[i] + valid]);
         }
     }
-    SysRet { id: req.id, ret, data }
+    ret
 }
 
 /// A TcpStream over an fd of the private table.

@@ -34,6 +34,9 @@ pub struct Supervisor {
     creds: Creds,
     next_id: u64,
     flags: Arc<Flags>,
+    /// Reused buffers for bulk call data, out and back.
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
 }
 
 /// State shared with the helper thread.
@@ -70,6 +73,8 @@ impl Supervisor {
             creds: img.creds.clone(),
             next_id: 1,
             flags: Arc::new(Flags::default()),
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
         }
     }
 
@@ -317,7 +322,8 @@ impl Supervisor {
 
         // Gather the input buffers.
         let mut lens = [0u32; 6];
-        let mut data = Vec::new();
+        let mut input = std::mem::take(&mut self.inbuf);
+        input.clear();
         for (i, a) in spec.iter().enumerate() {
             let ok = match *a {
                 Arg::V | Arg::Fd => true,
@@ -328,26 +334,22 @@ impl Supervisor {
                             return self.go_home("its own /proc files are read at home", Some(id));
                         }
                         lens[i] = (s.len() + 1) as u32;
-                        data.extend_from_slice(&s);
-                        data.push(0);
+                        input.extend_from_slice(&s);
+                        input.push(0);
                         true
                     }
                     None => false,
                 },
                 Arg::In(l) | Arg::InOut(l) if args[i] != 0 || iov.is_some() => match self.eval(l, &mut args) {
                     Some(len) => {
-                        let bytes = match (&iov, nr) {
-                            (Some(v), 20 | 296) => gather(self.gpid, v),
-                            _ => self.read_mem(args[i], len),
+                        // Straight from the guest into the outgoing buffer.
+                        let at = input.len();
+                        let ok = match (&iov, nr) {
+                            (Some(v), 20 | 296) => gather_into(self.gpid, v, &mut input),
+                            _ => read_into(self.gpid, args[i], len, &mut input),
                         };
-                        match bytes {
-                            Some(b) => {
-                                lens[i] = b.len() as u32;
-                                data.extend_from_slice(&b);
-                                true
-                            }
-                            None => false,
-                        }
+                        lens[i] = (input.len() - at) as u32;
+                        ok
                     }
                     None => false,
                 },
@@ -363,6 +365,7 @@ impl Supervisor {
                 _ => true,
             };
             if !ok {
+                self.inbuf = input;
                 self.reply(id, -libc::EFAULT as i64);
                 return Flow::Go;
             }
@@ -370,9 +373,9 @@ impl Supervisor {
         if !sys::seccomp_id_valid(self.listener.as_raw_fd(), id) {
             return Flow::Go;
         }
-        let req = SysReq { id: 0, nr: fnr, args, lens, data };
+        let req = SysReq { id: 0, nr: fnr, args, lens, data: Vec::new() };
         let SysRet { ret, data, .. } = loop {
-            let r = match self.call_deputy(&req) {
+            let r = match self.call_deputy(&req, &input, &spec) {
                 Some(r) => r,
                 None => {
                     let _ = sys::kill(self.gpid, libc::SIGKILL);
@@ -392,6 +395,7 @@ impl Supervisor {
                 break SysRet { id: 0, ret: ERESTARTSYS, data: Vec::new() };
             }
         };
+        self.inbuf = input;
         if ret == GO_HOME {
             return self.go_home(&format!("{} needs home", syscalls::name(nr)), Some(id));
         }
@@ -421,25 +425,48 @@ impl Supervisor {
     }
 
     /// Send one call to the deputy and wait for its answer. None: home is gone.
-    fn call_deputy(&mut self, req: &SysReq) -> Option<SysRet> {
+    /// Bulk input (over INLINE_MAX) follows the request as a data frame, and
+    /// bulk output follows the answer the same way: no serialisation copies.
+    fn call_deputy(&mut self, req: &SysReq, input: &[u8], spec: &[Arg]) -> Option<SysRet> {
         let rid = self.next_id;
         self.next_id += 1;
-        let mut req = req.clone();
-        req.id = rid;
-        if let Err(e) = self.send(&Msg::Sys(req)) {
+        let lens = req.lens;
+        let inline = input.len() <= marshal::INLINE_MAX;
+        let req = SysReq { id: rid, data: if inline { input.to_vec() } else { Vec::new() }, ..req.clone() };
+        let sent = {
+            let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            wire::send(&mut self.stream, &Msg::Sys(req)).and_then(|_| {
+                if inline {
+                    Ok(())
+                } else {
+                    wire::send_data(&mut self.stream, input)
+                }
+            })
+        };
+        if let Err(e) = sent {
             tracing::warn!(%e, "cannot reach the deputy");
             return None;
         }
-        loop {
-            match wire::recv(&mut self.stream) {
-                Ok(Frame::Msg(Msg::SysRet(r))) if r.id == rid => return Some(r),
-                Ok(other) => tracing::warn!(kind = frame_kind(&other), "unexpected frame while waiting for the deputy"),
+        let mut r = loop {
+            match wire::recv_into(&mut self.stream, &mut self.outbuf) {
+                Ok(Some(Msg::SysRet(r))) if r.id == rid => break r,
+                Ok(other) => tracing::warn!(?other, "unexpected frame while waiting for the deputy"),
                 Err(e) => {
                     tracing::warn!(%e, "link to home lost during a forwarded call");
                     return None;
                 }
             }
+        };
+        // The deputy answers with exactly the valid bytes of the outputs.
+        let out_len: usize =
+            spec.iter().enumerate().map(|(i, a)| marshal::out_valid(*a, lens[i] as usize, r.ret)).sum();
+        if out_len > marshal::INLINE_MAX {
+            match wire::recv_into(&mut self.stream, &mut self.outbuf) {
+                Ok(None) => r.data = std::mem::take(&mut self.outbuf),
+                _ => return None,
+            }
         }
+        Some(r)
     }
 
     /// Bring the process home. `pending` is the notification it waits in, if any:
@@ -515,16 +542,37 @@ fn is_own_proc(path: &[u8], home: i32) -> bool {
         || p == format!("/proc/{home}")
 }
 
-fn gather(pid: i32, iov: &[(u64, usize)]) -> Option<Vec<u8>> {
-    let total: usize = iov.iter().map(|x| x.1).sum();
-    let mut buf = vec![0u8; total];
-    if total == 0 {
-        return Some(buf);
+/// Append `len` bytes of the guest's memory at `addr` to `buf`.
+fn read_into(pid: i32, addr: u64, len: usize, buf: &mut Vec<u8>) -> bool {
+    let at = buf.len();
+    buf.resize(at + len, 0);
+    if len == 0 {
+        return true;
     }
+    match sys::process_vm_readv(pid, &mut buf[at..], &[(addr, len)]) {
+        Ok(n) if n == len => true,
+        _ => {
+            buf.truncate(at);
+            false
+        }
+    }
+}
+
+/// Append the bytes of an iovec array of the guest to `buf`.
+fn gather_into(pid: i32, iov: &[(u64, usize)], buf: &mut Vec<u8>) -> bool {
+    let total: usize = iov.iter().map(|x| x.1).sum();
+    let at = buf.len();
+    buf.resize(at + total, 0);
     let pieces: Vec<(u64, usize)> = iov.iter().copied().filter(|x| x.1 > 0).collect();
-    match sys::process_vm_readv(pid, &mut buf, &pieces) {
-        Ok(n) if n == total => Some(buf),
-        _ => None,
+    if total == 0 {
+        return true;
+    }
+    match sys::process_vm_readv(pid, &mut buf[at..], &pieces) {
+        Ok(n) if n == total => true,
+        _ => {
+            buf.truncate(at);
+            false
+        }
     }
 }
 

@@ -37,7 +37,7 @@ pub fn out_valid(a: Arg, len: usize, ret: i64) -> usize {
 
 /// Check a request against its spec before touching it: every length within
 /// limits and the data exactly the sum of the input lengths.
-pub fn validate(req: &SysReq, spec: &[Arg]) -> Result<(), String> {
+pub fn validate(req: &SysReq, spec: &[Arg], input_len: usize) -> Result<(), String> {
     if spec.len() > 6 {
         return Err("spec longer than six arguments".into());
     }
@@ -52,11 +52,20 @@ pub fn validate(req: &SysReq, spec: &[Arg]) -> Result<(), String> {
             want += l;
         }
     }
-    if req.data.len() != want {
-        return Err(format!("{} data bytes for {} bytes of input", req.data.len(), want));
+    if input_len != want {
+        return Err(format!("{input_len} data bytes for {want} bytes of input"));
     }
     Ok(())
 }
+
+/// Total bytes the input arguments carry.
+pub fn input_len(req: &SysReq, spec: &[Arg]) -> usize {
+    spec.iter().enumerate().filter(|(_, a)| is_in(**a)).map(|(i, _)| req.lens[i] as usize).sum()
+}
+
+/// Payloads larger than this travel as a raw data frame after their message
+/// (no serialisation copy) instead of inside it.
+pub const INLINE_MAX: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -76,10 +85,10 @@ mod tests {
         let s = spec(1).unwrap(); // write
         let mut req =
             SysReq { id: 1, nr: 1, args: [1, 0, 3, 0, 0, 0], lens: [0, 3, 0, 0, 0, 0], data: b"abc".to_vec() };
-        assert!(validate(&req, s).is_ok());
+        assert!(validate(&req, s, req.data.len()).is_ok());
         req.data.push(0);
-        assert!(validate(&req, s).is_err());
+        assert!(validate(&req, s, req.data.len()).is_err());
         req.lens[1] = u32::MAX;
-        assert!(validate(&req, s).is_err());
+        assert!(validate(&req, s, 3).is_err());
     }
 }

@@ -200,12 +200,26 @@ pub enum Frame {
 
 /// Read one frame; the message payload is validated before it is used.
 pub fn recv<R: Read>(r: &mut R) -> Result<Frame, WireError> {
-    let mut h = [0u8; 16];
-    match r.read_exact(&mut h) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(WireError::Closed),
-        Err(e) => return Err(WireError::Io(e)),
+    let mut buf = Vec::new();
+    Ok(match recv_into(r, &mut buf)? {
+        Some(m) => Frame::Msg(m),
+        None => Frame::Data(buf),
+    })
+}
+
+fn eof(e: io::Error) -> WireError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        WireError::Closed
+    } else {
+        WireError::Io(e)
     }
+}
+
+/// Read one frame; a data frame is read into `buf` (reused, no allocation
+/// once it is large enough) and gives `None`, a message gives `Some`.
+pub fn recv_into<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> Result<Option<Msg>, WireError> {
+    let mut h = [0u8; 16];
+    r.read_exact(&mut h).map_err(eof)?;
     let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
     if magic != MAGIC {
         return Err(WireError::Malformed(format!("bad magic {magic:#010x}")));
@@ -216,34 +230,26 @@ pub fn recv<R: Read>(r: &mut R) -> Result<Frame, WireError> {
     }
     let sum = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
     match h[4] {
-        KIND_MSG => {
-            let mut buf = rkyv::util::AlignedVec::<16>::with_capacity(len);
+        KIND_DATA => {
             buf.resize(len, 0);
-            r.read_exact(&mut buf).map_err(eof)?;
-            if checksum(&buf) != sum {
+            r.read_exact(buf).map_err(eof)?;
+            if checksum(buf) != sum {
                 return Err(WireError::Malformed("checksum mismatch".into()));
             }
-            rkyv::from_bytes::<Msg, rkyv::rancor::Error>(&buf)
-                .map(Frame::Msg)
+            Ok(None)
+        }
+        KIND_MSG => {
+            let mut m = rkyv::util::AlignedVec::<16>::with_capacity(len);
+            m.resize(len, 0);
+            r.read_exact(&mut m).map_err(eof)?;
+            if checksum(&m) != sum {
+                return Err(WireError::Malformed("checksum mismatch".into()));
+            }
+            rkyv::from_bytes::<Msg, rkyv::rancor::Error>(&m)
+                .map(Some)
                 .map_err(|e| WireError::Malformed(format!("invalid message: {e}")))
         }
-        KIND_DATA => {
-            let mut buf = vec![0u8; len];
-            r.read_exact(&mut buf).map_err(eof)?;
-            if checksum(&buf) != sum {
-                return Err(WireError::Malformed("checksum mismatch".into()));
-            }
-            Ok(Frame::Data(buf))
-        }
         k => Err(WireError::Malformed(format!("unknown frame kind {k}"))),
-    }
-}
-
-fn eof(e: io::Error) -> WireError {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        WireError::Closed
-    } else {
-        WireError::Io(e)
     }
 }
 

@@ -332,3 +332,39 @@ fn om_runtime_ppid(pid: u32) -> i32 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     s.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|x| x.parse().ok()).unwrap_or(0)
 }
+
+/// Large reads and writes served at home while away are byte-exact (bulk
+/// data frames in both directions).
+#[test]
+fn bulk_reads_and_writes_while_away_are_byte_exact() {
+    let c = Cluster::start(2);
+    let src = c.path("src.bin");
+    let mut data = vec![0u8; 24 << 20];
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(&src, &data).expect("src");
+    let dst = c.path("dst.bin");
+    let script = c.path("copy.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import sys, time\nsys.stdout.write('ready\\n'); sys.stdout.flush()\ntime.sleep(3)\n\
+             with open('{}', 'rb') as i, open('{}', 'wb') as o:\n    while True:\n        b = i.read(1 << 20)\n        if not b:\n            break\n        o.write(b)\nprint('copied')\n",
+            src.display(),
+            dst.display()
+        ),
+    )
+    .expect("script");
+    let mut p = c.om_exec(1, &which("python3"), &[script.to_str().expect("path")], "copy.out");
+    wait_lines(&c.path("copy.out"), 1, T);
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(wait_child(&mut p, T).success(), "{}", c.logs());
+    assert_eq!(wait_lines(&c.path("copy.out"), 2, T)[1], "copied");
+    let got = std::fs::read(&dst).expect("dst");
+    assert!(got == data, "copy differs ({} bytes of {})", got.len(), data.len());
+}

@@ -100,6 +100,12 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     let files = image::mapped_files(pid);
     let same = |p: &str| files.iter().zip(&reopen).any(|((q, _), ok)| *ok && q == p);
 
+    // Pre-copy while the process runs: the destination lays out and fills
+    // its memory now, outside the freeze.
+    let pre = image::pre_image(pid, &same).map_err(|e| format!("cannot read process {pid}'s memory: {e}"))?;
+    let sent = transfer::send_pre_image(&mut link, pid, &pre).map_err(net)?;
+    tracing::info!(bytes = pre.data_bytes(), ms = started.elapsed().as_secs_f64() * 1e3, "pre-copied");
+
     // Freeze.
     let freeze = std::time::Instant::now();
     let mut t = Tracee::seize(pid, false).map_err(|e| {
@@ -112,7 +118,22 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
         }
     })?;
     let cap = match image::capture(&mut t, &same) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            match image::prune_unchanged(pid, &mut c.image, &pre, &sent) {
+                Ok(skipped) => tracing::info!(
+                    capture_ms = freeze.elapsed().as_secs_f64() * 1e3,
+                    unchanged_pages = skipped,
+                    resent_bytes = c.image.data_bytes(),
+                    "captured"
+                ),
+                Err(e) => {
+                    let _ = image::rollback(&mut t, c.scratch);
+                    let _ = t.detach();
+                    return Err(format!("cannot read process {pid}'s memory: {e}"));
+                }
+            }
+            c
+        }
         Err(e) => {
             let _ = t.detach();
             return Err(format!("cannot capture process {pid}: {e}"));

@@ -72,8 +72,9 @@ pub fn host_guest(mut stream: TcpStream, offer: Msg, host: &Host) -> Result<(), 
     let forget = || {
         ATTACH.lock().unwrap_or_else(|p| p.into_inner()).as_mut().map(|m| m.remove(&token));
     };
-    let img = match wire::recv_msg(&mut stream) {
-        Ok(Msg::Image(img)) => *img,
+    // A pre-copy (PreImage) or directly the image.
+    let first = match wire::recv_msg(&mut stream) {
+        Ok(m @ (Msg::PreImage(_) | Msg::Image(_))) => m,
         Ok(m) => {
             forget();
             return Err(WireError::Unexpected(format!("{m:?} instead of an image")).into());
@@ -87,14 +88,13 @@ pub fn host_guest(mut stream: TcpStream, offer: Msg, host: &Host) -> Result<(), 
     let _g = span.enter();
     let started = std::time::Instant::now();
     let gpid = sys::spawn_stopped()?;
-    let ctl_link = ctl_rx.recv_timeout(std::time::Duration::from_secs(10));
+    let rebuilt = rebuild(&mut stream, gpid, first).and_then(|(listener, img)| {
+        let ctl = ctl_rx.recv_timeout(std::time::Duration::from_secs(10));
+        ctl.map(|c| (listener, c, img)).map_err(|_| GuestError::Refused("home never opened its control link".into()))
+    });
     forget();
-    let rebuilt = match ctl_link {
-        Ok(ctl) => rebuild(&mut stream, gpid, &img).map(|l| (l, ctl)),
-        Err(_) => Err(GuestError::Refused("home never opened its control link".into())),
-    };
     match rebuilt {
-        Ok((listener, ctl)) => {
+        Ok((listener, ctl, img)) => {
             for sig in 1..=64 {
                 if img.pending & (1u64 << (sig - 1)) != 0 {
                     let _ = rsys::kill(gpid, sig);
@@ -115,17 +115,45 @@ pub fn host_guest(mut stream: TcpStream, offer: Msg, host: &Host) -> Result<(), 
     }
 }
 
-/// Rebuild `img` in the fresh stopped process `gpid`, drop to the process's
-/// credentials, install the filter, and let it run. Returns the listener.
-fn rebuild(stream: &mut TcpStream, gpid: i32, img: &Image) -> Result<OwnedFd, GuestError> {
+/// Rebuild the process in the fresh stopped process `gpid`: from a pre-copy
+/// and then the final image, or from the image alone. Then drop to the
+/// process's credentials, install the filter, and let it run. Returns the
+/// listener and the final image.
+fn rebuild(stream: &mut TcpStream, gpid: i32, first: Msg) -> Result<(OwnedFd, Image), GuestError> {
+    let t0 = std::time::Instant::now();
     let mut t = Tracee::adopt_traceme_child(gpid)?;
-    let rs = image::restore_layout(&mut t, img, Target::Fresh, 0)?;
-    transfer::recv_pages(stream, &t, img)?;
-    image::restore_finish(&mut t, img, Target::Fresh, &rs, Some("/"))?;
-    let listener = install_filter(&mut t, img, rs.scratch)?;
+    let (img, rs) = match first {
+        Msg::PreImage(pre) => {
+            let rs = image::restore_layout(&mut t, &pre, Target::Fresh, 0)?;
+            transfer::recv_pages(stream, &t, &pre)?;
+            tracing::info!(ms = t0.elapsed().as_secs_f64() * 1e3, bytes = pre.data_bytes(), "pre-copy received");
+            let img = match wire::recv_msg(stream)? {
+                Msg::Image(img) => *img,
+                m => return Err(WireError::Unexpected(format!("{m:?} instead of the image")).into()),
+            };
+            let rs = image::restore_layout_again(&mut t, &img, &pre, rs)?;
+            (img, rs)
+        }
+        Msg::Image(img) => {
+            let rs = image::restore_layout(&mut t, &img, Target::Fresh, 0)?;
+            (*img, rs)
+        }
+        m => return Err(WireError::Unexpected(format!("{m:?} instead of an image")).into()),
+    };
+    let t1 = std::time::Instant::now();
+    let bytes = transfer::recv_pages(stream, &t, &img)?;
+    let t2 = std::time::Instant::now();
+    image::restore_finish(&mut t, &img, Target::Fresh, &rs, Some("/"))?;
+    tracing::info!(
+        pages_ms = (t2 - t1).as_secs_f64() * 1e3,
+        finish_ms = t2.elapsed().as_secs_f64() * 1e3,
+        bytes,
+        "rebuilt"
+    );
+    let listener = install_filter(&mut t, &img, rs.scratch)?;
     image::unmap_scratch(&mut t, rs.scratch)?;
     t.detach()?;
-    Ok(listener)
+    Ok((listener, img))
 }
 
 /// Injected into the guest: its own credentials, no_new_privs, the seccomp

@@ -296,6 +296,112 @@ pub fn map_scratch(t: &mut Tracee, hint: u64) -> Result<u64> {
     Ok(p)
 }
 
+/// ([vvar] start, size of the vvar/vdso group, hash of the vdso text).
+fn vdso_of(pid: i32, maps: &[MapLine]) -> std::io::Result<(u64, u64, u64)> {
+    use std::os::unix::fs::FileExt;
+    let group = maps.iter().filter(|m| is_special(&m.path) && m.path != "[vsyscall]");
+    let (lo, hi) = group.fold((u64::MAX, 0), |(lo, hi), m| (lo.min(m.start), hi.max(m.end)));
+    let vvar_start = maps.iter().find(|m| m.path == "[vvar]").map_or(lo, |m| m.start);
+    let hash = match maps.iter().find(|m| m.path == "[vdso]") {
+        Some(v) => {
+            let mut b = vec![0u8; (v.end - v.start) as usize];
+            std::fs::File::open(format!("/proc/{pid}/mem"))?.read_exact_at(&mut b, v.start)?;
+            xxhash_rust::xxh3::xxh3_64(&b)
+        }
+        None => 0,
+    };
+    Ok((vvar_start, hi.saturating_sub(lo), hash))
+}
+
+/// The layout and pages of a process that keeps running (for pre-copy): only
+/// regions, runs and the vdso are filled in.
+pub fn pre_image(pid: i32, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Image> {
+    let maps = procfs::maps(pid)?;
+    Ok(Image {
+        pid,
+        pgid: 0,
+        sid: 0,
+        regs: [0; 27],
+        xstate: Vec::new(),
+        sigmask: 0,
+        rseq: (0, 0, 0),
+        robust: (0, 0),
+        mm: MmFields::default(),
+        auxv: Vec::new(),
+        exe: String::new(),
+        exe_reopen: false,
+        cwd: String::new(),
+        umask: 0,
+        comm: String::new(),
+        rlimits: Vec::new(),
+        actions: Vec::new(),
+        ignored: 0,
+        pending: 0,
+        creds: Creds::default(),
+        vdso: vdso_of(pid, &maps)?,
+        regions: capture_regions(pid, &maps, 0, reopen)?,
+        fds: Vec::new(),
+    })
+}
+
+/// Hash of each page sent in a pre-copy, by address.
+pub type PageHashes = HashMap<u64, u64>;
+
+fn page_indices(runs: &[(u64, u64)]) -> impl Iterator<Item = u64> + '_ {
+    runs.iter().flat_map(|&(f, n)| f..f + n)
+}
+
+fn runs_of(mut idx: Vec<u64>) -> Vec<(u64, u64)> {
+    idx.sort_unstable();
+    idx.dedup();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for i in idx {
+        match runs.last_mut() {
+            Some((f, n)) if *f + *n == i => *n += 1,
+            _ => runs.push((i, 1)),
+        }
+    }
+    runs
+}
+
+/// After a pre-copy, keep in `img` only the pages the destination does not
+/// already hold: in regions unchanged since the pre-copy, a page travels again
+/// only if its content hash differs from what was sent (a page that vanished
+/// reads as zeroes, or as its file page, and travels too). Changed regions
+/// travel whole, as captured.
+pub fn prune_unchanged(pid: i32, img: &mut Image, pre: &Image, sent: &PageHashes) -> std::io::Result<u64> {
+    let mut skipped = 0u64;
+    let mut buf = vec![0u8; 4 << 20];
+    for r in img.regions.iter_mut() {
+        let Some(q) = pre.regions.iter().find(|q| same_region(r, q)) else { continue };
+        if r.prot & libc::PROT_READ as u32 == 0 && r.runs.is_empty() && q.runs.is_empty() {
+            continue;
+        }
+        let cand = runs_of(page_indices(&r.runs).chain(page_indices(&q.runs)).collect());
+        let pieces = cand.iter().map(|&(f, n)| (r.start + f * PAGE, (n * PAGE) as usize));
+        let mut keep = Vec::new();
+        for batch in batch_runs(pieces, buf.len()) {
+            let n: usize = batch.iter().map(|b| b.1).sum();
+            read_pages(pid, &batch, &mut buf[..n])?;
+            let mut off = 0;
+            for &(a, l) in &batch {
+                for k in 0..(l as u64 / PAGE) {
+                    let page = &buf[off + (k * PAGE) as usize..off + ((k + 1) * PAGE) as usize];
+                    let addr = a + k * PAGE;
+                    if sent.get(&addr) == Some(&xxhash_rust::xxh3::xxh3_64(page)) {
+                        skipped += 1;
+                    } else {
+                        keep.push((addr - r.start) / PAGE);
+                    }
+                }
+                off += l;
+            }
+        }
+        r.runs = runs_of(keep);
+    }
+    Ok(skipped)
+}
+
 /// Everything captured from a frozen process except page contents.
 pub struct Captured {
     pub image: Image,
@@ -342,14 +448,7 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
         rlimits.push(sys::prlimit(pid, res, None).unwrap_or((u64::MAX, u64::MAX)));
     }
 
-    let vvar = maps.iter().filter(|m| is_special(&m.path) && m.path != "[vsyscall]");
-    let (vlo, vhi) = vvar.fold((u64::MAX, 0), |(lo, hi), m| (lo.min(m.start), hi.max(m.end)));
-    let vvar_start = maps.iter().find(|m| m.path == "[vvar]").map_or(vlo, |m| m.start);
-    let vdso_text = maps.iter().find(|m| m.path == "[vdso]");
-    let vdso_hash = match vdso_text {
-        Some(v) => xxhash_rust::xxh3::xxh3_64(&t.peek(v.start, (v.end - v.start) as usize)?),
-        None => 0,
-    };
+    let (vvar_start, vdso_len, vdso_hash) = vdso_of(pid, &maps).map_err(ioe("vdso"))?;
 
     let regions = capture_regions(pid, &maps, scratch, reopen).map_err(ioe("pagemap"))?;
     let exe =
@@ -390,7 +489,7 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
         ignored: procfs::hex_mask(&sf("SigIgn")),
         pending: procfs::hex_mask(&sf("SigPnd")) | procfs::hex_mask(&sf("ShdPnd")),
         creds,
-        vdso: (vvar_start, vhi.saturating_sub(vlo), vdso_hash),
+        vdso: (vvar_start, vdso_len, vdso_hash),
         regions,
         fds: procfs::fds(pid).map_err(ioe("fds"))?,
     };
@@ -536,6 +635,8 @@ pub enum Target {
 pub struct Restore {
     pub scratch: u64,
     file_fds: Vec<(String, u64)>,
+    /// Regions mapped writable only so their pages could be written: (start, len, prot).
+    made_writable: Vec<(u64, u64, u32)>,
 }
 
 fn free_in(ranges: &[(u64, u64)], lo: u64, len: u64) -> bool {
@@ -613,50 +714,115 @@ pub fn restore_layout(t: &mut Tracee, img: &Image, target: Target, parked_scratc
             return Err(TraceError::Injected { pid, name: "brk", errno: libc::ENOMEM as i64 });
         }
     }
+    let mut made_writable = Vec::new();
     for r in &img.regions {
-        let len = r.end - r.start;
-        let writable = if r.runs.is_empty() { 0 } else { libc::PROT_WRITE as u32 };
-        let prot = (r.prot | writable) as u64;
-        match &r.kind {
-            RegionKind::File { path, offset } => {
-                let fd = match file_fds.iter().find(|(p, _)| p == path) {
-                    Some((_, fd)) => *fd,
-                    None => {
-                        let mut c = path.as_bytes().to_vec();
-                        c.push(0);
-                        t.poke(path_at, &c)?;
-                        let fd = t.syscall_ok(
-                            "open mapped file",
-                            libc::SYS_openat,
-                            [libc::AT_FDCWD as u64, path_at, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0],
-                        )?;
-                        file_fds.push((path.clone(), fd));
-                        fd
-                    }
-                };
-                t.syscall_ok(
-                    "mmap file",
-                    libc::SYS_mmap,
-                    [r.start, len, prot, (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64, fd, *offset],
-                )?;
+        map_region(t, r, &mut file_fds, path_at, &mut made_writable)?;
+    }
+    Ok(Restore { scratch, file_fds, made_writable })
+}
+
+/// Map one region of an image in the target, writable if pages will be written.
+fn map_region(
+    t: &mut Tracee,
+    r: &Region,
+    file_fds: &mut Vec<(String, u64)>,
+    path_at: u64,
+    made_writable: &mut Vec<(u64, u64, u32)>,
+) -> Result<()> {
+    let len = r.end - r.start;
+    let writable = if r.runs.is_empty() { 0 } else { libc::PROT_WRITE as u32 };
+    let prot = (r.prot | writable) as u64;
+    if writable != 0 && r.prot & libc::PROT_WRITE as u32 == 0 {
+        made_writable.push((r.start, len, r.prot));
+    }
+    match &r.kind {
+        RegionKind::File { path, offset } => {
+            let fd = match file_fds.iter().find(|(p, _)| p == path) {
+                Some((_, fd)) => *fd,
+                None => {
+                    let mut c = path.as_bytes().to_vec();
+                    c.push(0);
+                    t.poke(path_at, &c)?;
+                    let fd = t.syscall_ok(
+                        "open mapped file",
+                        libc::SYS_openat,
+                        [libc::AT_FDCWD as u64, path_at, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0],
+                    )?;
+                    file_fds.push((path.clone(), fd));
+                    fd
+                }
+            };
+            t.syscall_ok(
+                "mmap file",
+                libc::SYS_mmap,
+                [r.start, len, prot, (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64, fd, *offset],
+            )?;
+        }
+        kind => {
+            let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
+            if *kind == RegionKind::Stack {
+                flags |= libc::MAP_GROWSDOWN;
             }
-            kind => {
-                let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
-                if *kind == RegionKind::Stack {
-                    flags |= libc::MAP_GROWSDOWN;
-                }
-                if r.prot == 0 {
-                    flags |= libc::MAP_NORESERVE;
-                }
-                t.syscall_ok("mmap", libc::SYS_mmap, [r.start, len, prot, flags as u64, u64::MAX, 0])?;
-                if len >= 4 << 20 && !r.runs.is_empty() {
-                    // Huge pages make writing the image several times cheaper.
-                    let _ = t.syscall(libc::SYS_madvise, [r.start, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0]);
-                }
+            if r.prot == 0 {
+                flags |= libc::MAP_NORESERVE;
+            }
+            t.syscall_ok("mmap", libc::SYS_mmap, [r.start, len, prot, flags as u64, u64::MAX, 0])?;
+            if len >= 4 << 20 && !r.runs.is_empty() {
+                // Huge pages make writing the image several times cheaper.
+                let _ = t.syscall(libc::SYS_madvise, [r.start, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0]);
             }
         }
     }
-    Ok(Restore { scratch, file_fds })
+    Ok(())
+}
+
+/// Same mapping in two images (a region pre-copied can be kept).
+pub fn same_region(a: &Region, b: &Region) -> bool {
+    a.start == b.start && a.end == b.end && a.prot == b.prot && a.kind == b.kind
+}
+
+/// Phase 1 again, after a pre-copy: the target already holds `pre`'s layout
+/// and pages. Keep the regions that did not change, drop the ones that went
+/// away, map the new ones.
+pub fn restore_layout_again(t: &mut Tracee, img: &Image, pre: &Image, rs: Restore) -> Result<Restore> {
+    let Restore { scratch, mut file_fds, made_writable } = rs;
+    t.syscall_ip = scratch;
+    if img.regions.iter().any(|r| r.start < scratch + SCRATCH_LEN && scratch < r.end) {
+        return Err(TraceError::Injected {
+            pid: t.pid,
+            name: "scratch area now used by the process",
+            errno: libc::EEXIST as i64,
+        });
+    }
+    for q in &pre.regions {
+        if !img.regions.iter().any(|r| same_region(r, q)) {
+            t.syscall_ok("munmap", libc::SYS_munmap, [q.start, q.end - q.start, 0, 0, 0, 0])?;
+        }
+    }
+    // Regions kept keep their writable state from the first pass.
+    let mut still_writable: Vec<(u64, u64, u32)> = made_writable
+        .into_iter()
+        .filter(|&(s, l, _)| img.regions.iter().any(|r| r.start == s && r.end - r.start == l))
+        .collect();
+    let path_at = scratch + 1024;
+    for r in &img.regions {
+        match pre.regions.iter().find(|q| same_region(r, q)) {
+            Some(q) => {
+                let was_writable = q.prot & libc::PROT_WRITE as u32 != 0 || !q.runs.is_empty();
+                if !r.runs.is_empty() && !was_writable {
+                    let len = r.end - r.start;
+                    t.syscall_ok(
+                        "mprotect",
+                        libc::SYS_mprotect,
+                        [r.start, len, (r.prot | libc::PROT_WRITE as u32) as u64, 0, 0, 0],
+                    )?;
+                    still_writable.push((r.start, len, r.prot));
+                }
+            }
+            None => map_region(t, r, &mut file_fds, path_at, &mut still_writable)?,
+        }
+    }
+    Ok(Restore { scratch, file_fds, made_writable: still_writable })
 }
 
 /// Phase 3 of a restore (after the pages are written): protections, mm fields,
@@ -665,10 +831,8 @@ pub fn restore_layout(t: &mut Tracee, img: &Image, target: Target, parked_scratc
 pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore, cwd: Option<&str>) -> Result<()> {
     let pid = t.pid;
     let data = rs.scratch + 1024;
-    for r in &img.regions {
-        if !r.runs.is_empty() && r.prot & libc::PROT_WRITE as u32 == 0 {
-            t.syscall_ok("mprotect", libc::SYS_mprotect, [r.start, r.end - r.start, r.prot as u64, 0, 0, 0])?;
-        }
+    for &(start, len, prot) in &rs.made_writable {
+        t.syscall_ok("mprotect", libc::SYS_mprotect, [start, len, prot as u64, 0, 0, 0])?;
     }
     if target == Target::Fresh {
         let exe_fd = if img.exe_reopen {
@@ -806,4 +970,39 @@ pub fn rollback(t: &mut Tracee, scratch: u64) -> Result<()> {
     let r = unmap_scratch(t, scratch);
     t.saved = keep;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_merge_sorted_unique_pages() {
+        assert_eq!(runs_of(vec![5, 1, 2, 3, 3, 9, 10]), vec![(1, 3), (5, 1), (9, 2)]);
+        assert!(runs_of(Vec::new()).is_empty());
+        let back: Vec<u64> = page_indices(&[(1, 3), (9, 2)]).collect();
+        assert_eq!(back, vec![1, 2, 3, 9, 10]);
+    }
+
+    #[test]
+    fn batches_respect_size_and_split_runs() {
+        let b = batch_runs([(0x1000u64, 10 * 4096usize), (0x100000, 4096)].into_iter(), 4 * 4096);
+        assert_eq!(b.len(), 3);
+        assert!(b.iter().all(|x| x.iter().map(|r| r.1).sum::<usize>() <= 4 * 4096));
+        let total: usize = b.iter().flatten().map(|r| r.1).sum();
+        assert_eq!(total, 11 * 4096);
+    }
+
+    #[test]
+    fn same_region_needs_same_bounds_protection_and_kind() {
+        let r = Region { start: 0x1000, end: 0x3000, prot: 3, kind: RegionKind::Anon, runs: vec![(0, 1)] };
+        let mut q = r.clone();
+        q.runs.clear();
+        assert!(same_region(&r, &q));
+        q.end = 0x4000;
+        assert!(!same_region(&r, &q));
+        let mut k = r.clone();
+        k.kind = RegionKind::Heap;
+        assert!(!same_region(&r, &k));
+    }
 }

@@ -59,6 +59,31 @@ pub fn send_image<W: Write>(w: &mut W, pid: i32, img: &Image) -> Result<u64, Wir
     Ok(total)
 }
 
+/// Pre-copy: send the layout and pages of the running process `pid`, and
+/// return the hash of every page as sent. A piece that cannot be read (the
+/// process unmapped it meanwhile) is sent as zeroes; the final pass repairs it.
+pub fn send_pre_image<W: Write>(w: &mut W, pid: i32, img: &Image) -> Result<image::PageHashes, WireError> {
+    wire::send(w, &Msg::PreImage(Box::new(img.clone())))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut hashes = image::PageHashes::with_capacity((img.data_bytes() / image::PAGE) as usize);
+    for batch in image::batch_runs(img.runs(), CHUNK) {
+        let n: usize = batch.iter().map(|r| r.1).sum();
+        if image::read_pages(pid, &batch, &mut buf[..n]).is_err() {
+            buf[..n].fill(0);
+        }
+        let mut off = 0;
+        for &(a, l) in &batch {
+            for (k, page) in buf[off..off + l].chunks(image::PAGE as usize).enumerate() {
+                hashes.insert(a + k as u64 * image::PAGE, xxhash_rust::xxh3::xxh3_64(page));
+            }
+            off += l;
+        }
+        wire::send_data(w, &buf[..n])?;
+    }
+    wire::send(w, &Msg::PagesDone)?;
+    Ok(hashes)
+}
+
 /// Receive the page stream for `img` and write it into the tracee.
 pub fn recv_pages<R: Read>(r: &mut R, t: &Tracee, img: &Image) -> Result<u64, WireError> {
     let mut total = 0u64;

@@ -116,6 +116,9 @@ pub enum Msg {
     Refused {
         reason: String,
     },
+    /// Layout and pages of the still-running process (pre-copy); an `Image`
+    /// with only what changed follows at the freeze.
+    PreImage(Box<Image>),
     Image(Box<Image>),
     PagesDone,
     Resumed {

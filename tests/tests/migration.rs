@@ -368,3 +368,21 @@ fn bulk_reads_and_writes_while_away_are_byte_exact() {
     let got = std::fs::read(&dst).expect("dst");
     assert!(got == data, "copy differs ({} bytes of {})", got.len(), data.len());
 }
+
+/// Memory that changes quickly while it is pre-copied arrives intact: every
+/// page changed after it was sent travels again at the freeze.
+#[test]
+fn memory_changing_during_precopy_arrives_intact() {
+    let c = Cluster::start(2);
+    let mut p = c.om_exec(1, &bin("counter"), &["16", "600", "1"], "fast.out");
+    let pid = p.id();
+    wait_lines(&c.path("fast.out"), 50, T);
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    std::thread::sleep(Duration::from_millis(300));
+    c.migrate(1, pid, "home").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    std::thread::sleep(Duration::from_millis(100));
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(wait_child(&mut p, T).success(), "{}", c.logs());
+    check_counter(&wait_lines(&c.path("fast.out"), 600, T), pid);
+    assert!(c.log(1).contains("resent_bytes"), "no pre-copy happened");
+}

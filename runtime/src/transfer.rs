@@ -105,3 +105,36 @@ pub fn recv_pages<R: Read>(r: &mut R, t: &Tracee, img: &Image) -> Result<u64, Wi
         m => Err(WireError::Unexpected(format!("{m:?} instead of the end of the page stream"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_different_kernel_or_fpu_state_is_refused() {
+        let (h, l) = image::local_vdso();
+        let x = crate::sys::xsave_size();
+        assert!(matches!(answer_offer(&[], h, l, x), Msg::OfferOk { .. }));
+        match answer_offer(&[], h ^ 1, l, x) {
+            Msg::Refused { reason } => assert!(reason.contains("different kernel")),
+            m => panic!("{m:?}"),
+        }
+        match answer_offer(&[], h, l, x + 64) {
+            Msg::Refused { reason } => assert!(reason.contains("FPU state")),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn files_are_reopened_only_when_identical() {
+        let exe = std::env::current_exe().unwrap().to_string_lossy().into_owned();
+        let id = image::file_id(&exe).unwrap();
+        let mut other = id.clone();
+        other.mtime_ns += 1;
+        let (h, l) = image::local_vdso();
+        match answer_offer(&[(exe.clone(), id), (exe, other)], h, l, crate::sys::xsave_size()) {
+            Msg::OfferOk { reopen } => assert_eq!(reopen, vec![true, false]),
+            m => panic!("{m:?}"),
+        }
+    }
+}

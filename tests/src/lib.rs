@@ -55,11 +55,17 @@ pub struct Node {
 pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: Vec<Node>,
+    extra: Vec<Vec<String>>,
 }
 
 impl Cluster {
     /// Start `n` daemons that know each other as static peers.
     pub fn start(n: u32) -> Cluster {
+        Self::start_with(n, |_| Vec::new())
+    }
+
+    /// Like [`Cluster::start`], with extra omd flags per node.
+    pub fn start_with(n: u32, extra: impl Fn(u32) -> Vec<String>) -> Cluster {
         require_root();
         let base = bin_dir().join("om-e2e");
         let dir = base.join(format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
@@ -68,7 +74,7 @@ impl Cluster {
         let nodes = (1..=n)
             .map(|id| Node { id, port: free_port(), socket: dir.join(format!("n{id}.sock")), child: None })
             .collect();
-        let mut c = Cluster { dir, nodes };
+        let mut c = Cluster { dir, nodes, extra: (1..=n).map(&extra).collect() };
         for id in 1..=n {
             c.start_node(id);
         }
@@ -90,6 +96,7 @@ impl Cluster {
             .arg(format!("--socket={}", node.socket.display()))
             .arg(format!("--state-dir={}", self.dir.join(format!("s{id}")).display()))
             .args(peers)
+            .args(&self.extra[(id - 1) as usize])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -113,3 +113,67 @@ fn om_exec_keeps_pid_and_exit_status() {
     assert_eq!(l[0], l[1], "pid changed: {text}");
     assert_eq!(l[2], "42");
 }
+
+#[test]
+fn shared_memory_sysv_and_own_seccomp_are_refused_and_the_process_stays() {
+    let c = Cluster::start(2);
+    for (mode, why) in
+        [("shared", "shared anonymous memory"), ("sysv", "SysV shared memory"), ("seccomp", "seccomp filter")]
+    {
+        let out = format!("{mode}.out");
+        let mut p = c.om_exec(1, &bin("cantmove"), &[mode, "15"], &out);
+        wait_lines(&c.path(&out), 2, T);
+        let e = err_text(c.migrate(1, p.id(), "2"));
+        assert!(e.contains("cannot migrate") && e.contains(why), "{mode}: {e}");
+        assert_eq!(c.where_is(1, p.id()), Some(1));
+        assert!(wait_child(&mut p, T).success(), "{mode} did not finish");
+        assert_eq!(wait_lines(&c.path(&out), 16, T).last().map(String::as_str), Some("tick 14"));
+    }
+}
+
+#[test]
+fn a_node_that_refuses_guests_says_so_and_the_process_stays() {
+    let c = Cluster::start_with(2, |id| if id == 2 { vec!["--no-guests".into()] } else { Vec::new() });
+    let mut p = c.om_exec(1, &bin("counter"), &["4", "30", "50"], "c.out");
+    wait_lines(&c.path("c.out"), 2, T);
+    let e = err_text(c.migrate(1, p.id(), "2"));
+    assert!(e.contains("refused") && e.contains("does not accept guests"), "{e}");
+    assert_eq!(c.where_is(1, p.id()), Some(1));
+    assert!(wait_child(&mut p, T).success());
+}
+
+/// While away, the deputy opens files with the process's own credentials:
+/// a process of user nobody cannot read a root-only file, away as at home.
+#[test]
+fn the_deputy_acts_with_the_process_credentials_not_the_daemons() {
+    let c = Cluster::start(2);
+    let secret = c.path("secret");
+    std::fs::write(&secret, "root only\n").expect("secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    for remote in [false, true] {
+        let mut p = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(bin("om-exec"))
+            .arg("--")
+            .arg(bin("opener"))
+            .arg(&secret)
+            .env("OM_SOCKET", c.socket(1))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("setpriv (util-linux) runs om-exec as nobody");
+        let mut out = std::io::BufReader::new(p.stdout.take().expect("out"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).expect("ready");
+        assert_eq!(line.trim(), "ready");
+        if remote {
+            c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+            assert_eq!(c.where_is(1, p.id()), Some(2));
+        }
+        p.stdin.as_mut().expect("in").write_all(b"go\n").expect("go");
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).expect("result");
+        assert_eq!(line.trim(), format!("denied {}", libc::EACCES), "remote={remote}");
+        assert!(wait_child(&mut p, T).success());
+    }
+}

@@ -141,6 +141,14 @@ pub fn run(
                     break;
                 }
             }
+            Ok(Frame::Msg(Msg::FdIdent { id, fd })) => {
+                let file = if fd >= 0 && fd < res { om_runtime::image::fd_file_id(fd) } else { None };
+                let _w = shared.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = wire::send(&mut link, &Msg::FdIdentRet { id, file }) {
+                    let _ = events.send(Event::Lost(e.to_string()));
+                    break;
+                }
+            }
             Ok(Frame::Msg(Msg::Exited { code, signal })) => {
                 let _ = events.send(Event::Exited { code, signal });
                 break;

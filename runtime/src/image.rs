@@ -205,6 +205,21 @@ pub fn file_id(path: &str) -> Option<FileId> {
     Some(id)
 }
 
+/// Identity of the regular file open at `fd` in this thread's fd table, and
+/// its path, or None for anything else.
+pub fn fd_file_id(fd: i32) -> Option<(String, FileId)> {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::fs::read_link(format!("/proc/thread-self/fd/{fd}")).ok()?.to_string_lossy().into_owned();
+    let file = std::fs::File::open(format!("/proc/thread-self/fd/{fd}")).ok()?;
+    let md = file.metadata().ok()?;
+    if !md.is_file() || path.ends_with(" (deleted)") {
+        return None;
+    }
+    let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    let hash = sampled_hash(&format!("/proc/thread-self/fd/{fd}"), md.size()).ok()?;
+    Some((path, FileId { size: md.size(), mtime_ns, hash }))
+}
+
 /// Hash of the first and last 64 KiB and 32 evenly spaced 4 KiB blocks: with
 /// the size and the nanosecond mtime, this tells a copy of the same file from
 /// another file without reading all of it (libraries are tens of MB).

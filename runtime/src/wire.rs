@@ -131,6 +131,15 @@ pub enum Msg {
     // ---- node link: a migrated process (remote <-> deputy)
     Sys(SysReq),
     SysRet(SysRet),
+    /// Which file does home fd `fd` refer to (for a private file mapping)?
+    FdIdent {
+        id: u64,
+        fd: i32,
+    },
+    FdIdentRet {
+        id: u64,
+        file: Option<(String, FileId)>,
+    },
     Signal {
         sig: i32,
     },

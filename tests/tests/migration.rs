@@ -386,3 +386,62 @@ fn memory_changing_during_precopy_arrives_intact() {
     check_counter(&wait_lines(&c.path("fast.out"), 600, T), pid);
     assert!(c.log(1).contains("resent_bytes"), "no pre-copy happened");
 }
+
+/// A CPython script exercising files, directories, pipes with
+/// select/poll/epoll, a TCP socket to a server at home, uname, getppid and
+/// isatty prints the same lines away as it does natively.
+#[test]
+fn forwarded_syscalls_behave_as_at_home() {
+    let c = Cluster::start(2);
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = server.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in server.incoming().flatten() {
+            let mut s = s;
+            let mut b = [0u8; 5];
+            if std::io::Read::read_exact(&mut s, &mut b).is_ok() {
+                let _ = std::io::Write::write_all(&mut s, b"pong\n");
+            }
+        }
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/py/syscalls.py");
+    let python = which("python3");
+    let run = |om: bool, dir: &Path| -> String {
+        std::fs::create_dir_all(dir).expect("dir");
+        let mut cmd = if om {
+            let mut k = Command::new(bin("om-exec"));
+            k.env("OM_SOCKET", c.socket(1)).arg("--").arg(&python);
+            k
+        } else {
+            Command::new(&python)
+        };
+        let mut p = cmd
+            .arg(&script)
+            .arg(dir)
+            .arg(port.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python");
+        let mut out = std::io::BufReader::new(p.stdout.take().expect("out"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).expect("ready");
+        if om {
+            c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        }
+        std::io::Write::write_all(p.stdin.as_mut().expect("in"), b"go\n").expect("go");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).expect("output");
+        assert!(wait_child(&mut p, T).success());
+        if om {
+            assert!(c.log(2).contains("guest running"), "it never ran away");
+            // Everything in the script is served away: it never had to go home.
+            assert!(!c.log(2).contains("going home"), "it went home:\n{}", c.log(2));
+        }
+        rest
+    };
+    let native = run(false, &c.path("native"));
+    let away = run(true, &c.path("away"));
+    assert!(native.ends_with("done\n"), "{native}");
+    assert_eq!(away, native, "\n{}", c.logs());
+}

@@ -361,6 +361,20 @@ pub fn seccomp_send(fd: RawFd, id: u64, val: i64, continue_: bool) -> io::Result
     Ok(true)
 }
 
+/// Install `src` in the notifying process at fd number `newfd` (replacing
+/// what is there), close-on-exec, while notification `id` is pending.
+pub fn seccomp_addfd_at(fd: RawFd, id: u64, src: RawFd, newfd: i32) -> io::Result<i32> {
+    let mut a = libc::seccomp_notif_addfd {
+        id,
+        flags: libc::SECCOMP_ADDFD_FLAG_SETFD as u32,
+        srcfd: src as u32,
+        newfd: newfd as u32,
+        newfd_flags: libc::O_CLOEXEC as u32,
+    };
+    // SAFETY: a is a live seccomp_notif_addfd.
+    cvt(unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut a) } as libc::c_long).map(|n| n as i32)
+}
+
 /// Is the notification still pending (the target has not been interrupted)?
 pub fn seccomp_id_valid(fd: RawFd, id: u64) -> bool {
     let mut v = id;

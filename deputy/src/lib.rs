@@ -157,6 +157,22 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     let (rel_tx, rel_rx) = channel::bounded(1);
     let setup = Setup::from_image(&cap.image);
     let sh = shared.clone();
+    // Reports from the remote's helper on the control link (job-control stops).
+    match ctl_link.try_clone() {
+        Ok(mut r) => {
+            let tx = ev_tx.clone();
+            let _ = std::thread::Builder::new().name(format!("ctl-{pid}")).spawn(move || {
+                while let Ok(m) = wire::recv_msg(&mut r) {
+                    if let Msg::Stopped { sig } = m {
+                        if tx.send(Event::Stopped(sig)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => return Err(fail(t, format!("cannot clone the control link: {e}"))),
+    }
     let spawned = std::thread::Builder::new()
         .name(format!("deputy-{pid}"))
         .spawn(move || serve::run(reader, setup, sh, ready_tx, ev_tx, rel_rx));
@@ -257,6 +273,8 @@ impl Away {
     fn control(mut self, plan: &Plan, ctl: Receiver<Ctl>, state: &StateFn) {
         let pid = plan.pid;
         let mut waiting_home: Option<Sender<Result<(), String>>> = None;
+        // A stop signal we sent the placeholder ourselves, to deliver, not forward.
+        let mut injected_stop: Option<i32> = None;
         loop {
             // Requests from omd.
             if let Ok(Ctl::ComeHome(r)) = ctl.try_recv() {
@@ -274,6 +292,12 @@ impl Away {
                         let _ = r.send(Err(format!("process {pid} exited before it came home")));
                     }
                     return;
+                }
+                Ok(Event::Stopped(sig)) => {
+                    // The guest stopped: stop the placeholder with the same
+                    // signal, so the parent (a shell) sees it.
+                    injected_stop = Some(sig);
+                    let _ = rsys::tgkill(pid, pid, sig);
                 }
                 Ok(Event::GoingHome) => {
                     state(pid, "returning", plan.home);
@@ -311,11 +335,25 @@ impl Away {
                 Ok((0, _)) => {}
                 Ok((_, st)) if libc::WIFSTOPPED(st) => {
                     let sig = libc::WSTOPSIG(st);
-                    if st >> 16 == 0 && sig != libc::SIGTRAP {
+                    if st >> 16 == libc::PTRACE_EVENT_STOP {
+                        // Group-stop: stay stopped (the parent was told) until SIGCONT.
+                        if rsys::is_stop_signal(sig) {
+                            let _ = rsys::ptrace_listen(pid);
+                        } else {
+                            let _ = rsys::ptrace_cont(pid, 0);
+                        }
+                    } else if sig == libc::SIGTRAP {
+                        let _ = rsys::ptrace_cont(pid, 0);
+                    } else if injected_stop == Some(sig) {
+                        injected_stop = None;
+                        let _ = rsys::ptrace_cont(pid, sig);
+                    } else {
                         self.send(&Msg::Signal { sig });
-                        self.interrupt_deputy();
+                        if sig != libc::SIGCONT && !rsys::is_stop_signal(sig) {
+                            self.interrupt_deputy();
+                        }
+                        let _ = rsys::ptrace_cont(pid, 0);
                     }
-                    let _ = rsys::ptrace_cont(pid, 0);
                 }
                 Ok(_) | Err(_) => {
                     // The placeholder died (SIGKILL at home): the process dies with it.

@@ -16,7 +16,12 @@ use std::sync::{Arc, Mutex};
 
 /// What the deputy thread tells its controller.
 pub enum Event {
-    Exited { code: i32, signal: i32 },
+    Exited {
+        code: i32,
+        signal: i32,
+    },
+    /// The guest stopped (job control) with this signal.
+    Stopped(i32),
     GoingHome,
     Lost(String),
 }

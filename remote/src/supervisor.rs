@@ -52,6 +52,9 @@ struct Flags {
     tid: AtomicI32,
     /// Whole frames on `stream` from either thread.
     write_lock: Mutex<()>,
+    /// Held while the supervisor traces the guest, so the helper's waitid
+    /// never takes a ptrace event meant for it.
+    ptrace_lock: Mutex<()>,
 }
 
 enum Flow {
@@ -264,6 +267,9 @@ impl Supervisor {
         if sig == 0 {
             return 0;
         }
+        // The guest is alone in an orphaned process group, where the kernel
+        // drops TSTP/TTIN/TTOU with the default action: stop it for real.
+        let sig = if stop_is_default(self.gpid, sig) { libc::SIGSTOP } else { sig };
         match sys::tgkill(self.gpid, self.gpid, sig) {
             Ok(()) => 0,
             Err(e) => -(e.raw_os_error().unwrap_or(libc::EINVAL) as i64),
@@ -533,6 +539,8 @@ impl Supervisor {
         self.flags.come_home.store(false, Ordering::SeqCst);
         self.flags.going_home.store(true, Ordering::SeqCst);
         tracing::info!(guest = self.gpid, reason, "going home");
+        let flags = self.flags.clone();
+        let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
         let lfd = self.listener.as_raw_fd();
         let mut answer = || {
             if let Some(id) = pending {
@@ -645,6 +653,20 @@ fn scatter(pid: i32, iov: &[(u64, usize)], data: &[u8]) {
     }
 }
 
+/// Would `sig` stop the guest by its default action (TSTP/TTIN/TTOU not
+/// caught or ignored, or SIGSTOP)?
+fn stop_is_default(gpid: i32, sig: i32) -> bool {
+    if sig == libc::SIGSTOP {
+        return true;
+    }
+    if !matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
+        return false;
+    }
+    let Ok(st) = std::fs::read_to_string(format!("/proc/{gpid}/status")) else { return false };
+    let f = |k: &str| procfs::hex_mask(&procfs::status_field_in(&st, k).unwrap_or_default());
+    (f("SigCgt") | f("SigIgn")) & (1u64 << (sig - 1)) == 0
+}
+
 fn sleep_ms(ms: u64) -> bool {
     std::thread::sleep(std::time::Duration::from_millis(ms));
     true
@@ -670,12 +692,26 @@ fn helper(mut ctl: TcpStream, mut out: TcpStream, gpid: i32, flags: Arc<Flags>) 
     let pidfd = sys::pidfd_open(gpid, 0).ok();
     let pfd = pidfd.as_ref().map_or(-1, |p| p.as_raw_fd());
     let mut home_gone = false;
+    // The stop signal home sent that we turned into SIGSTOP (reported as itself).
+    let mut stop_sig: Option<i32> = None;
     loop {
         if flags.done.load(Ordering::SeqCst) {
             return;
         }
+        // Job control: tell home when the guest stops, so the placeholder (and
+        // the parent's wait) stops too.
+        if !flags.going_home.load(Ordering::SeqCst) {
+            if let Ok(_g) = flags.ptrace_lock.try_lock() {
+                if let Ok(Some((true, sig))) = sys::waitid_job(gpid) {
+                    let sig = stop_sig.take().unwrap_or(sig);
+                    if wire::send(&mut ctl, &Msg::Stopped { sig }).is_err() {
+                        home_gone = true;
+                    }
+                }
+            }
+        }
         let cfd = if home_gone { -1 } else { ctl.as_raw_fd() };
-        let rev = match sys::poll(&[(cfd, libc::POLLIN), (pfd, libc::POLLIN)], 50) {
+        let rev = match sys::poll(&[(cfd, libc::POLLIN), (pfd, libc::POLLIN)], 20) {
             Ok(r) => r,
             Err(_) => continue,
         };
@@ -703,7 +739,12 @@ fn helper(mut ctl: TcpStream, mut out: TcpStream, gpid: i32, flags: Arc<Flags>) 
         if rev[0] != 0 {
             match wire::recv(&mut ctl) {
                 Ok(Frame::Msg(Msg::Signal { sig })) => {
-                    let _ = sys::kill(gpid, sig);
+                    if stop_is_default(gpid, sig) {
+                        stop_sig = Some(sig);
+                        let _ = sys::kill(gpid, libc::SIGSTOP);
+                    } else {
+                        let _ = sys::kill(gpid, sig);
+                    }
                 }
                 Ok(Frame::Msg(Msg::Kill)) => {
                     let _ = sys::kill(gpid, libc::SIGKILL);

@@ -972,6 +972,14 @@ pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     for r in &img.regions {
         t.syscall_ok("munmap", libc::SYS_munmap, [r.start, r.end - r.start, 0, 0, 0, 0])?;
     }
+    // Signals the controller lets through (stops) must take their default
+    // action here: the handlers' code is no longer mapped.
+    let dfl = [0u8; 32];
+    t.poke(scratch + 1024, &dfl)?;
+    for a in &img.actions {
+        t.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [a.sig as u64, scratch + 1024, 0, 8, 0, 0])?;
+    }
+    sys::ptrace_set_sigmask(t.pid, 0).map_err(|e| TraceError::Io { pid: t.pid, what: "setsigmask", source: e })?;
     let mut regs = img.regs();
     regs.rip = scratch + PARK_OFFSET;
     regs.orig_rax = u64::MAX;

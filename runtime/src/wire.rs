@@ -144,6 +144,10 @@ pub enum Msg {
         sig: i32,
     },
     ComeHome,
+    /// The guest stopped (job control) with this signal: stop the placeholder too.
+    Stopped {
+        sig: i32,
+    },
     GoingHome {
         reason: String,
     },

@@ -445,3 +445,38 @@ fn forwarded_syscalls_behave_as_at_home() {
     assert!(native.ends_with("done\n"), "{native}");
     assert_eq!(away, native, "\n{}", c.logs());
 }
+
+/// Job control, as a shell does it on Ctrl-Z and `fg`: SIGTSTP to the home pid
+/// of a migrated process stops it (the parent's waitpid sees it stopped by
+/// SIGTSTP and it makes no progress), SIGCONT resumes it and it finishes.
+#[test]
+fn ctrl_z_stops_a_migrated_process_and_fg_resumes_it() {
+    let c = Cluster::start(2);
+    let mut p = c.om_exec(1, &bin("counter"), &["4", "60", "50"], "jc.out");
+    let pid = p.id() as i32;
+    wait_lines(&c.path("jc.out"), 3, T);
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    // SAFETY: signalling and waiting for the test's own child.
+    unsafe { libc::kill(pid, libc::SIGTSTP) };
+    let mut status = 0;
+    let t0 = std::time::Instant::now();
+    loop {
+        // SAFETY: as above.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED | libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the parent never saw the stop\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == libc::SIGTSTP, "status {status:#x}");
+    std::thread::sleep(Duration::from_millis(200));
+    let n = wait_lines(&c.path("jc.out"), 1, T).len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(wait_lines(&c.path("jc.out"), 1, T).len(), n, "it kept running while stopped");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(wait_child(&mut p, T).success(), "{}", c.logs());
+    check_counter(&wait_lines(&c.path("jc.out"), 60, T), pid as u32);
+    assert_eq!(c.where_is(1, pid as u32), None, "finished processes leave the table");
+}

@@ -447,3 +447,32 @@ impl Epoll {
         Ok(evs[..n as usize].iter().map(|e| (e.u64, e.events)).collect())
     }
 }
+
+/// A job-control change of a child, without reaping it: `Some((true, sig))`
+/// when it stopped with `sig`, `Some((false, 0))` when it continued.
+pub fn waitid_job(pid: i32) -> io::Result<Option<(bool, i32)>> {
+    // SAFETY: siginfo_t is plain data; zero is a valid start.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: info is a live siginfo_t.
+    let r = unsafe {
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WSTOPPED | libc::WCONTINUED | libc::WNOHANG)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled a SIGCHLD siginfo (or left it zeroed).
+    let (spid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if spid == 0 {
+        return Ok(None);
+    }
+    Ok(match info.si_code {
+        libc::CLD_STOPPED | libc::CLD_TRAPPED => Some((true, status)),
+        libc::CLD_CONTINUED => Some((false, 0)),
+        _ => None,
+    })
+}
+
+/// Is `sig` one of the job-control stop signals?
+pub fn is_stop_signal(sig: i32) -> bool {
+    matches!(sig, libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)
+}

@@ -112,17 +112,28 @@ pub fn run(
                 let input_is_separate =
                     req.data.is_empty() && spec_for(&req).is_some_and(|sp| marshal::input_len(&req, &sp) > 0);
                 if input_is_separate {
-                    match wire::recv_into(&mut link, &mut bufs.input) {
-                        Ok(None) => {}
-                        Ok(Some(m)) => {
-                            tracing::warn!(?m, "expected a call's data at the deputy");
-                            let _ = events.send(Event::Lost("protocol error".into()));
+                    // One data frame, or several pieces streamed as the
+                    // supervisor reads them out of the guest.
+                    let want = spec_for(&req).map_or(0, |sp| marshal::input_len(&req, &sp));
+                    bufs.input.clear();
+                    let mut failed = None;
+                    while bufs.input.len() < want {
+                        match wire::recv_append(&mut link, &mut bufs.input) {
+                            Ok(None) => {}
+                            Ok(Some(m)) => failed = Some(format!("expected a call's data, got {m:?}")),
+                            Err(e) => failed = Some(e.to_string()),
+                        }
+                        if failed.is_some() {
                             break;
                         }
-                        Err(e) => {
-                            let _ = events.send(Event::Lost(e.to_string()));
-                            break;
-                        }
+                    }
+                    if failed.is_none() && bufs.input.len() != want {
+                        failed = Some(format!("{} data bytes for {want}", bufs.input.len()));
+                    }
+                    if let Some(why) = failed {
+                        tracing::warn!(why, "bad call data at the deputy");
+                        let _ = events.send(Event::Lost(why));
+                        break;
                     }
                 }
                 let input = std::mem::take(&mut bufs.input);

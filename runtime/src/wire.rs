@@ -234,6 +234,13 @@ fn eof(e: io::Error) -> WireError {
 /// Read one frame; a data frame is read into `buf` (reused, no allocation
 /// once it is large enough) and gives `None`, a message gives `Some`.
 pub fn recv_into<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> Result<Option<Msg>, WireError> {
+    buf.clear();
+    recv_append(r, buf)
+}
+
+/// Like [`recv_into`], but a data frame is appended to `buf` (for a buffer
+/// that arrives in pieces).
+pub fn recv_append<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> Result<Option<Msg>, WireError> {
     let mut h = [0u8; 16];
     r.read_exact(&mut h).map_err(eof)?;
     let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
@@ -247,9 +254,10 @@ pub fn recv_into<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> Result<Option<Msg>, W
     let sum = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
     match h[4] {
         KIND_DATA => {
-            buf.resize(len, 0);
-            r.read_exact(buf).map_err(eof)?;
-            if checksum(buf) != sum {
+            let at = buf.len();
+            buf.resize(at + len, 0);
+            r.read_exact(&mut buf[at..]).map_err(eof)?;
+            if checksum(&buf[at..]) != sum {
                 return Err(WireError::Malformed("checksum mismatch".into()));
             }
             Ok(None)

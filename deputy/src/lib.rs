@@ -378,8 +378,25 @@ impl Away {
             m => return Err(format!("expected an offer, got {m:?}")),
         };
         wire::send(link, &reopen_msg).map_err(e)?;
-        let mut img = match wire::recv_msg(link).map_err(e)? {
-            Msg::Image(i) => *i,
+        // A pre-copy (laid out in the stopped placeholder while the guest
+        // still runs), then the final image; or the image alone.
+        let te = |e: om_runtime::ptrace::TraceError| e.to_string();
+        let mut t = Tracee::interrupt(pid, self.scratch).map_err(te)?;
+        let (mut img, rs) = match wire::recv_msg(link).map_err(e)? {
+            Msg::PreImage(pre) => {
+                let rs = image::restore_layout(&mut t, &pre, Target::Parked, self.scratch).map_err(te)?;
+                transfer::recv_pages(link, &t, &pre).map_err(e)?;
+                let img = match wire::recv_msg(link).map_err(e)? {
+                    Msg::Image(i) => *i,
+                    m => return Err(format!("expected the image, got {m:?}")),
+                };
+                let rs = image::restore_layout_again(&mut t, &img, &pre, rs, Target::Parked).map_err(te)?;
+                (img, rs)
+            }
+            Msg::Image(i) => {
+                let rs = image::restore_layout(&mut t, &i, Target::Parked, self.scratch).map_err(te)?;
+                (*i, rs)
+            }
             m => return Err(format!("expected the image, got {m:?}")),
         };
         let tid = self.shared.tid.load(Ordering::SeqCst);
@@ -392,9 +409,6 @@ impl Away {
                 img.umask = u32::from_str_radix(&u, 8).unwrap_or(img.umask);
             }
         }
-        let te = |e: om_runtime::ptrace::TraceError| e.to_string();
-        let mut t = Tracee::interrupt(pid, self.scratch).map_err(te)?;
-        let rs = image::restore_layout(&mut t, &img, Target::Parked, self.scratch).map_err(te)?;
         transfer::recv_pages(link, &t, &img).map_err(e)?;
         image::restore_finish(&mut t, &img, Target::Parked, &rs, Some(&cwd)).map_err(te)?;
         let fds = sys::take_thread_fds(tid, self.fds_res).map_err(|e| format!("taking the deputy's fds: {e}"))?;

@@ -131,7 +131,7 @@ fn rebuild(stream: &mut TcpStream, gpid: i32, first: Msg) -> Result<(OwnedFd, Im
                 Msg::Image(img) => *img,
                 m => return Err(WireError::Unexpected(format!("{m:?} instead of the image")).into()),
             };
-            let rs = image::restore_layout_again(&mut t, &img, &pre, rs)?;
+            let rs = image::restore_layout_again(&mut t, &img, &pre, rs, Target::Fresh)?;
             (img, rs)
         }
         Msg::Image(img) => {

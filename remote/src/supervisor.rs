@@ -541,20 +541,7 @@ impl Supervisor {
         tracing::info!(guest = self.gpid, reason, "going home");
         let flags = self.flags.clone();
         let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let lfd = self.listener.as_raw_fd();
-        let mut answer = || {
-            if let Some(id) = pending {
-                let _ = sys::seccomp_send(lfd, id, ERESTARTNOINTR, false);
-            }
-        };
-        let mut t = match Tracee::seize_then(self.gpid, true, &mut answer) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(%e, "cannot stop the guest to send it home");
-                return Flow::Go;
-            }
-        };
-        match self.send_home(&mut t, reason) {
+        match self.send_home(reason, pending) {
             Ok(true) => {
                 let _ = sys::kill(self.gpid, libc::SIGKILL);
                 let _ = sys::waitpid(self.gpid, libc::__WALL);
@@ -563,14 +550,15 @@ impl Supervisor {
             }
             Ok(false) | Err(_) => {
                 tracing::warn!("home could not take the process back; it keeps running here");
-                let _ = t.detach();
                 self.flags.going_home.store(false, Ordering::SeqCst);
                 Flow::Go
             }
         }
     }
 
-    fn send_home(&mut self, t: &mut Tracee, reason: &str) -> Result<bool, crate::GuestError> {
+    /// Pre-copy the guest home while it runs (or waits in the call that sends
+    /// it home), then stop it, capture it, and send what changed.
+    fn send_home(&mut self, reason: &str, pending: Option<u64>) -> Result<bool, crate::GuestError> {
         self.send(&Msg::GoingHome { reason: reason.to_string() })?;
         self.send(&transfer::offer(self.gpid, 0, 0))?;
         let reopen = match wire::recv_msg(&mut self.stream)? {
@@ -580,10 +568,52 @@ impl Supervisor {
         };
         let files = image::mapped_files(self.gpid);
         let same = |p: &str| files.iter().zip(&reopen).any(|((q, _), ok)| *ok && q == p);
-        let cap = image::capture(t, &same)?;
-        {
-            let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-            transfer::send_image(&mut self.stream, self.gpid, &cap.image)?;
+        let pre = image::pre_image(self.gpid, &same)?;
+        let sent = {
+            let flags = self.flags.clone();
+            let _g = flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            transfer::send_pre_image(&mut self.stream, self.gpid, &pre)?
+        };
+        let lfd = self.listener.as_raw_fd();
+        let mut answer = || {
+            if let Some(id) = pending {
+                let _ = sys::seccomp_send(lfd, id, ERESTARTNOINTR, false);
+            }
+        };
+        let frozen = std::time::Instant::now();
+        let mut t = Tracee::seize_then(self.gpid, true, &mut answer)?;
+        let r = self.send_final(&mut t, &same, &pre, &sent);
+        if matches!(r, Ok(true)) {
+            tracing::info!(
+                home_freeze_ms = frozen.elapsed().as_secs_f64() * 1e3,
+                bytes = pre.data_bytes(),
+                "sent home"
+            );
+        }
+        if !matches!(r, Ok(true)) {
+            let _ = t.detach();
+        }
+        r
+    }
+
+    fn send_final(
+        &mut self,
+        t: &mut Tracee,
+        same: &dyn Fn(&str) -> bool,
+        pre: &Image,
+        sent: &image::PageHashes,
+    ) -> Result<bool, crate::GuestError> {
+        let mut cap = image::capture(t, same)?;
+        let sent_ok = image::prune_unchanged(self.gpid, &mut cap.image, pre, sent)
+            .map_err(crate::GuestError::from)
+            .and_then(|_| {
+                let flags = self.flags.clone();
+                let _g = flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                transfer::send_image(&mut self.stream, self.gpid, &cap.image).map_err(crate::GuestError::from)
+            });
+        if let Err(e) = sent_ok {
+            let _ = image::rollback(t, cap.scratch);
+            return Err(e);
         }
         loop {
             match wire::recv_msg(&mut self.stream)? {

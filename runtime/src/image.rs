@@ -721,13 +721,9 @@ pub fn restore_layout(t: &mut Tracee, img: &Image, target: Target, parked_scratc
 
     let path_at = scratch + 1024;
     let mut file_fds: Vec<(String, u64)> = Vec::new();
-    if target == Target::Parked {
-        // brk cannot be set by PR_SET_MM_MAP without CAP_SYS_ADMIN: move it with brk itself.
-        t.syscall(libc::SYS_brk, [img.mm.start_brk, 0, 0, 0, 0, 0])?;
-        let got = t.syscall(libc::SYS_brk, [img.mm.brk, 0, 0, 0, 0, 0])? as u64;
-        if got != img.mm.brk {
-            return Err(TraceError::Injected { pid, name: "brk", errno: libc::ENOMEM as i64 });
-        }
+    // A pre-copy image has no mm fields: brk is moved in the final pass.
+    if target == Target::Parked && img.mm.brk != 0 {
+        move_brk(t, img)?;
     }
     let mut made_writable = Vec::new();
     for r in &img.regions {
@@ -791,15 +787,29 @@ fn map_region(
     Ok(())
 }
 
-/// Same mapping in two images (a region pre-copied can be kept).
+/// The placeholder runs unprivileged, so its brk cannot be set by
+/// PR_SET_MM_MAP: move it with brk itself (down to start_brk, then up), which
+/// only works while nothing is mapped where the heap goes.
+fn move_brk(t: &mut Tracee, img: &Image) -> Result<()> {
+    t.syscall(libc::SYS_brk, [img.mm.start_brk, 0, 0, 0, 0, 0])?;
+    let got = t.syscall(libc::SYS_brk, [img.mm.brk, 0, 0, 0, 0, 0])? as u64;
+    if got != img.mm.brk {
+        return Err(TraceError::Injected { pid: t.pid, name: "brk", errno: libc::ENOMEM as i64 });
+    }
+    Ok(())
+}
+
+/// Same mapping in two images (a region pre-copied can be kept). The heap
+/// never counts as the same: it is rebuilt after brk moves (see [`move_brk`]),
+/// so it always travels whole.
 pub fn same_region(a: &Region, b: &Region) -> bool {
-    a.start == b.start && a.end == b.end && a.prot == b.prot && a.kind == b.kind
+    a.start == b.start && a.end == b.end && a.prot == b.prot && a.kind == b.kind && a.kind != RegionKind::Heap
 }
 
 /// Phase 1 again, after a pre-copy: the target already holds `pre`'s layout
 /// and pages. Keep the regions that did not change, drop the ones that went
 /// away, map the new ones.
-pub fn restore_layout_again(t: &mut Tracee, img: &Image, pre: &Image, rs: Restore) -> Result<Restore> {
+pub fn restore_layout_again(t: &mut Tracee, img: &Image, pre: &Image, rs: Restore, target: Target) -> Result<Restore> {
     let Restore { scratch, mut file_fds, made_writable } = rs;
     t.syscall_ip = scratch;
     if img.regions.iter().any(|r| r.start < scratch + SCRATCH_LEN && scratch < r.end) {
@@ -813,6 +823,9 @@ pub fn restore_layout_again(t: &mut Tracee, img: &Image, pre: &Image, rs: Restor
         if !img.regions.iter().any(|r| same_region(r, q)) {
             t.syscall_ok("munmap", libc::SYS_munmap, [q.start, q.end - q.start, 0, 0, 0, 0])?;
         }
+    }
+    if target == Target::Parked {
+        move_brk(t, img)?;
     }
     // Regions kept keep their writable state from the first pass.
     let mut still_writable: Vec<(u64, u64, u32)> = made_writable
@@ -1027,5 +1040,6 @@ mod tests {
         let mut k = r.clone();
         k.kind = RegionKind::Heap;
         assert!(!same_region(&r, &k));
+        assert!(!same_region(&k, &k), "the heap always travels whole");
     }
 }

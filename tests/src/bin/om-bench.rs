@@ -122,12 +122,14 @@ fn native_sysbench(args: &[&str]) -> f64 {
     line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("value")
 }
 
-/// Freeze times (ms) of `rounds` migrations home -> 2 of a counter with `mib` MiB.
-fn freeze_ms(c: &Cluster, mib: usize, rounds: usize) -> Vec<f64> {
+/// Freeze times (ms) of `rounds` migrations home -> 2 and back of a counter
+/// with `mib` MiB: (out, back).
+fn freeze_ms(c: &Cluster, mib: usize, rounds: usize) -> (Vec<f64>, Vec<f64>) {
     let out = format!("freeze{mib}.out");
     let mut p = c.om_exec(1, &bin("counter"), &[&mib.to_string(), "0", "200"], &out);
     wait_lines(&c.path(&out), 2, Duration::from_secs(120));
-    let before = c.log(1).matches("freeze_ms=").count();
+    let before = c.log(1).matches(" freeze_ms=").count();
+    let before_home = c.log(2).matches("home_freeze_ms=").count();
     for _ in 0..rounds {
         c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
         std::thread::sleep(Duration::from_millis(300));
@@ -136,11 +138,10 @@ fn freeze_ms(c: &Cluster, mib: usize, rounds: usize) -> Vec<f64> {
     }
     let _ = p.kill();
     let _ = p.wait();
-    c.log(1)
-        .split("freeze_ms=")
-        .skip(1 + before)
-        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .collect()
+    let values = |log: String, key: &str, skip: usize| -> Vec<f64> {
+        log.split(key).skip(1 + skip).filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).collect()
+    };
+    (values(c.log(1), " freeze_ms=", before), values(c.log(2), "home_freeze_ms=", before_home))
 }
 
 fn main() {
@@ -192,10 +193,12 @@ fn main() {
     // Freeze times.
     for (mib, target) in [(64usize, 60.0f64), (512, 600.0)] {
         let rounds = if quick { 2 } else { 5 };
-        let f = freeze_ms(&c, mib, rounds);
-        let m = median(f.clone());
+        let (out, back) = freeze_ms(&c, mib, rounds);
         let cp = memcpy_ms(mib);
-        println!("| freeze of a {mib} MiB process, home -> node 2 (median of {}) | {m:.0} ms | memcpy of {mib} MiB {cp:.1} ms | {:.1}x | <= {target:.0} ms | {} |", f.len(), m / cp, yes(m <= target));
+        for (dir, f) in [("home -> node 2", out), ("node 2 -> home", back)] {
+            let m = median(f.clone());
+            println!("| freeze of a {mib} MiB process, {dir} (median of {}) | {m:.0} ms | memcpy of {mib} MiB {cp:.1} ms | {:.1}x | <= {target:.0} ms | {} |", f.len(), m / cp, yes(m <= target));
+        }
     }
 }
 

@@ -38,10 +38,7 @@ pub struct Plan {
     pub addr: SocketAddr,
 }
 
-/// Signal used to wake the deputy thread out of a blocking call.
-pub fn wake_signal() -> i32 {
-    libc::SIGRTMIN() + 4
-}
+pub use om_runtime::sys::wake_signal;
 
 /// Run in a dedicated thread: migrate the process, answer `reply`, then
 /// control it until it ends or comes home.

@@ -10,7 +10,7 @@ use om_runtime::sys;
 use om_runtime::syscalls::{self, Arg, Class, Len};
 use om_runtime::wire::{self, Frame, Msg, SysReq, SysRet};
 use std::net::TcpStream;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -279,10 +279,4 @@ pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) ->
         }
     }
     ret
-}
-
-/// A TcpStream over an fd of the private table.
-pub(crate) fn stream_from_raw(fd: i32) -> TcpStream {
-    // SAFETY: `fd` is a socket fd this thread owns exclusively in its private table.
-    unsafe { TcpStream::from_raw_fd(fd) }
 }

@@ -39,8 +39,11 @@ fn clear_cloexec(fd: RawFd) {
     unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
 }
 
+/// A TcpStream over an fd of the private table.
 pub fn stream_from(fd: RawFd) -> TcpStream {
-    crate::serve::stream_from_raw(fd)
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is a socket this thread owns exclusively in its private table.
+    unsafe { TcpStream::from_raw_fd(fd) }
 }
 
 /// Copies of the deputy thread's fds (below `res`), with their close-on-exec flags.

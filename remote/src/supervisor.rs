@@ -716,7 +716,7 @@ fn helper(mut ctl: TcpStream, mut out: TcpStream, gpid: i32, flags: Arc<Flags>) 
     let wake = || {
         let tid = flags.tid.load(Ordering::SeqCst);
         if tid != 0 {
-            let _ = sys::tgkill(sys::getpid(), tid, libc::SIGRTMIN() + 4);
+            let _ = sys::tgkill(sys::getpid(), tid, sys::wake_signal());
         }
     };
     let pidfd = sys::pidfd_open(gpid, 0).ok();

@@ -130,15 +130,7 @@ impl Image {
     }
 }
 
-pub fn regs_to_array(r: &Regs) -> [u64; 27] {
-    // SAFETY: user_regs_struct on x86_64 is exactly 27 u64 fields, no padding.
-    unsafe { std::mem::transmute::<Regs, [u64; 27]>(*r) }
-}
-
-pub fn regs_from_array(a: &[u64; 27]) -> Regs {
-    // SAFETY: as above; every bit pattern is a valid user_regs_struct.
-    unsafe { std::mem::transmute::<[u64; 27], Regs>(*a) }
-}
+pub use sys::{regs_from_array, regs_to_array};
 
 /// Why a process cannot move (openMosix's `cantmove`), or None.
 pub fn cant_move(pid: i32) -> Option<String> {
@@ -274,9 +266,7 @@ pub fn local_vdso() -> (u64, u64) {
         return (0, 0);
     };
     let len = (v.end - v.start) as usize;
-    // SAFETY: the [vdso] mapping of our own process is readable for its whole length.
-    let bytes = unsafe { std::slice::from_raw_parts(v.start as *const u8, len) };
-    (xxhash_rust::xxh3::xxh3_64(bytes), len as u64)
+    (xxhash_rust::xxh3::xxh3_64(&sys::own_mapping(v.start, len)), len as u64)
 }
 
 fn find_syscall_insn(t: &Tracee, maps: &[MapLine]) -> Result<u64> {

@@ -238,10 +238,7 @@ impl Tracee {
     }
 }
 
-pub fn zero_regs() -> Regs {
-    // SAFETY: user_regs_struct is plain data; all zero is valid.
-    unsafe { std::mem::zeroed() }
-}
+pub use crate::sys::zero_regs;
 
 #[cfg(test)]
 mod tests {

@@ -476,3 +476,33 @@ pub fn waitid_job(pid: i32) -> io::Result<Option<(bool, i32)>> {
 pub fn is_stop_signal(sig: i32) -> bool {
     matches!(sig, libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)
 }
+
+/// All-zero registers.
+pub fn zero_regs() -> Regs {
+    // SAFETY: user_regs_struct is plain data; all zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Registers as the 27 words the image stores.
+pub fn regs_to_array(r: &Regs) -> [u64; 27] {
+    // SAFETY: user_regs_struct on x86_64 is exactly 27 u64 fields, no padding.
+    unsafe { std::mem::transmute::<Regs, [u64; 27]>(*r) }
+}
+
+pub fn regs_from_array(a: &[u64; 27]) -> Regs {
+    // SAFETY: as above; every bit pattern is a valid user_regs_struct.
+    unsafe { std::mem::transmute::<[u64; 27], Regs>(*a) }
+}
+
+/// The bytes of a mapping of this very process (used for our own vdso).
+pub fn own_mapping(start: u64, len: usize) -> Vec<u8> {
+    // SAFETY: the caller passes a mapping of this process read from
+    // /proc/self/maps that stays mapped (the vdso), readable for `len` bytes.
+    unsafe { std::slice::from_raw_parts(start as *const u8, len) }.to_vec()
+}
+
+/// Signal om uses to wake one of its threads out of a blocking call (its
+/// handler, installed by omd, does nothing and does not restart calls).
+pub fn wake_signal() -> i32 {
+    libc::SIGRTMIN() + 4
+}

@@ -102,7 +102,13 @@ pub fn host_guest(mut stream: TcpStream, offer: Msg, host: &Host) -> Result<(), 
             }
             wire::send(&mut stream, &Msg::Resumed { guest: gpid })?;
             tracing::info!(guest = gpid, ms = started.elapsed().as_secs_f64() * 1e3, "guest running");
-            supervisor::Supervisor::new(stream, ctl, gpid, listener, &img).run();
+            match supervisor::Supervisor::new(stream, ctl, gpid, listener, &img) {
+                Ok(s) => s.run(),
+                Err(e) => {
+                    tracing::error!(%e, "cannot supervise the guest; killing it");
+                    let _ = rsys::kill(gpid, libc::SIGKILL);
+                }
+            }
             Ok(())
         }
         Err(e) => {

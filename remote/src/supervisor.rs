@@ -22,8 +22,11 @@ const ERESTARTSYS: i64 = -512;
 const ERESTARTNOINTR: i64 = -513;
 
 pub struct Supervisor {
-    /// Calls to the deputy and their answers (the only reader is this thread).
+    /// Calls to the deputy (written here) and their answers (read through
+    /// `reader`: this thread is the link's only reader, so a buffer is safe and
+    /// saves a read per frame).
     stream: TcpStream,
+    reader: std::io::BufReader<TcpStream>,
     /// Signals and requests from home, read by the helper thread.
     ctl: Option<TcpStream>,
     gpid: i32,
@@ -64,9 +67,17 @@ enum Flow {
 }
 
 impl Supervisor {
-    pub fn new(stream: TcpStream, ctl: TcpStream, gpid: i32, listener: OwnedFd, img: &Image) -> Supervisor {
-        Supervisor {
+    pub fn new(
+        stream: TcpStream,
+        ctl: TcpStream,
+        gpid: i32,
+        listener: OwnedFd,
+        img: &Image,
+    ) -> std::io::Result<Supervisor> {
+        let reader = std::io::BufReader::with_capacity(1 << 16, stream.try_clone()?);
+        Ok(Supervisor {
             stream,
+            reader,
             ctl: Some(ctl),
             gpid,
             listener,
@@ -78,7 +89,7 @@ impl Supervisor {
             flags: Arc::new(Flags::default()),
             inbuf: Vec::new(),
             outbuf: Vec::new(),
-        }
+        })
     }
 
     /// Serve the guest's calls: block in RECV (the fastest wake-up, with
@@ -187,7 +198,7 @@ impl Supervisor {
             return Flow::Go;
         }
         let file = loop {
-            match wire::recv_msg(&mut self.stream) {
+            match wire::recv_msg(&mut self.reader) {
                 Ok(Msg::FdIdentRet { id, file }) if id == rid => break file,
                 Ok(m) => tracing::warn!(?m, "unexpected message while asking about an fd"),
                 Err(e) => {
@@ -511,7 +522,7 @@ impl Supervisor {
             return None;
         }
         let mut r = loop {
-            match wire::recv_into(&mut self.stream, &mut self.outbuf) {
+            match wire::recv_into(&mut self.reader, &mut self.outbuf) {
                 Ok(Some(Msg::SysRet(r))) if r.id == rid => break r,
                 Ok(other) => tracing::warn!(?other, "unexpected frame while waiting for the deputy"),
                 Err(e) => {
@@ -524,7 +535,7 @@ impl Supervisor {
         let out_len: usize =
             spec.iter().enumerate().map(|(i, a)| marshal::out_valid(*a, lens[i] as usize, r.ret)).sum();
         if out_len > marshal::INLINE_MAX {
-            match wire::recv_into(&mut self.stream, &mut self.outbuf) {
+            match wire::recv_into(&mut self.reader, &mut self.outbuf) {
                 Ok(None) => r.data = std::mem::take(&mut self.outbuf),
                 _ => return None,
             }
@@ -561,7 +572,7 @@ impl Supervisor {
     fn send_home(&mut self, reason: &str, pending: Option<u64>) -> Result<bool, crate::GuestError> {
         self.send(&Msg::GoingHome { reason: reason.to_string() })?;
         self.send(&transfer::offer(self.gpid, 0, 0))?;
-        let reopen = match wire::recv_msg(&mut self.stream)? {
+        let reopen = match wire::recv_msg(&mut self.reader)? {
             Msg::OfferOk { reopen } => reopen,
             Msg::Refused { reason } => return Err(crate::GuestError::Refused(reason)),
             m => return Err(wire::WireError::Unexpected(format!("{m:?} instead of an answer to the offer")).into()),
@@ -616,7 +627,7 @@ impl Supervisor {
             return Err(e);
         }
         loop {
-            match wire::recv_msg(&mut self.stream)? {
+            match wire::recv_msg(&mut self.reader)? {
                 Msg::HomeOk => return Ok(true),
                 Msg::RestoreFailed { reason } => {
                     tracing::warn!(reason, "home failed to rebuild the process");

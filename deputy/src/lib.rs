@@ -296,9 +296,9 @@ impl Away {
                     injected_stop = Some(sig);
                     let _ = rsys::tgkill(pid, pid, sig);
                 }
-                Ok(Event::GoingHome) => {
+                Ok(Event::GoingHome(read_ahead)) => {
                     state(pid, "returning", plan.home);
-                    let r = self.come_home(pid);
+                    let r = self.come_home(pid, read_ahead);
                     let _ = self.release.send(false);
                     match r {
                         Ok(()) => {
@@ -365,8 +365,10 @@ impl Away {
     }
 
     /// The remote is sending the process back: rebuild it in the placeholder.
-    fn come_home(&mut self, pid: i32) -> Result<(), String> {
-        let link = &mut self.link;
+    fn come_home(&mut self, pid: i32, read_ahead: Vec<u8>) -> Result<(), String> {
+        // The deputy may have read past GoingHome: those bytes come first.
+        let mut chained = std::io::Read::chain(std::io::Cursor::new(read_ahead), &self.link);
+        let link = &mut chained;
         let e = |e: wire::WireError| format!("link failed while coming home: {e}");
         let reopen_msg = match wire::recv_msg(link).map_err(e)? {
             Msg::Offer { files, vdso_hash, vdso_len, xsave, .. } => {
@@ -374,7 +376,7 @@ impl Away {
             }
             m => return Err(format!("expected an offer, got {m:?}")),
         };
-        wire::send(link, &reopen_msg).map_err(e)?;
+        wire::send(&mut &self.link, &reopen_msg).map_err(e)?;
         // A pre-copy (laid out in the stopped placeholder while the guest
         // still runs), then the final image; or the image alone.
         let te = |e: om_runtime::ptrace::TraceError| e.to_string();
@@ -411,7 +413,7 @@ impl Away {
         let fds = sys::take_thread_fds(tid, self.fds_res).map_err(|e| format!("taking the deputy's fds: {e}"))?;
         sys::install_fds(&mut t, rs.scratch, &fds).map_err(te)?;
         image::unmap_scratch(&mut t, rs.scratch).map_err(te)?;
-        wire::send(link, &Msg::HomeOk).map_err(e)?;
+        wire::send(&mut &self.link, &Msg::HomeOk).map_err(e)?;
         t.detach().map_err(te)?;
         for sig in 1..=64 {
             if img.pending & (1u64 << (sig - 1)) != 0 {

@@ -22,7 +22,9 @@ pub enum Event {
     },
     /// The guest stopped (job control) with this signal.
     Stopped(i32),
-    GoingHome,
+    /// The guest is coming home; the bytes the deputy had read past that
+    /// message, which belong to the controller's reading of the link.
+    GoingHome(Vec<u8>),
     Lost(String),
 }
 
@@ -105,8 +107,11 @@ pub fn run(
     }
     let pid = setup.pid;
     let mut bufs = Buffers::default();
+    // Reads go through a buffer (one read per frame); whatever it holds when
+    // the guest comes home is handed to the controller with the event.
+    let mut rd = std::io::BufReader::with_capacity(1 << 16, dsys::stream_from(r1));
     loop {
-        match wire::recv(&mut link) {
+        match wire::recv(&mut rd) {
             Ok(Frame::Msg(Msg::Sys(req))) => {
                 // Bulk input follows as a data frame.
                 let input_is_separate =
@@ -118,7 +123,7 @@ pub fn run(
                     bufs.input.clear();
                     let mut failed = None;
                     while bufs.input.len() < want {
-                        match wire::recv_append(&mut link, &mut bufs.input) {
+                        match wire::recv_append(&mut rd, &mut bufs.input) {
                             Ok(None) => {}
                             Ok(Some(m)) => failed = Some(format!("expected a call's data, got {m:?}")),
                             Err(e) => failed = Some(e.to_string()),
@@ -171,7 +176,7 @@ pub fn run(
             }
             Ok(Frame::Msg(Msg::GoingHome { reason })) => {
                 tracing::info!(pid, reason, "process coming home");
-                let _ = events.send(Event::GoingHome);
+                let _ = events.send(Event::GoingHome(rd.buffer().to_vec()));
                 break;
             }
             Ok(Frame::Msg(m)) => tracing::warn!(?m, "unexpected message at the deputy"),
@@ -183,6 +188,7 @@ pub fn run(
         }
     }
     let _ = link.into_raw_fd();
+    let _ = rd.into_inner().into_raw_fd();
     // Keep the fd table alive until the controller has taken what it needs.
     let _ = release.recv();
 }

@@ -97,3 +97,26 @@ pub fn notify_roundtrip_us(n: u64, sync_wakeup: bool) -> std::io::Result<f64> {
     }
     Ok(u64::from_le_bytes(ns) as f64 / 1e3 / n as f64)
 }
+
+/// A pseudo-terminal: (master, slave) fds, the slave sized 80x24.
+pub fn openpty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut m = 0;
+    let mut s = 0;
+    let ws = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: m and s are live out-params; ws is a live winsize; no name or termios wanted.
+    cvt(unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) } as libc::c_long)?;
+    // SAFETY: two fresh fds owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) })
+}
+
+/// For a child between fork and exec: a new session whose controlling
+/// terminal is its stdin.
+pub fn make_controlling_tty() -> std::io::Result<()> {
+    // SAFETY: setsid and ioctl with integer arguments, in the child.
+    unsafe {
+        if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

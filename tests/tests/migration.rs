@@ -480,3 +480,54 @@ fn ctrl_z_stops_a_migrated_process_and_fg_resumes_it() {
     check_counter(&wait_lines(&c.path("jc.out"), 60, T), pid as u32);
     assert_eq!(c.where_is(1, pid as u32), None, "finished processes leave the table");
 }
+
+/// On a real terminal: terminal ioctls answer as at home while away, and
+/// Ctrl-C typed on the terminal kills the migrated process by SIGINT, as it
+/// would natively (CPython re-raises SIGINT after KeyboardInterrupt).
+#[test]
+fn a_terminal_works_while_away_and_ctrl_c_reaches_the_process() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let c = Cluster::start(2);
+    let script = c.path("tty.py");
+    std::fs::write(
+        &script,
+        "import os, sys, termios, time\nprint('tty', os.isatty(0), os.isatty(1), flush=True)\nsys.stdin.readline()\n\
+         print('away', os.isatty(0), bool(termios.tcgetattr(0)[3] & termios.ICANON), os.get_terminal_size(1).columns, flush=True)\n\
+         while True:\n    time.sleep(0.1)\n",
+    )
+    .expect("script");
+    let (master, slave) = om_tests::sys::openpty().expect("pty");
+    let slave = std::fs::File::from(slave);
+    let mut cmd = Command::new(bin("om-exec"));
+    cmd.env("OM_SOCKET", c.socket(1))
+        .arg("--")
+        .arg(which("python3"))
+        .arg(&script)
+        .stdin(slave.try_clone().expect("tty"))
+        .stdout(slave.try_clone().expect("tty"))
+        .stderr(slave);
+    // SAFETY: the closure only makes async-signal-safe calls.
+    unsafe { cmd.pre_exec(om_tests::sys::make_controlling_tty) };
+    let mut p = cmd.spawn().expect("om-exec on a tty");
+    let mut term = std::fs::File::from(master);
+    let mut w = term.try_clone().expect("tty writer");
+    let mut seen = String::new();
+    let mut read_until = |want: &str, seen: &mut String| {
+        let t0 = std::time::Instant::now();
+        let mut b = [0u8; 4096];
+        while !seen.contains(want) {
+            assert!(t0.elapsed() < T, "terminal never showed {want:?}: {seen:?}");
+            let n = term.read(&mut b).expect("read tty");
+            seen.push_str(&String::from_utf8_lossy(&b[..n]));
+        }
+    };
+    read_until("tty True True", &mut seen);
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    w.write_all(b"go\n").expect("type");
+    read_until("away True True 80", &mut seen);
+    assert_eq!(c.where_is(1, p.id()), Some(2), "it went home:\n{}", c.log(2));
+    w.write_all(&[3]).expect("Ctrl-C");
+    let st = wait_child(&mut p, T);
+    assert_eq!(st.signal(), Some(libc::SIGINT), "{st:?}\n{seen}");
+}

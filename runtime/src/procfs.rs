@@ -85,12 +85,6 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
     parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad /proc stat"))
 }
 
-/// The value of one `Key:` line of /proc/PID/status.
-pub fn status_field(pid: i32, key: &str) -> io::Result<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    Ok(status_field_in(&text, key).unwrap_or_default())
-}
-
 pub fn status_field_in(text: &str, key: &str) -> Option<String> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;

@@ -112,13 +112,6 @@ impl Tracee {
         Ok(t)
     }
 
-    /// Wrap a process that this thread already holds in a ptrace-stop.
-    pub fn already_stopped(pid: i32, syscall_ip: u64) -> Result<Tracee> {
-        let mut saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
-        repair_restart(&mut saved);
-        Ok(Tracee { pid, syscall_ip, deferred: Vec::new(), saved })
-    }
-
     /// Wait for the stop that PTRACE_INTERRUPT asked for; signals that arrive
     /// first are deferred (the process is in a ptrace-stop either way).
     fn wait_stop(&mut self) -> Result<()> {

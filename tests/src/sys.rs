@@ -12,16 +12,6 @@ fn cvt(r: libc::c_long) -> std::io::Result<libc::c_long> {
     }
 }
 
-/// Native getppid, median of a few batches, in microseconds.
-pub fn native_getppid_us(n: u64) -> f64 {
-    let t = Instant::now();
-    for _ in 0..n {
-        // SAFETY: argument-less syscall.
-        std::hint::black_box(unsafe { libc::syscall(libc::SYS_getppid) });
-    }
-    t.elapsed().as_secs_f64() * 1e6 / n as f64
-}
-
 /// A forked child traps getppid with SECCOMP_RET_USER_NOTIF; this process
 /// answers with a supervisor loop (SYNC_WAKE_UP set). Returns us per call.
 pub fn notify_roundtrip_us(n: u64, sync_wakeup: bool) -> std::io::Result<f64> {

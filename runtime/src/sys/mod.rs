@@ -6,7 +6,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 pub use libc::user_regs_struct as Regs;
 
@@ -56,11 +56,6 @@ pub fn ptrace_listen(pid: i32) -> io::Result<()> {
 
 pub fn ptrace_detach(pid: i32, sig: i32) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_DETACH, pid, 0, sig as usize).map(drop)
-}
-
-/// `PTRACE_TRACEME`, for a child between fork and exec.
-pub fn ptrace_traceme() -> io::Result<()> {
-    ptrace_raw(libc::PTRACE_TRACEME, 0, 0, 0).map(drop)
 }
 
 pub fn ptrace_getregs(pid: i32) -> io::Result<Regs> {
@@ -134,17 +129,6 @@ pub fn waitpid(pid: i32, flags: i32) -> io::Result<(i32, i32)> {
         }
         return Ok((r, status));
     }
-}
-
-/// `waitpid` that returns on EINTR instead of retrying (so a thread can be woken).
-pub fn waitpid_interruptible(pid: i32, flags: i32) -> io::Result<(i32, i32)> {
-    let mut status = 0;
-    // SAFETY: status points to a live int.
-    let r = unsafe { libc::waitpid(pid, &mut status, flags) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((r, status))
 }
 
 /// Read memory of another process; `local` is filled from `remote` (addr, len) pieces.
@@ -393,11 +377,6 @@ pub fn poll(fds: &[(RawFd, i16)], timeout_ms: i32) -> io::Result<Vec<i16>> {
     Ok(p.iter().map(|x| x.revents).collect())
 }
 
-/// The raw value of an fd-like object.
-pub fn raw<F: AsRawFd>(f: &F) -> RawFd {
-    f.as_raw_fd()
-}
-
 /// `execvp` in place (used by om-exec after registration). Returns only on failure.
 pub fn execvp(prog: &str, args: &[String]) -> io::Error {
     let cprog = match CString::new(prog) {
@@ -413,39 +392,6 @@ pub fn execvp(prog: &str, args: &[String]) -> io::Error {
     // SAFETY: cprog and argv are NUL-terminated and live for the call.
     unsafe { libc::execvp(cprog.as_ptr(), argv.as_ptr()) };
     io::Error::last_os_error()
-}
-
-/// A level-triggered epoll set, registered once (cheaper per wait than poll(2)).
-pub struct Epoll {
-    fd: OwnedFd,
-}
-
-impl Epoll {
-    pub fn new() -> io::Result<Epoll> {
-        // SAFETY: epoll_create1 takes flags and returns a new fd or -1.
-        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as libc::c_long)?;
-        // SAFETY: a fresh fd owned by us.
-        Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) } })
-    }
-
-    /// Watch `fd` for input; events report `token`.
-    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
-        // SAFETY: ev is a live epoll_event.
-        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } as libc::c_long).map(drop)
-    }
-
-    /// Wait for events; returns (token, events) pairs. EINTR gives an empty list.
-    pub fn wait(&self, timeout_ms: i32) -> io::Result<Vec<(u64, u32)>> {
-        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 8];
-        // SAFETY: evs is a live array of 8 epoll_event.
-        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), evs.as_mut_ptr(), 8, timeout_ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.raw_os_error() == Some(libc::EINTR) { Ok(Vec::new()) } else { Err(e) };
-        }
-        Ok(evs[..n as usize].iter().map(|e| (e.u64, e.events)).collect())
-    }
 }
 
 /// A job-control change of a child, without reaping it: `Some((true, sig))`

@@ -280,6 +280,36 @@ impl Node {
     }
 
     fn nodes(&self) -> Vec<NodeInfo> {
+        let mut v = vec![self.own_info()];
+        for (id, addr) in &self.cfg.peers {
+            v.push(self.ask_peer(*id, *addr).unwrap_or(NodeInfo {
+                id: *id,
+                addr: addr.to_string(),
+                state: "down".into(),
+                load: 0.0,
+                cpus: 0,
+                speed: 0.0,
+                mem_free: 0,
+                guests: 0,
+            }));
+        }
+        v
+    }
+
+    /// A peer's own figures, asked over a node link (300 ms budget).
+    fn ask_peer(&self, id: u32, addr: SocketAddr) -> Option<NodeInfo> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+        wire::send(&mut s, &Msg::Hello { node: self.cfg.node_id }).ok()?;
+        wire::send(&mut s, &Msg::Nodes).ok()?;
+        match wire::recv_msg(&mut s).ok()? {
+            Msg::NodesReply(mut v) if v.len() == 1 && v[0].id == id => v.pop(),
+            _ => None,
+        }
+    }
+
+    /// This node's load per CPU, CPUs, free memory and guests.
+    fn own_info(&self) -> NodeInfo {
         let load = std::fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
@@ -290,7 +320,7 @@ impl Node {
             .and_then(|s| procfs::status_field_in(&s, "MemAvailable"))
             .and_then(|v| v.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()))
             .map_or(0, |kb| kb * 1024);
-        let mut v = vec![NodeInfo {
+        NodeInfo {
             id: self.cfg.node_id,
             addr: self.cfg.listen.to_string(),
             state: "alive".into(),
@@ -298,22 +328,8 @@ impl Node {
             cpus,
             speed: 1.0,
             mem_free,
-            guests: 0,
-        }];
-        for (id, addr) in &self.cfg.peers {
-            let up = TcpStream::connect_timeout(addr, Duration::from_millis(300)).is_ok();
-            v.push(NodeInfo {
-                id: *id,
-                addr: addr.to_string(),
-                state: if up { "alive" } else { "down" }.into(),
-                load: 0.0,
-                cpus: 0,
-                speed: 1.0,
-                mem_free: 0,
-                guests: 0,
-            });
+            guests: om_remote::guests(),
         }
-        v
     }
 
     fn migrate(self: &Arc<Self>, pid: i32, to: Option<u32>, uid: Option<u32>) -> Result<(), String> {
@@ -411,6 +427,9 @@ impl Node {
                 if let Err(e) = om_remote::host_guest(s, offer, &host) {
                     tracing::warn!(%peer, %e, "incoming migration failed");
                 }
+            }
+            Ok(Msg::Nodes) => {
+                let _ = wire::send(&mut s, &Msg::NodesReply(vec![self.own_info()]));
             }
             Ok(m) => tracing::warn!(%peer, ?m, "unexpected request on a node link; closing it"),
             Err(e) => tracing::warn!(%peer, %e, "malformed frame on a node link; closing it"),

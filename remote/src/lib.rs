@@ -38,6 +38,12 @@ pub struct Host {
 }
 
 static ATTACH: Mutex<Option<HashMap<u64, Sender<TcpStream>>>> = Mutex::new(None);
+static GUESTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// How many guests this node runs now.
+pub fn guests() -> u32 {
+    GUESTS.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 /// A second link from home arrived (`Attach`): hand it to the guest that
 /// announced `token` in its offer. Unknown tokens are refused.
@@ -103,7 +109,11 @@ pub fn host_guest(mut stream: TcpStream, offer: Msg, host: &Host) -> Result<(), 
             wire::send(&mut stream, &Msg::Resumed { guest: gpid })?;
             tracing::info!(guest = gpid, ms = started.elapsed().as_secs_f64() * 1e3, "guest running");
             match supervisor::Supervisor::new(stream, ctl, gpid, listener, &img) {
-                Ok(s) => s.run(),
+                Ok(s) => {
+                    GUESTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    s.run();
+                    GUESTS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 Err(e) => {
                     tracing::error!(%e, "cannot supervise the guest; killing it");
                     let _ = rsys::kill(gpid, libc::SIGKILL);

@@ -114,6 +114,12 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
             format!("cannot freeze process {pid} (state {}, traced by {}): {e}", f("State"), f("TracerPid"))
         }
     })?;
+    // Checked again now that it is frozen: it may have started a thread or
+    // mapped shared memory during the pre-copy.
+    if let Some(why) = image::cant_move(pid) {
+        let _ = t.detach();
+        return Err(format!("process {pid} cannot migrate: {why}"));
+    }
     let cap = match image::capture(&mut t, &same) {
         Ok(mut c) => {
             match image::prune_unchanged(pid, &mut c.image, &pre, &sent) {

@@ -19,14 +19,14 @@ pub fn program() -> Result<Vec<u8>, FilterError> {
     for e in TABLE.iter().filter(|e| e.class == Class::Local) {
         let sc = ScmpSyscall::from(e.nr as i32);
         match e.nr {
-            // Anonymous mappings only; file mappings trap (and go home).
+            // Private anonymous mappings only; file and shared mappings trap.
             9 => ctx.add_rule_conditional(
                 ScmpAction::Allow,
                 sc,
                 &[ScmpArgCompare::new(
                     3,
-                    ScmpCompareOp::MaskedEqual(libc::MAP_ANONYMOUS as u64),
-                    libc::MAP_ANONYMOUS as u64,
+                    ScmpCompareOp::MaskedEqual((libc::MAP_ANONYMOUS | 0x0f) as u64),
+                    (libc::MAP_ANONYMOUS | libc::MAP_PRIVATE) as u64,
                 )],
             )?,
             // Own limits only.

@@ -180,6 +180,11 @@ impl Supervisor {
     fn mmap_file(&mut self, n: &SeccompNotif) -> Flow {
         let a = n.data.args;
         let fd = a[4] as i32;
+        if a[3] & libc::MAP_ANONYMOUS as u64 != 0 {
+            // Private anonymous maps never trap; a shared one must live where
+            // a later fork can share it.
+            return self.go_home("shared anonymous memory lives at home", Some(n.id));
+        }
         if fd < 0 {
             self.reply(n.id, -(libc::EBADF as i64));
             return Flow::Go;

@@ -74,7 +74,7 @@ pub const TABLE: &[Entry] = t! {
     6, "lstat", Forward, "path resolved at home";
     7, "poll", Forward, "polls home fds";
     8, "lseek", Forward, "offsets shared with home";
-    9, "mmap", Local, "anonymous: in BPF; a file this node has identical: installed at the same fd number (ADDFD) and run here; writable shared or missing files: home";
+    9, "mmap", Local, "private anonymous: in BPF; a file this node has identical: installed at the same fd number (ADDFD) and run here; shared anonymous, writable shared or missing files: home";
     10, "mprotect", Local, "memory is local";
     11, "munmap", Local, "memory is local";
     12, "brk", Local, "memory is local";

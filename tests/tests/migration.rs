@@ -561,3 +561,37 @@ fn nodes_report_their_figures_guests_and_death() {
     assert_eq!(v.iter().find(|n| n["id"] == 3).map(|n| n["state"].clone()), Some(serde_json::json!("down")));
     assert!(wait_child(&mut p, T).success());
 }
+
+/// Shared anonymous memory created while away lives at home, so a child
+/// forked later really shares it (CPython's anonymous mmap is MAP_SHARED).
+#[test]
+fn shared_anonymous_memory_made_away_is_shared_with_a_later_child() {
+    use std::io::{BufRead, Write};
+    let c = Cluster::start(2);
+    let script = c.path("shm.py");
+    std::fs::write(
+        &script,
+        "import mmap, os, sys\nprint('ready', flush=True)\nsys.stdin.readline()\nm = mmap.mmap(-1, 4096)\n\
+         pid = os.fork()\nif pid == 0:\n    m[:5] = b'child'\n    os._exit(0)\nos.waitpid(pid, 0)\nprint(bytes(m[:5]).decode(), flush=True)\n",
+    )
+    .expect("script");
+    let mut p = Command::new(bin("om-exec"))
+        .env("OM_SOCKET", c.socket(1))
+        .arg("--")
+        .arg(which("python3"))
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("om-exec");
+    let mut out = std::io::BufReader::new(p.stdout.take().expect("out"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready");
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    p.stdin.as_mut().expect("in").write_all(b"go\n").expect("go");
+    line.clear();
+    out.read_line(&mut line).expect("result");
+    assert_eq!(line.trim(), "child");
+    assert!(wait_child(&mut p, T).success());
+    assert!(c.log(2).contains("shared anonymous memory lives at home"), "{}", c.log(2));
+}

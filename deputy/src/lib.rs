@@ -116,7 +116,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     })?;
     // Checked again now that it is frozen: it may have started a thread or
     // mapped shared memory during the pre-copy.
-    if let Some(why) = image::cant_move(pid) {
+    if let Some(why) = image::cant_move_frozen(pid) {
         let _ = t.detach();
         return Err(format!("process {pid} cannot migrate: {why}"));
     }

@@ -239,6 +239,12 @@ pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) ->
             args[0] = (-pgid) as u64;
         }
         436 => args[1] = args[1].min((res - 1) as u64),
+        // Signal-mask pointers: the supervisor forwards these calls only
+        // without one (with one they run at home); never trust the link for a
+        // pointer into this process.
+        270 => args[5] = 0,
+        271 => args[3] = 0,
+        281 => args[4] = 0,
         _ => {}
     }
     // Outputs get slices of one reusable buffer; inputs are used where they lie,

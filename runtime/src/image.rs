@@ -135,6 +135,15 @@ pub use sys::{regs_from_array, regs_to_array};
 /// Why a process cannot move (openMosix's `cantmove`), or None.
 pub fn cant_move(pid: i32) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    if procfs::status_field_in(&status, "State").is_some_and(|s| s.starts_with('T') || s.starts_with('t')) {
+        return Some("it is stopped; continue it (SIGCONT) first".into());
+    }
+    cant_move_frozen(pid)
+}
+
+/// The same checks, for a process om itself holds stopped (the state is ours).
+pub fn cant_move_frozen(pid: i32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let threads: u32 = procfs::status_field_in(&status, "Threads").and_then(|t| t.parse().ok()).unwrap_or(1);
     if threads > 1 {
         return Some(format!("it has {threads} threads; only single-threaded processes can migrate"));

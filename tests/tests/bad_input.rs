@@ -177,3 +177,23 @@ fn the_deputy_acts_with_the_process_credentials_not_the_daemons() {
         assert!(wait_child(&mut p, T).success());
     }
 }
+
+#[test]
+fn a_stopped_process_is_refused_and_left_stopped() {
+    let c = Cluster::start(2);
+    let mut p = c.om_exec(1, &bin("counter"), &["4", "40", "50"], "s.out");
+    wait_lines(&c.path("s.out"), 2, T);
+    // SAFETY: signalling the test's own child.
+    unsafe { libc::kill(p.id() as i32, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(200));
+    let e = err_text(c.migrate(1, p.id(), "2"));
+    assert!(e.contains("stopped") && e.contains("SIGCONT"), "{e}");
+    let n = wait_lines(&c.path("s.out"), 1, T).len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(wait_lines(&c.path("s.out"), 1, T).len(), n, "the refusal resumed it");
+    // SAFETY: as above.
+    unsafe { libc::kill(p.id() as i32, libc::SIGCONT) };
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(wait_child(&mut p, T).success());
+    assert_eq!(wait_lines(&c.path("s.out"), 40, T).len(), 40);
+}

@@ -102,6 +102,8 @@ pub struct Image {
     pub actions: Vec<SigAction>,
     pub ignored: u64,
     pub pending: u64,
+    /// ITIMER_REAL, _VIRTUAL, _PROF as (interval s, us, value s, us).
+    pub itimers: Vec<[u64; 4]>,
     pub creds: Creds,
     /// [vvar] start and the size of the vdso group, and a hash of the vdso text.
     pub vdso: (u64, u64, u64),
@@ -150,6 +152,9 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
     }
     if procfs::status_field_in(&status, "Seccomp").is_some_and(|s| s != "0") {
         return Some("it installed its own seccomp filter".into());
+    }
+    if std::fs::read_to_string(format!("/proc/{pid}/timers")).is_ok_and(|t| t.contains("ID:")) {
+        return Some("it has POSIX timers (timer_create), which cannot move yet".into());
     }
     let maps = procfs::maps(pid).ok()?;
     for m in &maps {
@@ -351,6 +356,7 @@ pub fn pre_image(pid: i32, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Ima
         actions: Vec::new(),
         ignored: 0,
         pending: 0,
+        itimers: Vec::new(),
         creds: Creds::default(),
         vdso: vdso_of(pid, &maps)?,
         regions: capture_regions(pid, &maps, 0, reopen)?,
@@ -448,6 +454,15 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
         actions.push(SigAction { sig, handler: w(0), flags: w(1), restorer: w(2), mask: w(3) });
     }
 
+    let mut itimers = Vec::new();
+    for which in 0..3u64 {
+        let out = scratch + 3072;
+        t.syscall_ok("getitimer", libc::SYS_getitimer, [which, out, 0, 0, 0, 0])?;
+        let b = t.peek(out, 32)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        itimers.push([w(0), w(1), w(2), w(3)]);
+    }
+
     let ids = |k: &str| -> [u32; 3] {
         let v: Vec<u32> = sf(k).split_whitespace().filter_map(|x| x.parse().ok()).collect();
         [v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0), v.get(2).copied().unwrap_or(0)]
@@ -502,6 +517,7 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
         actions,
         ignored: procfs::hex_mask(&sf("SigIgn")),
         pending: procfs::hex_mask(&sf("SigPnd")) | procfs::hex_mask(&sf("ShdPnd")),
+        itimers,
         creds,
         vdso: (vvar_start, vdso_len, vdso_hash),
         regions,
@@ -947,6 +963,12 @@ pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore,
             tracing::debug!(pid, res, %e, "rlimit not restored");
         }
     }
+    // Timers last: they start counting again from here.
+    for (which, it) in img.itimers.iter().enumerate() {
+        let b: Vec<u8> = it.iter().flat_map(|v| v.to_le_bytes()).collect();
+        t.poke(data, &b)?;
+        t.syscall_ok("setitimer", libc::SYS_setitimer, [which as u64, data, 0, 0, 0, 0])?;
+    }
     t.syscall(libc::SYS_umask, [img.umask as u64, 0, 0, 0, 0, 0])?;
     let mut name = img.comm.as_bytes().to_vec();
     name.truncate(15);
@@ -983,6 +1005,11 @@ pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     t.syscall_ok("set_robust_list", libc::SYS_set_robust_list, [0, 24, 0, 0, 0, 0])?;
     for r in &img.regions {
         t.syscall_ok("munmap", libc::SYS_munmap, [r.start, r.end - r.start, 0, 0, 0, 0])?;
+    }
+    // The timers run on in the guest; here they would fire a second time.
+    t.poke(scratch + 1024, &[0u8; 32])?;
+    for which in 0..3u64 {
+        t.syscall_ok("setitimer", libc::SYS_setitimer, [which, scratch + 1024, 0, 0, 0, 0])?;
     }
     // Signals the controller lets through (stops) must take their default
     // action here: the handlers' code is no longer mapped.

@@ -101,9 +101,9 @@ pub const TABLE: &[Entry] = t! {
     33, "dup2", Forward, "fd table is at home";
     34, "pause", Local, "waits for a signal delivered to the guest";
     35, "nanosleep", Local, "time is local";
-    36, "getitimer", Local, "timers run in the guest";
+    36, "getitimer", Local, "interval timers run in the guest and move with it";
     37, "alarm", Local, "timers run in the guest";
-    38, "setitimer", Local, "timers run in the guest";
+    38, "setitimer", Local, "interval timers run in the guest and move with it";
     39, "getpid", Emulated, "answers the home pid";
     40, "sendfile", Forward, "both fds at home";
     41, "socket", Forward, "sockets live at home";
@@ -287,11 +287,11 @@ pub const TABLE: &[Entry] = t! {
     219, "restart_syscall", Local, "restarts a local call";
     220, "semtimedop", Home, "SysV IPC lives at home";
     221, "fadvise64", Forward, "fds live at home";
-    222, "timer_create", Local, "POSIX timers run in the guest";
-    223, "timer_settime", Local, "POSIX timers run in the guest";
-    224, "timer_gettime", Local, "POSIX timers run in the guest";
-    225, "timer_getoverrun", Local, "POSIX timers run in the guest";
-    226, "timer_delete", Local, "POSIX timers run in the guest";
+    222, "timer_create", Home, "POSIX timers cannot move yet: they live at home";
+    223, "timer_settime", Home, "POSIX timers cannot move yet: they live at home";
+    224, "timer_gettime", Home, "POSIX timers cannot move yet: they live at home";
+    225, "timer_getoverrun", Home, "POSIX timers cannot move yet: they live at home";
+    226, "timer_delete", Home, "POSIX timers cannot move yet: they live at home";
     227, "clock_settime", Home, "clock of the home node";
     228, "clock_gettime", Local, "time is local (vdso)";
     229, "clock_getres", Local, "time is local";

@@ -595,3 +595,24 @@ fn shared_anonymous_memory_made_away_is_shared_with_a_later_child() {
     assert!(wait_child(&mut p, T).success());
     assert!(c.log(2).contains("shared anonymous memory lives at home"), "{}", c.log(2));
 }
+
+/// An interval timer armed at home moves with the process and fires once,
+/// away (not also at home).
+#[test]
+fn an_alarm_armed_at_home_fires_once_away() {
+    let c = Cluster::start(2);
+    let script = c.path("alarm.py");
+    std::fs::write(
+        &script,
+        "import signal, time\nn = 0\ndef h(s, f):\n    global n\n    n += 1\nsignal.signal(signal.SIGALRM, h)\n\
+         signal.setitimer(signal.ITIMER_REAL, 1.5)\nprint('armed', flush=True)\nt0 = time.time()\n\
+         while time.time() - t0 < 3.5:\n    time.sleep(0.05)\nprint('alarms', n, flush=True)\n",
+    )
+    .expect("script");
+    let mut p = c.om_exec(1, &which("python3"), &[script.to_str().expect("path")], "alarm.out");
+    wait_lines(&c.path("alarm.out"), 1, T);
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(wait_child(&mut p, T).success());
+    assert_eq!(wait_lines(&c.path("alarm.out"), 2, T)[1], "alarms 1");
+    assert!(!c.log(2).contains("going home"), "it went home:\n{}", c.log(2));
+}

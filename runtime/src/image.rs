@@ -714,8 +714,9 @@ pub fn restore_layout(t: &mut Tracee, img: &Image, target: Target, parked_scratc
         .filter(|m| is_special(&m.path) && m.path != "[vsyscall]")
         .fold((u64::MAX, 0u64), |(lo, hi), m| (lo.min(m.start), hi.max(m.end)));
     let keep_vdso = cur_vdso.0 == img.vdso.0 && cur_vdso.1 - cur_vdso.0 == img.vdso.1;
+    // The vdso is left out of the range unmaps and handled on its own below.
     let mut keep = vec![(scratch, scratch + SCRATCH_LEN)];
-    if keep_vdso {
+    if cur_vdso.0 != u64::MAX {
         keep.push(cur_vdso);
     }
     keep.sort();
@@ -728,6 +729,17 @@ pub fn restore_layout(t: &mut Tracee, img: &Image, target: Target, parked_scratc
     }
     if lo < TASK_SIZE {
         t.syscall_ok("munmap", libc::SYS_munmap, [lo, TASK_SIZE - lo, 0, 0, 0, 0])?;
+    }
+    if !keep_vdso && cur_vdso.0 != u64::MAX {
+        // A kernel built with CONFIG_MSEAL_SYSTEM_MAPPINGS refuses to unmap the vdso.
+        let r = t.syscall(libc::SYS_munmap, [cur_vdso.0, cur_vdso.1 - cur_vdso.0, 0, 0, 0, 0])?;
+        if r == -(libc::EPERM as i64) {
+            return Err(TraceError::Injected {
+                pid,
+                name: "unmapping the vdso (this kernel seals it: CONFIG_MSEAL_SYSTEM_MAPPINGS; om cannot rebuild processes on this node)",
+                errno: libc::EPERM as i64,
+            });
+        }
     }
     if !keep_vdso {
         const ARCH_MAP_VDSO_64: u64 = 0x2003;

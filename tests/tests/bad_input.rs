@@ -117,9 +117,12 @@ fn om_exec_keeps_pid_and_exit_status() {
 #[test]
 fn shared_memory_sysv_and_own_seccomp_are_refused_and_the_process_stays() {
     let c = Cluster::start(2);
-    for (mode, why) in
-        [("shared", "shared anonymous memory"), ("sysv", "SysV shared memory"), ("seccomp", "seccomp filter")]
-    {
+    for (mode, why) in [
+        ("shared", "shared anonymous memory"),
+        ("sharedfile", "shared writable mapping"),
+        ("sysv", "SysV shared memory"),
+        ("seccomp", "seccomp filter"),
+    ] {
         let out = format!("{mode}.out");
         let mut p = c.om_exec(1, &bin("cantmove"), &[mode, "15"], &out);
         wait_lines(&c.path(&out), 2, T);

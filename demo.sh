@@ -11,7 +11,7 @@ D=$(mktemp -d /tmp/om-demo.XXXXXX)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$D"; }
 trap cleanup EXIT
-base=$((17000 + RANDOM % 20000))
+base=$((17000 + RANDOM % 15000))   # below the ephemeral port range
 for i in 1 2 3; do
   peers=()
   for j in 1 2 3; do [ "$i" = "$j" ] || peers+=(--peer "$j=127.0.0.1:$((base + j))"); done

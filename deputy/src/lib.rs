@@ -15,7 +15,7 @@ use om_runtime::ptrace::Tracee;
 use om_runtime::sys as rsys;
 use om_runtime::transfer;
 use om_runtime::wire::{self, Msg};
-use serve::{Event, Setup, Shared};
+use serve::{Event, Release, Setup, Shared};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,8 @@ use std::time::Duration;
 pub enum Ctl {
     /// Bring the process home; answer when it runs there.
     ComeHome(Sender<Result<(), String>>),
+    /// Move the process from the node it is on straight to another one.
+    MoveTo { dest: u32, addr: SocketAddr, reply: Sender<Result<(), String>> },
 }
 
 /// How the controller reports the process's state to omd: (pid, state, where).
@@ -65,7 +67,9 @@ struct Away {
     ctl_link: TcpStream,
     shared: Arc<Shared>,
     events: Receiver<Event>,
-    release: Sender<bool>,
+    release: Sender<Release>,
+    /// For new control-link readers after a move.
+    events_tx: Sender<Event>,
     scratch: u64,
     fds_res: i32,
 }
@@ -160,22 +164,10 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     let (rel_tx, rel_rx) = channel::bounded(1);
     let setup = Setup::from_image(&cap.image);
     let sh = shared.clone();
-    // Reports from the remote's helper on the control link (job-control stops).
-    match ctl_link.try_clone() {
-        Ok(mut r) => {
-            let tx = ev_tx.clone();
-            let _ = std::thread::Builder::new().name(format!("ctl-{pid}")).spawn(move || {
-                while let Ok(m) = wire::recv_msg(&mut r) {
-                    if let Msg::Stopped { sig } = m {
-                        if tx.send(Event::Stopped(sig)).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-        Err(e) => return Err(fail(t, format!("cannot clone the control link: {e}"))),
+    if let Err(e) = read_control_link(&ctl_link, pid, ev_tx.clone()) {
+        return Err(fail(t, format!("cannot clone the control link: {e}")));
     }
+    let events_tx = ev_tx.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("deputy-{pid}"))
         .spawn(move || serve::run(reader, setup, sh, ready_tx, ev_tx, rel_rx));
@@ -191,7 +183,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     let sent = match transfer::send_image(&mut link, pid, &cap.image) {
         Ok(n) => n,
         Err(e) => {
-            let _ = rel_tx.send(false);
+            let _ = rel_tx.send(Release::Stop);
             return Err(fail(
                 t,
                 format!("sending the image to node {} failed: {e}; the process stays at home", plan.dest),
@@ -209,18 +201,18 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
             );
         }
         Ok(Msg::RestoreFailed { reason }) => {
-            let _ = rel_tx.send(false);
+            let _ = rel_tx.send(Release::Stop);
             return Err(fail(
                 t,
                 format!("node {} could not rebuild the process: {reason}; it stays at home", plan.dest),
             ));
         }
         Ok(m) => {
-            let _ = rel_tx.send(false);
+            let _ = rel_tx.send(Release::Stop);
             return Err(fail(t, format!("node {} answered {m:?}; the process stays at home", plan.dest)));
         }
         Err(e) => {
-            let _ = rel_tx.send(false);
+            let _ = rel_tx.send(Release::Stop);
             return Err(fail(
                 t,
                 format!("node {} failed during the migration ({e}); the process stays at home", plan.dest),
@@ -232,13 +224,14 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     if let Err(e) = image::park(&mut t, &cap.image, cap.scratch).and_then(|_| t.resume_traced()) {
         tracing::error!(%e, "parking the home placeholder failed");
     }
-    let _ = rel_tx.send(true);
+    let _ = rel_tx.send(Release::Serve);
     let away = Away {
         link,
         ctl_link,
         shared,
         events: ev_rx,
         release: rel_tx,
+        events_tx,
         scratch: cap.scratch,
         fds_res: serve::reserved_base(),
     };
@@ -278,18 +271,29 @@ impl Away {
         let mut waiting_home: Option<Sender<Result<(), String>>> = None;
         // A stop signal we sent the placeholder ourselves, to deliver, not forward.
         let mut injected_stop: Option<i32> = None;
+        // A move to another node under way: (node, address, who to answer).
+        let mut moving: Option<(u32, SocketAddr, Sender<Result<(), String>>)> = None;
+        let mut here = plan.dest;
         loop {
             // Requests from omd.
-            if let Ok(Ctl::ComeHome(r)) = ctl.try_recv() {
-                self.send(&Msg::ComeHome);
-                self.interrupt_deputy();
-                waiting_home = Some(r);
+            match ctl.try_recv() {
+                Ok(Ctl::ComeHome(r)) => {
+                    self.send(&Msg::ComeHome);
+                    self.interrupt_deputy();
+                    waiting_home = Some(r);
+                }
+                Ok(Ctl::MoveTo { dest, addr, reply }) => {
+                    self.send(&Msg::ComeHome);
+                    self.interrupt_deputy();
+                    moving = Some((dest, addr, reply));
+                }
+                Err(_) => {}
             }
             // Events from the deputy.
             match self.events.recv_timeout(Duration::from_millis(5)) {
                 Ok(Event::Exited { code, signal }) => {
                     end_placeholder(pid, self.scratch, code, signal);
-                    let _ = self.release.send(false);
+                    let _ = self.release.send(Release::Stop);
                     state(pid, "exited", plan.home);
                     if let Some(r) = waiting_home {
                         let _ = r.send(Err(format!("process {pid} exited before it came home")));
@@ -302,10 +306,35 @@ impl Away {
                     injected_stop = Some(sig);
                     let _ = rsys::tgkill(pid, pid, sig);
                 }
+                Ok(Event::GoingHome(read_ahead)) if moving.is_some() => {
+                    let Some((dest, addr, reply)) = moving.take() else { continue };
+                    state(pid, "migrating", here);
+                    match self.relay_move(pid, plan.home, dest, addr, read_ahead) {
+                        Ok(()) => {
+                            here = dest;
+                            state(pid, "away", dest);
+                            let _ = reply.send(Ok(()));
+                        }
+                        Err((why, Some(ahead))) => {
+                            // The move failed but the process runs on where it was.
+                            let _ = self.release.send(Release::Resume(ahead));
+                            state(pid, "away", here);
+                            let _ = reply.send(Err(why));
+                        }
+                        Err((why, None)) => {
+                            tracing::error!(why, "lost the process while moving it; killing it at home");
+                            let _ = rsys::kill(pid, libc::SIGKILL);
+                            let _ = self.release.send(Release::Stop);
+                            state(pid, "exited", plan.home);
+                            let _ = reply.send(Err(why));
+                            return;
+                        }
+                    }
+                }
                 Ok(Event::GoingHome(read_ahead)) => {
                     state(pid, "returning", plan.home);
                     let r = self.come_home(pid, read_ahead);
-                    let _ = self.release.send(false);
+                    let _ = self.release.send(Release::Stop);
                     match r {
                         Ok(()) => {
                             state(pid, "home", plan.home);
@@ -327,7 +356,7 @@ impl Away {
                 Ok(Event::Lost(why)) => {
                     tracing::error!(why, "lost the node hosting the process; killing it at home");
                     let _ = rsys::kill(pid, libc::SIGKILL);
-                    let _ = self.release.send(false);
+                    let _ = self.release.send(Release::Stop);
                     state(pid, "exited", plan.home);
                     return;
                 }
@@ -362,12 +391,135 @@ impl Away {
                     // The placeholder died (SIGKILL at home): the process dies with it.
                     self.send(&Msg::Kill);
                     self.interrupt_deputy();
-                    let _ = self.release.send(false);
+                    let _ = self.release.send(Release::Stop);
                     state(pid, "exited", plan.home);
                     return;
                 }
             }
         }
+    }
+
+    /// The process's node is sending it "home": relay it to node `dest`
+    /// instead, then switch the deputy to the new link. On failure: the error,
+    /// and the bytes read ahead if the process still runs where it was (None
+    /// when it is lost).
+    fn relay_move(
+        &mut self,
+        pid: i32,
+        home: u32,
+        dest: u32,
+        addr: SocketAddr,
+        ahead: Vec<u8>,
+    ) -> Result<(), (String, Option<Vec<u8>>)> {
+        let mut from = std::io::Read::chain(std::io::Cursor::new(ahead), &self.link);
+        let left = |from: std::io::Chain<std::io::Cursor<Vec<u8>>, &TcpStream>| {
+            let (c, _) = from.into_inner();
+            c.get_ref()[c.position() as usize..].to_vec()
+        };
+        let offer = match wire::recv_msg(&mut from) {
+            Ok(Msg::Offer { files, vdso_hash, vdso_len, xsave, .. }) => (files, vdso_hash, vdso_len, xsave),
+            Ok(m) => return Err((format!("expected an offer from the node, got {m:?}"), None)),
+            Err(e) => return Err((format!("link to the process's node failed: {e}"), None)),
+        };
+        // Refuse to the old node (it keeps the process) when the new one cannot start.
+        let back = &self.link;
+        let refuse = |from, why: String| -> (String, Option<Vec<u8>>) {
+            let _ = wire::send(&mut &*back, &Msg::Refused { reason: why.clone() });
+            (why, Some(left(from)))
+        };
+        let token = random_token();
+        let mut to = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(refuse(
+                    from,
+                    format!("node {dest} at {addr} is unreachable: {e}; the process stays where it is"),
+                ))
+            }
+        };
+        let _ = to.set_nodelay(true);
+        let (files, vdso_hash, vdso_len, xsave) = offer;
+        let o = Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave };
+        let answer = match wire::send(&mut to, &Msg::Hello { node: home })
+            .and_then(|_| wire::send(&mut to, &o))
+            .and_then(|_| wire::recv_msg(&mut to))
+        {
+            Ok(a @ Msg::OfferOk { .. }) => a,
+            Ok(Msg::Refused { reason }) => {
+                return Err(refuse(from, format!("node {dest} refused the migration: {reason}")))
+            }
+            Ok(m) => return Err(refuse(from, format!("node {dest} answered {m:?}"))),
+            Err(e) => return Err(refuse(from, format!("link to node {dest} failed: {e}"))),
+        };
+        let ctl2 = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).and_then(|mut c| {
+            let _ = c.set_nodelay(true);
+            wire::send(&mut c, &Msg::Hello { node: home }).map_err(std::io::Error::other)?;
+            wire::send(&mut c, &Msg::Attach { token }).map_err(std::io::Error::other)?;
+            Ok(c)
+        });
+        let ctl2 = match ctl2 {
+            Ok(c) => c,
+            Err(e) => return Err(refuse(from, format!("node {dest} at {addr} is unreachable: {e}"))),
+        };
+        if let Err(e) = wire::send(&mut &*back, &answer) {
+            return Err((format!("link to the process's node failed: {e}"), None));
+        }
+        // Relay: pre-copy, then the image with the home identity, each with its pages.
+        let relayed = (|| -> Result<(), String> {
+            for _ in 0..2 {
+                let m = wire::recv_msg(&mut from).map_err(|e| format!("from the old node: {e}"))?;
+                let m = match m {
+                    Msg::Image(mut img) => {
+                        let st = om_runtime::procfs::stat(pid).map_err(|e| e.to_string())?;
+                        img.pid = pid;
+                        img.pgid = st.field(5) as i32;
+                        img.sid = st.field(6) as i32;
+                        Msg::Image(img)
+                    }
+                    m @ Msg::PreImage(_) => m,
+                    m => return Err(format!("expected an image, got {m:?}")),
+                };
+                wire::send(&mut to, &m).map_err(|e| format!("to node {dest}: {e}"))?;
+                loop {
+                    match wire::recv(&mut from).map_err(|e| format!("from the old node: {e}"))? {
+                        wire::Frame::Data(d) => {
+                            wire::send_data(&mut to, &d).map_err(|e| format!("to node {dest}: {e}"))?
+                        }
+                        wire::Frame::Msg(Msg::PagesDone) => {
+                            wire::send(&mut to, &Msg::PagesDone).map_err(|e| format!("to node {dest}: {e}"))?;
+                            break;
+                        }
+                        wire::Frame::Msg(m) => return Err(format!("unexpected {m:?} in the page stream")),
+                    }
+                }
+            }
+            match wire::recv_msg(&mut to).map_err(|e| format!("node {dest} failed: {e}"))? {
+                Msg::Resumed { .. } => Ok(()),
+                Msg::RestoreFailed { reason } => Err(format!("node {dest} could not rebuild the process: {reason}")),
+                m => Err(format!("node {dest} answered {m:?}")),
+            }
+        })();
+        if let Err(why) = relayed {
+            // The old node rolls back and keeps running the process.
+            return match wire::send(&mut &*back, &Msg::RestoreFailed { reason: why.clone() }) {
+                Ok(()) => Err((format!("{why}; the process stays where it was"), Some(left(from)))),
+                Err(_) => Err((why, None)),
+            };
+        }
+        if let Err(e) = wire::send(&mut &*back, &Msg::HomeOk) {
+            tracing::warn!(%e, "the old node did not hear that the move is done");
+        }
+        drop(from);
+        // Switch the deputy and the control link to the new node.
+        let old = std::mem::replace(&mut self.link, to);
+        let _ = std::mem::replace(&mut self.ctl_link, ctl2);
+        let _ = read_control_link(&self.ctl_link, pid, self.events_tx.clone());
+        let _ = self.release.send(Release::Switch(std::os::fd::AsRawFd::as_raw_fd(&self.link)));
+        // The old link closes once the deputy holds the new one.
+        std::thread::sleep(Duration::from_millis(50));
+        drop(old);
+        tracing::info!(pid, to = dest, "moved between nodes");
+        Ok(())
     }
 
     /// The remote is sending the process back: rebuild it in the placeholder.
@@ -429,6 +581,21 @@ impl Away {
         tracing::info!(pid, "process is running at home again");
         Ok(())
     }
+}
+
+/// Reports from the remote's helper on a control link (job-control stops).
+fn read_control_link(ctl_link: &TcpStream, pid: i32, tx: Sender<Event>) -> std::io::Result<()> {
+    let mut r = ctl_link.try_clone()?;
+    std::thread::Builder::new().name(format!("ctl-{pid}")).spawn(move || {
+        while let Ok(m) = wire::recv_msg(&mut r) {
+            if let Msg::Stopped { sig } = m {
+                if tx.send(Event::Stopped(sig)).is_err() {
+                    return;
+                }
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// An unguessable name for the control link of one migration.

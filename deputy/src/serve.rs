@@ -28,6 +28,26 @@ pub enum Event {
     Lost(String),
 }
 
+/// What the controller tells the deputy thread.
+pub enum Release {
+    /// Start serving: the guest runs.
+    Serve,
+    /// Serve again on the same link after an aborted move; these bytes (read
+    /// ahead by the controller) come first.
+    Resume(Vec<u8>),
+    /// Serve on a new link (the guest moved to another node): its fd number
+    /// in omd's shared fd table.
+    Switch(i32),
+    /// Stop; the fd table may go.
+    Stop,
+}
+
+/// Why one round of serving ended.
+enum Ended {
+    GoingHome,
+    Over,
+}
+
 /// Shared between the deputy thread and the controller.
 pub struct Shared {
     /// Held while writing a frame: the deputy thread (through its own copy of
@@ -78,7 +98,7 @@ pub fn run(
     shared: Arc<Shared>,
     ready: crossbeam::channel::Sender<Result<TcpStream, String>>,
     events: crossbeam::channel::Sender<Event>,
-    release: crossbeam::channel::Receiver<bool>,
+    release: crossbeam::channel::Receiver<Release>,
 ) {
     let res = reserved_base();
     let r1 = match dsys::private_table(&reader, setup.pid, &setup.fds, res) {
@@ -101,29 +121,63 @@ pub fn run(
     // r1 is our private copy of the link, owned by this thread from now on.
     let mut link = dsys::stream_from(r1);
     // Serve only once the controller has seen the process resume there.
-    if !matches!(release.recv(), Ok(true)) {
+    if !matches!(release.recv(), Ok(Release::Serve)) {
         let _ = link.into_raw_fd();
         return;
     }
     let pid = setup.pid;
     let mut bufs = Buffers::default();
-    // Reads go through a buffer (one read per frame); whatever it holds when
-    // the guest comes home is handed to the controller with the event.
-    let mut rd = std::io::BufReader::with_capacity(1 << 16, dsys::stream_from(r1));
+    let mut first: Vec<u8> = Vec::new();
     loop {
-        match wire::recv(&mut rd) {
+        // Reads go through a buffer (one read per frame). Whatever is read
+        // ahead when the guest leaves is handed to the controller.
+        let chained = std::io::Read::chain(std::io::Cursor::new(std::mem::take(&mut first)), dsys::stream_from(r1));
+        let mut rd = std::io::BufReader::with_capacity(1 << 16, chained);
+        let ended = serve_round(&mut rd, &mut link, pid, res, &shared, &events, &mut bufs);
+        let mut ahead = rd.buffer().to_vec();
+        let (cursor, stream) = rd.into_inner().into_inner();
+        ahead.extend_from_slice(&cursor.get_ref()[cursor.position() as usize..]);
+        let _ = stream.into_raw_fd();
+        if let Ended::GoingHome = ended {
+            let _ = events.send(Event::GoingHome(ahead));
+        }
+        match release.recv() {
+            Ok(Release::Resume(bytes)) => first = bytes,
+            Ok(Release::Switch(fd)) => {
+                if let Err(e) = dsys::take_link(fd, r1) {
+                    let _ = events.send(Event::Lost(format!("deputy cannot take the new link: {e}")));
+                    let _ = release.recv();
+                    break;
+                }
+            }
+            Ok(Release::Serve) => {}
+            Ok(Release::Stop) | Err(_) => break,
+        }
+    }
+    let _ = link.into_raw_fd();
+}
+
+/// Serve calls until the guest leaves (GoingHome) or ends.
+fn serve_round<R: std::io::Read>(
+    rd: &mut R,
+    link: &mut TcpStream,
+    pid: i32,
+    res: i32,
+    shared: &Shared,
+    events: &crossbeam::channel::Sender<Event>,
+    bufs: &mut Buffers,
+) -> Ended {
+    loop {
+        match wire::recv(rd) {
             Ok(Frame::Msg(Msg::Sys(req))) => {
-                // Bulk input follows as a data frame.
-                let input_is_separate =
-                    req.data.is_empty() && spec_for(&req).is_some_and(|sp| marshal::input_len(&req, &sp) > 0);
+                // Bulk input follows as data frames.
+                let want = spec_for(&req).map_or(0, |sp| marshal::input_len(&req, &sp));
+                let input_is_separate = req.data.is_empty() && want > 0;
                 if input_is_separate {
-                    // One data frame, or several pieces streamed as the
-                    // supervisor reads them out of the guest.
-                    let want = spec_for(&req).map_or(0, |sp| marshal::input_len(&req, &sp));
                     bufs.input.clear();
                     let mut failed = None;
                     while bufs.input.len() < want {
-                        match wire::recv_append(&mut rd, &mut bufs.input) {
+                        match wire::recv_append(rd, &mut bufs.input) {
                             Ok(None) => {}
                             Ok(Some(m)) => failed = Some(format!("expected a call's data, got {m:?}")),
                             Err(e) => failed = Some(e.to_string()),
@@ -138,59 +192,51 @@ pub fn run(
                     if let Some(why) = failed {
                         tracing::warn!(why, "bad call data at the deputy");
                         let _ = events.send(Event::Lost(why));
-                        break;
+                        return Ended::Over;
                     }
                 }
                 let input = std::mem::take(&mut bufs.input);
                 shared.busy.store(req.id, Ordering::SeqCst);
-                let ret = serve(&req, if input_is_separate { &input } else { &req.data }, pid, res, &mut bufs);
+                let ret = serve(&req, if input_is_separate { &input } else { &req.data }, pid, res, bufs);
                 shared.busy.store(0, Ordering::SeqCst);
                 bufs.input = input;
                 // Whole frames only: the controller writes on the same socket.
-                let _w = match shared.write_lock.lock() {
-                    Ok(w) => w,
-                    Err(p) => p.into_inner(),
-                };
+                let _w = shared.write_lock.lock().unwrap_or_else(|p| p.into_inner());
                 let inline = bufs.answer.len() <= marshal::INLINE_MAX;
                 let data = if inline { bufs.answer.clone() } else { Vec::new() };
-                let mut r = wire::send(&mut link, &Msg::SysRet(SysRet { id: req.id, ret, data }));
+                let mut r = wire::send(link, &Msg::SysRet(SysRet { id: req.id, ret, data }));
                 if r.is_ok() && !inline {
-                    r = wire::send_data(&mut link, &bufs.answer);
+                    r = wire::send_data(link, &bufs.answer);
                 }
                 if let Err(e) = r {
                     let _ = events.send(Event::Lost(e.to_string()));
-                    break;
+                    return Ended::Over;
                 }
             }
             Ok(Frame::Msg(Msg::FdIdent { id, fd })) => {
                 let file = if fd >= 0 && fd < res { om_runtime::image::fd_file_id(fd) } else { None };
                 let _w = shared.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(e) = wire::send(&mut link, &Msg::FdIdentRet { id, file }) {
+                if let Err(e) = wire::send(link, &Msg::FdIdentRet { id, file }) {
                     let _ = events.send(Event::Lost(e.to_string()));
-                    break;
+                    return Ended::Over;
                 }
             }
             Ok(Frame::Msg(Msg::Exited { code, signal })) => {
                 let _ = events.send(Event::Exited { code, signal });
-                break;
+                return Ended::Over;
             }
             Ok(Frame::Msg(Msg::GoingHome { reason })) => {
-                tracing::info!(pid, reason, "process coming home");
-                let _ = events.send(Event::GoingHome(rd.buffer().to_vec()));
-                break;
+                tracing::info!(pid, reason, "process leaving its node");
+                return Ended::GoingHome;
             }
             Ok(Frame::Msg(m)) => tracing::warn!(?m, "unexpected message at the deputy"),
             Ok(Frame::Data(_)) => tracing::warn!("stray data frame at the deputy"),
             Err(e) => {
                 let _ = events.send(Event::Lost(e.to_string()));
-                break;
+                return Ended::Over;
             }
         }
     }
-    let _ = link.into_raw_fd();
-    let _ = rd.into_inner().into_raw_fd();
-    // Keep the fd table alive until the controller has taken what it needs.
-    let _ = release.recv();
 }
 
 /// The argument layout of a request, as the supervisor built it.

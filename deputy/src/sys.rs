@@ -46,6 +46,15 @@ pub fn stream_from(fd: RawFd) -> TcpStream {
     unsafe { TcpStream::from_raw_fd(fd) }
 }
 
+/// Put the socket at `fd` of omd's shared fd table at number `at` of the
+/// calling thread's private table (replacing the old link there).
+pub fn take_link(fd: RawFd, at: RawFd) -> std::io::Result<()> {
+    let me = sys::pidfd_open(sys::getpid(), 0)?;
+    let new = sys::pidfd_getfd(me.as_raw_fd(), fd)?;
+    sys::dup3(new.as_raw_fd(), at, libc::O_CLOEXEC)?;
+    Ok(())
+}
+
 /// Copies of the deputy thread's fds (below `res`), with their close-on-exec flags.
 pub fn take_thread_fds(tid: i32, res: i32) -> std::io::Result<Vec<(i32, bool, OwnedFd)>> {
     let me = sys::getpid();

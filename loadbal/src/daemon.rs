@@ -361,7 +361,16 @@ impl Node {
         match (state.as_str(), to) {
             ("home", None) => Ok(()),
             ("away", Some(n)) if n == where_ => Ok(()),
-            ("away", _) => {
+            ("away", Some(n)) => {
+                // Straight from the node it is on to node n.
+                let ctl = ctl.ok_or("the process is between nodes; try again")?;
+                let addr = addr.ok_or("no address")?;
+                let (tx, rx) = channel::bounded(1);
+                ctl.send(Ctl::MoveTo { dest: n, addr, reply: tx })
+                    .map_err(|_| "the process's controller is gone".to_string())?;
+                rx.recv_timeout(Duration::from_secs(120)).map_err(|_| "the move did not finish in 120 s".to_string())?
+            }
+            ("away", None) => {
                 let ctl = ctl.ok_or("the process is between nodes; try again")?;
                 let (tx, rx) = channel::bounded(1);
                 ctl.send(Ctl::ComeHome(tx)).map_err(|_| "the process's controller is gone".to_string())?;

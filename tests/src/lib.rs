@@ -41,8 +41,19 @@ pub fn require_root() {
     assert_eq!(euid, 0, "om's end-to-end tests need root (CAP_SYS_PTRACE and CAP_SYS_ADMIN); run them as root");
 }
 
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// A port for a daemon: below the ephemeral range (so no outgoing connection
+/// of ours can hold it), distinct within this test process, and bindable now.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    let base = (std::process::id() % 400) * 30;
+    loop {
+        let n = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        let port = 20000 + ((base + n) % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct Node {

@@ -44,6 +44,26 @@ fn counter_with_64mib_moves_to_2_then_3_then_home() {
     let lines = wait_lines(&c.path("counter.out"), 70, T);
     assert_eq!(lines.len(), 70);
     check_counter(&lines, pid);
+    // 2 -> 3 went straight across, not through home.
+    assert!(c.log(1).contains("moved between nodes"), "{}", c.log(1));
+    assert_eq!(c.log(1).matches("running at home again").count(), 1, "{}", c.log(1));
+}
+
+/// A move between two remote nodes to a node that is down fails with a clear
+/// error and the process runs on where it was.
+#[test]
+fn a_failed_move_between_nodes_leaves_the_process_where_it_was() {
+    let mut c = Cluster::start(3);
+    let mut p = c.om_exec(1, &bin("counter"), &["16", "60", "50"], "m.out");
+    let pid = p.id();
+    wait_lines(&c.path("m.out"), 3, T);
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.kill_node(3);
+    let e = c.migrate(1, pid, "3").expect_err("node 3 is down");
+    assert!(e.contains("node 3") && e.contains("unreachable"), "{e}");
+    assert_eq!(c.where_is(1, pid), Some(2));
+    assert!(wait_child(&mut p, T).success(), "{}", c.logs());
+    check_counter(&wait_lines(&c.path("m.out"), 60, T), pid);
 }
 
 #[test]

@@ -29,6 +29,13 @@ pub enum Ctl {
     MoveTo { dest: u32, addr: SocketAddr, reply: Sender<Result<(), String>> },
 }
 
+/// Who asked for a move or a return, waiting for the outcome.
+pub type Reply = Sender<Result<(), String>>;
+
+/// A failed move between nodes: the reason, and the bytes read ahead on the
+/// old link when the process still runs there (None when it is lost).
+type MoveError = (String, Option<Vec<u8>>);
+
 /// How the controller reports the process's state to omd: (pid, state, where).
 pub type StateFn = Arc<dyn Fn(i32, &str, u32) + Send + Sync>;
 
@@ -272,7 +279,7 @@ impl Away {
         // A stop signal we sent the placeholder ourselves, to deliver, not forward.
         let mut injected_stop: Option<i32> = None;
         // A move to another node under way: (node, address, who to answer).
-        let mut moving: Option<(u32, SocketAddr, Sender<Result<(), String>>)> = None;
+        let mut moving: Option<(u32, SocketAddr, Reply)> = None;
         let mut here = plan.dest;
         loop {
             // Requests from omd.
@@ -423,7 +430,7 @@ impl Away {
         };
         // Refuse to the old node (it keeps the process) when the new one cannot start.
         let back = &self.link;
-        let refuse = |from, why: String| -> (String, Option<Vec<u8>>) {
+        let refuse = |from, why: String| -> MoveError {
             let _ = wire::send(&mut &*back, &Msg::Refused { reason: why.clone() });
             (why, Some(left(from)))
         };

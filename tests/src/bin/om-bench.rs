@@ -122,32 +122,37 @@ fn native_sysbench(args: &[&str]) -> f64 {
     line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("value")
 }
 
-/// Freeze times (ms) of `rounds` migrations home -> 2 and back of a counter
-/// with `mib` MiB: (out, back).
-fn freeze_ms(c: &Cluster, mib: usize, rounds: usize) -> (Vec<f64>, Vec<f64>) {
+/// Freeze times (ms) of `rounds` tours home -> 2 -> 3 -> home of a counter
+/// with `mib` MiB: (out, across, back).
+fn freeze_ms(c: &Cluster, mib: usize, rounds: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let out = format!("freeze{mib}.out");
     let mut p = c.om_exec(1, &bin("counter"), &[&mib.to_string(), "0", "200"], &out);
     wait_lines(&c.path(&out), 2, Duration::from_secs(120));
     let before = c.log(1).matches(" freeze_ms=").count();
-    let before_home = c.log(2).matches("home_freeze_ms=").count();
+    let before_across = c.log(2).matches("home_freeze_ms=").count();
+    let before_home = c.log(3).matches("home_freeze_ms=").count();
     for _ in 0..rounds {
-        c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-        std::thread::sleep(Duration::from_millis(300));
-        c.migrate(1, p.id(), "home").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-        std::thread::sleep(Duration::from_millis(300));
+        for to in ["2", "3", "home"] {
+            c.migrate(1, p.id(), to).unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
     let _ = p.kill();
     let _ = p.wait();
     let values = |log: String, key: &str, skip: usize| -> Vec<f64> {
         log.split(key).skip(1 + skip).filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).collect()
     };
-    (values(c.log(1), " freeze_ms=", before), values(c.log(2), "home_freeze_ms=", before_home))
+    (
+        values(c.log(1), " freeze_ms=", before),
+        values(c.log(2), "home_freeze_ms=", before_across),
+        values(c.log(3), "home_freeze_ms=", before_home),
+    )
 }
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n: u64 = if quick { 20_000 } else { 200_000 };
-    let c = Cluster::start(2);
+    let c = Cluster::start(3);
     println!(
         "om-bench ({}), {} CPUs",
         if quick { "quick" } else { "full" },
@@ -205,9 +210,9 @@ fn main() {
     // Freeze times.
     for (mib, target) in [(64usize, 60.0f64), (512, 600.0)] {
         let rounds = if quick { 2 } else { 5 };
-        let (out, back) = freeze_ms(&c, mib, rounds);
+        let (out, across, back) = freeze_ms(&c, mib, rounds);
         let cp = memcpy_ms(mib);
-        for (dir, f) in [("home -> node 2", out), ("node 2 -> home", back)] {
+        for (dir, f) in [("home -> node 2", out), ("node 2 -> node 3 (direct)", across), ("node 3 -> home", back)] {
             let m = median(f.clone());
             println!("| freeze of a {mib} MiB process, {dir} (median of {}) | {m:.0} ms | memcpy of {mib} MiB {cp:.1} ms | {:.1}x | <= {target:.0} ms | {} |", f.len(), m / cp, yes(m <= target));
         }

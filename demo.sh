@@ -34,4 +34,4 @@ for to in 2 3 home; do
 done
 wait "$P"; echo "== it exited with status $? after $(wc -l < "$D/out") lines"
 awk -v pid="$P" '$3!=$4{bad++} $2!=pid{bad++} NR>1 && $1!=prev+1{bad++} {prev=$1} END{ if (bad) {print "== CHECK FAILED: " bad " bad lines"; exit 1} else print "== every line in order, same pid, every checksum correct" }' "$D/out"
-grep -h "migrated\|running at home again" "$D"/n*.log | sed 's/^[^ ]* *//' | sed 's/^/   /'
+grep -h "migrated\|moved between nodes\|running at home again" "$D"/n*.log | sed 's/^[^ ]* *//' | sed 's/^/   /'

@@ -329,12 +329,35 @@ pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) ->
             }
         }
     }
-    let ret = sys::raw_syscall(req.nr as i64, args);
+    let (ret, trailer) = match req.nr {
+        46 | 47 => {
+            let l = |i: usize| req.lens[i] as usize;
+            let (ret, namelen, ctllen, flags) = crate::sys::msg_call(
+                req.nr,
+                args[0] as i32,
+                args[1],
+                (args[2], l(2)),
+                (args[3], l(3)),
+                (args[4], l(4)),
+            );
+            let mut t = Vec::new();
+            if req.nr == 47 {
+                t.extend_from_slice(&namelen.to_le_bytes());
+                t.extend_from_slice(&(ctllen as u32).to_le_bytes());
+                t.extend_from_slice(&flags.to_le_bytes());
+            }
+            (ret, t)
+        }
+        nr => (sys::raw_syscall(nr as i64, args), Vec::new()),
+    };
     for (i, a) in spec.iter().enumerate() {
         if marshal::is_out(*a) {
             let valid = marshal::out_valid(*a, req.lens[i] as usize, ret);
             b.answer.extend_from_slice(&b.out[out_at[i]..out_at[i] + valid]);
         }
+    }
+    if ret >= 0 {
+        b.answer.extend_from_slice(&trailer);
     }
     ret
 }

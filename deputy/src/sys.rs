@@ -159,3 +159,31 @@ fn send_fd(conn: &std::os::unix::net::UnixStream, fd: RawFd) -> std::io::Result<
     sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).map_err(std::io::Error::from)?;
     Ok(())
 }
+
+/// sendmsg (46) or recvmsg (47) on `fd` with one data buffer and optional
+/// name and control buffers, all owned by the caller. Returns the result and,
+/// for recvmsg, the name length, control length and flags the kernel set.
+#[allow(clippy::too_many_arguments)]
+pub fn msg_call(
+    nr: u32,
+    fd: i32,
+    flags: u64,
+    name: (u64, usize),
+    control: (u64, usize),
+    data: (u64, usize),
+) -> (i64, u32, u64, i32) {
+    let mut iov = libc::iovec { iov_base: data.0 as *mut libc::c_void, iov_len: data.1 };
+    // SAFETY: msghdr is plain data; zero is a valid start (it has private padding fields).
+    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+    mh.msg_name = if name.1 == 0 { std::ptr::null_mut() } else { name.0 as *mut libc::c_void };
+    mh.msg_namelen = name.1 as u32;
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = if control.1 == 0 { std::ptr::null_mut() } else { control.0 as *mut libc::c_void };
+    mh.msg_controllen = control.1;
+    let ret = sys::raw_syscall(
+        if nr == 46 { libc::SYS_sendmsg } else { libc::SYS_recvmsg },
+        [fd as u64, (&raw mut mh) as u64, flags, 0, 0, 0],
+    );
+    (ret, mh.msg_namelen, mh.msg_controllen as u64, mh.msg_flags)
+}

@@ -167,6 +167,7 @@ impl Supervisor {
                 }
                 None => self.forward(n),
             },
+            Class::Forward if nr == 46 || nr == 47 => self.forward_msg(n),
             Class::Forward => self.forward(n),
             Class::Local if nr == libc::SYS_mmap as u32 => self.mmap_file(n),
             Class::Local | Class::Home => self.go_home(&format!("{} runs at home", syscalls::name(nr)), Some(n.id)),
@@ -453,25 +454,11 @@ impl Supervisor {
             return Flow::Go;
         }
         let req = SysReq { id: 0, nr: fnr, args, lens, data: Vec::new() };
-        let SysRet { ret, data, .. } = loop {
-            let r = match self.call_deputy(&req, &input, &spec) {
-                Some(r) => r,
-                None => {
-                    let _ = sys::kill(self.gpid, libc::SIGKILL);
-                    return Flow::Go;
-                }
-            };
-            if r.ret != -(libc::EINTR as i64) {
-                break r;
-            }
-            // The deputy was woken because home has something for us.
-            if self.flags.come_home.load(Ordering::SeqCst) {
-                return self.go_home("asked to come home", Some(id));
-            }
-            // A signal for the guest: let its kernel decide (SA_RESTART or EINTR).
-            // A signal it ignores or blocks interrupts nothing: issue the call again.
-            if (0..20).any(|_| self.signal_pending() || !sleep_ms(1)) {
-                break SysRet { id: 0, ret: ERESTARTSYS, data: Vec::new() };
+        let SysRet { ret, data, .. } = match self.call_restartable(&req, &input, &spec, id) {
+            Ok(r) => r,
+            Err(flow) => {
+                self.inbuf = input;
+                return flow;
             }
         };
         self.inbuf = input;
@@ -504,12 +491,105 @@ impl Supervisor {
     }
 
     /// Send one call to the deputy and wait for its answer. None: home is gone.
+    /// Call the deputy; when the deputy was woken out of the call (EINTR),
+    /// go home if asked, let the guest's kernel restart or fail the call if a
+    /// signal is pending for it, or else issue the call again.
+    fn call_restartable(&mut self, req: &SysReq, input: &[u8], spec: &[Arg], id: u64) -> Result<SysRet, Flow> {
+        loop {
+            let Some(r) = self.call_deputy(req, input, spec) else {
+                let _ = sys::kill(self.gpid, libc::SIGKILL);
+                return Err(Flow::Go);
+            };
+            if r.ret != -(libc::EINTR as i64) {
+                return Ok(r);
+            }
+            if self.flags.come_home.load(Ordering::SeqCst) {
+                return Err(self.go_home("asked to come home", Some(id)));
+            }
+            if (0..20).any(|_| self.signal_pending() || !sleep_ms(1)) {
+                return Ok(SysRet { id: 0, ret: ERESTARTSYS, data: Vec::new() });
+            }
+        }
+    }
+
+    /// sendmsg/recvmsg: the msghdr is flattened into (name, control, data),
+    /// run at home on one iovec, and the results written back into the guest's
+    /// buffers and msghdr (SCM_RIGHTS fd numbers are home numbers, as are all fds).
+    fn forward_msg(&mut self, n: &SeccompNotif) -> Flow {
+        let (nr, a, id) = (n.data.nr as u32, n.data.args, n.id);
+        let Some(h) = self.read_mem(a[1], 56) else {
+            self.reply(id, -(libc::EFAULT as i64));
+            return Flow::Go;
+        };
+        let u = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or([0; 8]));
+        let (name_at, ctl_at, iov_at, iovlen) = (u(0), u(32), u(16), u(24));
+        if iovlen > 1024 {
+            self.reply(id, -(libc::EMSGSIZE as i64));
+            return Flow::Go;
+        }
+        let namelen = if name_at == 0 { 0 } else { (u(8) & 0xffff_ffff).min(128) };
+        let ctllen = if ctl_at == 0 { 0 } else { u(40).min(1 << 16) };
+        let Some(raw) = self.read_mem(iov_at, iovlen as usize * 16) else {
+            self.reply(id, -(libc::EFAULT as i64));
+            return Flow::Go;
+        };
+        let mut iov = Vec::new();
+        let mut total = 0usize;
+        for c in raw.chunks(16) {
+            let base = u64::from_le_bytes(c[0..8].try_into().unwrap_or([0; 8]));
+            let len = (u64::from_le_bytes(c[8..16].try_into().unwrap_or([0; 8])) as usize).min(MAX_IO - total);
+            iov.push((base, len));
+            total += len;
+        }
+        let spec = syscalls::spec(nr).unwrap_or(&[]).to_vec();
+        let lens = [0, 0, namelen as u32, ctllen as u32, total as u32, 0];
+        let req = SysReq { id: 0, nr, args: [a[0], a[2], namelen, ctllen, total as u64, 0], lens, data: Vec::new() };
+        let mut input = Vec::new();
+        if nr == 46 {
+            let ok = read_into(self.gpid, name_at, namelen as usize, &mut input)
+                && read_into(self.gpid, ctl_at, ctllen as usize, &mut input)
+                && gather_into(self.gpid, &iov, &mut input);
+            if !ok {
+                self.reply(id, -(libc::EFAULT as i64));
+                return Flow::Go;
+            }
+        }
+        let r = match self.call_restartable(&req, &input, &spec, id) {
+            Ok(r) => r,
+            Err(flow) => return flow,
+        };
+        if nr == 47 && r.ret >= 0 {
+            let (nl, cl) = (namelen as usize, ctllen as usize);
+            let d = &r.data;
+            if d.len() >= nl + cl + 12 {
+                let t = &d[d.len() - 12..];
+                let got_name = (u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as usize).min(nl);
+                let got_ctl = (u32::from_le_bytes([t[4], t[5], t[6], t[7]]) as usize).min(cl);
+                let _ =
+                    got_name > 0 && sys::process_vm_writev(self.gpid, &d[..got_name], &[(name_at, got_name)]).is_ok();
+                let _ = got_ctl > 0
+                    && sys::process_vm_writev(self.gpid, &d[nl..nl + got_ctl], &[(ctl_at, got_ctl)]).is_ok();
+                scatter(self.gpid, &iov, &d[nl + cl..d.len() - 12]);
+                // msg_namelen (u32 at 8), msg_controllen (u64 at 40), msg_flags (i32 at 48).
+                let _ = sys::process_vm_writev(self.gpid, &(got_name as u32).to_le_bytes(), &[(a[1] + 8, 4)]);
+                let _ = sys::process_vm_writev(self.gpid, &(got_ctl as u64).to_le_bytes(), &[(a[1] + 40, 8)]);
+                let _ = sys::process_vm_writev(self.gpid, &t[8..12], &[(a[1] + 48, 4)]);
+            }
+        }
+        self.reply(id, r.ret);
+        if self.flags.come_home.load(Ordering::SeqCst) {
+            return self.go_home("asked to come home", None);
+        }
+        Flow::Go
+    }
+
     /// Bulk input (over INLINE_MAX) follows the request as a data frame, and
     /// bulk output follows the answer the same way: no serialisation copies.
     fn call_deputy(&mut self, req: &SysReq, input: &[u8], spec: &[Arg]) -> Option<SysRet> {
         let rid = self.next_id;
         self.next_id += 1;
         let lens = req.lens;
+        let req_nr = req.nr;
         let inline = input.len() <= marshal::INLINE_MAX;
         let req = SysReq { id: rid, data: if inline { input.to_vec() } else { Vec::new() }, ..req.clone() };
         let sent = {
@@ -538,7 +618,8 @@ impl Supervisor {
         };
         // The deputy answers with exactly the valid bytes of the outputs.
         let out_len: usize =
-            spec.iter().enumerate().map(|(i, a)| marshal::out_valid(*a, lens[i] as usize, r.ret)).sum();
+            spec.iter().enumerate().map(|(i, a)| marshal::out_valid(*a, lens[i] as usize, r.ret)).sum::<usize>()
+                + if r.ret >= 0 { marshal::msg_trailer(req_nr) } else { 0 };
         if out_len > marshal::INLINE_MAX {
             match wire::recv_into(&mut self.reader, &mut self.outbuf) {
                 Ok(None) => r.data = std::mem::take(&mut self.outbuf),

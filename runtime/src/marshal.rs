@@ -63,6 +63,16 @@ pub fn input_len(req: &SysReq, spec: &[Arg]) -> usize {
     spec.iter().enumerate().filter(|(_, a)| is_in(**a)).map(|(i, _)| req.lens[i] as usize).sum()
 }
 
+/// Bytes a call's answer carries after its outputs: recvmsg returns the
+/// name and control lengths and the flags (u32, u32, i32).
+pub fn msg_trailer(nr: u32) -> usize {
+    if nr == 47 {
+        12
+    } else {
+        0
+    }
+}
+
 /// Payloads larger than this travel as a raw data frame after their message
 /// (no serialisation copy) instead of inside it.
 pub const INLINE_MAX: usize = 4096;

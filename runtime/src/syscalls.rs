@@ -487,6 +487,10 @@ pub fn spec(nr: u32) -> Option<&'static [Arg]> {
         43 | 51 | 52 => &[Fd, Out(DerefU32(2)), InOut(Const(4))],
         44 => &[Fd, In(Val(2)), V, V, In(Val(5)), V],
         45 => &[Fd, OutRet(Val(2)), V, V, Out(DerefU32(5)), InOut(Const(4))],
+        // sendmsg/recvmsg travel flattened by the supervisor: (fd, flags,
+        // name, control, data), with the lengths as values (see marshal::msg_trailer).
+        46 => &[Fd, V, In(Val(2)), In(Val(3)), In(Val(4))],
+        47 => &[Fd, V, Out(Val(2)), Out(Val(3)), OutRet(Val(4))],
         48 | 50 => &[Fd, V],
         53 => &[V, V, V, Out(Const(8))],
         54 => &[Fd, V, V, In(Val(4)), V],

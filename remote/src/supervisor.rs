@@ -304,6 +304,20 @@ impl Supervisor {
         }
     }
 
+    /// An iovec array of the guest: its pieces (cut to MAX_IO in all) and total.
+    fn read_iovecs(&self, addr: u64, count: usize) -> Option<(Iovecs, usize)> {
+        let raw = self.read_mem(addr, count * 16)?;
+        let mut iov = Vec::with_capacity(count);
+        let mut total = 0usize;
+        for c in raw.chunks(16) {
+            let base = u64::from_le_bytes(c[0..8].try_into().unwrap_or([0; 8]));
+            let len = (u64::from_le_bytes(c[8..16].try_into().unwrap_or([0; 8])) as usize).min(MAX_IO - total);
+            iov.push((base, len));
+            total += len;
+        }
+        Some((iov, total))
+    }
+
     /// A NUL-terminated string, read page by page so it may end before an unmapped page.
     fn read_cstr(&self, addr: u64) -> Option<Vec<u8>> {
         let mut out = Vec::new();
@@ -350,18 +364,10 @@ impl Supervisor {
         // Calls with a shape of their own.
         let (fnr, spec, iov): (u32, Vec<Arg>, Option<Iovecs>) = match nr {
             19 | 20 | 295 | 296 => {
-                let Some(raw) = self.read_mem(args[1], (args[2] as usize).min(1024) * 16) else {
+                let Some((iov, total)) = self.read_iovecs(args[1], (args[2] as usize).min(1024)) else {
                     self.reply(id, -libc::EFAULT as i64);
                     return Flow::Go;
                 };
-                let mut iov = Vec::new();
-                let mut total = 0usize;
-                for c in raw.chunks(16) {
-                    let base = u64::from_le_bytes(c[0..8].try_into().unwrap_or([0; 8]));
-                    let len = (u64::from_le_bytes(c[8..16].try_into().unwrap_or([0; 8])) as usize).min(MAX_IO - total);
-                    iov.push((base, len));
-                    total += len;
-                }
                 let write = nr == 20 || nr == 296;
                 let fnr = match nr {
                     19 => 0,
@@ -529,18 +535,10 @@ impl Supervisor {
         }
         let namelen = if name_at == 0 { 0 } else { (u(8) & 0xffff_ffff).min(128) };
         let ctllen = if ctl_at == 0 { 0 } else { u(40).min(1 << 16) };
-        let Some(raw) = self.read_mem(iov_at, iovlen as usize * 16) else {
+        let Some((iov, total)) = self.read_iovecs(iov_at, iovlen as usize) else {
             self.reply(id, -(libc::EFAULT as i64));
             return Flow::Go;
         };
-        let mut iov = Vec::new();
-        let mut total = 0usize;
-        for c in raw.chunks(16) {
-            let base = u64::from_le_bytes(c[0..8].try_into().unwrap_or([0; 8]));
-            let len = (u64::from_le_bytes(c[8..16].try_into().unwrap_or([0; 8])) as usize).min(MAX_IO - total);
-            iov.push((base, len));
-            total += len;
-        }
         let spec = syscalls::spec(nr).unwrap_or(&[]).to_vec();
         let lens = [0, 0, namelen as u32, ctllen as u32, total as u32, 0];
         let req = SysReq { id: 0, nr, args: [a[0], a[2], namelen, ctllen, total as u64, 0], lens, data: Vec::new() };

@@ -11,12 +11,13 @@ pub mod sys;
 
 use crossbeam::channel::{self, Receiver, Sender};
 use om_runtime::image::{self, Target};
+use om_runtime::link::{ClusterKey, Link};
 use om_runtime::ptrace::Tracee;
 use om_runtime::sys as rsys;
 use om_runtime::transfer;
 use om_runtime::wire::{self, Msg};
 use serve::{Event, Release, Setup, Shared};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub enum Ctl {
     ComeHome(Sender<Result<(), String>>),
     /// Move the process from the node it is on straight to another one.
     MoveTo { dest: u32, addr: SocketAddr, reply: Sender<Result<(), String>> },
+    /// The membership declared this node down.
+    NodeDown(u32),
 }
 
 /// Who asked for a move or a return, waiting for the outcome.
@@ -45,6 +48,8 @@ pub struct Plan {
     pub home: u32,
     pub dest: u32,
     pub addr: SocketAddr,
+    /// The cluster key, for the links to the destination.
+    pub key: ClusterKey,
 }
 
 pub use om_runtime::sys::wake_signal;
@@ -69,9 +74,9 @@ pub fn migrate_and_control(plan: Plan, reply: Sender<Result<(), String>>, ctl: R
 
 struct Away {
     /// Forwarded calls and the way home.
-    link: TcpStream,
+    link: Link,
     /// Signals, come-home and kill requests for the supervisor.
-    ctl_link: TcpStream,
+    ctl_link: Link,
     shared: Arc<Shared>,
     events: Receiver<Event>,
     release: Sender<Release>,
@@ -79,6 +84,7 @@ struct Away {
     events_tx: Sender<Event>,
     scratch: u64,
     fds_res: i32,
+    key: ClusterKey,
 }
 
 fn migrate_out(plan: &Plan) -> Result<Away, String> {
@@ -87,9 +93,11 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
         return Err(format!("process {pid} cannot migrate: {why}"));
     }
     let started = std::time::Instant::now();
-    let mut link = TcpStream::connect_timeout(&plan.addr, Duration::from_secs(3))
-        .map_err(|e| format!("node {} at {} is unreachable: {e}; the process stays at home", plan.dest, plan.addr))?;
-    let _ = link.set_nodelay(true);
+    let connect = || {
+        Link::connect(plan.addr, &plan.key, plan.home, Duration::from_secs(3))
+            .map_err(|e| format!("node {}: {e}; the process stays at home", plan.dest))
+    };
+    let mut link = connect()?;
     let net = |e: wire::WireError| format!("link to node {} failed: {e}; the process stays at home", plan.dest);
     let token = random_token();
     wire::send(&mut link, &Msg::Hello { node: plan.home }).map_err(net)?;
@@ -100,9 +108,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
         m => return Err(format!("node {} answered {m:?} to the offer", plan.dest)),
     };
     // The second link: signals and requests for the guest's supervisor.
-    let mut ctl_link = TcpStream::connect_timeout(&plan.addr, Duration::from_secs(3))
-        .map_err(|e| format!("node {} at {} is unreachable: {e}; the process stays at home", plan.dest, plan.addr))?;
-    let _ = ctl_link.set_nodelay(true);
+    let mut ctl_link = connect()?;
     wire::send(&mut ctl_link, &Msg::Hello { node: plan.home }).map_err(net)?;
     wire::send(&mut ctl_link, &Msg::Attach { token }).map_err(net)?;
     let files = image::mapped_files(pid);
@@ -241,6 +247,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
         events_tx,
         scratch: cap.scratch,
         fds_res: serve::reserved_base(),
+        key: plan.key.clone(),
     };
     for sig in pending_signals {
         away.send(&Msg::Signal { sig });
@@ -294,6 +301,15 @@ impl Away {
                     self.interrupt_deputy();
                     moving = Some((dest, addr, reply));
                 }
+                Ok(Ctl::NodeDown(n)) if n == here => {
+                    tracing::error!(node = n, "node {n}, which hosted the process, is down; killing it at home");
+                    let _ = rsys::kill(pid, libc::SIGKILL);
+                    let _ = self.release.send(Release::Stop);
+                    let _ = self.link.shutdown(std::net::Shutdown::Both);
+                    state(pid, "exited", plan.home);
+                    return;
+                }
+                Ok(Ctl::NodeDown(_)) => {}
                 Err(_) => {}
             }
             // Events from the deputy.
@@ -361,7 +377,7 @@ impl Away {
                     return;
                 }
                 Ok(Event::Lost(why)) => {
-                    tracing::error!(why, "lost the node hosting the process; killing it at home");
+                    tracing::error!(why, node = here, "lost node {here}, which hosted the process; killing it at home");
                     let _ = rsys::kill(pid, libc::SIGKILL);
                     let _ = self.release.send(Release::Stop);
                     state(pid, "exited", plan.home);
@@ -419,7 +435,7 @@ impl Away {
         ahead: Vec<u8>,
     ) -> Result<(), (String, Option<Vec<u8>>)> {
         let mut from = std::io::Read::chain(std::io::Cursor::new(ahead), &self.link);
-        let left = |from: std::io::Chain<std::io::Cursor<Vec<u8>>, &TcpStream>| {
+        let left = |from: std::io::Chain<std::io::Cursor<Vec<u8>>, &Link>| {
             let (c, _) = from.into_inner();
             c.get_ref()[c.position() as usize..].to_vec()
         };
@@ -435,16 +451,11 @@ impl Away {
             (why, Some(left(from)))
         };
         let token = random_token();
-        let mut to = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+        let connect = || Link::connect(addr, &self.key, home, Duration::from_secs(3));
+        let mut to = match connect() {
             Ok(s) => s,
-            Err(e) => {
-                return Err(refuse(
-                    from,
-                    format!("node {dest} at {addr} is unreachable: {e}; the process stays where it is"),
-                ))
-            }
+            Err(e) => return Err(refuse(from, format!("node {dest}: {e}; the process stays where it is"))),
         };
-        let _ = to.set_nodelay(true);
         let (files, vdso_hash, vdso_len, xsave) = offer;
         let o = Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave };
         let answer = match wire::send(&mut to, &Msg::Hello { node: home })
@@ -458,8 +469,7 @@ impl Away {
             Ok(m) => return Err(refuse(from, format!("node {dest} answered {m:?}"))),
             Err(e) => return Err(refuse(from, format!("link to node {dest} failed: {e}"))),
         };
-        let ctl2 = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).and_then(|mut c| {
-            let _ = c.set_nodelay(true);
+        let ctl2 = connect().map_err(std::io::Error::other).and_then(|mut c| {
             wire::send(&mut c, &Msg::Hello { node: home }).map_err(std::io::Error::other)?;
             wire::send(&mut c, &Msg::Attach { token }).map_err(std::io::Error::other)?;
             Ok(c)
@@ -521,7 +531,7 @@ impl Away {
         let old = std::mem::replace(&mut self.link, to);
         let _ = std::mem::replace(&mut self.ctl_link, ctl2);
         let _ = read_control_link(&self.ctl_link, pid, self.events_tx.clone());
-        let _ = self.release.send(Release::Switch(std::os::fd::AsRawFd::as_raw_fd(&self.link)));
+        let _ = self.release.send(Release::Switch(std::os::fd::AsRawFd::as_raw_fd(&self.link), self.link.cipher()));
         // The old link closes once the deputy holds the new one.
         std::thread::sleep(Duration::from_millis(50));
         drop(old);
@@ -591,7 +601,7 @@ impl Away {
 }
 
 /// Reports from the remote's helper on a control link (job-control stops).
-fn read_control_link(ctl_link: &TcpStream, pid: i32, tx: Sender<Event>) -> std::io::Result<()> {
+fn read_control_link(ctl_link: &Link, pid: i32, tx: Sender<Event>) -> std::io::Result<()> {
     let mut r = ctl_link.try_clone()?;
     std::thread::Builder::new().name(format!("ctl-{pid}")).spawn(move || {
         while let Ok(m) = wire::recv_msg(&mut r) {

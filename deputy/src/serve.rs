@@ -4,12 +4,12 @@
 
 use crate::sys as dsys;
 use om_runtime::image::Image;
+use om_runtime::link::{Cipher, Link};
 use om_runtime::marshal::{self, GO_HOME};
 use om_runtime::procfs;
 use om_runtime::sys;
 use om_runtime::syscalls::{self, Arg, Class, Len};
 use om_runtime::wire::{self, Frame, Msg, SysReq, SysRet};
-use std::net::TcpStream;
 use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,7 @@ pub enum Release {
     Resume(Vec<u8>),
     /// Serve on a new link (the guest moved to another node): its fd number
     /// in omd's shared fd table.
-    Switch(i32),
+    Switch(i32, Arc<Cipher>),
     /// Stop; the fd table may go.
     Stop,
 }
@@ -93,10 +93,10 @@ impl Setup {
 /// back through `ready` (so the controller closes it in the shared fd table)
 /// once the private table has its own copy.
 pub fn run(
-    reader: TcpStream,
+    reader: Link,
     setup: Setup,
     shared: Arc<Shared>,
-    ready: crossbeam::channel::Sender<Result<TcpStream, String>>,
+    ready: crossbeam::channel::Sender<Result<Link, String>>,
     events: crossbeam::channel::Sender<Event>,
     release: crossbeam::channel::Receiver<Release>,
 ) {
@@ -117,9 +117,10 @@ pub fn run(
         let _ = ready.send(Err(format!("deputy cannot take the process's credentials: {e}")));
         return;
     }
+    let mut cipher = reader.cipher();
     let _ = ready.send(Ok(reader));
     // r1 is our private copy of the link, owned by this thread from now on.
-    let mut link = dsys::stream_from(r1);
+    let mut link = dsys::stream_from(r1, cipher.clone());
     // Serve only once the controller has seen the process resume there.
     if !matches!(release.recv(), Ok(Release::Serve)) {
         let _ = link.into_raw_fd();
@@ -131,7 +132,10 @@ pub fn run(
     loop {
         // Reads go through a buffer (one read per frame). Whatever is read
         // ahead when the guest leaves is handed to the controller.
-        let chained = std::io::Read::chain(std::io::Cursor::new(std::mem::take(&mut first)), dsys::stream_from(r1));
+        let chained = std::io::Read::chain(
+            std::io::Cursor::new(std::mem::take(&mut first)),
+            dsys::stream_from(r1, cipher.clone()),
+        );
         let mut rd = std::io::BufReader::with_capacity(1 << 16, chained);
         let ended = serve_round(&mut rd, &mut link, pid, res, &shared, &events, &mut bufs);
         let mut ahead = rd.buffer().to_vec();
@@ -143,7 +147,10 @@ pub fn run(
         }
         match release.recv() {
             Ok(Release::Resume(bytes)) => first = bytes,
-            Ok(Release::Switch(fd)) => {
+            Ok(Release::Switch(fd, c)) => {
+                cipher = c;
+                let _ = link.into_raw_fd();
+                link = dsys::stream_from(r1, cipher.clone());
                 if let Err(e) = dsys::take_link(fd, r1) {
                     let _ = events.send(Event::Lost(format!("deputy cannot take the new link: {e}")));
                     let _ = release.recv();
@@ -160,7 +167,7 @@ pub fn run(
 /// Serve calls until the guest leaves (GoingHome) or ends.
 fn serve_round<R: std::io::Read>(
     rd: &mut R,
-    link: &mut TcpStream,
+    link: &mut Link,
     pid: i32,
     res: i32,
     shared: &Shared,

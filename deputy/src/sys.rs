@@ -1,15 +1,16 @@
 //! Raw pieces of the deputy: the private fd table, and passing fds into the
 //! placeholder when the process comes home.
 
+use om_runtime::link::{Cipher, Link};
 use om_runtime::ptrace::{Result as TResult, TraceError, Tracee};
 use om_runtime::sys;
-use std::net::TcpStream;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 /// Give the calling thread its own fd table and cwd, holding only the link
 /// (moved to a reserved high number, returned) and the process's fds, taken
 /// from it with pidfd_getfd at their own numbers.
-pub fn private_table(link: &TcpStream, pid: i32, fds: &[(i32, bool)], res: i32) -> std::io::Result<RawFd> {
+pub fn private_table(link: &Link, pid: i32, fds: &[(i32, bool)], res: i32) -> std::io::Result<RawFd> {
     let s0 = link.as_raw_fd();
     sys::unshare(libc::CLONE_FILES | libc::CLONE_FS)?;
     let r1 = sys::dup_above(s0, res)?;
@@ -39,11 +40,12 @@ fn clear_cloexec(fd: RawFd) {
     unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
 }
 
-/// A TcpStream over an fd of the private table.
-pub fn stream_from(fd: RawFd) -> TcpStream {
+/// A link handle over an fd of the private table; release it with
+/// `into_raw_fd` to keep the fd open.
+pub fn stream_from(fd: RawFd, cipher: Arc<Cipher>) -> Link {
     use std::os::fd::FromRawFd;
     // SAFETY: `fd` is a socket this thread owns exclusively in its private table.
-    unsafe { TcpStream::from_raw_fd(fd) }
+    Link::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }, cipher)
 }
 
 /// Put the socket at `fd` of omd's shared fd table at number `at` of the

@@ -2,10 +2,12 @@
 //! migrations), the table of processes under om, and one controller thread
 //! per migrated process.
 
+use crate::membership::{Health, LoadRecord, Membership, SharedView};
 use crossbeam::channel::{self, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use om_deputy::{Ctl, Plan, StateFn};
+use om_runtime::link::{ClusterKey, Link};
 use om_runtime::procfs;
 use om_runtime::wire::{self, Msg, NodeInfo, ProcInfo, WireError};
 use std::collections::HashMap;
@@ -23,8 +25,16 @@ pub struct Config {
     pub listen: SocketAddr,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
-    pub peers: Vec<(u32, SocketAddr)>,
+    /// Nodes to announce this one to (any live member will do).
+    pub seeds: Vec<SocketAddr>,
+    pub key: ClusterKey,
+    pub speed: f64,
+    pub max_guests: u32,
     pub accept_guests: bool,
+    /// Paths with the same contents on every node.
+    pub consistent_paths: Vec<PathBuf>,
+    /// Cgroups the processes this node runs are put in.
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// A process under om on this node (its home).
@@ -39,6 +49,7 @@ struct Proc {
 pub struct Node {
     cfg: Config,
     procs: Mutex<HashMap<i32, Proc>>,
+    view: SharedView,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +66,7 @@ pub enum DaemonError {
 
 const CONTROL: Token = Token(0);
 const LINKS: Token = Token(1);
+const GOSSIP: Token = Token(2);
 
 /// Run the daemon until killed.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
@@ -78,9 +90,12 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         TcpListener::bind(cfg.listen).map_err(|source| DaemonError::Listen { addr: cfg.listen.to_string(), source })?;
     control.set_nonblocking(true)?;
     links.set_nonblocking(true)?;
-    tracing::info!(node = cfg.node_id, listen = %cfg.listen, socket = %cfg.socket.display(), peers = cfg.peers.len(), "omd ready");
+    let view = SharedView::default();
+    let mut members = Membership::new(cfg.node_id, cfg.listen, cfg.seeds.clone(), cfg.key.clone(), view.clone())
+        .map_err(|source| DaemonError::Listen { addr: format!("{} (udp)", cfg.listen), source })?;
+    tracing::info!(node = cfg.node_id, listen = %cfg.listen, socket = %cfg.socket.display(), seeds = cfg.seeds.len(), "omd ready");
 
-    let node = Arc::new(Node { cfg, procs: Mutex::new(HashMap::new()) });
+    let node = Arc::new(Node { cfg, procs: Mutex::new(HashMap::new()), view });
     match crate::sys::ProcEvents::open() {
         Ok(events) => {
             let n = node.clone();
@@ -91,9 +106,17 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut poll = Poll::new()?;
     poll.registry().register(&mut SourceFd(&control.as_raw_fd()), CONTROL, Interest::READABLE)?;
     poll.registry().register(&mut SourceFd(&links.as_raw_fd()), LINKS, Interest::READABLE)?;
+    poll.registry().register(&mut SourceFd(&members.socket().as_raw_fd()), GOSSIP, Interest::READABLE)?;
     let mut events = Events::with_capacity(64);
+    let mut published = std::time::Instant::now() - Duration::from_secs(10);
+    let mut health: HashMap<u32, Health> = HashMap::new();
     loop {
-        if let Err(e) = poll.poll(&mut events, Some(Duration::from_secs(1))) {
+        if published.elapsed() >= Duration::from_secs(1) {
+            members.publish(node.own_record());
+            published = std::time::Instant::now();
+        }
+        let wait = members.tick().min(Duration::from_secs(1)).max(Duration::from_millis(1));
+        if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
@@ -113,9 +136,12 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                         let _ = std::thread::Builder::new().name("link".into()).spawn(move || n.serve_link(s, peer));
                     }
                 }
+                GOSSIP => members.readable(),
                 _ => {}
             }
         }
+        members.tick();
+        node.watch_health(&mut health);
         node.prune();
     }
 }
@@ -240,6 +266,9 @@ impl Node {
                     pid,
                     Proc { cmd, state: "home".into(), where_: self.cfg.node_id, locked: false, ctl: None },
                 );
+                if let Err(e) = procfs::join_cgroups(pid, &self.cfg.cgroups) {
+                    tracing::warn!(pid, %e, "cannot put the process in this node's cgroup");
+                }
                 tracing::info!(pid, "registered");
                 Msg::Ok
             }
@@ -279,37 +308,38 @@ impl Node {
         }
     }
 
+    /// Every node this one knows, itself first, as the membership sees them.
     fn nodes(&self) -> Vec<NodeInfo> {
+        let me = self.cfg.node_id;
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<u32> = view.nodes.keys().copied().filter(|&i| i != me).collect();
+        ids.sort_unstable();
         let mut v = vec![self.own_info()];
-        for (id, addr) in &self.cfg.peers {
-            v.push(self.ask_peer(*id, *addr).unwrap_or(NodeInfo {
-                id: *id,
-                addr: addr.to_string(),
-                state: "down".into(),
-                load: 0.0,
-                cpus: 0,
-                speed: 0.0,
-                mem_free: 0,
-                guests: 0,
-            }));
+        for id in ids {
+            let s = &view.nodes[&id];
+            let (rec, age) = match &s.load {
+                Some(k) => (Some(&k.rec), k.got.elapsed().as_millis() as u64),
+                None => (None, s.since.elapsed().as_millis() as u64),
+            };
+            v.push(NodeInfo {
+                id,
+                addr: s.addr.to_string(),
+                state: s.health.as_str().into(),
+                load: rec.map_or(0.0, |r| r.load),
+                cpus: rec.map_or(0, |r| r.cpus),
+                speed: rec.map_or(0.0, |r| r.speed),
+                mem_free: rec.map_or(0, |r| r.mem_free),
+                guests: rec.map_or(0, |r| r.guests),
+                max_guests: rec.map_or(0, |r| r.max_guests),
+                accepts: rec.is_some_and(|r| r.accepts),
+                age_ms: age,
+            });
         }
         v
     }
 
-    /// A peer's own figures, asked over a node link (300 ms budget).
-    fn ask_peer(&self, id: u32, addr: SocketAddr) -> Option<NodeInfo> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-        s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
-        wire::send(&mut s, &Msg::Hello { node: self.cfg.node_id }).ok()?;
-        wire::send(&mut s, &Msg::Nodes).ok()?;
-        match wire::recv_msg(&mut s).ok()? {
-            Msg::NodesReply(mut v) if v.len() == 1 && v[0].id == id => v.pop(),
-            _ => None,
-        }
-    }
-
-    /// This node's load per CPU, CPUs, free memory and guests.
-    fn own_info(&self) -> NodeInfo {
+    /// This node's figures, as it spreads them.
+    pub fn own_record(&self) -> LoadRecord {
         let load = std::fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
@@ -320,16 +350,76 @@ impl Node {
             .and_then(|s| procfs::status_field_in(&s, "MemAvailable"))
             .and_then(|v| v.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()))
             .map_or(0, |kb| kb * 1024);
+        LoadRecord {
+            id: self.cfg.node_id,
+            stamp: 0,
+            load: load / f64::from(cpus),
+            cpus,
+            speed: self.cfg.speed,
+            mem_free,
+            guests: om_remote::guests(),
+            max_guests: self.cfg.max_guests,
+            accepts: self.cfg.accept_guests,
+        }
+    }
+
+    fn own_info(&self) -> NodeInfo {
+        let r = self.own_record();
         NodeInfo {
             id: self.cfg.node_id,
             addr: self.cfg.listen.to_string(),
             state: "alive".into(),
-            load: load / cpus as f64,
-            cpus,
-            speed: 1.0,
-            mem_free,
-            guests: om_remote::guests(),
+            load: r.load,
+            cpus: r.cpus,
+            speed: r.speed,
+            mem_free: r.mem_free,
+            guests: r.guests,
+            max_guests: r.max_guests,
+            accepts: r.accepts,
+            age_ms: 0,
         }
+    }
+
+    /// Where node `n` listens, if it is a live member.
+    fn node_addr(&self, n: u32) -> Result<SocketAddr, String> {
+        let me = self.cfg.node_id;
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        match view.nodes.get(&n) {
+            Some(s) if s.health == Health::Down => Err(format!(
+                "node {n} is down (for {} s); pick another node (omctl nodes)",
+                s.since.elapsed().as_secs()
+            )),
+            Some(s) => Ok(s.addr),
+            None => {
+                let mut known: Vec<u32> = view.nodes.keys().copied().filter(|&i| i != me).collect();
+                known.sort_unstable();
+                let known: Vec<String> = known.iter().map(u32::to_string).collect();
+                Err(format!(
+                    "unknown node {n}; known nodes: {me} (this one){}{}",
+                    if known.is_empty() { "" } else { ", " },
+                    known.join(", ")
+                ))
+            }
+        }
+    }
+
+    /// Tell the controllers of processes on a node that just went down.
+    fn watch_health(&self, last: &mut HashMap<u32, Health>) {
+        let now: HashMap<u32, Health> = {
+            let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+            view.nodes.iter().map(|(k, s)| (*k, s.health)).collect()
+        };
+        for (&id, &h) in &now {
+            if h == Health::Down && last.get(&id).is_some_and(|&o| o != Health::Down) {
+                let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+                for p in procs.values().filter(|p| p.where_ == id) {
+                    if let Some(c) = &p.ctl {
+                        let _ = c.send(Ctl::NodeDown(id));
+                    }
+                }
+            }
+        }
+        *last = now;
     }
 
     fn migrate(self: &Arc<Self>, pid: i32, to: Option<u32>, uid: Option<u32>) -> Result<(), String> {
@@ -352,10 +442,7 @@ impl Node {
             return Err(format!("process {pid} is locked to where it is (omctl unlock {pid})"));
         }
         let addr = match to {
-            Some(n) => Some(self.cfg.peers.iter().find(|(id, _)| *id == n).map(|(_, a)| *a).ok_or_else(|| {
-                let known: Vec<String> = self.cfg.peers.iter().map(|(i, _)| i.to_string()).collect();
-                format!("unknown node {n}; known nodes: {me} (this one), {}", known.join(", "))
-            })?),
+            Some(n) => Some(self.node_addr(n)?),
             None => None,
         };
         match (state.as_str(), to) {
@@ -396,7 +483,7 @@ impl Node {
                 p.ctl = Some(ctl_tx);
             }
         }
-        let plan = Plan { pid, home: self.cfg.node_id, dest, addr };
+        let plan = Plan { pid, home: self.cfg.node_id, dest, addr, key: self.cfg.key.clone() };
         let state = self.state_fn();
         std::thread::Builder::new()
             .name(format!("home-{pid}"))
@@ -405,13 +492,23 @@ impl Node {
         reply_rx.recv().map_err(|_| "the migration thread died".to_string())?
     }
 
-    fn serve_link(self: Arc<Self>, mut s: TcpStream, peer: SocketAddr) {
-        let _ = s.set_nodelay(true);
+    fn serve_link(self: Arc<Self>, s: TcpStream, peer: SocketAddr) {
+        let mut s = match Link::accept(s, &self.cfg.key, self.cfg.node_id) {
+            Ok(l) => l,
+            Err(e) => {
+                // Logged once per address: a scanner or a misconfigured node
+                // keeps trying.
+                if refused_first(peer.ip()) {
+                    tracing::warn!(%peer, %e, "node link refused");
+                }
+                return;
+            }
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
         let node = match wire::recv_msg(&mut s) {
-            Ok(Msg::Hello { node }) => node,
+            Ok(Msg::Hello { node }) if node == s.peer_node() => node,
             Ok(m) => {
-                tracing::warn!(%peer, ?m, "link did not start with Hello; closing it");
+                tracing::warn!(%peer, ?m, "link did not start with a matching Hello; closing it");
                 return;
             }
             Err(e) => {
@@ -419,10 +516,6 @@ impl Node {
                 return;
             }
         };
-        if !self.cfg.peers.iter().any(|(id, _)| *id == node) {
-            tracing::warn!(%peer, node, "link from unknown node refused (add it with --peer)");
-            return;
-        }
         match wire::recv_msg(&mut s) {
             Ok(Msg::Attach { token }) => {
                 let _ = s.set_read_timeout(None);
@@ -432,16 +525,27 @@ impl Node {
             }
             Ok(offer @ Msg::Offer { .. }) => {
                 let _ = s.set_read_timeout(None);
-                let host = om_remote::Host { node: self.cfg.node_id, accept: self.cfg.accept_guests };
+                let host = om_remote::Host {
+                    node: self.cfg.node_id,
+                    accept: self.cfg.accept_guests,
+                    max_guests: self.cfg.max_guests,
+                    cgroups: self.cfg.cgroups.clone(),
+                };
                 if let Err(e) = om_remote::host_guest(s, offer, &host) {
                     tracing::warn!(%peer, %e, "incoming migration failed");
                 }
             }
             Ok(Msg::Nodes) => {
-                let _ = wire::send(&mut s, &Msg::NodesReply(vec![self.own_info()]));
+                let _ = wire::send(&mut s, &Msg::NodesReply(self.nodes()));
             }
             Ok(m) => tracing::warn!(%peer, ?m, "unexpected request on a node link; closing it"),
             Err(e) => tracing::warn!(%peer, %e, "malformed frame on a node link; closing it"),
         }
     }
+}
+
+/// True the first time an address is refused.
+fn refused_first(ip: std::net::IpAddr) -> bool {
+    static SEEN: Mutex<Option<std::collections::HashSet<std::net::IpAddr>>> = Mutex::new(None);
+    SEEN.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(Default::default).insert(ip)
 }

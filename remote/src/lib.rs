@@ -8,12 +8,12 @@ pub mod sys;
 
 use crossbeam::channel::Sender;
 use om_runtime::image::{self, Image, Target};
+use om_runtime::link::Link;
 use om_runtime::ptrace::{TraceError, Tracee};
 use om_runtime::sys as rsys;
 use om_runtime::transfer;
 use om_runtime::wire::{self, Msg, WireError};
 use std::collections::HashMap;
-use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Mutex;
 
@@ -35,9 +35,13 @@ pub enum GuestError {
 pub struct Host {
     pub node: u32,
     pub accept: bool,
+    /// Most guests at once.
+    pub max_guests: u32,
+    /// Cgroup directories a new guest is put in.
+    pub cgroups: Vec<std::path::PathBuf>,
 }
 
-static ATTACH: Mutex<Option<HashMap<u64, Sender<TcpStream>>>> = Mutex::new(None);
+static ATTACH: Mutex<Option<HashMap<u64, Sender<Link>>>> = Mutex::new(None);
 static GUESTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// How many guests this node runs now.
@@ -47,7 +51,7 @@ pub fn guests() -> u32 {
 
 /// A second link from home arrived (`Attach`): hand it to the guest that
 /// announced `token` in its offer. Unknown tokens are refused.
-pub fn attach(token: u64, stream: TcpStream) -> bool {
+pub fn attach(token: u64, stream: Link) -> bool {
     let tx = ATTACH.lock().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|m| m.remove(&token));
     match tx {
         Some(tx) => tx.send(stream).is_ok(),
@@ -58,14 +62,16 @@ pub fn attach(token: u64, stream: TcpStream) -> bool {
 /// Serve one incoming migration on `stream`, whose first message after Hello
 /// was `offer`: answer it, rebuild the process, start it, then supervise it
 /// until it exits or goes home.
-pub fn host_guest(mut stream: TcpStream, offer: Msg, host: &Host) -> Result<(), GuestError> {
+pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), GuestError> {
     let Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave } = offer else {
         return Err(WireError::Unexpected(format!("{offer:?} instead of an offer")).into());
     };
-    let answer = if host.accept {
-        transfer::answer_offer(&files, vdso_hash, vdso_len, xsave)
-    } else {
+    let answer = if !host.accept {
         Msg::Refused { reason: format!("node {} does not accept guests", host.node) }
+    } else if guests() >= host.max_guests {
+        Msg::Refused { reason: format!("node {} has reached its limit of {} guests", host.node, host.max_guests) }
+    } else {
+        transfer::answer_offer(&files, vdso_hash, vdso_len, xsave)
     };
     if matches!(answer, Msg::Refused { .. }) {
         wire::send(&mut stream, &answer)?;
@@ -94,6 +100,9 @@ pub fn host_guest(mut stream: TcpStream, offer: Msg, host: &Host) -> Result<(), 
     let _g = span.enter();
     let started = std::time::Instant::now();
     let gpid = sys::spawn_stopped()?;
+    if let Err(e) = om_runtime::procfs::join_cgroups(gpid, &host.cgroups) {
+        tracing::warn!(%e, "cannot put the guest in this node's cgroup");
+    }
     let rebuilt = rebuild(&mut stream, gpid, first).and_then(|(listener, img)| {
         let ctl = ctl_rx.recv_timeout(std::time::Duration::from_secs(10));
         ctl.map(|c| (listener, c, img)).map_err(|_| GuestError::Refused("home never opened its control link".into()))
@@ -135,7 +144,7 @@ pub fn host_guest(mut stream: TcpStream, offer: Msg, host: &Host) -> Result<(), 
 /// and then the final image, or from the image alone. Then drop to the
 /// process's credentials, install the filter, and let it run. Returns the
 /// listener and the final image.
-fn rebuild(stream: &mut TcpStream, gpid: i32, first: Msg) -> Result<(OwnedFd, Image), GuestError> {
+fn rebuild(stream: &mut Link, gpid: i32, first: Msg) -> Result<(OwnedFd, Image), GuestError> {
     let t0 = std::time::Instant::now();
     let mut t = Tracee::adopt_traceme_child(gpid)?;
     let (img, rs) = match first {

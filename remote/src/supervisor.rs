@@ -3,6 +3,7 @@
 //! and sends the process home when a call can only run there.
 
 use om_runtime::image::{self, Creds, Image};
+use om_runtime::link::Link;
 use om_runtime::marshal::{self, GO_HOME, MAX_IO, MAX_PATH};
 use om_runtime::procfs;
 use om_runtime::ptrace::Tracee;
@@ -10,7 +11,6 @@ use om_runtime::sys::{self, SeccompNotif};
 use om_runtime::syscalls::{self, Arg, Class, Len};
 use om_runtime::transfer;
 use om_runtime::wire::{self, Frame, Msg, SysReq, SysRet};
-use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,10 +25,10 @@ pub struct Supervisor {
     /// Calls to the deputy (written here) and their answers (read through
     /// `reader`: this thread is the link's only reader, so a buffer is safe and
     /// saves a read per frame).
-    stream: TcpStream,
-    reader: std::io::BufReader<TcpStream>,
+    stream: Link,
+    reader: std::io::BufReader<Link>,
     /// Signals and requests from home, read by the helper thread.
-    ctl: Option<TcpStream>,
+    ctl: Option<Link>,
     gpid: i32,
     listener: OwnedFd,
     home_pid: i32,
@@ -67,13 +67,7 @@ enum Flow {
 }
 
 impl Supervisor {
-    pub fn new(
-        stream: TcpStream,
-        ctl: TcpStream,
-        gpid: i32,
-        listener: OwnedFd,
-        img: &Image,
-    ) -> std::io::Result<Supervisor> {
+    pub fn new(stream: Link, ctl: Link, gpid: i32, listener: OwnedFd, img: &Image) -> std::io::Result<Supervisor> {
         let reader = std::io::BufReader::with_capacity(1 << 16, stream.try_clone()?);
         Ok(Supervisor {
             stream,
@@ -807,7 +801,7 @@ fn frame_kind(f: &Frame) -> String {
 /// The helper of one guest: applies signals and requests from home (second
 /// link), and reports the guest's end. It wakes the supervisor out of RECV
 /// with the wake-up signal when it needs it.
-fn helper(mut ctl: TcpStream, mut out: TcpStream, gpid: i32, flags: Arc<Flags>) {
+fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
     let wake = || {
         let tid = flags.tid.load(Ordering::SeqCst);
         if tid != 0 {

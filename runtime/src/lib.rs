@@ -8,9 +8,11 @@
 
 pub mod client;
 pub mod image;
+pub mod link;
 pub mod marshal;
 pub mod procfs;
 pub mod ptrace;
+pub mod sim;
 pub mod sys;
 pub mod syscalls;
 pub mod transfer;

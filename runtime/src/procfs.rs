@@ -126,6 +126,16 @@ pub fn children(pid: i32) -> Vec<i32> {
     out
 }
 
+/// Put process `pid` into each cgroup directory (v1 hierarchies or a v2
+/// group), so it runs under that node's CPU quota.
+pub fn join_cgroups(pid: i32, dirs: &[std::path::PathBuf]) -> std::io::Result<()> {
+    for d in dirs {
+        std::fs::write(d.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", d.display())))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,10 @@ pub struct NodeInfo {
     pub speed: f64,
     pub mem_free: u64,
     pub guests: u32,
+    pub max_guests: u32,
+    pub accepts: bool,
+    /// Milliseconds since this node last heard the figures.
+    pub age_ms: u64,
 }
 
 /// A forwarded system call: argument values, and the input buffers of the

@@ -82,6 +82,7 @@ impl Cluster {
         let dir = base.join(format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
+        om_runtime::link::ClusterKey::create(&dir.join("cluster.key")).expect("cluster key");
         let nodes = (1..=n)
             .map(|id| Node { id, port: free_port(), socket: dir.join(format!("n{id}.sock")), child: None })
             .collect();
@@ -89,7 +90,40 @@ impl Cluster {
         for id in 1..=n {
             c.start_node(id);
         }
+        for id in 1..=n {
+            c.wait_nodes(id, Duration::from_secs(10), |v| {
+                v.len() == n as usize && v.iter().all(|x| x["state"] == "alive" && x["cpus"].as_u64() > Some(0))
+            })
+            .unwrap_or_else(|v| panic!("node {id} did not see the cluster form: {v:?}\n{}", c.logs()));
+        }
         c
+    }
+
+    /// `omctl --json nodes` on node `id`.
+    pub fn nodes(&self, id: u32) -> Vec<serde_json::Value> {
+        let o = self.omctl(id, &["--json", "nodes"]);
+        assert!(o.status.success(), "omctl nodes on node {id}: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json").as_array().expect("array").clone()
+    }
+
+    /// Poll node `id`'s view until `ok` holds; Err(last view) at the deadline.
+    pub fn wait_nodes(
+        &self,
+        id: u32,
+        timeout: Duration,
+        ok: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Result<Duration, Vec<serde_json::Value>> {
+        let t0 = Instant::now();
+        loop {
+            let v = self.nodes(id);
+            if ok(&v) {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                return Err(v);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn start_node(&mut self, id: u32) {
@@ -106,6 +140,7 @@ impl Cluster {
             .arg(format!("--listen=127.0.0.1:{}", node.port))
             .arg(format!("--socket={}", node.socket.display()))
             .arg(format!("--state-dir={}", self.dir.join(format!("s{id}")).display()))
+            .arg(format!("--key={}", self.key_file().display()))
             .args(peers)
             .args(&self.extra[(id - 1) as usize])
             .env("RUST_LOG", "info")
@@ -121,6 +156,11 @@ impl Cluster {
             assert!(t0.elapsed() < Duration::from_secs(10), "omd {id} did not come up; log:\n{}", self.log(id));
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The cluster key the daemons were started with.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("cluster.key")
     }
 
     /// SIGKILL one daemon.

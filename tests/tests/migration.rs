@@ -552,36 +552,6 @@ fn a_terminal_works_while_away_and_ctrl_c_reaches_the_process() {
     assert_eq!(st.signal(), Some(libc::SIGINT), "{st:?}\n{seen}");
 }
 
-/// `omctl nodes --json` shows every node with its own figures: a guest
-/// counted where it runs, and a dead node as down.
-#[test]
-fn nodes_report_their_figures_guests_and_death() {
-    let mut c = Cluster::start(3);
-    let mut p = c.om_exec(1, &bin("counter"), &["4", "60", "50"], "n.out");
-    wait_lines(&c.path("n.out"), 2, T);
-    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-    let nodes = |c: &Cluster| -> Vec<serde_json::Value> {
-        let o = c.omctl(1, &["--json", "nodes"]);
-        assert!(o.status.success());
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json").as_array().expect("array").clone()
-    };
-    let v = nodes(&c);
-    assert_eq!(v.len(), 3, "{v:?}");
-    for n in &v {
-        assert_eq!(n["state"], "alive", "{n}");
-        assert!(n["cpus"].as_u64().unwrap_or(0) > 0 && n["mem_free"].as_u64().unwrap_or(0) > 0, "{n}");
-        for k in ["id", "addr", "load", "speed"] {
-            assert!(!n[k].is_null(), "{k} missing in {n}");
-        }
-    }
-    let guests = |id: u64| v.iter().find(|n| n["id"] == id).map(|n| n["guests"].as_u64().unwrap_or(99));
-    assert_eq!((guests(1), guests(2), guests(3)), (Some(0), Some(1), Some(0)));
-    c.kill_node(3);
-    let v = nodes(&c);
-    assert_eq!(v.iter().find(|n| n["id"] == 3).map(|n| n["state"].clone()), Some(serde_json::json!("down")));
-    assert!(wait_child(&mut p, T).success());
-}
-
 /// Shared anonymous memory created while away lives at home, so a child
 /// forked later really shares it (CPython's anonymous mmap is MAP_SHARED).
 #[test]

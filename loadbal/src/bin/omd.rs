@@ -2,41 +2,57 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use om_loadbal::config;
 use om_loadbal::daemon::{self, Config};
+use om_runtime::link::ClusterKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "omd", about = "om node daemon: runs the home, remote and balancer roles of one node")]
+#[command(
+    name = "omd",
+    about = "om node daemon: runs the home, remote and balancer roles of one node",
+    after_help = "Settings come from the configuration file (/etc/om/om.toml, or --config); flags override it."
+)]
 struct Args {
     /// This node's id (a positive number, unique in the cluster).
     #[arg(long)]
-    node_id: u32,
-    /// Address for node links, e.g. 127.0.0.1:7701.
+    node_id: Option<u32>,
+    /// Address for node links and gossip (TCP and UDP), e.g. 192.168.1.10:7700.
     #[arg(long)]
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
     /// Control socket for om-exec and omctl [default: $OM_SOCKET, else /run/om/omd.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Directory for this node's state [default: /var/lib/om/node-ID].
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// A peer node, ID=ADDR:PORT (repeat for each peer).
+    /// A seed node to join through, ADDR:PORT or ID=ADDR:PORT (repeat for more).
     #[arg(long = "peer", value_parser = parse_peer)]
-    peers: Vec<(u32, SocketAddr)>,
-    /// Configuration file (TOML).
+    peers: Vec<SocketAddr>,
+    /// Configuration file (TOML) [default: /etc/om/om.toml].
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Cluster key file, made by `omctl keygen` [default: /etc/om/cluster.key].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// This node's relative speed (1 = a typical node).
+    #[arg(long)]
+    speed: Option<f64>,
+    /// Most guests this node hosts at once.
+    #[arg(long)]
+    max_guests: Option<u32>,
     /// Refuse incoming guests.
     #[arg(long)]
     no_guests: bool,
+    /// A cgroup directory to put the processes this node runs in (repeat per hierarchy).
+    #[arg(long = "cgroup")]
+    cgroups: Vec<PathBuf>,
 }
 
-fn parse_peer(s: &str) -> Result<(u32, SocketAddr), String> {
-    let (id, addr) = s.split_once('=').ok_or_else(|| format!("peer '{s}' is not ID=ADDR:PORT"))?;
-    let id = id.parse().map_err(|_| format!("peer id '{id}' is not a number"))?;
-    let addr = addr.parse().map_err(|_| format!("peer address '{addr}' is not ADDR:PORT"))?;
-    Ok((id, addr))
+fn parse_peer(s: &str) -> Result<SocketAddr, String> {
+    let addr = s.split_once('=').map_or(s, |(_, a)| a);
+    addr.parse().map_err(|_| format!("peer address '{addr}' is not ADDR:PORT"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,22 +68,39 @@ fn main() -> anyhow::Result<()> {
         .with_writer(move || log)
         .init();
     let a = Args::parse();
-    if a.config.is_some() {
-        bail!("--config: configuration files are not supported yet; use the command-line flags");
-    }
-    if a.node_id == 0 {
+    let f = config::load(a.config.as_deref())?;
+    let Some(node_id) = a.node_id.or(f.node_id) else {
+        bail!(
+            "no node id: set node_id in {} or pass --node-id",
+            a.config.as_deref().map_or(config::DEFAULT_PATH.into(), |p| p.display().to_string())
+        );
+    };
+    if node_id == 0 {
         bail!("--node-id must be a positive number");
     }
-    if a.peers.iter().any(|(id, _)| *id == a.node_id) {
-        bail!("--peer {} names this node itself; list only the other nodes", a.node_id);
+    let Some(listen) = a.listen.or(f.listen) else {
+        bail!("no listen address: set listen in the config file or pass --listen ADDR:PORT");
+    };
+    let speed = a.speed.or(f.speed).unwrap_or(1.0);
+    if !(speed.is_finite() && speed > 0.0) {
+        bail!("--speed must be a positive number");
     }
+    let key_file = a.key.or(f.key_file).unwrap_or_else(ClusterKey::default_path);
+    let key = ClusterKey::load(&key_file)?;
+    let mut seeds = if a.peers.is_empty() { f.seeds } else { a.peers };
+    seeds.retain(|s| *s != listen);
     let cfg = Config {
-        node_id: a.node_id,
-        listen: a.listen,
-        socket: om_runtime::client::socket_path(a.socket.as_deref()),
-        state_dir: a.state_dir.unwrap_or_else(|| PathBuf::from(format!("/var/lib/om/node-{}", a.node_id))),
-        peers: a.peers,
-        accept_guests: !a.no_guests,
+        node_id,
+        listen,
+        socket: om_runtime::client::socket_path(a.socket.as_deref().or(f.socket.as_deref())),
+        state_dir: a.state_dir.or(f.state_dir).unwrap_or_else(|| PathBuf::from(format!("/var/lib/om/node-{node_id}"))),
+        seeds,
+        key,
+        speed,
+        max_guests: a.max_guests.or(f.max_guests).unwrap_or(64),
+        accept_guests: !a.no_guests && f.accept_guests.unwrap_or(true),
+        consistent_paths: f.consistent_paths,
+        cgroups: if a.cgroups.is_empty() { f.cgroups } else { a.cgroups },
     };
     daemon::run(cfg).context("omd stopped")
 }

@@ -27,12 +27,62 @@ enum Cmd {
         /// A node id, or "home".
         node: String,
     },
-    /// Nodes of the cluster.
+    /// Nodes of the cluster: alive, suspect or down, with their load figures.
     Nodes,
+    /// Create a new cluster key (mode 0600); copy it to every node.
+    Keygen {
+        /// Where to write it, e.g. /etc/om/cluster.key.
+        file: PathBuf,
+    },
+    /// A simulated cluster on this machine (network namespaces, CPU quotas).
+    Sim {
+        #[command(subcommand)]
+        cmd: SimCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SimCmd {
+    /// Start N nodes: node 1 is this host (default socket), the others get
+    /// their own network and mount namespaces.
+    Up {
+        n: u32,
+        /// Relative speed of each node, e.g. 1,1,0.5,2 [default: all 1].
+        #[arg(long, value_delimiter = ',')]
+        speeds: Vec<f64>,
+        /// CPUs that speed 1 gets (cgroup CPU quota).
+        #[arg(long, default_value_t = 0.4)]
+        cpu_per_speed: f64,
+    },
+    /// Show the simulated cluster.
+    Status,
+    /// Remove everything `sim up` made.
+    Down,
 }
 
 fn main() {
     let a = Args::parse();
+    match &a.cmd {
+        Cmd::Keygen { file } => match om_runtime::link::ClusterKey::create(file) {
+            Ok(_) => {
+                println!("wrote a new cluster key to {} (mode 0600); copy it to every node", file.display());
+                return;
+            }
+            Err(e) => fail(&e.to_string()),
+        },
+        Cmd::Sim { cmd } => {
+            let r = match cmd {
+                SimCmd::Up { n, speeds, cpu_per_speed } => om_runtime::sim::up(*n, speeds, *cpu_per_speed),
+                SimCmd::Status => om_runtime::sim::status(a.json),
+                SimCmd::Down => om_runtime::sim::down(),
+            };
+            if let Err(e) = r {
+                fail(&e.to_string());
+            }
+            return;
+        }
+        _ => {}
+    }
     let path = socket_path(a.socket.as_deref());
     let mut c = match Client::connect(&path) {
         Ok(c) => c,
@@ -75,29 +125,34 @@ fn main() {
                 fail(&e.to_string());
             }
         }
+        Cmd::Keygen { .. } | Cmd::Sim { .. } => {}
         Cmd::Nodes => {
             let nodes = c.nodes().unwrap_or_else(|e| fail(&e.to_string()));
             if a.json {
                 let v: Vec<_> = nodes
                     .iter()
-                    .map(|n| serde_json::json!({"id": n.id, "addr": n.addr, "state": n.state, "load": n.load, "cpus": n.cpus, "speed": n.speed, "mem_free": n.mem_free, "guests": n.guests}))
+                    .map(|n| serde_json::json!({"id": n.id, "addr": n.addr, "state": n.state, "load": n.load, "cpus": n.cpus, "speed": n.speed, "mem_free": n.mem_free, "guests": n.guests, "max_guests": n.max_guests, "accepts": n.accepts, "age_ms": n.age_ms}))
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
                 println!(
-                    "{:>4} {:<22} {:<8} {:>6} {:>5} {:>6} {:>10}",
-                    "ID", "ADDRESS", "STATE", "LOAD", "CPUS", "SPEED", "MEM FREE"
+                    "{:>4} {:<22} {:<8} {:>6} {:>5} {:>6} {:>10} {:>7} {:>7}",
+                    "ID", "ADDRESS", "STATE", "LOAD", "CPUS", "SPEED", "MEM FREE", "GUESTS", "AGE"
                 );
                 for n in nodes {
+                    let guests =
+                        if n.accepts { format!("{}/{}", n.guests, n.max_guests) } else { format!("{} no", n.guests) };
                     println!(
-                        "{:>4} {:<22} {:<8} {:>6.2} {:>5} {:>6.2} {:>9}M",
+                        "{:>4} {:<22} {:<8} {:>6.2} {:>5} {:>6.2} {:>9}M {:>7} {:>6.1}s",
                         n.id,
                         n.addr,
                         n.state,
                         n.load,
                         n.cpus,
                         n.speed,
-                        n.mem_free >> 20
+                        n.mem_free >> 20,
+                        guests,
+                        n.age_ms as f64 / 1000.0
                     );
                 }
             }

@@ -452,3 +452,38 @@ pub fn own_mapping(start: u64, len: usize) -> Vec<u8> {
 pub fn wake_signal() -> i32 {
     libc::SIGRTMIN() + 4
 }
+
+/// Fill `buf` from the kernel's random source.
+pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            continue;
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+fn setsockopt_int(fd: RawFd, level: i32, opt: i32, v: i32) {
+    // SAFETY: `v` is a live c_int and its size is passed; a bad fd only fails.
+    unsafe {
+        libc::setsockopt(fd, level, opt, (&v as *const i32).cast(), std::mem::size_of::<i32>() as libc::socklen_t)
+    };
+}
+
+/// TCP keepalive (idle and interval in seconds, probe count) and a user
+/// timeout in ms for unacknowledged data, so a dead peer is noticed.
+pub fn keepalive(fd: RawFd, idle: i32, intvl: i32, cnt: i32, user_timeout_ms: i32) {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle);
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, intvl);
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, cnt);
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, user_timeout_ms);
+}

@@ -530,6 +530,7 @@ impl Node {
                     accept: self.cfg.accept_guests,
                     max_guests: self.cfg.max_guests,
                     cgroups: self.cfg.cgroups.clone(),
+                    consistent_paths: self.cfg.consistent_paths.clone(),
                 };
                 if let Err(e) = om_remote::host_guest(s, offer, &host) {
                     tracing::warn!(%peer, %e, "incoming migration failed");

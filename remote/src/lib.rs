@@ -39,7 +39,14 @@ pub struct Host {
     pub max_guests: u32,
     /// Cgroup directories a new guest is put in.
     pub cgroups: Vec<std::path::PathBuf>,
+    /// The only paths of this node a guest's mount namespace holds.
+    pub consistent_paths: Vec<std::path::PathBuf>,
 }
+
+/// Guests run as `GUEST_UID_BASE + (pid % GUEST_UIDS)`: an unprivileged id
+/// of their own, shared with no other process of the node.
+pub const GUEST_UID_BASE: u32 = 3_500_000_000;
+const GUEST_UIDS: u32 = 100_000_000;
 
 static ATTACH: Mutex<Option<HashMap<u64, Sender<Link>>>> = Mutex::new(None);
 static GUESTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -103,7 +110,7 @@ pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), Guest
     if let Err(e) = om_runtime::procfs::join_cgroups(gpid, &host.cgroups) {
         tracing::warn!(%e, "cannot put the guest in this node's cgroup");
     }
-    let rebuilt = rebuild(&mut stream, gpid, first).and_then(|(listener, img)| {
+    let rebuilt = rebuild(&mut stream, gpid, first, host).and_then(|(listener, img)| {
         let ctl = ctl_rx.recv_timeout(std::time::Duration::from_secs(10));
         ctl.map(|c| (listener, c, img)).map_err(|_| GuestError::Refused("home never opened its control link".into()))
     });
@@ -144,7 +151,7 @@ pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), Guest
 /// and then the final image, or from the image alone. Then drop to the
 /// process's credentials, install the filter, and let it run. Returns the
 /// listener and the final image.
-fn rebuild(stream: &mut Link, gpid: i32, first: Msg) -> Result<(OwnedFd, Image), GuestError> {
+fn rebuild(stream: &mut Link, gpid: i32, first: Msg, host: &Host) -> Result<(OwnedFd, Image), GuestError> {
     let t0 = std::time::Instant::now();
     let mut t = Tracee::adopt_traceme_child(gpid)?;
     let (img, rs) = match first {
@@ -175,23 +182,84 @@ fn rebuild(stream: &mut Link, gpid: i32, first: Msg) -> Result<(OwnedFd, Image),
         bytes,
         "rebuilt"
     );
-    let listener = install_filter(&mut t, &img, rs.scratch)?;
+    enter_sandbox(&mut t, rs.scratch, &host.consistent_paths)?;
+    let listener = install_filter(&mut t, rs.scratch)?;
     image::unmap_scratch(&mut t, rs.scratch)?;
     t.detach()?;
     Ok((listener, img))
 }
 
-/// Injected into the guest: its own credentials, no_new_privs, the seccomp
-/// filter with a listener (taken by us with pidfd_getfd), and closing the
-/// guest's copy of the listener (answered with CONTINUE as it traps).
-fn install_filter(t: &mut Tracee, img: &Image, scratch: u64) -> Result<OwnedFd, GuestError> {
-    let c = &img.creds;
-    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-    let at = scratch + 2048;
-    t.poke(at, &groups)?;
-    t.syscall_ok("setgroups", libc::SYS_setgroups, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
-    t.syscall_ok("setresgid", libc::SYS_setresgid, [c.gids[0] as u64, c.gids[1] as u64, c.gids[2] as u64, 0, 0, 0])?;
-    t.syscall_ok("setresuid", libc::SYS_setresuid, [c.uids[0] as u64, c.uids[1] as u64, c.uids[2] as u64, 0, 0, 0])?;
+/// Injected into the guest while it still has root's rights here: a mount
+/// namespace of its own whose root is an empty tmpfs holding only the
+/// cluster-consistent paths (bind mounts); the node's own files, /proc
+/// included, are out of reach. Mappings made during the rebuild stay valid.
+fn enter_sandbox(t: &mut Tracee, scratch: u64, keep: &[std::path::PathBuf]) -> Result<(), GuestError> {
+    const NEW_ROOT: &str = "/proc";
+    let (a, b) = (scratch + 12288, scratch + 14336);
+    let put = |t: &Tracee, at: u64, s: &str| -> Result<u64, GuestError> {
+        if s.len() >= 2000 || s.contains('\0') {
+            return Err(GuestError::Refused(format!("path {s:?} is too long for the sandbox")));
+        }
+        let mut c = s.as_bytes().to_vec();
+        c.push(0);
+        t.poke(at, &c)?;
+        Ok(at)
+    };
+    t.syscall_ok("unshare(CLONE_NEWNS)", libc::SYS_unshare, [libc::CLONE_NEWNS as u64, 0, 0, 0, 0, 0])?;
+    let root = put(t, a, "/")?;
+    let private = (libc::MS_REC | libc::MS_PRIVATE) as u64;
+    t.syscall_ok("make mounts private", libc::SYS_mount, [0, root, 0, private, 0, 0])?;
+    let target = put(t, a, NEW_ROOT)?;
+    let fstype = put(t, b, "tmpfs")?;
+    let opts = put(t, b + 16, "mode=0755,size=64k")?;
+    let flags = (libc::MS_NOSUID | libc::MS_NODEV) as u64;
+    t.syscall_ok("mount the sandbox root", libc::SYS_mount, [fstype, target, fstype, flags, opts, 0])?;
+    for p in keep.iter().filter(|p| p.is_absolute()) {
+        let Ok(meta) = std::fs::metadata(p) else { continue };
+        let mut inner = std::path::PathBuf::from(NEW_ROOT);
+        let comps: Vec<_> = p.components().skip(1).collect();
+        for (i, c) in comps.iter().enumerate() {
+            inner.push(c);
+            let at = put(t, a, &inner.to_string_lossy())?;
+            if i + 1 < comps.len() || meta.is_dir() {
+                let _ = t.syscall(libc::SYS_mkdir, [at, 0o755, 0, 0, 0, 0])?;
+            } else {
+                let flags = (libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC) as u64;
+                let fd = t.syscall_ok(
+                    "create a bind target",
+                    libc::SYS_openat,
+                    [libc::AT_FDCWD as u64, at, flags, 0o644, 0, 0],
+                )?;
+                t.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+            }
+        }
+        let src = put(t, b, &p.to_string_lossy())?;
+        let dst = put(t, a, &inner.to_string_lossy())?;
+        let bind = (libc::MS_BIND | libc::MS_REC) as u64;
+        t.syscall_ok("bind a consistent path", libc::SYS_mount, [src, dst, 0, bind, 0, 0])?;
+    }
+    let old = put(t, b, &format!("{NEW_ROOT}/.old"))?;
+    t.syscall_ok("mkdir", libc::SYS_mkdir, [old, 0o700, 0, 0, 0, 0])?;
+    let new_root = put(t, a, NEW_ROOT)?;
+    t.syscall_ok("pivot_root", libc::SYS_pivot_root, [new_root, old, 0, 0, 0, 0])?;
+    let slash = put(t, a, "/")?;
+    t.syscall_ok("chdir", libc::SYS_chdir, [slash, 0, 0, 0, 0, 0])?;
+    let old = put(t, b, "/.old")?;
+    t.syscall_ok("umount the node's tree", libc::SYS_umount2, [old, libc::MNT_DETACH as u64, 0, 0, 0, 0])?;
+    t.syscall_ok("rmdir", libc::SYS_rmdir, [old, 0, 0, 0, 0, 0])?;
+    Ok(())
+}
+
+/// Injected into the guest: an unprivileged uid of its own (identity calls
+/// are answered with the home values; files are opened at home with the
+/// process's credentials), no_new_privs, the seccomp filter with a listener
+/// (taken by us with pidfd_getfd), and closing the guest's copy of the
+/// listener (answered with CONTINUE as it traps).
+fn install_filter(t: &mut Tracee, scratch: u64) -> Result<OwnedFd, GuestError> {
+    let id = u64::from(GUEST_UID_BASE + (t.pid as u32 % GUEST_UIDS));
+    t.syscall_ok("setgroups", libc::SYS_setgroups, [0, 0, 0, 0, 0, 0])?;
+    t.syscall_ok("setresgid", libc::SYS_setresgid, [id, id, id, 0, 0, 0])?;
+    t.syscall_ok("setresuid", libc::SYS_setresuid, [id, id, id, 0, 0, 0])?;
     t.syscall_ok("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
 
     let prog = filter::program()?;

@@ -266,7 +266,7 @@ fn build(
             c.arg("--config").arg(&conf);
             c
         } else {
-            // A mount namespace of its own (ip netns exec makes one): private
+            // A mount namespace of its own: private
             // /tmp, and the key in a tmpfs no other node sees.
             let script = format!(
                 "mount --bind {tmp} /tmp && mount -t tmpfs -o mode=0700,size=1m om-key {priv} && \
@@ -277,8 +277,18 @@ fn build(
                 omd = omd.display(),
                 conf = conf.display()
             );
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", node.netns.as_deref().unwrap_or_default(), "sh", "-c", &script]);
+            // nsenter, not `ip netns exec`: that remounts /sys and would hide
+            // the cgroup hierarchies from this node's omd.
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{}", node.netns.as_deref().unwrap_or_default())).args([
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ]);
             c
         };
         let err = log.try_clone().map_err(io("log"))?;

@@ -207,12 +207,12 @@ fn enter_sandbox(t: &mut Tracee, scratch: u64, keep: &[std::path::PathBuf]) -> R
     };
     t.syscall_ok("unshare(CLONE_NEWNS)", libc::SYS_unshare, [libc::CLONE_NEWNS as u64, 0, 0, 0, 0, 0])?;
     let root = put(t, a, "/")?;
-    let private = (libc::MS_REC | libc::MS_PRIVATE) as u64;
+    let private = libc::MS_REC | libc::MS_PRIVATE;
     t.syscall_ok("make mounts private", libc::SYS_mount, [0, root, 0, private, 0, 0])?;
     let target = put(t, a, NEW_ROOT)?;
     let fstype = put(t, b, "tmpfs")?;
     let opts = put(t, b + 16, "mode=0755,size=64k")?;
-    let flags = (libc::MS_NOSUID | libc::MS_NODEV) as u64;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV;
     t.syscall_ok("mount the sandbox root", libc::SYS_mount, [fstype, target, fstype, flags, opts, 0])?;
     for p in keep.iter().filter(|p| p.is_absolute()) {
         let Ok(meta) = std::fs::metadata(p) else { continue };
@@ -235,7 +235,7 @@ fn enter_sandbox(t: &mut Tracee, scratch: u64, keep: &[std::path::PathBuf]) -> R
         }
         let src = put(t, b, &p.to_string_lossy())?;
         let dst = put(t, a, &inner.to_string_lossy())?;
-        let bind = (libc::MS_BIND | libc::MS_REC) as u64;
+        let bind = libc::MS_BIND | libc::MS_REC;
         t.syscall_ok("bind a consistent path", libc::SYS_mount, [src, dst, 0, bind, 0, 0])?;
     }
     let old = put(t, b, &format!("{NEW_ROOT}/.old"))?;

@@ -541,6 +541,51 @@ mod tests {
         assert_eq!(open(&ka, &bad), None);
     }
 
+    /// A record sent twice (a replay inside a session) fails to decrypt and
+    /// closes the link; the original gets through.
+    #[test]
+    fn replayed_record_in_a_session_is_rejected() {
+        let k = ClusterKey::generate().unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (addr, paddr) = (l.local_addr().unwrap(), p.local_addr().unwrap());
+        let kb = k.clone();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut b = Link::accept(s, &kb, 2).unwrap();
+            let mut one = [0u8; 3];
+            b.read_exact(&mut one).unwrap();
+            let again = b.read(&mut [0u8; 3]);
+            (one, again.map_err(|e| e.kind()))
+        });
+        // A proxy that forwards length-prefixed units and repeats the first record.
+        let proxy = std::thread::spawn(move || {
+            let (mut a, _) = p.accept().unwrap();
+            let mut b = TcpStream::connect(addr).unwrap();
+            let mut back = b.try_clone().unwrap();
+            let mut a2 = a.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let _ = io::copy(&mut back, &mut a2);
+            });
+            for unit in 0.. {
+                let Ok(m) = read_hs(&mut a) else { break };
+                let mut framed = u16::try_from(m.len()).unwrap().to_be_bytes().to_vec();
+                framed.extend_from_slice(&m);
+                b.write_all(&framed).unwrap();
+                if unit == 1 {
+                    b.write_all(&framed).unwrap();
+                }
+            }
+        });
+        let mut a = Link::connect(paddr, &k, 1, Duration::from_secs(2)).unwrap();
+        a.write_all(b"one").unwrap();
+        let (one, again) = server.join().unwrap();
+        assert_eq!(&one, b"one");
+        assert_eq!(again, Err(io::ErrorKind::InvalidData), "a replayed record was accepted");
+        drop(a);
+        let _ = proxy.join();
+    }
+
     #[test]
     fn key_file_is_private_and_parsed() {
         let dir = std::env::temp_dir().join(format!("om-key-{}", std::process::id()));

@@ -174,7 +174,7 @@ pub fn send_data<W: Write>(w: &mut W, data: &[u8]) -> Result<(), WireError> {
     write_frame(w, KIND_DATA, data)
 }
 
-fn checksum(data: &[u8]) -> u32 {
+pub fn checksum(data: &[u8]) -> u32 {
     // Cheap integrity check against torn or corrupt frames (links are also
     // authenticated; this is not a MAC).
     (xxhash_rust::xxh3::xxh3_64(data) & 0xffff_ffff) as u32

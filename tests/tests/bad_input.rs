@@ -200,3 +200,129 @@ fn a_stopped_process_is_refused_and_left_stopped() {
     assert!(wait_child(&mut p, T).success());
     assert_eq!(wait_lines(&c.path("s.out"), 40, T).len(), 40);
 }
+
+/// A 16-byte frame header: magic, kind, length, checksum.
+fn header(kind: u8, len: u32, sum: u32) -> Vec<u8> {
+    let mut h = om_runtime::wire::MAGIC.to_le_bytes().to_vec();
+    h.extend_from_slice(&[kind, 0, 0, 0]);
+    h.extend_from_slice(&len.to_le_bytes());
+    h.extend_from_slice(&sum.to_le_bytes());
+    h
+}
+
+/// Malformed, oversized and replayed frames from a peer that holds the
+/// cluster key are rejected; only that link closes and omd keeps serving.
+#[test]
+fn bad_frames_from_an_authenticated_peer_are_rejected() {
+    use om_runtime::link::{ClusterKey, Link};
+    use om_runtime::wire::{self, Msg};
+    use std::io::Read;
+    let c = Cluster::start(2);
+    let key = ClusterKey::load(&c.key_file()).expect("key");
+    let omd: std::net::SocketAddr = format!("127.0.0.1:{}", c.nodes[1].port).parse().expect("addr");
+    let junk = [0xa5u8; 32];
+    let mut bad_msg = header(1, junk.len() as u32, wire::checksum(&junk));
+    bad_msg.extend_from_slice(&junk);
+    let mut bad_sum = header(1, 8, 12345);
+    bad_sum.extend_from_slice(&[0; 8]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+        ("oversized", header(1, u32::MAX, 0)),
+        ("64 MiB + 1", header(2, (64 << 20) + 1, 0)),
+        ("bad checksum", bad_sum),
+        ("invalid archive", bad_msg),
+        ("unknown kind", header(9, 0, 0)),
+    ];
+    for (what, bytes) in &cases {
+        let mut l = Link::connect(omd, &key, 1, Duration::from_secs(3)).expect("authenticated link");
+        l.write_all(bytes).expect("write");
+        let mut rest = Vec::new();
+        let r = l.read_to_end(&mut rest);
+        assert!(r.is_err() || rest.is_empty(), "{what}: omd answered {} bytes", rest.len());
+    }
+    // Replay: record a whole authenticated session through a proxy, then
+    // play its bytes to omd again. The new session's keys differ, so nothing
+    // past the handshake decrypts and no request is served.
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy");
+    let paddr = proxy.local_addr().expect("addr");
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rec = recorded.clone();
+    let pump = std::thread::spawn(move || {
+        let (mut a, _) = proxy.accept().expect("accept");
+        let mut b = std::net::TcpStream::connect(omd).expect("omd");
+        let (mut a2, mut b2) = (a.try_clone().expect("clone"), b.try_clone().expect("clone"));
+        let back = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut b2, &mut a2);
+        });
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = a.read(&mut buf) {
+            if n == 0 || b.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            rec.lock().expect("rec").extend_from_slice(&buf[..n]);
+        }
+        let _ = b.shutdown(std::net::Shutdown::Both);
+        let _ = back.join();
+    });
+    {
+        let mut l = Link::connect(paddr, &key, 1, Duration::from_secs(3)).expect("link via proxy");
+        wire::send(&mut l, &Msg::Hello { node: 1 }).expect("hello");
+        wire::send(&mut l, &Msg::Nodes).expect("nodes");
+        assert!(matches!(wire::recv_msg(&mut l), Ok(Msg::NodesReply(_))), "the recorded session was not served");
+        let _ = l.shutdown(std::net::Shutdown::Both);
+    }
+    pump.join().expect("proxy");
+    let bytes = recorded.lock().expect("rec").clone();
+    let mut s = std::net::TcpStream::connect(omd).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(&bytes).expect("replay");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    // Only the handshake reply (2 + 32 + 12 + 16 bytes) comes back.
+    assert!(answer.len() <= 64, "the replayed session got {} bytes back", answer.len());
+    std::thread::sleep(Duration::from_millis(200));
+    let log = c.log(2);
+    assert!(log.matches("malformed frame on a node link").count() >= cases.len() - 1, "rejections not logged:\n{log}");
+    assert!(log.contains("failed authentication"), "the replay was not logged:\n{log}");
+    // Still serving: a real migration to node 2 works.
+    let mut p = c.om_exec(1, &bin("counter"), &["4", "30", "50"], "c.out");
+    wait_lines(&c.path("c.out"), 2, T);
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(wait_child(&mut p, T).success());
+}
+
+/// omd refuses a key file others can read, a missing key, and a bad config
+/// file, each with a message that names the file and the fix.
+#[test]
+fn omd_refuses_an_exposed_key_and_a_bad_config() {
+    om_tests::require_root();
+    let dir = std::env::temp_dir().join(format!("om-badcfg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = dir.join("cluster.key");
+    let o = Command::new(bin("omctl")).args(["keygen", key.to_str().expect("utf8")]).output().expect("keygen");
+    assert!(o.status.success(), "{o:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600);
+    let again = Command::new(bin("omctl")).args(["keygen", key.to_str().expect("utf8")]).output().expect("keygen");
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let omd = |args: &[&str]| {
+        let o = Command::new(bin("omd"))
+            .args(["--node-id=5", "--listen=127.0.0.1:1", "--socket"])
+            .arg(dir.join("x.sock"))
+            .args(args)
+            .output()
+            .expect("omd");
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (ok, e) = omd(&["--key", key.to_str().expect("utf8")]);
+    assert!(!ok && e.contains("can be read by others") && e.contains("chmod 600"), "{e}");
+    let (ok, e) = omd(&["--key", "/nonexistent/om.key"]);
+    assert!(!ok && e.contains("/nonexistent/om.key") && e.contains("omctl keygen"), "{e}");
+    let conf = dir.join("om.toml");
+    std::fs::write(&conf, "node_id = 5\nlisten = \"127.0.0.1:1\"\nmax_guests = \"many\"\n").expect("conf");
+    let (ok, e) = omd(&["--config", conf.to_str().expect("utf8")]);
+    assert!(!ok && e.contains(&format!("{}:3:", conf.display())), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

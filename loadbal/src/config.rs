@@ -109,6 +109,12 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_parses() {
+        let f = parse(Path::new("dist/om.toml"), include_str!("../../dist/om.toml")).unwrap();
+        assert_eq!((f.node_id, f.seeds.len(), f.accept_guests), (Some(1), 2, Some(true)));
+    }
+
+    #[test]
     fn errors_name_file_line_and_reason() {
         let e = parse(Path::new("/etc/om/om.toml"), "node_id = 1\n\nlisten = \"nowhere\"\n").unwrap_err().to_string();
         assert!(e.starts_with("/etc/om/om.toml:3:"), "{e}");

@@ -387,20 +387,27 @@ impl Link {
     fn write_plain(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         let mut tx = self.st.tx.lock().unwrap_or_else(|p| p.into_inner());
         let tx = &mut *tx;
-        tx.plain.clear();
-        for b in bufs {
-            let room = MAX_PLAIN - tx.plain.len();
-            tx.plain.extend_from_slice(&b[..b.len().min(room)]);
-            if tx.plain.len() == MAX_PLAIN {
-                break;
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+        // One slice that fills a record (or the only one) is sealed in
+        // place; small pieces are gathered first.
+        let direct = first.len() >= MAX_PLAIN || bufs.iter().filter(|b| !b.is_empty()).count() <= 1;
+        if !direct {
+            tx.plain.clear();
+            for b in bufs {
+                let room = MAX_PLAIN - tx.plain.len();
+                tx.plain.extend_from_slice(&b[..b.len().min(room)]);
+                if tx.plain.len() == MAX_PLAIN {
+                    break;
+                }
             }
         }
-        if tx.plain.is_empty() {
+        let plain = if direct { &first[..first.len().min(MAX_PLAIN)] } else { &tx.plain[..] };
+        if plain.is_empty() {
             return Ok(0);
         }
-        let n = tx.plain.len();
+        let n = plain.len();
         tx.out.resize(2 + n + TAG, 0);
-        let c = self.st.t.write_message(tx.nonce, &tx.plain, &mut tx.out[2..]).map_err(io::Error::other)?;
+        let c = self.st.t.write_message(tx.nonce, plain, &mut tx.out[2..]).map_err(io::Error::other)?;
         tx.nonce += 1;
         let len = u16::try_from(c).map_err(|_| io::Error::other("record too long"))?;
         tx.out[..2].copy_from_slice(&len.to_be_bytes());

@@ -2,6 +2,7 @@
 //! a markdown table for BENCHMARKS.md. Needs root and the release binaries:
 //!     cargo build --release --workspace && target/release/om-bench
 
+use om_runtime::link::{ClusterKey, Link};
 use om_tests::{bin, sys, wait_lines, Cluster};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -62,6 +63,77 @@ fn tcp_bulk_mbs(mib: usize) -> f64 {
     let t = Instant::now();
     for _ in 0..mib {
         c.write_all(&buf).expect("write");
+    }
+    drop(c);
+    let got = h.join().expect("join");
+    got as f64 / 1e6 / t.elapsed().as_secs_f64()
+}
+
+/// A connected pair over loopback: plain TCP, or an authenticated link.
+fn pair(secure: bool) -> (Box<dyn RW>, Box<dyn RW>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let key = ClusterKey::generate().expect("key");
+    let k2 = key.clone();
+    let h = std::thread::spawn(move || {
+        let (s, _) = l.accept().expect("accept");
+        s.set_nodelay(true).expect("nodelay");
+        if secure {
+            Box::new(Link::accept(s, &k2, 2).expect("link")) as Box<dyn RW>
+        } else {
+            Box::new(s) as Box<dyn RW>
+        }
+    });
+    let c: Box<dyn RW> = if secure {
+        Box::new(Link::connect(addr, &key, 1, Duration::from_secs(2)).expect("link"))
+    } else {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        Box::new(s)
+    };
+    (c, h.join().expect("accept"))
+}
+
+trait RW: Read + Write + Send {}
+impl<T: Read + Write + Send> RW for T {}
+
+/// Round trips of one small message frame (a forwarded call's size), us each.
+fn frame_rtt_us(secure: bool, n: u32) -> f64 {
+    use om_runtime::wire::{self, Msg};
+    let (mut c, mut s) = pair(secure);
+    let h = std::thread::spawn(move || {
+        while let Ok(m) = wire::recv_msg(&mut s) {
+            if wire::send(&mut s, &m).is_err() {
+                break;
+            }
+        }
+    });
+    let t = Instant::now();
+    for i in 0..n {
+        wire::send(&mut c, &Msg::Signal { sig: i as i32 }).expect("send");
+        wire::recv_msg(&mut c).expect("recv");
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    drop(c);
+    let _ = h.join();
+    us
+}
+
+/// Page-stream throughput: 4 MiB data frames (migration's chunk), MB/s.
+fn frame_bulk_mbs(secure: bool, mib: usize) -> f64 {
+    use om_runtime::wire::{self, Frame};
+    let (mut c, mut s) = pair(secure);
+    let h = std::thread::spawn(move || {
+        let mut total = 0usize;
+        while let Ok(Frame::Data(d)) = wire::recv(&mut s) {
+            total += d.len();
+        }
+        total
+    });
+    let chunk = vec![5u8; 4 << 20];
+    let t = Instant::now();
+    for _ in 0..mib / 4 {
+        wire::send_data(&mut c, &chunk).expect("send");
     }
     drop(c);
     let got = h.join().expect("join");
@@ -211,6 +283,23 @@ fn main() {
     let fwd_w = sysbench(&c, &["write", &ts, &mib.to_string()], true);
     let _ = std::fs::remove_file(&target);
     println!("| forwarded write() of {mib} MiB to a file at home | {fwd_w:.0} MB/s | the same program writing the file natively {native_file:.0} MB/s; raw TCP {raw:.0} MB/s | {:.0}% of native, {:.0}% of TCP | (file speed bounds it) | - |", fwd_w / native_file * 100.0, fwd_w / raw * 100.0);
+
+    // What the cluster-key encryption (Noise NNpsk0, AES-256-GCM records)
+    // costs, against the same frames on plain TCP in this run.
+    let (mut plain_v, mut enc_v) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        plain_v.push(frame_rtt_us(false, 20_000));
+        enc_v.push(frame_rtt_us(true, 20_000));
+    }
+    let (plain, enc) = (median(plain_v), median(enc_v));
+    println!("| encryption: one small frame each way (a forwarded call's round trip) | {enc:.1} us | the same frames on plain TCP {plain:.1} us | +{:.1} us ({:.2}x) | - | - |", enc - plain, enc / plain);
+    let (mut plain_v, mut enc_v) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        plain_v.push(frame_bulk_mbs(false, mib));
+        enc_v.push(frame_bulk_mbs(true, mib));
+    }
+    let (plain, enc) = (median(plain_v), median(enc_v));
+    println!("| encryption: page stream in 4 MiB frames (migration throughput) | {enc:.0} MB/s | the same frames on plain TCP {plain:.0} MB/s | {:.0}% | - | - |", enc / plain * 100.0);
 
     // Freeze times.
     for (mib, target) in [(64usize, 60.0f64), (512, 600.0)] {

@@ -256,6 +256,11 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
 }
 
 impl Away {
+    /// Whether both links heard their peer in the last `ms` milliseconds.
+    fn links_heard_within(&self, ms: u32) -> bool {
+        [&self.link, &self.ctl_link].iter().all(|l| l.last_heard_ms().is_some_and(|t| t < ms))
+    }
+
     /// A request for the supervisor, on the control link.
     fn send(&self, m: &Msg) {
         if let Err(e) = wire::send(&mut &self.ctl_link, m) {
@@ -300,6 +305,14 @@ impl Away {
                     self.send(&Msg::ComeHome);
                     self.interrupt_deputy();
                     moving = Some((dest, addr, reply));
+                }
+                Ok(Ctl::NodeDown(n)) if n == here && self.links_heard_within(2000) => {
+                    // Gossip can be late under load; a link that still hears
+                    // its peer proves the node alive.
+                    tracing::warn!(
+                        node = n,
+                        "membership says node {n} is down, but its link still answers; keeping the process"
+                    );
                 }
                 Ok(Ctl::NodeDown(n)) if n == here => {
                     tracing::error!(node = n, "node {n}, which hosted the process, is down; killing it at home");

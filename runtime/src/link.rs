@@ -293,6 +293,11 @@ impl Link {
         self.sock.peer_addr()
     }
 
+    /// Milliseconds since the peer last sent anything (keepalive ACKs count).
+    pub fn last_heard_ms(&self) -> Option<u32> {
+        crate::sys::tcp_last_heard_ms(self.sock.as_raw_fd())
+    }
+
     /// Bytes already decrypted but not yet read.
     pub fn pending(&self) -> usize {
         let rx = self.st.rx.lock().unwrap_or_else(|p| p.into_inner());

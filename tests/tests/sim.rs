@@ -208,3 +208,36 @@ fn guest_sees_home_files_and_is_sandboxed_on_its_host() {
 fn om_remote_base() -> u32 {
     3_500_000_000
 }
+
+/// The network to a process's host goes silent (its veth is cut: no FIN, no
+/// RST). Within 5 s the home declares the node down and the parent sees the
+/// process killed by SIGKILL; nothing hangs, and no zombie is left.
+#[test]
+fn silent_host_node_is_noticed_within_5s() {
+    use std::os::unix::process::ExitStatusExt;
+    let _g = SIM.lock().unwrap_or_else(|p| p.into_inner());
+    let _s = Sim::up(&["2"]);
+    let out = format!("/tmp/om-sim-silent-{}", std::process::id());
+    let mut p = Command::new(bin("om-exec"))
+        .env_remove("OM_SOCKET")
+        .arg("--")
+        .arg(bin("counter"))
+        .args(["4", "100000", "50"])
+        .stdout(std::fs::File::create(&out).expect("out"))
+        .spawn()
+        .expect("om-exec");
+    wait_lines(Path::new(&out), 2, Duration::from_secs(30));
+    let o = omctl(&["migrate", &p.id().to_string(), "2"]);
+    assert!(o.status.success(), "migrate: {}", text(&o));
+    std::thread::sleep(Duration::from_millis(300));
+    let cut = Command::new("ip").args(["link", "set", "omsim-2", "down"]).status().expect("ip");
+    assert!(cut.success());
+    let t0 = Instant::now();
+    let st = wait_child(&mut p, Duration::from_secs(20));
+    let took = t0.elapsed();
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    assert!(took < Duration::from_secs(5), "the parent saw the end only after {took:?}");
+    let log = std::fs::read_to_string("/run/om-sim/node-1/omd.log").unwrap_or_default();
+    assert!(log.contains("node 2"), "the home log does not name the lost node:\n{log}");
+}

@@ -487,3 +487,16 @@ pub fn keepalive(fd: RawFd, idle: i32, intvl: i32, cnt: i32, user_timeout_ms: i3
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, cnt);
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, user_timeout_ms);
 }
+
+/// Milliseconds since the TCP socket `fd` last received anything from its
+/// peer (data or an ACK, keepalive ACKs included); None if not TCP.
+pub fn tcp_last_heard_ms(fd: RawFd) -> Option<u32> {
+    // SAFETY: tcp_info is plain integers; zeroed is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are live and describe the buffer's size.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
+    };
+    (r == 0).then(|| info.tcpi_last_data_recv.min(info.tcpi_last_ack_recv))
+}

@@ -337,6 +337,7 @@ impl Away {
                     return;
                 }
                 Ok(Event::Stopped(sig)) => {
+                    tracing::info!(pid, sig, "the process stopped away; stopping the placeholder");
                     // The guest stopped: stop the placeholder with the same
                     // signal, so the parent (a shell) sees it.
                     injected_stop = Some(sig);
@@ -416,6 +417,7 @@ impl Away {
                         injected_stop = None;
                         let _ = rsys::ptrace_cont(pid, sig);
                     } else {
+                        tracing::debug!(pid, sig, "relaying a signal");
                         self.send(&Msg::Signal { sig });
                         if sig != libc::SIGCONT && !rsys::is_stop_signal(sig) {
                             self.interrupt_deputy();

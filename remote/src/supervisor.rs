@@ -859,6 +859,7 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
             match wire::recv(&mut ctl) {
                 Ok(Frame::Msg(Msg::Signal { sig })) => {
                     if stop_is_default(gpid, sig) {
+                        tracing::info!(guest = gpid, sig, "stop signal from home; stopping the guest");
                         stop_sig = Some(sig);
                         let _ = sys::kill(gpid, libc::SIGSTOP);
                     } else {

@@ -221,8 +221,57 @@ fn freeze_ms(c: &Cluster, mib: usize, rounds: usize) -> (Vec<f64>, Vec<f64>, Vec
     )
 }
 
+/// `omctl sim up 4`, then a batch of four CPU-bound processes: all at home
+/// on node 1, then one per node. Wall seconds of each batch.
+fn sim_batch(millions: u64) -> (f64, f64) {
+    let omctl = |args: &[&str]| {
+        let o = Command::new(bin("omctl")).env_remove("OM_SOCKET").args(args).output().expect("omctl");
+        assert!(o.status.success() || args[0] == "sim", "omctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    let _ = omctl(&["sim", "down"]);
+    let o = omctl(&["sim", "up", "4"]);
+    assert!(o.status.success(), "sim up: {}", String::from_utf8_lossy(&o.stderr));
+    let batch = |spread: bool| {
+        let t = Instant::now();
+        let mut ps: Vec<_> = (0..4)
+            .map(|_| {
+                Command::new(bin("om-exec"))
+                    .env_remove("OM_SOCKET")
+                    .arg("--")
+                    .arg(bin("spin"))
+                    .arg(millions.to_string())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("om-exec")
+            })
+            .collect();
+        if spread {
+            std::thread::sleep(Duration::from_millis(100));
+            for (i, p) in ps.iter().enumerate().skip(1) {
+                omctl(&["migrate", &p.id().to_string(), &(i + 1).to_string()]);
+            }
+        }
+        for p in &mut ps {
+            assert!(p.wait().expect("wait").success());
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let home = batch(false);
+    let spread = batch(true);
+    let _ = omctl(&["sim", "down"]);
+    (home, spread)
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--sim") {
+        let (home, spread) = sim_batch(if quick { 300 } else { 1000 });
+        println!("| what | measured | baseline (same run) | ratio | target | met |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        println!("| `omctl sim up 4`: four CPU-bound processes, one per node (speed 1 = 0.4 CPU each) | {spread:.2} s | all four at home on node 1 {home:.2} s | {:.2}x faster | about 4x | {} |", home / spread, yes(home / spread >= 3.0));
+        return;
+    }
     let n: u64 = if quick { 20_000 } else { 200_000 };
     let c = Cluster::start(3);
     println!(

@@ -1,7 +1,7 @@
 //! End-to-end: real omd daemons, real programs, real migrations.
 
 use om_tests::{bin, wait_child, wait_lines, Cluster};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Command;
 use std::time::Duration;
 
@@ -472,7 +472,18 @@ fn forwarded_syscalls_behave_as_at_home() {
 #[test]
 fn ctrl_z_stops_a_migrated_process_and_fg_resumes_it() {
     let c = Cluster::start(2);
-    let mut p = c.om_exec(1, &bin("counter"), &["4", "60", "50"], "jc.out");
+    // Its own process group, as a shell's job: the stop signals TSTP/TTIN/TTOU
+    // are dropped for an orphaned group (natively too), and the test
+    // runner's own group may be one.
+    let mut p = Command::new(bin("om-exec"))
+        .env("OM_SOCKET", c.socket(1))
+        .arg("--")
+        .arg(bin("counter"))
+        .args(["4", "60", "50"])
+        .stdout(std::fs::File::create(c.path("jc.out")).expect("out"))
+        .process_group(0)
+        .spawn()
+        .expect("om-exec");
     let pid = p.id() as i32;
     wait_lines(&c.path("jc.out"), 3, T);
     c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));

@@ -418,6 +418,11 @@ impl Away {
                         let _ = rsys::ptrace_cont(pid, sig);
                     } else {
                         tracing::debug!(pid, sig, "relaying a signal");
+                        // A terminal stop signal to an orphaned process group
+                        // is dropped natively unless handled; the remote,
+                        // which knows the handlers, decides (negative number).
+                        let tty_stop = matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU);
+                        let sig = if tty_stop && om_runtime::procfs::pgrp_orphaned(pid) { -sig } else { sig };
                         self.send(&Msg::Signal { sig });
                         if sig != libc::SIGCONT && !rsys::is_stop_signal(sig) {
                             self.interrupt_deputy();

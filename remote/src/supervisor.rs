@@ -857,6 +857,13 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
         }
         if rev[0] != 0 {
             match wire::recv(&mut ctl) {
+                Ok(Frame::Msg(Msg::Signal { sig })) if sig < 0 => {
+                    // A terminal stop for an orphaned group at home: only a
+                    // handler sees it, as natively.
+                    if !stop_is_default(gpid, -sig) {
+                        let _ = sys::kill(gpid, -sig);
+                    }
+                }
                 Ok(Frame::Msg(Msg::Signal { sig })) => {
                     if stop_is_default(gpid, sig) {
                         tracing::info!(guest = gpid, sig, "stop signal from home; stopping the guest");

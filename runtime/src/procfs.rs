@@ -85,6 +85,28 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
     parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad /proc stat"))
 }
 
+/// Whether process `pid`'s process group is orphaned (no member has a parent
+/// in another group of the same session): the kernel then drops the stop
+/// signals TSTP, TTIN and TTOU that would stop it by default.
+pub fn pgrp_orphaned(pid: i32) -> bool {
+    let Ok(me) = stat(pid) else { return false };
+    let (pgid, sid) = (me.field(5), me.field(6));
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(st) = stat(p) else { continue };
+        if st.field(5) != pgid {
+            continue;
+        }
+        if let Ok(parent) = stat(st.field(4) as i32) {
+            if parent.field(5) != pgid && parent.field(6) == sid {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 pub fn status_field_in(text: &str, key: &str) -> Option<String> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;

@@ -167,14 +167,30 @@ pub fn up(n: u32, speeds: &[f64], cpu_per_speed: f64) -> Result<(), SimError> {
             socket1.display()
         )));
     }
-    let omd = omd_path()?;
+    let built = omd_path()?;
     std::fs::create_dir_all(ROOT).map_err(io(format!("creating {ROOT}")))?;
+    // A copy outside /tmp: the simulated nodes get a private /tmp, which
+    // would hide a binary built under it.
+    let omd = Path::new(ROOT).join("omd");
+    std::fs::copy(&built, &omd).map_err(io(format!("copying {} to {}", built.display(), omd.display())))?;
     let mut state = State::default();
     save_state(&state)?;
     match build(n, speeds, cpu_per_speed, &omd, &socket1, &mut state) {
         Ok(()) => {
             save_state(&state)?;
-            wait_ready(&state)?;
+            if let Err(e) = wait_ready(&state) {
+                let logs: String = state
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let l = std::fs::read_to_string(node_dir(n.id).join("omd.log")).unwrap_or_default();
+                        let tail: Vec<&str> = l.lines().rev().take(5).collect();
+                        format!("\n--- node {} ---\n{}", n.id, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                    })
+                    .collect();
+                let _ = down();
+                return Err(SimError::Bad(format!("{e}{logs}")));
+            }
             print_status(&state, false);
             println!(
                 "\nnode 1 is this host: `om-exec PROG` runs a program under om, `omctl migrate PID 2` moves it.\n\

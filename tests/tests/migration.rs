@@ -617,3 +617,31 @@ fn an_alarm_armed_at_home_fires_once_away() {
     assert_eq!(wait_lines(&c.path("alarm.out"), 2, T)[1], "alarms 1");
     assert!(!c.log(2).contains("going home"), "it went home:\n{}", c.log(2));
 }
+
+/// In an orphaned process group the kernel drops SIGTSTP for a process that
+/// does not handle it; away it is dropped the same way: the process neither
+/// stops nor hangs, and finishes.
+#[test]
+fn ctrl_z_in_an_orphaned_group_is_dropped_as_natively() {
+    let c = Cluster::start(2);
+    // setsid(1) execs in place: a session and group of its own whose parent
+    // (this test) is in another session, so the group is orphaned.
+    let mut p = Command::new("setsid")
+        .arg(bin("om-exec"))
+        .env("OM_SOCKET", c.socket(1))
+        .arg("--")
+        .arg(bin("counter"))
+        .args(["4", "40", "50"])
+        .stdout(std::fs::File::create(c.path("orph.out")).expect("out"))
+        .spawn()
+        .expect("setsid");
+    let pid = p.id() as i32;
+    wait_lines(&c.path("orph.out"), 3, T);
+    assert!(om_runtime::procfs::pgrp_orphaned(pid), "the test could not make an orphaned group");
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    // SAFETY: signalling the test's own child.
+    unsafe { libc::kill(pid, libc::SIGTSTP) };
+    let st = wait_child(&mut p, T);
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+    check_counter(&wait_lines(&c.path("orph.out"), 40, T), pid as u32);
+}

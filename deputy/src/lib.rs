@@ -256,6 +256,15 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
 }
 
 impl Away {
+    /// The node hosting the process is gone: the placeholder dies by SIGKILL
+    /// (so the parent sees the process killed) and the deputy stops.
+    fn lose(&self, pid: i32, home: u32, state: &StateFn) {
+        let _ = rsys::kill(pid, libc::SIGKILL);
+        let _ = self.release.send(Release::Stop);
+        let _ = self.link.shutdown(std::net::Shutdown::Both);
+        state(pid, "exited", home);
+    }
+
     /// Whether both links heard their peer in the last `ms` milliseconds.
     fn links_heard_within(&self, ms: u32) -> bool {
         [&self.link, &self.ctl_link].iter().all(|l| l.last_heard_ms().is_some_and(|t| t < ms))
@@ -316,11 +325,7 @@ impl Away {
                 }
                 Ok(Ctl::NodeDown(n)) if n == here => {
                     tracing::error!(node = n, "node {n}, which hosted the process, is down; killing it at home");
-                    let _ = rsys::kill(pid, libc::SIGKILL);
-                    let _ = self.release.send(Release::Stop);
-                    let _ = self.link.shutdown(std::net::Shutdown::Both);
-                    state(pid, "exited", plan.home);
-                    return;
+                    return self.lose(pid, plan.home, state);
                 }
                 Ok(Ctl::NodeDown(_)) => {}
                 Err(_) => {}
@@ -392,10 +397,7 @@ impl Away {
                 }
                 Ok(Event::Lost(why)) => {
                     tracing::error!(why, node = here, "lost node {here}, which hosted the process; killing it at home");
-                    let _ = rsys::kill(pid, libc::SIGKILL);
-                    let _ = self.release.send(Release::Stop);
-                    state(pid, "exited", plan.home);
-                    return;
+                    return self.lose(pid, plan.home, state);
                 }
                 Err(_) => {}
             }
@@ -638,7 +640,7 @@ fn read_control_link(ctl_link: &Link, pid: i32, tx: Sender<Event>) -> std::io::R
 /// An unguessable name for the control link of one migration.
 fn random_token() -> u64 {
     let mut b = [0u8; 8];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
+    if rsys::getrandom(&mut b).is_err() {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         return t ^ ((rsys::getpid() as u64) << 32);
     }

@@ -298,12 +298,6 @@ impl Link {
         crate::sys::tcp_last_heard_ms(self.sock.as_raw_fd())
     }
 
-    /// Bytes already decrypted but not yet read.
-    pub fn pending(&self) -> usize {
-        let rx = self.st.rx.lock().unwrap_or_else(|p| p.into_inner());
-        rx.plain.len() - rx.pos
-    }
-
     fn read_record(&self, rx: &mut Rx, direct: &mut [u8]) -> io::Result<usize> {
         let mut sock = &self.sock;
         let mut len = [0u8; 2];
@@ -424,7 +418,7 @@ impl Link {
 
 impl Read for Link {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_plain(buf)
+        (&*self).read(buf)
     }
 }
 
@@ -436,10 +430,10 @@ impl Read for &Link {
 
 impl Write for Link {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_plain(&[io::IoSlice::new(buf)])
+        (&*self).write(buf)
     }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.write_plain(bufs)
+        (&*self).write_vectored(bufs)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())

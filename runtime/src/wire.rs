@@ -182,7 +182,7 @@ pub fn checksum(data: &[u8]) -> u32 {
 
 /// Messages carry a checksum of their bytes (they are decoded). Data frames
 /// (pages, bulk call buffers) carry none: they are only copied, TCP checks
-/// them, and the authenticated links of issue 3 will cover every byte; hashing
+/// them, and the authenticated link records cover every byte; hashing
 /// each megabyte twice cost about 15% of a forwarded write's time.
 fn frame_checksum(kind: u8, data: &[u8]) -> u32 {
     if kind == KIND_MSG {

@@ -178,7 +178,7 @@ fn guest_sees_home_files_and_is_sandboxed_on_its_host() {
         status.lines().find(|l| l.starts_with(k)).map(|l| l[k.len()..].trim().to_string()).unwrap_or_default()
     };
     let uid: u64 = field("Uid:").split_whitespace().next().and_then(|u| u.parse().ok()).unwrap_or(0);
-    assert!(uid >= u64::from(om_remote_base()), "guest runs as uid {uid}:\n{status}");
+    assert!(uid >= u64::from(om_remote::GUEST_UID_BASE), "guest runs as uid {uid}:\n{status}");
     assert_eq!(field("CapEff:"), "0000000000000000", "guest has capabilities:\n{status}");
     assert_eq!(field("NoNewPrivs:"), "1");
     let ns = |pid: &str, n: &str| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).expect("ns");
@@ -203,10 +203,6 @@ fn guest_sees_home_files_and_is_sandboxed_on_its_host() {
     assert!(lines.contains("x: home's file"), "the guest did not read its home's /tmp/x:\n{lines}");
     assert!(!lines.contains("HOST'S FILE"), "the guest read the host's /tmp/x:\n{lines}");
     assert!(lines.contains("key: errno 2"), "the guest reached the host's key:\n{lines}");
-}
-
-fn om_remote_base() -> u32 {
-    3_500_000_000
 }
 
 /// The network to a process's host goes silent (its veth is cut: no FIN, no

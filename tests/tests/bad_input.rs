@@ -149,16 +149,25 @@ fn a_node_that_refuses_guests_says_so_and_the_process_stays() {
 /// a process of user nobody cannot read a root-only file, away as at home.
 #[test]
 fn the_deputy_acts_with_the_process_credentials_not_the_daemons() {
+    use std::os::unix::fs::PermissionsExt;
     let c = Cluster::start(2);
-    let secret = c.path("secret");
+    // User nobody must reach the programs and the file's directory (the
+    // checkout may sit under a private directory): copies in an open one.
+    let open_dir = std::env::temp_dir().join(format!("om-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&open_dir).expect("dir");
+    std::fs::set_permissions(&open_dir, PermissionsExt::from_mode(0o755)).expect("chmod dir");
+    for b in ["om-exec", "opener"] {
+        std::fs::copy(bin(b), open_dir.join(b)).expect("copy a binary");
+    }
+    let secret = open_dir.join("secret");
     std::fs::write(&secret, "root only\n").expect("secret");
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    std::fs::set_permissions(&secret, PermissionsExt::from_mode(0o600)).expect("chmod");
     for remote in [false, true] {
         let mut p = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(bin("om-exec"))
+            .arg(open_dir.join("om-exec"))
             .arg("--")
-            .arg(bin("opener"))
+            .arg(open_dir.join("opener"))
             .arg(&secret)
             .env("OM_SOCKET", c.socket(1))
             .stdin(std::process::Stdio::piped())
@@ -179,6 +188,7 @@ fn the_deputy_acts_with_the_process_credentials_not_the_daemons() {
         assert_eq!(line.trim(), format!("denied {}", libc::EACCES), "remote={remote}");
         assert!(wait_child(&mut p, T).success());
     }
+    let _ = std::fs::remove_dir_all(&open_dir);
 }
 
 #[test]

@@ -78,7 +78,11 @@ impl Cluster {
     /// Like [`Cluster::start`], with extra omd flags per node.
     pub fn start_with(n: u32, extra: impl Fn(u32) -> Vec<String>) -> Cluster {
         require_root();
-        let base = bin_dir().join("om-e2e");
+        // Under /tmp, not the checkout: tests that run programs as another
+        // user need to reach the control sockets.
+        let base = std::env::temp_dir().join("om-e2e");
+        let _ = std::fs::create_dir_all(&base);
+        let _ = std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o755));
         let dir = base.join(format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");

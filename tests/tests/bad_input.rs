@@ -172,12 +172,18 @@ fn the_deputy_acts_with_the_process_credentials_not_the_daemons() {
             .env("OM_SOCKET", c.socket(1))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(c.path("nobody.err")).expect("err"))
             .spawn()
             .expect("setpriv (util-linux) runs om-exec as nobody");
         let mut out = std::io::BufReader::new(p.stdout.take().expect("out"));
         let mut line = String::new();
         std::io::BufRead::read_line(&mut out, &mut line).expect("ready");
-        assert_eq!(line.trim(), "ready");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "as nobody: {}",
+            std::fs::read_to_string(c.path("nobody.err")).unwrap_or_default()
+        );
         if remote {
             c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
             assert_eq!(c.where_is(1, p.id()), Some(2));

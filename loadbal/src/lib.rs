@@ -1,7 +1,9 @@
-//! om's node daemon (`omd`): node links, migration orchestration and, in a
-//! later issue, the load balancer.
+//! om's node daemon (`omd`): node links, migration orchestration, membership
+//! and the load balancer ([`policy`], tried in [`simulate`]).
 
 pub mod config;
 pub mod daemon;
 pub mod membership;
+pub mod policy;
+pub mod simulate;
 pub mod sys;

@@ -26,8 +26,9 @@ use std::time::Duration;
 pub enum Ctl {
     /// Bring the process home; answer when it runs there.
     ComeHome(Sender<Result<(), String>>),
-    /// Move the process from the node it is on straight to another one.
-    MoveTo { dest: u32, addr: SocketAddr, reply: Sender<Result<(), String>> },
+    /// Move the process from the node it is on straight to another one;
+    /// `assumed` is the load the balancer believed `dest` had (negative: none).
+    MoveTo { dest: u32, addr: SocketAddr, assumed: f64, reply: Sender<Result<(), String>> },
     /// The membership declared this node down.
     NodeDown(u32),
 }
@@ -50,6 +51,24 @@ pub struct Plan {
     pub addr: SocketAddr,
     /// The cluster key, for the links to the destination.
     pub key: ClusterKey,
+    /// The load the balancer believed `dest` had (negative: a manual move).
+    pub assumed: f64,
+    /// What the process uses while away, for the balancer.
+    pub usage: Arc<Usage>,
+}
+
+/// What a process away uses: calls it sends home (counted by the deputy) and
+/// the CPU and memory its host reports.
+#[derive(Default, Debug)]
+pub struct Usage {
+    pub calls: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Run plus run-queue wait, ns, as last reported by the host (restarts
+    /// from zero on each host).
+    pub cpu_ns: AtomicU64,
+    pub rss: AtomicU64,
+    /// Reports received.
+    pub reports: AtomicU64,
 }
 
 pub use om_runtime::sys::wake_signal;
@@ -101,7 +120,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     let net = |e: wire::WireError| format!("link to node {} failed: {e}; the process stays at home", plan.dest);
     let token = random_token();
     wire::send(&mut link, &Msg::Hello { node: plan.home }).map_err(net)?;
-    wire::send(&mut link, &transfer::offer(pid, plan.home, token)).map_err(net)?;
+    wire::send(&mut link, &transfer::offer(pid, plan.home, token, plan.assumed)).map_err(net)?;
     let reopen = match wire::recv_msg(&mut link).map_err(net)? {
         Msg::OfferOk { reopen } => reopen,
         Msg::Refused { reason } => return Err(format!("node {} refused the migration: {reason}", plan.dest)),
@@ -167,7 +186,12 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     };
 
     // The deputy takes the fds now, while the process is frozen.
-    let shared = Arc::new(Shared { write_lock: Mutex::new(()), busy: AtomicU64::new(0), tid: AtomicI32::new(0) });
+    let shared = Arc::new(Shared {
+        write_lock: Mutex::new(()),
+        busy: AtomicU64::new(0),
+        tid: AtomicI32::new(0),
+        usage: plan.usage.clone(),
+    });
     let reader = match link.try_clone() {
         Ok(r) => r,
         Err(e) => return Err(fail(t, format!("cannot clone the link: {e}"))),
@@ -177,7 +201,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     let (rel_tx, rel_rx) = channel::bounded(1);
     let setup = Setup::from_image(&cap.image);
     let sh = shared.clone();
-    if let Err(e) = read_control_link(&ctl_link, pid, ev_tx.clone()) {
+    if let Err(e) = read_control_link(&ctl_link, pid, ev_tx.clone(), plan.usage.clone()) {
         return Err(fail(t, format!("cannot clone the control link: {e}")));
     }
     let events_tx = ev_tx.clone();
@@ -300,7 +324,7 @@ impl Away {
         // A stop signal we sent the placeholder ourselves, to deliver, not forward.
         let mut injected_stop: Option<i32> = None;
         // A move to another node under way: (node, address, who to answer).
-        let mut moving: Option<(u32, SocketAddr, Reply)> = None;
+        let mut moving: Option<(u32, SocketAddr, f64, Reply)> = None;
         let mut here = plan.dest;
         loop {
             // Requests from omd.
@@ -310,10 +334,10 @@ impl Away {
                     self.interrupt_deputy();
                     waiting_home = Some(r);
                 }
-                Ok(Ctl::MoveTo { dest, addr, reply }) => {
+                Ok(Ctl::MoveTo { dest, addr, assumed, reply }) => {
                     self.send(&Msg::ComeHome);
                     self.interrupt_deputy();
-                    moving = Some((dest, addr, reply));
+                    moving = Some((dest, addr, assumed, reply));
                 }
                 Ok(Ctl::NodeDown(n)) if n == here && self.links_heard_within(2000) => {
                     // Gossip can be late under load; a link that still hears
@@ -349,9 +373,9 @@ impl Away {
                     let _ = rsys::tgkill(pid, pid, sig);
                 }
                 Ok(Event::GoingHome(read_ahead)) if moving.is_some() => {
-                    let Some((dest, addr, reply)) = moving.take() else { continue };
+                    let Some((dest, addr, assumed, reply)) = moving.take() else { continue };
                     state(pid, "migrating", here);
-                    match self.relay_move(pid, plan.home, dest, addr, read_ahead) {
+                    match self.relay_move(pid, plan.home, (dest, addr, assumed), read_ahead) {
                         Ok(()) => {
                             here = dest;
                             state(pid, "away", dest);
@@ -452,8 +476,7 @@ impl Away {
         &mut self,
         pid: i32,
         home: u32,
-        dest: u32,
-        addr: SocketAddr,
+        (dest, addr, assumed): (u32, SocketAddr, f64),
         ahead: Vec<u8>,
     ) -> Result<(), (String, Option<Vec<u8>>)> {
         let mut from = std::io::Read::chain(std::io::Cursor::new(ahead), &self.link);
@@ -479,7 +502,7 @@ impl Away {
             Err(e) => return Err(refuse(from, format!("node {dest}: {e}; the process stays where it is"))),
         };
         let (files, vdso_hash, vdso_len, xsave) = offer;
-        let o = Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave };
+        let o = Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave, assumed };
         let answer = match wire::send(&mut to, &Msg::Hello { node: home })
             .and_then(|_| wire::send(&mut to, &o))
             .and_then(|_| wire::recv_msg(&mut to))
@@ -552,7 +575,7 @@ impl Away {
         // Switch the deputy and the control link to the new node.
         let old = std::mem::replace(&mut self.link, to);
         let _ = std::mem::replace(&mut self.ctl_link, ctl2);
-        let _ = read_control_link(&self.ctl_link, pid, self.events_tx.clone());
+        let _ = read_control_link(&self.ctl_link, pid, self.events_tx.clone(), self.shared.usage.clone());
         let _ = self.release.send(Release::Switch(std::os::fd::AsRawFd::as_raw_fd(&self.link), self.link.cipher()));
         // The old link closes once the deputy holds the new one.
         std::thread::sleep(Duration::from_millis(50));
@@ -622,15 +645,20 @@ impl Away {
     }
 }
 
-/// Reports from the remote's helper on a control link (job-control stops).
-fn read_control_link(ctl_link: &Link, pid: i32, tx: Sender<Event>) -> std::io::Result<()> {
+/// Reports from the remote's helper on a control link (job-control stops,
+/// usage).
+fn read_control_link(ctl_link: &Link, pid: i32, tx: Sender<Event>, usage: Arc<Usage>) -> std::io::Result<()> {
     let mut r = ctl_link.try_clone()?;
     std::thread::Builder::new().name(format!("ctl-{pid}")).spawn(move || {
         while let Ok(m) = wire::recv_msg(&mut r) {
-            if let Msg::Stopped { sig } = m {
-                if tx.send(Event::Stopped(sig)).is_err() {
-                    return;
+            match m {
+                Msg::Stopped { sig } if tx.send(Event::Stopped(sig)).is_err() => return,
+                Msg::Usage { cpu_ns, rss } => {
+                    usage.cpu_ns.store(cpu_ns, Ordering::Relaxed);
+                    usage.rss.store(rss, Ordering::Relaxed);
+                    usage.reports.fetch_add(1, Ordering::Relaxed);
                 }
+                _ => {}
             }
         }
     })?;

@@ -57,6 +57,8 @@ pub struct Shared {
     /// Id of the call being served (0: idle), for interrupting it.
     pub busy: AtomicU64,
     pub tid: AtomicI32,
+    /// Calls and bytes served, for the balancer.
+    pub usage: Arc<crate::Usage>,
 }
 
 /// fds at and above this number in the deputy's table are om's own.
@@ -206,6 +208,9 @@ fn serve_round<R: std::io::Read>(
                 shared.busy.store(req.id, Ordering::SeqCst);
                 let ret = serve(&req, if input_is_separate { &input } else { &req.data }, pid, res, bufs);
                 shared.busy.store(0, Ordering::SeqCst);
+                shared.usage.calls.fetch_add(1, Ordering::Relaxed);
+                let moved = req.data.len() + input.len() + bufs.answer.len();
+                shared.usage.bytes.fetch_add(moved as u64, Ordering::Relaxed);
                 bufs.input = input;
                 // Whole frames only: the controller writes on the same socket.
                 let _w = shared.write_lock.lock().unwrap_or_else(|p| p.into_inner());

@@ -9,6 +9,7 @@
 //! max_guests = 8
 //! accept_guests = true
 //! consistent_paths = ["/home", "/srv/data"]
+//! balance = true
 //! ```
 
 use serde::Deserialize;
@@ -37,6 +38,12 @@ pub struct File {
     /// runs are put in, for a node with a CPU quota.
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    /// Move processes automatically (the load balancer); default true.
+    pub balance: Option<bool>,
+    /// Cores to count for this node [default: all it has].
+    pub cpus: Option<u32>,
+    /// Share of memory to keep free: below it, processes are ushered out [default: 0.1].
+    pub mem_low: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]

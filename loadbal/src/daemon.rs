@@ -1,12 +1,14 @@
 //! The node daemon: control socket (om-exec, omctl), node links (incoming
-//! migrations), the table of processes under om, and one controller thread
-//! per migrated process.
+//! migrations), the table of processes under om, one controller thread per
+//! migrated process, and the load balancer.
 
+use crate::measure::{self, Counters, NodeDemand};
 use crate::membership::{Health, LoadRecord, Membership, SharedView};
+use crate::policy::{self, JobLoad, NodeLoad, Params, Pending, Pin};
 use crossbeam::channel::{self, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use om_deputy::{Ctl, Plan, StateFn};
+use om_deputy::{Ctl, Plan, StateFn, Usage};
 use om_runtime::link::{ClusterKey, Link};
 use om_runtime::procfs;
 use om_runtime::wire::{self, Msg, NodeInfo, ProcInfo, WireError};
@@ -15,8 +17,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Settings of one node daemon.
 #[derive(Debug, Clone)]
@@ -35,6 +38,12 @@ pub struct Config {
     pub consistent_paths: Vec<PathBuf>,
     /// Cgroups the processes this node runs are put in.
     pub cgroups: Vec<PathBuf>,
+    /// Move processes automatically.
+    pub balance: bool,
+    /// Cores to count (None: all the machine has).
+    pub cpus: Option<u32>,
+    /// Share of memory to keep free.
+    pub mem_low: f64,
 }
 
 /// A process under om on this node (its home).
@@ -44,12 +53,96 @@ struct Proc {
     where_: u32,
     locked: bool,
     ctl: Option<Sender<Ctl>>,
+    started: Instant,
+    /// When it last arrived where it is.
+    last_move: Option<Instant>,
+    /// The balancer is moving it.
+    in_flight: bool,
+    /// Why the balancer leaves it where it is.
+    why: String,
+    usage: Arc<Usage>,
+    last: Option<Counters>,
+    reports: u64,
+    demand: f64,
+    calls_per_s: f64,
+    bytes_per_s: f64,
+    rss: u64,
+}
+
+impl Proc {
+    fn new(cmd: String, where_: u32, locked: bool) -> Proc {
+        Proc {
+            cmd,
+            state: "home".into(),
+            where_,
+            locked,
+            ctl: None,
+            started: Instant::now(),
+            last_move: None,
+            in_flight: false,
+            why: String::new(),
+            usage: Arc::default(),
+            last: None,
+            reports: 0,
+            demand: 1.0,
+            calls_per_s: 0.0,
+            bytes_per_s: 0.0,
+            rss: 0,
+        }
+    }
+
+    /// Read its counters (at home from /proc, away from the host's reports
+    /// and the deputy) and update its rates.
+    fn refresh(&mut self, pid: i32) {
+        let now = match self.state.as_str() {
+            "home" => {
+                self.rss = measure::rss(pid).unwrap_or(self.rss);
+                measure::home_counters(pid)
+            }
+            "away" => {
+                let u = &self.usage;
+                let reports = u.reports.load(Ordering::Relaxed);
+                if reports == self.reports {
+                    return;
+                }
+                self.reports = reports;
+                self.rss = u.rss.load(Ordering::Relaxed);
+                Some(Counters {
+                    at: Instant::now(),
+                    cpu_ns: u.cpu_ns.load(Ordering::Relaxed),
+                    calls: u.calls.load(Ordering::Relaxed),
+                    bytes: u.bytes.load(Ordering::Relaxed),
+                    away: true,
+                })
+            }
+            _ => None,
+        };
+        let Some(now) = now else { return };
+        if let Some((d, c, b)) = self.last.as_ref().and_then(|old| measure::rates(old, &now)) {
+            self.demand = (self.demand + d.min(1.0)) / 2.0;
+            self.calls_per_s = (self.calls_per_s + c) / 2.0;
+            self.bytes_per_s = (self.bytes_per_s + b) / 2.0;
+        }
+        self.last = Some(now);
+    }
 }
 
 pub struct Node {
     cfg: Config,
     procs: Mutex<HashMap<i32, Proc>>,
     view: SharedView,
+    /// Takes guests now (omctl block/unblock/expel).
+    accepts: AtomicBool,
+    /// Relative speed now (omctl speed), f64 bits.
+    speed: AtomicU64,
+    /// Smoothed runnable demand of this node, f64 bits.
+    demand: AtomicU64,
+    /// This node's moves that the others' figures may not show yet.
+    pending: Mutex<Pending>,
+    /// Guests admitted lately (not yet in the measured demand).
+    admitted: Mutex<Vec<Instant>>,
+    epoch: Instant,
+    params: Params,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +188,40 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .map_err(|source| DaemonError::Listen { addr: format!("{} (udp)", cfg.listen), source })?;
     tracing::info!(node = cfg.node_id, listen = %cfg.listen, socket = %cfg.socket.display(), seeds = cfg.seeds.len(), "omd ready");
 
-    let node = Arc::new(Node { cfg, procs: Mutex::new(HashMap::new()), view });
+    let params = Params { mem_low: cfg.mem_low, ..Params::default() };
+    let node = Arc::new(Node {
+        accepts: AtomicBool::new(cfg.accept_guests),
+        speed: AtomicU64::new(cfg.speed.to_bits()),
+        demand: AtomicU64::new(0f64.to_bits()),
+        pending: Mutex::new(Pending::default()),
+        admitted: Mutex::new(Vec::new()),
+        epoch: Instant::now(),
+        params,
+        cfg,
+        procs: Mutex::new(HashMap::new()),
+        view,
+    });
+    {
+        let n = node.clone();
+        std::thread::Builder::new().name("measure".into()).spawn(move || {
+            let mut d = NodeDemand::new(&n.cfg.cgroups);
+            loop {
+                n.demand.store(d.sample().to_bits(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })?;
+    }
+    if node.cfg.balance {
+        let n = node.clone();
+        std::thread::Builder::new().name("balancer".into()).spawn(move || loop {
+            // A little jitter, so nodes do not decide in step.
+            let jitter =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+                    % 200;
+            std::thread::sleep(Duration::from_millis(900 + u64::from(jitter)));
+            n.balance_round();
+        })?;
+    }
     match crate::sys::ProcEvents::open() {
         Ok(events) => {
             let n = node.clone();
@@ -172,6 +298,10 @@ impl Node {
                 if state == "exited" {
                     procs.remove(&pid);
                 } else if let Some(p) = procs.get_mut(&pid) {
+                    if p.where_ != where_ {
+                        p.last_move = Some(Instant::now());
+                        p.last = None;
+                    }
                     p.state = state.to_string();
                     p.where_ = where_;
                     if state == "home" {
@@ -194,16 +324,7 @@ impl Node {
                         if let crate::sys::ProcEvent::Fork { parent, child } = ev {
                             if procs.contains_key(&parent) && !procs.contains_key(&child) {
                                 let cmd = cmdline(child).unwrap_or_default();
-                                procs.insert(
-                                    child,
-                                    Proc {
-                                        cmd,
-                                        state: "home".into(),
-                                        where_: self.cfg.node_id,
-                                        locked: false,
-                                        ctl: None,
-                                    },
-                                );
+                                procs.insert(child, Proc::new(cmd, self.cfg.node_id, false));
                             }
                         }
                     }
@@ -254,22 +375,78 @@ impl Node {
     fn control(self: &Arc<Self>, msg: Msg, uid: Option<u32>) -> Msg {
         let err = |m: String| Msg::Error { message: m };
         match msg {
-            Msg::Register { pid, cmd } => {
+            Msg::Register { pid, cmd, lock, node } => {
                 if procfs::stat(pid).is_err() {
                     return err(format!("no process {pid}"));
                 }
                 if !self.allowed(uid, pid) {
                     return err(format!("permission denied: process {pid} belongs to another user"));
                 }
-                let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-                procs.insert(
-                    pid,
-                    Proc { cmd, state: "home".into(), where_: self.cfg.node_id, locked: false, ctl: None },
-                );
+                let node = node.filter(|&n| n != self.cfg.node_id);
+                if let Some(n) = node {
+                    if let Err(e) = self.node_addr(n) {
+                        return err(e);
+                    }
+                }
+                self.procs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(pid, Proc::new(cmd, self.cfg.node_id, lock && node.is_none()));
                 if let Err(e) = procfs::join_cgroups(pid, &self.cfg.cgroups) {
                     tracing::warn!(pid, %e, "cannot put the process in this node's cgroup");
                 }
-                tracing::info!(pid, "registered");
+                tracing::info!(pid, lock, ?node, "registered");
+                if let Some(n) = node {
+                    let me = self.clone();
+                    let _ = std::thread::Builder::new()
+                        .name(format!("start-{pid}"))
+                        .spawn(move || me.start_on(pid, n, uid, lock));
+                }
+                Msg::Ok
+            }
+            Msg::Lock { pid, on } => {
+                if !self.allowed(uid, pid) {
+                    return err(format!("permission denied: process {pid} belongs to another user"));
+                }
+                let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+                match procs.get_mut(&pid) {
+                    Some(p) => {
+                        p.locked = on;
+                        tracing::info!(pid, on, "lock");
+                        Msg::Ok
+                    }
+                    None => err(format!(
+                        "process {pid} is not under om on node {}; omctl ps lists those that are",
+                        self.cfg.node_id
+                    )),
+                }
+            }
+            Msg::Block { on } => {
+                if uid != Some(0) {
+                    return err("permission denied: only root may block or unblock a node".into());
+                }
+                self.accepts.store(!on, Ordering::SeqCst);
+                tracing::info!(blocked = on, "guests {}", if on { "blocked" } else { "welcome" });
+                Msg::Ok
+            }
+            Msg::Expel => {
+                if uid != Some(0) {
+                    return err("permission denied: only root may expel guests".into());
+                }
+                self.accepts.store(false, Ordering::SeqCst);
+                let n = om_remote::expel();
+                tracing::info!(guests = n, "expelling every guest; the node takes no more (omctl unblock)");
+                Msg::Ok
+            }
+            Msg::Speed { speed } => {
+                if uid != Some(0) {
+                    return err("permission denied: only root may set the node's speed".into());
+                }
+                if !(speed.is_finite() && speed > 0.0 && speed <= 1000.0) {
+                    return err(format!("speed {speed} is not a positive number (1 = a typical node)"));
+                }
+                self.speed.store(speed.to_bits(), Ordering::SeqCst);
+                tracing::info!(speed, "speed set");
                 Msg::Ok
             }
             Msg::Ps => {
@@ -294,13 +471,25 @@ impl Node {
                         } else {
                             String::new()
                         },
+                        why: if p.locked {
+                            "locked".into()
+                        } else if p.in_flight || (p.state != "home" && p.state != "away") {
+                            "moving".into()
+                        } else if !self.cfg.balance {
+                            "balancing is off on this node".into()
+                        } else {
+                            p.why.clone()
+                        },
+                        demand: p.demand,
+                        rss: p.rss,
+                        locked: p.locked,
                     })
                     .collect();
                 v.sort_by_key(|p| p.pid);
                 Msg::PsReply(v)
             }
             Msg::Nodes => Msg::NodesReply(self.nodes()),
-            Msg::Migrate { pid, to } => match self.migrate(pid, to, uid) {
+            Msg::Migrate { pid, to } => match self.migrate(pid, to, uid, -1.0) {
                 Ok(()) => Msg::Ok,
                 Err(e) => err(e),
             },
@@ -328,6 +517,7 @@ impl Node {
                 load: rec.map_or(0.0, |r| r.load),
                 cpus: rec.map_or(0, |r| r.cpus),
                 speed: rec.map_or(0.0, |r| r.speed),
+                mem_total: rec.map_or(0, |r| r.mem_total),
                 mem_free: rec.map_or(0, |r| r.mem_free),
                 guests: rec.map_or(0, |r| r.guests),
                 max_guests: rec.map_or(0, |r| r.max_guests),
@@ -340,26 +530,137 @@ impl Node {
 
     /// This node's figures, as it spreads them.
     pub fn own_record(&self) -> LoadRecord {
-        let load = std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
-            .unwrap_or(0.0);
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        let mem_free = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|s| procfs::status_field_in(&s, "MemAvailable"))
-            .and_then(|v| v.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()))
-            .map_or(0, |kb| kb * 1024);
+        let cpus = self.cfg.cpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+        let (mem_total, mem_free) = measure::memory(&self.cfg.cgroups);
         LoadRecord {
             id: self.cfg.node_id,
             stamp: 0,
-            load: load / f64::from(cpus),
+            load: f64::from_bits(self.demand.load(Ordering::Relaxed)) / f64::from(cpus.max(1)),
             cpus,
-            speed: self.cfg.speed,
+            speed: f64::from_bits(self.speed.load(Ordering::Relaxed)),
+            mem_total,
             mem_free,
             guests: om_remote::guests(),
             max_guests: self.cfg.max_guests,
-            accepts: self.cfg.accept_guests,
+            accepts: self.accepts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// This node as the balancer sees it, now.
+    fn own_load(&self) -> NodeLoad {
+        load_of(&self.own_record())
+    }
+
+    /// Move a process just registered to node `n` once it has started the
+    /// program (om-exec --node).
+    fn start_on(self: Arc<Self>, pid: i32, n: u32, uid: Option<u32>, lock: bool) {
+        let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let before = exe(pid);
+        let t = Instant::now();
+        while exe(pid) == before && before.is_some() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let r = self.migrate(pid, Some(n), uid, -1.0);
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = procs.get_mut(&pid) {
+            p.locked = lock;
+            if let Err(e) = &r {
+                tracing::warn!(pid, node = n, e, "could not start the process on node {n}; it runs at home");
+                p.why = format!("could not start on node {n}: {e}");
+            }
+        }
+    }
+
+    /// One round of the balancer: measure this node's processes, take the
+    /// others' figures from membership, decide, and start the moves.
+    fn balance_round(self: &Arc<Self>) {
+        let me = self.cfg.node_id;
+        let jobs: Vec<JobLoad> = {
+            let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            procs
+                .iter_mut()
+                .filter(|(_, p)| p.state == "home" || p.state == "away" || p.in_flight)
+                .map(|(&pid, p)| {
+                    p.refresh(pid);
+                    let pin = if p.locked {
+                        Some(Pin::Locked)
+                    } else if p.state == "home" {
+                        om_runtime::image::cant_move(pid).map(Pin::CantMove)
+                    } else {
+                        None
+                    };
+                    JobLoad {
+                        pid,
+                        at: p.where_,
+                        demand: p.demand,
+                        age: p.started.elapsed().as_secs_f64(),
+                        rss: p.rss,
+                        calls_per_s: p.calls_per_s,
+                        io_bytes_per_s: p.bytes_per_s,
+                        pin,
+                        since_move: p.last_move.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64()),
+                        in_flight: p.in_flight || (p.state != "home" && p.state != "away"),
+                    }
+                })
+                .collect()
+        };
+        if jobs.is_empty() {
+            return;
+        }
+        let now = self.epoch.elapsed().as_secs_f64();
+        let mut nodes = vec![self.own_load()];
+        let mut made: Vec<(u32, f64)> = vec![(me, now)];
+        {
+            let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+            for (&id, seen) in view.nodes.iter() {
+                let Some(k) = &seen.load else { continue };
+                if id == me || seen.health != Health::Alive || k.got.elapsed() > Duration::from_secs(5) {
+                    continue;
+                }
+                nodes.push(load_of(&k.rec));
+                made.push((id, now - k.got.elapsed().as_secs_f64()));
+            }
+        }
+        nodes.sort_by_key(|n| n.id);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .correct(&mut nodes, now, 4.0, |id| made.iter().find(|(i, _)| *i == id).map_or(f64::INFINITY, |(_, m)| *m));
+        let d = policy::decide(me, &nodes, &jobs, &self.params);
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        for (pid, why) in &d.stays {
+            if let Some(p) = procs.get_mut(pid) {
+                p.why = why.to_string();
+            }
+        }
+        for m in d.moves {
+            let Some(p) = procs.get_mut(&m.pid) else { continue };
+            p.in_flight = true;
+            p.why = "moving".into();
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).add(now, m.from, m.to, p.demand, p.rss);
+            tracing::info!(
+                pid = m.pid,
+                from = m.from,
+                to = m.to,
+                usher = m.usher,
+                benefit = format!("{:.2}", m.benefit),
+                "balancer moves the process"
+            );
+            let node = self.clone();
+            let _ = std::thread::Builder::new().name(format!("move-{}", m.pid)).spawn(move || {
+                let to = (m.to != node.cfg.node_id).then_some(m.to);
+                let r = node.migrate(m.pid, to, Some(0), m.assumed);
+                let mut procs = node.procs.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(p) = procs.get_mut(&m.pid) {
+                    p.in_flight = false;
+                    if let Err(e) = r {
+                        tracing::info!(pid = m.pid, to = m.to, e, "balancer move did not happen");
+                        p.why = format!("move to node {} failed: {e}", m.to);
+                        // Wait as after a move before trying again.
+                        p.last_move = Some(Instant::now());
+                    }
+                }
+            });
         }
     }
 
@@ -372,6 +673,7 @@ impl Node {
             load: r.load,
             cpus: r.cpus,
             speed: r.speed,
+            mem_total: r.mem_total,
             mem_free: r.mem_free,
             guests: r.guests,
             max_guests: r.max_guests,
@@ -422,7 +724,9 @@ impl Node {
         *last = now;
     }
 
-    fn migrate(self: &Arc<Self>, pid: i32, to: Option<u32>, uid: Option<u32>) -> Result<(), String> {
+    /// Move `pid` to node `to` (None: home). `assumed` is the load the
+    /// balancer believed `to` had (negative for a manual move: no check).
+    fn migrate(self: &Arc<Self>, pid: i32, to: Option<u32>, uid: Option<u32>, assumed: f64) -> Result<(), String> {
         let me = self.cfg.node_id;
         let to = to.filter(|&n| n != me);
         let (state, where_, ctl, locked) = {
@@ -453,7 +757,7 @@ impl Node {
                 let ctl = ctl.ok_or("the process is between nodes; try again")?;
                 let addr = addr.ok_or("no address")?;
                 let (tx, rx) = channel::bounded(1);
-                ctl.send(Ctl::MoveTo { dest: n, addr, reply: tx })
+                ctl.send(Ctl::MoveTo { dest: n, addr, assumed, reply: tx })
                     .map_err(|_| "the process's controller is gone".to_string())?;
                 rx.recv_timeout(Duration::from_secs(120)).map_err(|_| "the move did not finish in 120 s".to_string())?
             }
@@ -464,26 +768,30 @@ impl Node {
                 rx.recv_timeout(Duration::from_secs(60))
                     .map_err(|_| "the process did not come home in 60 s".to_string())??;
                 match (to, addr) {
-                    (Some(n), Some(a)) => self.migrate_out(pid, n, a),
+                    (Some(n), Some(a)) => self.migrate_out(pid, n, a, assumed),
                     _ => Ok(()),
                 }
             }
-            ("home", Some(n)) => self.migrate_out(pid, n, addr.ok_or("no address")?),
+            ("home", Some(n)) => self.migrate_out(pid, n, addr.ok_or("no address")?, assumed),
             (s, _) => Err(format!("process {pid} is {s}; try again in a moment")),
         }
     }
 
-    fn migrate_out(self: &Arc<Self>, pid: i32, dest: u32, addr: SocketAddr) -> Result<(), String> {
+    fn migrate_out(self: &Arc<Self>, pid: i32, dest: u32, addr: SocketAddr, assumed: f64) -> Result<(), String> {
         let (reply_tx, reply_rx) = channel::bounded(1);
         let (ctl_tx, ctl_rx) = channel::unbounded();
-        {
+        let usage = {
             let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(p) = procs.get_mut(&pid) {
-                p.state = "migrating".into();
-                p.ctl = Some(ctl_tx);
+            match procs.get_mut(&pid) {
+                Some(p) => {
+                    p.state = "migrating".into();
+                    p.ctl = Some(ctl_tx);
+                    p.usage.clone()
+                }
+                None => Arc::default(),
             }
-        }
-        let plan = Plan { pid, home: self.cfg.node_id, dest, addr, key: self.cfg.key.clone() };
+        };
+        let plan = Plan { pid, home: self.cfg.node_id, dest, addr, key: self.cfg.key.clone(), assumed, usage };
         let state = self.state_fn();
         std::thread::Builder::new()
             .name(format!("home-{pid}"))
@@ -525,9 +833,16 @@ impl Node {
             }
             Ok(offer @ Msg::Offer { .. }) => {
                 let _ = s.set_read_timeout(None);
+                if let Msg::Offer { assumed, .. } = &offer {
+                    if let Err(reason) = self.admit(*assumed) {
+                        tracing::info!(%peer, node, reason, "balancer move refused");
+                        let _ = wire::send(&mut s, &Msg::Refused { reason });
+                        return;
+                    }
+                }
                 let host = om_remote::Host {
                     node: self.cfg.node_id,
-                    accept: self.cfg.accept_guests,
+                    accept: self.accepts.load(Ordering::SeqCst),
                     max_guests: self.cfg.max_guests,
                     cgroups: self.cfg.cgroups.clone(),
                     consistent_paths: self.cfg.consistent_paths.clone(),
@@ -542,6 +857,38 @@ impl Node {
             Ok(m) => tracing::warn!(%peer, ?m, "unexpected request on a node link; closing it"),
             Err(e) => tracing::warn!(%peer, %e, "malformed frame on a node link; closing it"),
         }
+    }
+}
+
+impl Node {
+    /// Whether to take a guest the balancer of another node sends, by this
+    /// node's own fresh figures (`assumed` < 0: a manual move, always).
+    fn admit(&self, assumed: f64) -> Result<(), String> {
+        if assumed < 0.0 || !self.accepts.load(Ordering::SeqCst) {
+            return Ok(()); // the remote refuses a blocked node's guests itself
+        }
+        let mut recent = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|t| t.elapsed() < Duration::from_millis(1000));
+        let mut me = self.own_load();
+        me.demand += recent.len() as f64;
+        policy::admit(&me, assumed)?;
+        recent.push(Instant::now());
+        Ok(())
+    }
+}
+
+/// A load record as the balancer sees it.
+fn load_of(r: &LoadRecord) -> NodeLoad {
+    NodeLoad {
+        id: r.id,
+        speed: r.speed,
+        cpus: f64::from(r.cpus),
+        demand: r.load * f64::from(r.cpus),
+        mem_total: r.mem_total,
+        mem_free: r.mem_free,
+        guests: r.guests,
+        max_guests: r.max_guests,
+        accepts: r.accepts,
     }
 }
 

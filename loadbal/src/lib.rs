@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod measure;
 pub mod membership;
 pub mod policy;
 pub mod simulate;

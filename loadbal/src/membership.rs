@@ -45,10 +45,11 @@ pub struct LoadRecord {
     pub id: u32,
     /// Milliseconds since the epoch when it was made; newer replaces older.
     pub stamp: u64,
-    /// Run-queue load per core.
+    /// Runnable demand per core (1.0: every core busy).
     pub load: f64,
     pub cpus: u32,
     pub speed: f64,
+    pub mem_total: u64,
     pub mem_free: u64,
     pub guests: u32,
     pub max_guests: u32,
@@ -464,6 +465,7 @@ mod tests {
             load,
             cpus: 2,
             speed: 1.0,
+            mem_total: 2,
             mem_free: 1,
             guests: 0,
             max_guests: 8,

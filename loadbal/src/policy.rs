@@ -129,7 +129,7 @@ pub struct Move {
 /// (`me.demand` counting moves still landing): several nodes deciding on the
 /// same stale gossip would otherwise all pick the same idle node.
 pub fn admit(me: &NodeLoad, assumed: f64) -> Result<(), String> {
-    let slack = (0.25 * me.cpus).max(0.5);
+    let slack = (0.5 * me.cpus).max(1.0);
     if me.demand > assumed + slack && me.demand + 1.0 > me.cpus {
         return Err(format!(
             "node {} is busier than its last figures said (demand {:.1}, not {:.1}); the process stays",
@@ -385,9 +385,15 @@ fn apply(nodes: &mut [NodeLoad], si: usize, ti: usize, j: &JobLoad, home: u32) {
     }
 }
 
+/// Seconds a node measures its demand over (its figures are a mean).
+pub const WINDOW: f64 = 1.0;
+/// Seconds a move takes to land, about.
+pub const LAND: f64 = 0.1;
+
 /// Moves this node made that the others' figures may not show yet. The
-/// daemon and the simulator add them to what gossip reports until a record
-/// made after the move arrives.
+/// daemon and the simulator add them to what gossip reports: in full before
+/// the move landed, and less as the measuring window of a newer record
+/// covers more of the time since.
 #[derive(Clone, Debug, Default)]
 pub struct Pending {
     moves: Vec<(f64, u32, u32, f64, u64)>, // (when, from, to, demand, rss)
@@ -398,20 +404,21 @@ impl Pending {
         self.moves.push((now, from, to, demand.clamp(0.0, 1.0), rss));
     }
 
-    /// Correct `nodes`: `made(id)` says when node id's record was measured
-    /// (in the same clock as `now`); moves older than `keep` seconds are dropped.
+    /// Correct `nodes`: `made(id)` says when node id's figures were made (in
+    /// the same clock as `now`). Moves older than `keep` seconds are dropped.
     pub fn correct(&mut self, nodes: &mut [NodeLoad], now: f64, keep: f64, made: impl Fn(u32) -> f64) {
         self.moves.retain(|m| now - m.0 < keep);
         for &(when, from, to, d, rss) in &self.moves {
             for n in nodes.iter_mut() {
-                if made(n.id) > when {
+                let unseen = 1.0 - ((made(n.id) - when - LAND) / WINDOW).clamp(0.0, 1.0);
+                if unseen <= 0.0 {
                     continue;
                 }
                 if n.id == to {
-                    n.demand += d;
+                    n.demand += d * unseen;
                     n.mem_free = n.mem_free.saturating_sub(rss);
                 } else if n.id == from {
-                    n.demand = (n.demand - d).max(0.0);
+                    n.demand = (n.demand - d * unseen).max(0.0);
                 }
             }
         }
@@ -577,8 +584,12 @@ mod tests {
         let mut nodes = vec![node(1, 1.0, 1.0, 4.0), node(2, 1.0, 1.0, 0.0)];
         pend.correct(&mut nodes, 10.5, 5.0, |_| 9.5);
         assert_eq!((nodes[0].demand, nodes[1].demand), (3.0, 1.0));
+        // Half the window of a newer record saw it.
+        let mut nodes = vec![node(1, 1.0, 1.0, 3.5), node(2, 1.0, 1.0, 0.5)];
+        pend.correct(&mut nodes, 11.0, 5.0, |_| 10.6);
+        assert!((nodes[0].demand - 3.0).abs() < 1e-9 && (nodes[1].demand - 1.0).abs() < 1e-9, "{nodes:?}");
         let mut nodes = vec![node(1, 1.0, 1.0, 3.0), node(2, 1.0, 1.0, 1.0)];
-        pend.correct(&mut nodes, 11.5, 5.0, |_| 11.0);
+        pend.correct(&mut nodes, 12.0, 5.0, |_| 11.5);
         assert_eq!((nodes[0].demand, nodes[1].demand), (3.0, 1.0));
     }
 }

@@ -152,6 +152,8 @@ struct Node {
     rr: usize,
     phase: f64,
     down_since: Option<f64>,
+    /// Demand over the last second, as the daemon measures it.
+    window: std::collections::VecDeque<f64>,
 }
 
 const GOSSIP_PERIOD: f64 = 1.0;
@@ -170,6 +172,7 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
             rr: i,
             phase: (i as f64 * 0.618_034).fract(),
             down_since: None,
+            window: Default::default(),
         })
         .collect();
     let mut order: Vec<usize> = (0..sc.jobs.len()).collect();
@@ -302,9 +305,16 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
             max_guests: 1 << 20,
             accepts: true,
         };
+        let per_second = (1.0 / dt).round().max(1.0) as usize;
         for i in 0..n {
-            if nodes[i].alive && tick(nodes[i].phase) {
-                nodes[i].rec = Some((t, load_of(i, demand[i], mem_used[i], 0)));
+            let node = &mut nodes[i];
+            node.window.push_back(demand[i]);
+            if node.window.len() > per_second {
+                node.window.pop_front();
+            }
+            if node.alive && tick(node.phase) {
+                let measured = node.window.iter().sum::<f64>() / node.window.len() as f64;
+                node.rec = Some((t, load_of(i, measured, mem_used[i], 0)));
             }
         }
         if pl == Placement::Om {
@@ -341,14 +351,18 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
                 let mut made: Vec<(u32, f64)> = Vec::new();
                 for &i in &ids {
                     if i == h {
-                        view.push(load_of(i, demand[i], mem_used[i], 0));
+                        // Its own figures are fresh but measured over the
+                        // last second, as the daemon's are.
+                        let w = &nodes[i].window;
+                        let measured = w.iter().sum::<f64>() / w.len().max(1) as f64;
+                        view.push(load_of(i, measured, mem_used[i], 0));
                         made.push((i as u32 + 1, t));
                     } else if let (true, Some((m, rec))) = (looks_alive(i), &nodes[i].rec) {
                         view.push(rec.clone());
                         made.push((rec.id, *m));
                     }
                 }
-                nodes[h].pending.correct(&mut view, t, 3.0, |id| {
+                nodes[h].pending.correct(&mut view, t, 4.0, |id| {
                     made.iter().find(|(i, _)| *i == id).map_or(f64::INFINITY, |(_, m)| *m)
                 });
                 let loads: Vec<JobLoad> = mine[h]

@@ -6,6 +6,8 @@ pub mod filter;
 pub mod supervisor;
 pub mod sys;
 
+pub use supervisor::expel;
+
 use crossbeam::channel::Sender;
 use om_runtime::image::{self, Image, Target};
 use om_runtime::link::Link;
@@ -70,7 +72,7 @@ pub fn attach(token: u64, stream: Link) -> bool {
 /// was `offer`: answer it, rebuild the process, start it, then supervise it
 /// until it exits or goes home.
 pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), GuestError> {
-    let Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave } = offer else {
+    let Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave, .. } = offer else {
         return Err(WireError::Unexpected(format!("{offer:?} instead of an offer")).into());
     };
     let answer = if !host.accept {

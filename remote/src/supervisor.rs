@@ -60,6 +60,56 @@ struct Flags {
     ptrace_lock: Mutex<()>,
 }
 
+/// Every guest this node hosts, for `expel`.
+static LIVE: Mutex<Vec<std::sync::Weak<Flags>>> = Mutex::new(Vec::new());
+
+fn register() -> Arc<Flags> {
+    let f = Arc::new(Flags::default());
+    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    live.retain(|w| w.strong_count() > 0);
+    live.push(Arc::downgrade(&f));
+    f
+}
+
+/// Send every guest on this node home. Returns how many were asked.
+pub fn expel() -> usize {
+    let all: Vec<Arc<Flags>> = {
+        let live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        live.iter().filter_map(|w| w.upgrade()).filter(|f| !f.done.load(Ordering::SeqCst)).collect()
+    };
+    for f in &all {
+        f.come_home.store(true, Ordering::SeqCst);
+    }
+    // Wake each supervisor until it has taken the request (it may be in a call).
+    for _ in 0..400 {
+        let mut waiting = false;
+        for f in &all {
+            if f.come_home.load(Ordering::SeqCst) && !f.done.load(Ordering::SeqCst) {
+                waiting = true;
+                let tid = f.tid.load(Ordering::SeqCst);
+                if tid != 0 {
+                    let _ = sys::tgkill(sys::getpid(), tid, sys::wake_signal());
+                }
+            }
+        }
+        if !waiting {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    all.len()
+}
+
+/// What the guest uses: run plus run-queue wait (ns) and resident bytes.
+fn usage(gpid: i32) -> Option<(u64, u64)> {
+    let st = std::fs::read_to_string(format!("/proc/{gpid}/schedstat")).ok()?;
+    let mut it = st.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+    let cpu = it.next()? + it.next()?;
+    let statm = std::fs::read_to_string(format!("/proc/{gpid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some((cpu, pages * 4096))
+}
+
 enum Flow {
     Go,
     /// The guest is gone (exited, killed, or went home).
@@ -80,7 +130,7 @@ impl Supervisor {
             sid: img.sid,
             creds: img.creds.clone(),
             next_id: 1,
-            flags: Arc::new(Flags::default()),
+            flags: register(),
             inbuf: Vec::new(),
             outbuf: Vec::new(),
         })
@@ -649,7 +699,7 @@ impl Supervisor {
     /// it home), then stop it, capture it, and send what changed.
     fn send_home(&mut self, reason: &str, pending: Option<u64>) -> Result<bool, crate::GuestError> {
         self.send(&Msg::GoingHome { reason: reason.to_string() })?;
-        self.send(&transfer::offer(self.gpid, 0, 0))?;
+        self.send(&transfer::offer(self.gpid, 0, 0, -1.0))?;
         let reopen = match wire::recv_msg(&mut self.reader)? {
             Msg::OfferOk { reopen } => reopen,
             Msg::Refused { reason } => return Err(crate::GuestError::Refused(reason)),
@@ -813,9 +863,19 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
     let mut home_gone = false;
     // The stop signal home sent that we turned into SIGSTOP (reported as itself).
     let mut stop_sig: Option<i32> = None;
+    let mut reported = std::time::Instant::now();
     loop {
         if flags.done.load(Ordering::SeqCst) {
             return;
+        }
+        // What the guest uses, once a second, for home's balancer.
+        if !home_gone && reported.elapsed() >= std::time::Duration::from_secs(1) {
+            reported = std::time::Instant::now();
+            if let Some((cpu_ns, rss)) = usage(gpid) {
+                if wire::send(&mut ctl, &Msg::Usage { cpu_ns, rss }).is_err() {
+                    home_gone = true;
+                }
+            }
         }
         // Job control: tell home when the guest stops, so the placeholder (and
         // the parent's wait) stops too.

@@ -46,7 +46,34 @@ impl Client {
 
     /// Put process `pid` (normally the caller itself, before exec) under om.
     pub fn register(&mut self, pid: i32, cmd: &str) -> Result<(), ClientError> {
-        self.call(&Msg::Register { pid, cmd: cmd.to_string() }).map(drop)
+        self.register_with(pid, cmd, false, None)
+    }
+
+    /// Register, pinned where it is (`lock`) or to be moved to `node` as
+    /// soon as it has started.
+    pub fn register_with(&mut self, pid: i32, cmd: &str, lock: bool, node: Option<u32>) -> Result<(), ClientError> {
+        self.call(&Msg::Register { pid, cmd: cmd.to_string(), lock, node }).map(drop)
+    }
+
+    /// Pin `pid` where it is (`on`), or let the balancer move it again.
+    pub fn lock(&mut self, pid: i32, on: bool) -> Result<(), ClientError> {
+        self.call(&Msg::Lock { pid, on }).map(drop)
+    }
+
+    /// Stop (`on`) or restart taking guests on this node.
+    pub fn block(&mut self, on: bool) -> Result<(), ClientError> {
+        self.call(&Msg::Block { on }).map(drop)
+    }
+
+    /// Send every guest on this node home; the node takes no more until
+    /// unblocked.
+    pub fn expel(&mut self) -> Result<(), ClientError> {
+        self.call(&Msg::Expel).map(drop)
+    }
+
+    /// Set this node's relative speed.
+    pub fn set_speed(&mut self, speed: f64) -> Result<(), ClientError> {
+        self.call(&Msg::Speed { speed }).map(drop)
     }
 
     /// Move `pid` to node `to`, or home with `None`.

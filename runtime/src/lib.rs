@@ -10,6 +10,7 @@ pub mod client;
 pub mod image;
 pub mod link;
 pub mod marshal;
+pub mod mon;
 pub mod procfs;
 pub mod ptrace;
 pub mod sim;

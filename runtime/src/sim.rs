@@ -265,6 +265,7 @@ fn build(
         let toml = format!(
             "# omd of simulated node {id} (written by omctl sim up)\nnode_id = {id}\nlisten = \"{}\"\n\
              socket = \"{}\"\nstate_dir = \"{}\"\nseeds = [{}]\nkey_file = \"{}\"\nspeed = {speed}\n\
+             # one core of this speed (its CPU quota is speed x cpu_per_speed)\ncpus = 1\n\
              cgroups = [\"{}\"]\n",
             node.addr,
             node.socket.display(),

@@ -37,6 +37,12 @@ pub struct ProcInfo {
     pub state: String,
     pub cmd: String,
     pub cant_move: String,
+    /// Why the balancer leaves it where it is (or "moving").
+    pub why: String,
+    /// Share of a core it wants, and its resident memory.
+    pub demand: f64,
+    pub rss: u64,
+    pub locked: bool,
 }
 
 /// One node as `omctl nodes` shows it.
@@ -45,9 +51,11 @@ pub struct NodeInfo {
     pub id: u32,
     pub addr: String,
     pub state: String,
+    /// Runnable demand per core.
     pub load: f64,
     pub cpus: u32,
     pub speed: f64,
+    pub mem_total: u64,
     pub mem_free: u64,
     pub guests: u32,
     pub max_guests: u32,
@@ -82,6 +90,25 @@ pub enum Msg {
     Register {
         pid: i32,
         cmd: String,
+        /// Never migrate it (om-exec --lock).
+        lock: bool,
+        /// Move it to this node as soon as it has started (om-exec --node).
+        node: Option<u32>,
+    },
+    /// Pin a process where it is, or let it move again.
+    Lock {
+        pid: i32,
+        on: bool,
+    },
+    /// Stop (or restart) taking guests on this node.
+    Block {
+        on: bool,
+    },
+    /// Send every guest on this node home (and take no more).
+    Expel,
+    /// Set this node's relative speed.
+    Speed {
+        speed: f64,
     },
     Ps,
     PsReply(Vec<ProcInfo>),
@@ -110,6 +137,9 @@ pub enum Msg {
         vdso_hash: u64,
         vdso_len: u64,
         xsave: u32,
+        /// The load the sender believed this node had (the balancer's
+        /// view); the node refuses when it is clearly busier. Negative: no check.
+        assumed: f64,
     },
     Attach {
         token: u64,
@@ -148,6 +178,12 @@ pub enum Msg {
         sig: i32,
     },
     ComeHome,
+    /// What the guest uses, from its host once a second: CPU run plus
+    /// run-queue wait (ns since it started there) and resident bytes.
+    Usage {
+        cpu_ns: u64,
+        rss: u64,
+    },
     /// The guest stopped (job control) with this signal: stop the placeholder too.
     Stopped {
         sig: i32,

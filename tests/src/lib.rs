@@ -67,6 +67,10 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: Vec<Node>,
     extra: Vec<Vec<String>>,
+    /// Whether the daemons balance by themselves (off here: these clusters
+    /// share one machine's load, so tests place processes by hand; the
+    /// balancer is tested on `omctl sim`, whose nodes have CPU quotas).
+    balance: bool,
 }
 
 impl Cluster {
@@ -90,7 +94,7 @@ impl Cluster {
         let nodes = (1..=n)
             .map(|id| Node { id, port: free_port(), socket: dir.join(format!("n{id}.sock")), child: None })
             .collect();
-        let mut c = Cluster { dir, nodes, extra: (1..=n).map(&extra).collect() };
+        let mut c = Cluster { dir, nodes, extra: (1..=n).map(&extra).collect(), balance: false };
         for id in 1..=n {
             c.start_node(id);
         }
@@ -146,6 +150,7 @@ impl Cluster {
             .arg(format!("--state-dir={}", self.dir.join(format!("s{id}")).display()))
             .arg(format!("--key={}", self.key_file().display()))
             .args(peers)
+            .args((!self.balance).then_some("--no-balance"))
             .args(&self.extra[(id - 1) as usize])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

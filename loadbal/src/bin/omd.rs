@@ -48,6 +48,12 @@ struct Args {
     /// A cgroup directory to put the processes this node runs in (repeat per hierarchy).
     #[arg(long = "cgroup")]
     cgroups: Vec<PathBuf>,
+    /// Do not move processes automatically (only omctl migrate moves them).
+    #[arg(long)]
+    no_balance: bool,
+    /// Cores to count for this node [default: all it has].
+    #[arg(long)]
+    cpus: Option<u32>,
 }
 
 fn parse_peer(s: &str) -> Result<SocketAddr, String> {
@@ -85,6 +91,10 @@ fn main() -> anyhow::Result<()> {
     if !(speed.is_finite() && speed > 0.0) {
         bail!("--speed must be a positive number");
     }
+    let mem_low = f.mem_low.unwrap_or(0.1);
+    if !(0.0..0.9).contains(&mem_low) {
+        bail!("mem_low must be a share of memory between 0 and 0.9");
+    }
     let key_file = a.key.or(f.key_file).unwrap_or_else(ClusterKey::default_path);
     let key = ClusterKey::load(&key_file)?;
     let mut seeds = if a.peers.is_empty() { f.seeds } else { a.peers };
@@ -101,6 +111,9 @@ fn main() -> anyhow::Result<()> {
         accept_guests: !a.no_guests && f.accept_guests.unwrap_or(true),
         consistent_paths: f.consistent_paths,
         cgroups: if a.cgroups.is_empty() { f.cgroups } else { a.cgroups },
+        balance: !a.no_balance && f.balance.unwrap_or(true),
+        cpus: a.cpus.or(f.cpus).filter(|&c| c > 0),
+        mem_low,
     };
     daemon::run(cfg).context("omd stopped")
 }

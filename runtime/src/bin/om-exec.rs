@@ -11,10 +11,10 @@ struct Args {
     /// omd's control socket [default: $OM_SOCKET, else /run/om/omd.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Keep the process where it is (never migrate it).
+    /// Keep the process where it starts: the balancer never moves it.
     #[arg(long)]
     lock: bool,
-    /// Start on this node (not supported yet).
+    /// Start on this node: it moves there as soon as the program has started.
     #[arg(long)]
     node: Option<u32>,
     /// The program and its arguments.
@@ -24,17 +24,9 @@ struct Args {
 
 fn main() {
     let a = Args::parse();
-    if a.node.is_some() {
-        eprintln!("om-exec: --node is not supported yet; start the program and move it with 'omctl migrate PID NODE'");
-        std::process::exit(2);
-    }
-    if a.lock {
-        eprintln!("om-exec: --lock is not supported yet");
-        std::process::exit(2);
-    }
     let path = socket_path(a.socket.as_deref());
     let me = std::process::id() as i32;
-    let result = Client::connect(&path).and_then(|mut c| c.register(me, &a.command.join(" ")));
+    let result = Client::connect(&path).and_then(|mut c| c.register_with(me, &a.command.join(" "), a.lock, a.node));
     if let Err(e) = result {
         eprintln!("om-exec: {e}");
         std::process::exit(125);

@@ -5,7 +5,7 @@ use om_runtime::client::{socket_path, Client};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "omctl", about = "steer om: list processes and nodes, migrate processes")]
+#[command(name = "omctl", about = "steer om: list processes and nodes, migrate, pin and balance processes")]
 struct Args {
     /// omd's control socket [default: $OM_SOCKET, else /run/om/omd.sock].
     #[arg(long, global = true)]
@@ -29,6 +29,24 @@ enum Cmd {
     },
     /// Nodes of the cluster: alive, suspect or down, with their load figures.
     Nodes,
+    /// Pin a process where it is: the balancer never moves it.
+    Lock { pid: i32 },
+    /// Let the balancer move a pinned process again.
+    Unlock { pid: i32 },
+    /// Stop this node taking guests (those it has stay).
+    Block,
+    /// Let this node take guests again.
+    Unblock,
+    /// Send every guest on this node home, and take no more until unblock.
+    Expel,
+    /// Set this node's relative speed (1 = a typical node).
+    Speed { speed: f64 },
+    /// Live view of the cluster: nodes, processes and migrations (q to quit).
+    Mon {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
     /// Create a new cluster key (mode 0600); copy it to every node.
     Keygen {
         /// Where to write it, e.g. /etc/om/cluster.key.
@@ -84,6 +102,12 @@ fn main() {
         _ => {}
     }
     let path = socket_path(a.socket.as_deref());
+    if let Cmd::Mon { interval } = a.cmd {
+        if let Err(e) = om_runtime::mon::run(&path, interval) {
+            fail(&e.to_string());
+        }
+        return;
+    }
     let mut c = match Client::connect(&path) {
         Ok(c) => c,
         Err(e) => fail(&e.to_string()),
@@ -94,12 +118,13 @@ fn main() {
             if a.json {
                 let v: Vec<_> = ps
                     .iter()
-                    .map(|p| serde_json::json!({"pid": p.pid, "home": p.home, "where": p.where_, "state": p.state, "cmd": p.cmd, "cant_move": p.cant_move}))
+                    .map(|p| serde_json::json!({"pid": p.pid, "home": p.home, "where": p.where_, "state": p.state, "cmd": p.cmd, "cant_move": p.cant_move, "why": p.why, "demand": p.demand, "rss": p.rss, "locked": p.locked}))
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
                 println!("{:>8} {:>5} {:>6} {:<10} {:<30} WHY IT STAYS", "PID", "HOME", "WHERE", "STATE", "COMMAND");
                 for p in ps {
+                    let why = if p.cant_move.is_empty() || p.locked { &p.why } else { &p.cant_move };
                     println!(
                         "{:>8} {:>5} {:>6} {:<10} {:<30} {}",
                         p.pid,
@@ -107,7 +132,7 @@ fn main() {
                         p.where_,
                         p.state,
                         trunc(&p.cmd, 30),
-                        p.cant_move
+                        why
                     );
                 }
             }
@@ -125,13 +150,22 @@ fn main() {
                 fail(&e.to_string());
             }
         }
-        Cmd::Keygen { .. } | Cmd::Sim { .. } => {}
+        Cmd::Keygen { .. } | Cmd::Sim { .. } | Cmd::Mon { .. } => {}
+        Cmd::Lock { pid } => c.lock(pid, true).unwrap_or_else(|e| fail(&e.to_string())),
+        Cmd::Unlock { pid } => c.lock(pid, false).unwrap_or_else(|e| fail(&e.to_string())),
+        Cmd::Block => c.block(true).unwrap_or_else(|e| fail(&e.to_string())),
+        Cmd::Unblock => c.block(false).unwrap_or_else(|e| fail(&e.to_string())),
+        Cmd::Expel => {
+            c.expel().unwrap_or_else(|e| fail(&e.to_string()));
+            println!("guests are going home; this node takes no more until 'omctl unblock'");
+        }
+        Cmd::Speed { speed } => c.set_speed(speed).unwrap_or_else(|e| fail(&e.to_string())),
         Cmd::Nodes => {
             let nodes = c.nodes().unwrap_or_else(|e| fail(&e.to_string()));
             if a.json {
                 let v: Vec<_> = nodes
                     .iter()
-                    .map(|n| serde_json::json!({"id": n.id, "addr": n.addr, "state": n.state, "load": n.load, "cpus": n.cpus, "speed": n.speed, "mem_free": n.mem_free, "guests": n.guests, "max_guests": n.max_guests, "accepts": n.accepts, "age_ms": n.age_ms}))
+                    .map(|n| serde_json::json!({"id": n.id, "addr": n.addr, "state": n.state, "load": n.load, "cpus": n.cpus, "speed": n.speed, "mem_total": n.mem_total, "mem_free": n.mem_free, "guests": n.guests, "max_guests": n.max_guests, "accepts": n.accepts, "age_ms": n.age_ms}))
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {

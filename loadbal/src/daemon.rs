@@ -637,7 +637,7 @@ impl Node {
             let Some(p) = procs.get_mut(&m.pid) else { continue };
             p.in_flight = true;
             p.why = "moving".into();
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).add(now, m.from, m.to, p.demand, p.rss);
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).add(m.pid, now, m.from, m.to, p.demand, p.rss);
             tracing::info!(
                 pid = m.pid,
                 from = m.from,
@@ -650,6 +650,13 @@ impl Node {
             let _ = std::thread::Builder::new().name(format!("move-{}", m.pid)).spawn(move || {
                 let to = (m.to != node.cfg.node_id).then_some(m.to);
                 let r = node.migrate(m.pid, to, Some(0), m.assumed);
+                {
+                    let mut pending = node.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    match r {
+                        Ok(()) => pending.landed(m.pid, node.epoch.elapsed().as_secs_f64()),
+                        Err(_) => pending.cancel(m.pid),
+                    }
+                }
                 let mut procs = node.procs.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(p) = procs.get_mut(&m.pid) {
                     p.in_flight = false;

@@ -120,9 +120,10 @@ impl NodeDemand {
                 let mut sum = 0u64;
                 for tid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                     if let Some(v) = sched_ns(&format!("/proc/{tid}/schedstat")) {
-                        if let Some(&old) = self.last.get(&tid) {
-                            sum += v.saturating_sub(old);
-                        }
+                        // A task new in the list (a guest that just arrived):
+                        // what it used since it started, at most this interval.
+                        let old = self.last.get(&tid).copied().unwrap_or_else(|| v.saturating_sub((dt * 1e9) as u64));
+                        sum += v.saturating_sub(old);
                         next.insert(tid, v);
                     }
                 }

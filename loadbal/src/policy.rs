@@ -396,29 +396,58 @@ pub const LAND: f64 = 0.1;
 /// covers more of the time since.
 #[derive(Clone, Debug, Default)]
 pub struct Pending {
-    moves: Vec<(f64, u32, u32, f64, u64)>, // (when, from, to, demand, rss)
+    moves: Vec<PendingMove>,
+}
+
+#[derive(Clone, Debug)]
+struct PendingMove {
+    pid: i32,
+    /// When it landed (or was decided, while `flying`).
+    when: f64,
+    flying: bool,
+    from: u32,
+    to: u32,
+    demand: f64,
+    rss: u64,
 }
 
 impl Pending {
-    pub fn add(&mut self, now: f64, from: u32, to: u32, demand: f64, rss: u64) {
-        self.moves.push((now, from, to, demand.clamp(0.0, 1.0), rss));
+    /// A move decided at `now`; it counts in full until it lands.
+    pub fn add(&mut self, pid: i32, now: f64, from: u32, to: u32, demand: f64, rss: u64) {
+        self.moves.retain(|m| m.pid != pid);
+        let demand = demand.clamp(0.0, 1.0);
+        self.moves.push(PendingMove { pid, when: now, flying: true, from, to, demand, rss });
+    }
+
+    /// The move of `pid` landed at `now`.
+    pub fn landed(&mut self, pid: i32, now: f64) {
+        for m in self.moves.iter_mut().filter(|m| m.pid == pid) {
+            m.when = now - LAND;
+            m.flying = false;
+        }
+    }
+
+    /// The move of `pid` did not happen.
+    pub fn cancel(&mut self, pid: i32) {
+        self.moves.retain(|m| m.pid != pid);
     }
 
     /// Correct `nodes`: `made(id)` says when node id's figures were made (in
-    /// the same clock as `now`). Moves older than `keep` seconds are dropped.
+    /// the same clock as `now`). Landed moves older than `keep` seconds are
+    /// dropped.
     pub fn correct(&mut self, nodes: &mut [NodeLoad], now: f64, keep: f64, made: impl Fn(u32) -> f64) {
-        self.moves.retain(|m| now - m.0 < keep);
-        for &(when, from, to, d, rss) in &self.moves {
+        self.moves.retain(|m| m.flying || now - m.when < keep);
+        for m in &self.moves {
             for n in nodes.iter_mut() {
-                let unseen = 1.0 - ((made(n.id) - when - LAND) / WINDOW).clamp(0.0, 1.0);
+                let unseen = if m.flying { 1.0 } else { 1.0 - ((made(n.id) - m.when - LAND) / WINDOW).clamp(0.0, 1.0) };
                 if unseen <= 0.0 {
                     continue;
                 }
-                if n.id == to {
-                    n.demand += d * unseen;
-                    n.mem_free = n.mem_free.saturating_sub(rss);
-                } else if n.id == from {
-                    n.demand = (n.demand - d * unseen).max(0.0);
+                if n.id == m.to {
+                    n.demand += m.demand * unseen;
+                    n.mem_free = n.mem_free.saturating_sub(m.rss);
+                } else if n.id == m.from {
+                    n.demand = (n.demand - m.demand * unseen).max(0.0);
                 }
             }
         }
@@ -580,7 +609,12 @@ mod tests {
     #[test]
     fn pending_moves_count_until_a_newer_record() {
         let mut pend = Pending::default();
-        pend.add(10.0, 1, 2, 1.0, 0);
+        pend.add(7, 9.0, 1, 2, 1.0, 0);
+        // In flight: counted in full whatever the records.
+        let mut nodes = vec![node(1, 1.0, 1.0, 4.0), node(2, 1.0, 1.0, 0.0)];
+        pend.correct(&mut nodes, 9.9, 5.0, |_| 9.8);
+        assert_eq!((nodes[0].demand, nodes[1].demand), (3.0, 1.0));
+        pend.landed(7, 10.1);
         let mut nodes = vec![node(1, 1.0, 1.0, 4.0), node(2, 1.0, 1.0, 0.0)];
         pend.correct(&mut nodes, 10.5, 5.0, |_| 9.5);
         assert_eq!((nodes[0].demand, nodes[1].demand), (3.0, 1.0));

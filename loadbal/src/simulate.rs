@@ -403,7 +403,8 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
                     j.moves.push(t);
                     log.push((t, k, m.from, m.to));
                     migrations += 1;
-                    nodes[h].pending.add(t, m.from, m.to, 1.0, spec.rss);
+                    nodes[h].pending.add(k as i32, t, m.from, m.to, 1.0, spec.rss);
+                    nodes[h].pending.landed(k as i32, t + p.move_fixed + spec.rss as f64 / p.bandwidth);
                     let d = if from == j.home { 1.0 } else { 1.0 / (1.0 + io_share(spec)) };
                     demand[from] = (demand[from] - d).max(0.0);
                 }

@@ -110,3 +110,20 @@ pub fn make_controlling_tty() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Make `cmd`'s child start a new session whose controlling terminal is its
+/// stdin (a pseudo-terminal).
+pub fn controlling_tty_on_spawn(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook makes only async-signal-safe calls (setsid, ioctl).
+    unsafe { cmd.pre_exec(make_controlling_tty) };
+}
+
+/// Put an fd in non-blocking mode.
+pub fn set_nonblocking(fd: std::os::fd::RawFd) {
+    // SAFETY: fcntl on an fd the caller owns, with integer arguments.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+}

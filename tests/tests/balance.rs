@@ -231,7 +231,7 @@ fn blocked_node_takes_no_guests_and_expelled_guests_finish_at_home() {
     });
     let o = omctl(2, &["expel"]);
     assert!(o.status.success(), "omctl expel: {}", text(&o));
-    sim.wait_for("every guest of node 2 gone", Duration::from_secs(5), |s| s.spread(&short).get(&2).is_none());
+    sim.wait_for("every guest of node 2 gone", Duration::from_secs(5), |s| !s.spread(&short).contains_key(&2));
     let nodes = omctl(2, &["--json", "nodes"]);
     let v: Value = serde_json::from_slice(&nodes.stdout).expect("nodes json");
     assert_eq!(v[0]["accepts"], false, "expel leaves the node blocked: {v}");

@@ -133,6 +133,24 @@ fn make_cgroup(base: &Path, v2: bool, id: u32, cpus: f64) -> Result<PathBuf, Sim
     Ok(dir)
 }
 
+/// A memory limit for node `id`: in its own v1 memory cgroup (returned, to
+/// be joined too), or on its v2 cgroup `cpu_cg`.
+fn memory_cgroup(cpu_cg: &Path, v2: bool, id: u32, bytes: u64) -> Result<Option<PathBuf>, SimError> {
+    if v2 {
+        let base = cpu_cg.parent().unwrap_or(cpu_cg);
+        let _ = std::fs::write(base.parent().unwrap_or(base).join("cgroup.subtree_control"), "+memory");
+        let _ = std::fs::write(base.join("cgroup.subtree_control"), "+memory");
+        std::fs::write(cpu_cg.join("memory.max"), bytes.to_string())
+            .map_err(io(format!("setting {}/memory.max", cpu_cg.display())))?;
+        return Ok(None);
+    }
+    let dir = Path::new("/sys/fs/cgroup/memory/om-sim").join(format!("node-{id}"));
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating cgroup {}", dir.display())))?;
+    std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string())
+        .map_err(io(format!("setting {}/memory.limit_in_bytes", dir.display())))?;
+    Ok(Some(dir))
+}
+
 fn omd_path() -> Result<PathBuf, SimError> {
     let me = std::env::current_exe().map_err(io("finding omctl's own path"))?;
     let p = me.with_file_name("omd");
@@ -144,7 +162,7 @@ fn omd_path() -> Result<PathBuf, SimError> {
 }
 
 /// Start `n` nodes.
-pub fn up(n: u32, speeds: &[f64], cpu_per_speed: f64) -> Result<(), SimError> {
+pub fn up(n: u32, speeds: &[f64], cpu_per_speed: f64, mem_mb: u64) -> Result<(), SimError> {
     if euid() != 0 {
         return Err(SimError::NotRoot);
     }
@@ -175,7 +193,7 @@ pub fn up(n: u32, speeds: &[f64], cpu_per_speed: f64) -> Result<(), SimError> {
     std::fs::copy(&built, &omd).map_err(io(format!("copying {} to {}", built.display(), omd.display())))?;
     let mut state = State::default();
     save_state(&state)?;
-    match build(n, speeds, cpu_per_speed, &omd, &socket1, &mut state) {
+    match build(n, speeds, cpu_per_speed, mem_mb, &omd, &socket1, &mut state) {
         Ok(()) => {
             save_state(&state)?;
             if let Err(e) = wait_ready(&state) {
@@ -210,6 +228,7 @@ fn build(
     n: u32,
     speeds: &[f64],
     cpu_per_speed: f64,
+    mem_mb: u64,
     omd: &Path,
     socket1: &Path,
     state: &mut State,
@@ -235,6 +254,10 @@ fn build(
         }
         let _ = std::fs::set_permissions(dir.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777));
         let cg = make_cgroup(&cg_base, v2, id, speed * cpu_per_speed)?;
+        let mut cgroups = vec![cg.clone()];
+        if mem_mb > 0 {
+            cgroups.extend(memory_cgroup(&cg, v2, id, mem_mb << 20)?);
+        }
         let mut node = SimNode {
             id,
             speed,
@@ -243,7 +266,7 @@ fn build(
             pid: 0,
             netns: None,
             veth: None,
-            cgroups: vec![cg.clone()],
+            cgroups: cgroups.clone(),
         };
         if id > 1 {
             let ns = format!("omsim-{id}");
@@ -266,13 +289,13 @@ fn build(
             "# omd of simulated node {id} (written by omctl sim up)\nnode_id = {id}\nlisten = \"{}\"\n\
              socket = \"{}\"\nstate_dir = \"{}\"\nseeds = [{}]\nkey_file = \"{}\"\nspeed = {speed}\n\
              # one core of this speed (its CPU quota is speed x cpu_per_speed)\ncpus = 1\n\
-             cgroups = [\"{}\"]\n",
+             cgroups = [{}]\n",
             node.addr,
             node.socket.display(),
             dir.join("state").display(),
             seeds.join(", "),
             key_file.display(),
-            cg.display()
+            cgroups.iter().map(|c| format!("\"{}\"", c.display())).collect::<Vec<_>>().join(", ")
         );
         let conf = dir.join("om.toml");
         std::fs::write(&conf, toml).map_err(io(format!("writing {}", conf.display())))?;

@@ -127,3 +127,15 @@ pub fn set_nonblocking(fd: std::os::fd::RawFd) {
         libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
     }
 }
+
+/// Wait for child `pid`: its wait status and the CPU seconds (user + system)
+/// it used.
+pub fn wait_rusage(pid: i32) -> std::io::Result<(i32, f64)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data; zeroed is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: status and ru are live out-params for this call.
+    cvt(unsafe { libc::wait4(pid, &mut status, 0, &mut ru) } as libc::c_long)?;
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok((status, secs(ru.ru_utime) + secs(ru.ru_stime)))
+}

@@ -270,6 +270,45 @@ fn om_exec_node_starts_there_and_speed_is_spread() {
     assert!(!o.status.success() && text(&o).contains("positive"), "{}", text(&o));
 }
 
+#[test]
+fn node_filling_its_memory_ushers_a_process_out_before_anything_is_killed() {
+    let _g = lock();
+    // Every node has 400 MiB; two jobs each grow to 240 MiB, slowly, mostly
+    // asleep (no reason to move for CPU). Together they do not fit.
+    let mut sim = Sim::up(&["3", "--mem", "400"]);
+    let grow = "import time\na=[]\nfor i in range(48):\n  a.append(bytes(range(256))*20480)\n  time.sleep(0.25)\n\
+                for i in range(20):\n  time.sleep(0.25)\nprint('done', sum(len(x) for x in a))";
+    let mut pids = Vec::new();
+    for i in 0..2 {
+        let out = sim.dir.join(format!("out-{i}"));
+        let c = Command::new(bin("om-exec"))
+            .env_remove("OM_SOCKET")
+            .args(["--", "python3", "-c", grow])
+            .stdout(std::fs::File::create(&out).expect("output file"))
+            .spawn()
+            .expect("om-exec");
+        pids.push(c.id());
+        sim.jobs.push(c);
+    }
+    let mut moved = false;
+    for i in 0..2 {
+        let t = Instant::now();
+        loop {
+            moved |= sim.places().iter().any(|(p, w)| pids.contains(p) && *w != 1);
+            if let Some(st) = sim.jobs[i].try_wait().expect("wait") {
+                assert!(st.success(), "job {i} ended with {st:?} (killed for memory?)\n{}", logs());
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "job {i} still running\n{}", logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(sim.output(i).trim(), format!("done {}", 48 * (5 << 20)));
+    }
+    assert!(moved, "no process left node 1\n{}", logs());
+    // Moved by the balancer (the memory cost, or the low-memory rule), not by hand.
+    assert!(logs().contains("balancer moves the process"), "{}", logs());
+}
+
 /// Run `omctl mon` on a pseudo-terminal of 80x24, type `key`, and return
 /// its exit status and everything it drew.
 fn mon_with_key(key: &[u8]) -> (std::process::ExitStatus, String) {

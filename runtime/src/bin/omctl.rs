@@ -71,6 +71,9 @@ enum SimCmd {
         /// CPUs that speed 1 gets (cgroup CPU quota).
         #[arg(long, default_value_t = 0.4)]
         cpu_per_speed: f64,
+        /// Memory of each node in MiB (a memory cgroup limit) [default: no limit].
+        #[arg(long, default_value_t = 0)]
+        mem: u64,
     },
     /// Show the simulated cluster.
     Status,
@@ -90,7 +93,7 @@ fn main() {
         },
         Cmd::Sim { cmd } => {
             let r = match cmd {
-                SimCmd::Up { n, speeds, cpu_per_speed } => om_runtime::sim::up(*n, speeds, *cpu_per_speed),
+                SimCmd::Up { n, speeds, cpu_per_speed, mem } => om_runtime::sim::up(*n, speeds, *cpu_per_speed, *mem),
                 SimCmd::Status => om_runtime::sim::status(a.json),
                 SimCmd::Down => om_runtime::sim::down(),
             };

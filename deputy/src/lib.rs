@@ -135,6 +135,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
 
     // Pre-copy while the process runs: the destination lays out and fills
     // its memory now, outside the freeze.
+    let program = exec_id(pid);
     let pre = image::pre_image(pid, &same).map_err(|e| format!("cannot read process {pid}'s memory: {e}"))?;
     let sent = transfer::send_pre_image(&mut link, pid, &pre).map_err(net)?;
     tracing::info!(bytes = pre.data_bytes(), ms = started.elapsed().as_secs_f64() * 1e3, "pre-copied");
@@ -155,6 +156,12 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
     if let Some(why) = image::cant_move_frozen(pid) {
         let _ = t.detach();
         return Err(format!("process {pid} cannot migrate: {why}"));
+    }
+    // A new program (execve) since the pre-copy: that copy is of another
+    // address space.
+    if exec_id(pid) != program {
+        let _ = t.detach();
+        return Err(format!("process {pid} started a new program during the migration; it stays at home (try again)"));
     }
     let cap = match image::capture(&mut t, &same) {
         Ok(mut c) => {
@@ -663,6 +670,15 @@ fn read_control_link(ctl_link: &Link, pid: i32, tx: Sender<Event>, usage: Arc<Us
         }
     })?;
     Ok(())
+}
+
+/// What changes when a process runs a new program: its executable and the
+/// bounds of its code and stack (/proc/PID/stat fields 26-28).
+fn exec_id(pid: i32) -> Option<(std::path::PathBuf, String)> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let st = om_runtime::procfs::stat(pid).ok()?;
+    let f = |n| st.field(n).to_string();
+    Some((exe, format!("{} {} {}", f(26), f(27), f(28))))
 }
 
 /// An unguessable name for the control link of one migration.

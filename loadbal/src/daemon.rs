@@ -62,6 +62,8 @@ struct Proc {
     why: String,
     usage: Arc<Usage>,
     last: Option<Counters>,
+    /// Rates were computed at least once.
+    rated: bool,
     reports: u64,
     demand: f64,
     calls_per_s: f64,
@@ -83,6 +85,7 @@ impl Proc {
             why: String::new(),
             usage: Arc::default(),
             last: None,
+            rated: false,
             reports: 0,
             demand: 1.0,
             calls_per_s: 0.0,
@@ -119,9 +122,14 @@ impl Proc {
         };
         let Some(now) = now else { return };
         if let Some((d, c, b)) = self.last.as_ref().and_then(|old| measure::rates(old, &now)) {
-            self.demand = (self.demand + d.min(1.0)) / 2.0;
-            self.calls_per_s = (self.calls_per_s + c) / 2.0;
-            self.bytes_per_s = (self.bytes_per_s + b) / 2.0;
+            if self.rated {
+                self.demand = (self.demand + d.min(1.0)) / 2.0;
+                self.calls_per_s = (self.calls_per_s + c) / 2.0;
+                self.bytes_per_s = (self.bytes_per_s + b) / 2.0;
+            } else {
+                (self.demand, self.calls_per_s, self.bytes_per_s) = (d.min(1.0), c, b);
+                self.rated = true;
+            }
         }
         self.last = Some(now);
     }
@@ -560,7 +568,25 @@ impl Node {
         while exe(pid) == before && before.is_some() && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(2));
         }
-        let r = self.migrate(pid, Some(n), uid, -1.0);
+        // Scripts run several programs in a row (env, then the interpreter):
+        // wait until one stays for a moment, and try again if one more comes.
+        let mut r = Err(String::new());
+        for _ in 0..10 {
+            let mut now = exe(pid);
+            let mut stable = Instant::now();
+            while stable.elapsed() < Duration::from_millis(50) && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(5));
+                let e = exe(pid);
+                if e != now {
+                    now = e;
+                    stable = Instant::now();
+                }
+            }
+            r = self.migrate(pid, Some(n), uid, -1.0);
+            if !r.as_ref().is_err_and(|e| e.contains("new program")) {
+                break;
+            }
+        }
         let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = procs.get_mut(&pid) {
             p.locked = lock;
@@ -600,6 +626,7 @@ impl Node {
                         pin,
                         since_move: p.last_move.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64()),
                         in_flight: p.in_flight || (p.state != "home" && p.state != "away"),
+                        measured: p.rated,
                     }
                 })
                 .collect()

@@ -69,6 +69,8 @@ pub struct JobLoad {
     /// Seconds since it last arrived where it is (infinite if it never moved).
     pub since_move: f64,
     pub in_flight: bool,
+    /// Its demand and calls have been measured at least once.
+    pub measured: bool,
 }
 
 /// Tuning of the policy.
@@ -146,6 +148,7 @@ pub enum Stay {
     CantMove(String),
     Moving,
     Young { age: f64, min: f64 },
+    Measuring,
     JustMoved { left: f64 },
     IoBound { share: f64 },
     Balanced { best: Option<(u32, f64)>, needed: f64 },
@@ -159,6 +162,7 @@ impl std::fmt::Display for Stay {
             Stay::CantMove(why) => write!(f, "cannot migrate: {why}"),
             Stay::Moving => write!(f, "moving"),
             Stay::Young { age, min } => write!(f, "young ({age:.1} s; may move after {min:.0} s)"),
+            Stay::Measuring => write!(f, "being measured"),
             Stay::JustMoved { left } => write!(f, "just moved (stays {left:.1} s more)"),
             Stay::IoBound { share } => {
                 write!(f, "I/O-bound: calls home would cost {:.0}% of its time away", share * 100.0)
@@ -303,6 +307,8 @@ pub fn decide(home: u32, nodes: &[NodeLoad], jobs: &[JobLoad], p: &Params) -> De
     for j in left {
         if j.age < p.min_age {
             blocked.push((j.pid, Stay::Young { age: j.age, min: p.min_age }));
+        } else if !j.measured {
+            blocked.push((j.pid, Stay::Measuring));
         } else if j.since_move < p.min_residence {
             blocked.push((j.pid, Stay::JustMoved { left: p.min_residence - j.since_move }));
         } else {
@@ -484,6 +490,7 @@ mod tests {
             pin: None,
             since_move: 30.0,
             in_flight: false,
+            measured: true,
         }
     }
 

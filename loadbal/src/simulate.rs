@@ -381,6 +381,7 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
                             pin: None,
                             since_move: if j.moves.is_empty() { f64::INFINITY } else { t - j.arrived },
                             in_flight: j.moving.is_some(),
+                            measured: true,
                         }
                     })
                     .collect();

@@ -123,7 +123,7 @@ pub fn draw(f: &mut Frame, v: &View) {
             Cell::from(format!("{}→{}", p.home, p.where_)).style(here),
             Cell::from(format!("{:>3.0}%", p.demand * 100.0)),
             Cell::from(format!("{}M", p.rss >> 20)),
-            Cell::from(p.cmd.clone()),
+            Cell::from(p.cmd.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>()),
             Cell::from(why.clone()),
         ])
     });

@@ -198,6 +198,7 @@ fn main() {
 }
 
 fn trunc(s: &str, n: usize) -> String {
+    let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if s.chars().count() <= n {
         s.to_string()
     } else {

@@ -66,6 +66,8 @@ pub struct Usage {
     /// Run plus run-queue wait, ns, as last reported by the host (restarts
     /// from zero on each host).
     pub cpu_ns: AtomicU64,
+    /// Run time alone, ns, as last reported.
+    pub run_ns: AtomicU64,
     pub rss: AtomicU64,
     /// Reports received.
     pub reports: AtomicU64,
@@ -660,8 +662,9 @@ fn read_control_link(ctl_link: &Link, pid: i32, tx: Sender<Event>, usage: Arc<Us
         while let Ok(m) = wire::recv_msg(&mut r) {
             match m {
                 Msg::Stopped { sig } if tx.send(Event::Stopped(sig)).is_err() => return,
-                Msg::Usage { cpu_ns, rss } => {
+                Msg::Usage { cpu_ns, run_ns, rss } => {
                     usage.cpu_ns.store(cpu_ns, Ordering::Relaxed);
+                    usage.run_ns.store(run_ns, Ordering::Relaxed);
                     usage.rss.store(rss, Ordering::Relaxed);
                     usage.reports.fetch_add(1, Ordering::Relaxed);
                 }

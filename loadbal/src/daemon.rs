@@ -66,8 +66,8 @@ struct Proc {
     rated: bool,
     reports: u64,
     demand: f64,
-    calls_per_s: f64,
-    bytes_per_s: f64,
+    calls_per_cpu_s: f64,
+    bytes_per_cpu_s: f64,
     rss: u64,
 }
 
@@ -88,8 +88,8 @@ impl Proc {
             rated: false,
             reports: 0,
             demand: 1.0,
-            calls_per_s: 0.0,
-            bytes_per_s: 0.0,
+            calls_per_cpu_s: 0.0,
+            bytes_per_cpu_s: 0.0,
             rss: 0,
         }
     }
@@ -113,6 +113,7 @@ impl Proc {
                 Some(Counters {
                     at: Instant::now(),
                     cpu_ns: u.cpu_ns.load(Ordering::Relaxed),
+                    run_ns: u.run_ns.load(Ordering::Relaxed),
                     calls: u.calls.load(Ordering::Relaxed),
                     bytes: u.bytes.load(Ordering::Relaxed),
                     away: true,
@@ -123,11 +124,12 @@ impl Proc {
         let Some(now) = now else { return };
         if let Some((d, c, b)) = self.last.as_ref().and_then(|old| measure::rates(old, &now)) {
             if self.rated {
+                // Demand smoothed over two rounds; calls as last seen (a
+                // program's start-up reads many files, then may compute for hours).
                 self.demand = (self.demand + d.min(1.0)) / 2.0;
-                self.calls_per_s = (self.calls_per_s + c) / 2.0;
-                self.bytes_per_s = (self.bytes_per_s + b) / 2.0;
+                (self.calls_per_cpu_s, self.bytes_per_cpu_s) = (c, b);
             } else {
-                (self.demand, self.calls_per_s, self.bytes_per_s) = (d.min(1.0), c, b);
+                (self.demand, self.calls_per_cpu_s, self.bytes_per_cpu_s) = (d.min(1.0), c, b);
                 self.rated = true;
             }
         }
@@ -225,8 +227,8 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             // A little jitter, so nodes do not decide in step.
             let jitter =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
-                    % 200;
-            std::thread::sleep(Duration::from_millis(900 + u64::from(jitter)));
+                    % 100;
+            std::thread::sleep(Duration::from_millis(450 + u64::from(jitter)));
             n.balance_round();
         })?;
     }
@@ -330,9 +332,13 @@ impl Node {
                     let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
                     for ev in evs {
                         if let crate::sys::ProcEvent::Fork { parent, child } = ev {
-                            if procs.contains_key(&parent) && !procs.contains_key(&child) {
+                            if let (Some(locked), false) =
+                                (procs.get(&parent).map(|p| p.locked), procs.contains_key(&child))
+                            {
+                                // A pinned process's children are pinned too
+                                // (om-exec --lock make pins the whole build).
                                 let cmd = cmdline(child).unwrap_or_default();
-                                procs.insert(child, Proc::new(cmd, self.cfg.node_id, false));
+                                procs.insert(child, Proc::new(cmd, self.cfg.node_id, locked));
                             }
                         }
                     }
@@ -621,8 +627,8 @@ impl Node {
                         demand: p.demand,
                         age: p.started.elapsed().as_secs_f64(),
                         rss: p.rss,
-                        calls_per_s: p.calls_per_s,
-                        io_bytes_per_s: p.bytes_per_s,
+                        calls_per_cpu_s: p.calls_per_cpu_s,
+                        bytes_per_cpu_s: p.bytes_per_cpu_s,
                         pin,
                         since_move: p.last_move.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64()),
                         in_flight: p.in_flight || (p.state != "home" && p.state != "away"),

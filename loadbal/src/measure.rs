@@ -11,9 +11,14 @@ use std::time::Instant;
 
 /// Run plus run-queue wait of one task, ns.
 pub fn sched_ns(path: &str) -> Option<u64> {
+    sched(path).map(|(run, wait)| run + wait)
+}
+
+/// Time one task ran and waited to run, ns.
+pub fn sched(path: &str) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(path).ok()?;
     let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
-    Some(it.next()?? + it.next()??)
+    Some((it.next()??, it.next()??))
 }
 
 /// Resident bytes of a process.
@@ -62,30 +67,37 @@ pub fn memory(cgroups: &[PathBuf]) -> (u64, u64) {
 #[derive(Clone, Copy, Debug)]
 pub struct Counters {
     pub at: Instant,
+    /// Run plus run-queue wait, ns.
     pub cpu_ns: u64,
+    /// Run only, ns.
+    pub run_ns: u64,
     pub calls: u64,
     pub bytes: u64,
     /// Counted away (from the host and the deputy) or at home (from /proc).
     pub away: bool,
 }
 
-/// Rates between two readings of the same kind: (demand, calls/s, bytes/s).
+/// Rates between two readings of the same kind: (demand, calls per second
+/// of CPU, bytes per second of CPU).
 pub fn rates(old: &Counters, new: &Counters) -> Option<(f64, f64, f64)> {
     let dt = new.at.duration_since(old.at).as_secs_f64();
-    if old.away != new.away || dt < 0.2 || new.cpu_ns < old.cpu_ns {
+    if old.away != new.away || dt < 0.2 || new.cpu_ns < old.cpu_ns || new.run_ns < old.run_ns {
         return None;
     }
     let demand = (new.cpu_ns - old.cpu_ns) as f64 / 1e9 / dt;
-    let calls = new.calls.saturating_sub(old.calls) as f64 / dt;
-    let bytes = new.bytes.saturating_sub(old.bytes) as f64 / dt;
+    // At least a millisecond of CPU, so a sleeping process's few calls do
+    // not count as thousands per CPU-second.
+    let run = ((new.run_ns - old.run_ns) as f64 / 1e9).max(1e-3);
+    let calls = new.calls.saturating_sub(old.calls) as f64 / run;
+    let bytes = new.bytes.saturating_sub(old.bytes) as f64 / run;
     Some((demand, calls, bytes))
 }
 
 /// Counters of a process running here.
 pub fn home_counters(pid: i32) -> Option<Counters> {
-    let cpu_ns = sched_ns(&format!("/proc/{pid}/schedstat"))?;
+    let (run_ns, wait_ns) = sched(&format!("/proc/{pid}/schedstat"))?;
     let (calls, bytes) = io(pid).unwrap_or((0, 0));
-    Some(Counters { at: Instant::now(), cpu_ns, calls, bytes, away: false })
+    Some(Counters { at: Instant::now(), cpu_ns: run_ns + wait_ns, run_ns, calls, bytes, away: false })
 }
 
 /// The node's runnable demand, sampled often and smoothed.
@@ -159,15 +171,17 @@ mod tests {
     #[test]
     fn rates_need_two_readings_of_the_same_kind() {
         let t = Instant::now();
-        let a = Counters { at: t, cpu_ns: 0, calls: 0, bytes: 0, away: false };
+        let a = Counters { at: t, cpu_ns: 0, run_ns: 0, calls: 0, bytes: 0, away: false };
         let b = Counters {
             at: t + std::time::Duration::from_secs(2),
             cpu_ns: 1_000_000_000,
+            run_ns: 500_000_000,
             calls: 40,
             bytes: 4096,
             away: false,
         };
-        assert_eq!(rates(&a, &b), Some((0.5, 20.0, 2048.0)));
+        // Half a core wanted; 40 calls in half a CPU-second.
+        assert_eq!(rates(&a, &b), Some((0.5, 80.0, 8192.0)));
         assert_eq!(rates(&a, &Counters { away: true, ..b }), None);
         assert_eq!(rates(&b, &Counters { at: b.at + std::time::Duration::from_secs(1), cpu_ns: 5, ..b }), None);
     }
@@ -177,6 +191,7 @@ mod tests {
         let read = || Counters {
             at: Instant::now(),
             cpu_ns: sched_ns("/proc/thread-self/schedstat").expect("own schedstat"),
+            run_ns: 0,
             calls: 0,
             bytes: 0,
             away: false,

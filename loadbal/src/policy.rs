@@ -61,10 +61,12 @@ pub struct JobLoad {
     /// Seconds since it started.
     pub age: f64,
     pub rss: u64,
-    /// Calls per second that go home when it runs away (I/O calls at home).
-    pub calls_per_s: f64,
-    /// Bytes per second those calls carry.
-    pub io_bytes_per_s: f64,
+    /// Calls that go home when it runs away (its I/O calls), per second of
+    /// CPU it runs: unlike a rate per wall second, this does not shrink when
+    /// the process is starved of CPU or slowed down by the calls themselves.
+    pub calls_per_cpu_s: f64,
+    /// Bytes those calls carry, per second of CPU.
+    pub bytes_per_cpu_s: f64,
     pub pin: Option<Pin>,
     /// Seconds since it last arrived where it is (infinite if it never moved).
     pub since_move: f64,
@@ -236,9 +238,10 @@ fn cost_on(p: &Params, to: &NodeLoad, j: &JobLoad) -> f64 {
     cpu + mem_cost(p, to, used + j.rss as f64) - mem_cost(p, to, used)
 }
 
-/// Share of its time a job running away from home would spend on calls home.
+/// Seconds a job away from home would wait on calls home for each second
+/// of CPU it runs (how much slower it gets away).
 pub fn io_share(p: &Params, j: &JobLoad) -> f64 {
-    j.calls_per_s * p.call_cost + j.io_bytes_per_s / p.bandwidth.max(1.0)
+    j.calls_per_cpu_s * p.call_cost + j.bytes_per_cpu_s / p.bandwidth.max(1.0)
 }
 
 /// Whether node `to` can take job `j` as a guest (home always takes its own).
@@ -485,8 +488,8 @@ mod tests {
             demand: 1.0,
             age: 30.0,
             rss: 20 << 20,
-            calls_per_s: 0.0,
-            io_bytes_per_s: 0.0,
+            calls_per_cpu_s: 0.0,
+            bytes_per_cpu_s: 0.0,
             pin: None,
             since_move: 30.0,
             in_flight: false,
@@ -558,7 +561,7 @@ mod tests {
     fn io_heavy_job_stays_home_and_comes_back() {
         let p = Params::default();
         let mut io = job(100, 1);
-        io.calls_per_s = 20_000.0;
+        io.calls_per_cpu_s = 20_000.0;
         let nodes = [node(1, 1.0, 1.0, 3.0), node(2, 1.0, 1.0, 0.0)];
         let d = decide(1, &nodes, &[io.clone()], &p);
         assert!(d.moves.is_empty(), "{d:?}");

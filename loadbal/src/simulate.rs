@@ -3,7 +3,7 @@
 //!
 //! Time advances in fixed steps. Each node shares its cores among the jobs
 //! it runs (processor sharing at its speed), publishes its figures once a
-//! second (others see them late, as with gossip), and once a second decides
+//! second (others see them late, as with gossip), and twice a second decides
 //! moves for the jobs whose home it is, seeing its own node, the nodes its
 //! jobs run on and a random sample of others (as openMosix's load vector).
 //! A move freezes the job for `move_fixed + rss / bandwidth`. A job away from
@@ -35,8 +35,8 @@ pub struct SimJob {
     /// CPU seconds on a reference core.
     pub work: f64,
     pub rss: u64,
-    /// Calls home per second when away.
-    pub calls_per_s: f64,
+    /// Calls home per second of CPU when away.
+    pub calls_per_cpu_s: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -157,6 +157,8 @@ struct Node {
 }
 
 const GOSSIP_PERIOD: f64 = 1.0;
+/// Seconds between two decisions of a node's balancer.
+const BALANCE_PERIOD: f64 = 0.5;
 /// How long a failed node still looks alive to the others.
 const DETECT: f64 = 2.0;
 
@@ -194,7 +196,7 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
     let mut refused = 0;
     let mut log = Vec::new();
     let horizon = 1.0e6;
-    let io_share = |spec: &SimJob| spec.calls_per_s * p.call_cost;
+    let io_share = |spec: &SimJob| spec.calls_per_cpu_s * p.call_cost;
     while (next < order.len() || live_jobs > 0) && t < horizon {
         // Joins and failures.
         for (i, s) in sc.nodes.iter().enumerate() {
@@ -293,7 +295,9 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
             live_jobs += 1;
         }
         // Gossip and balancing, once a second per node at its own phase.
-        let tick = |phase: f64| ((t + phase) / GOSSIP_PERIOD).floor() != ((t + phase + dt) / GOSSIP_PERIOD).floor();
+        let tick_every =
+            |phase: f64, period: f64| ((t + phase) / period).floor() != ((t + phase + dt) / period).floor();
+        let tick = |phase: f64| tick_every(phase, GOSSIP_PERIOD);
         let load_of = |i: usize, d: f64, used: u64, guests: u32| NodeLoad {
             id: i as u32 + 1,
             speed: sc.nodes[i].speed,
@@ -324,7 +328,7 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
                 mine[j.home].push(k);
             }
             for h in 0..n {
-                if !nodes[h].alive || mine[h].is_empty() || !tick(nodes[h].phase + 0.5) {
+                if !nodes[h].alive || mine[h].is_empty() || !tick_every(nodes[h].phase + 0.25, BALANCE_PERIOD) {
                     continue;
                 }
                 // What home sees: itself now, others as last published while
@@ -376,8 +380,8 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
                             demand: 1.0,
                             age: t - j.start,
                             rss: spec.rss,
-                            calls_per_s: spec.calls_per_s,
-                            io_bytes_per_s: 0.0,
+                            calls_per_cpu_s: spec.calls_per_cpu_s,
+                            bytes_per_cpu_s: 0.0,
                             pin: None,
                             since_move: if j.moves.is_empty() { f64::INFINITY } else { t - j.arrived },
                             in_flight: j.moving.is_some(),
@@ -484,7 +488,7 @@ pub fn burst(speeds: &[f64], jobs: usize, seed: u64) -> Scenario {
             home: 0,
             work: rng.pareto(1.2, 5.0, 120.0),
             rss: (8 + rng.below(120) as u64) << 20,
-            calls_per_s: 0.0,
+            calls_per_cpu_s: 0.0,
         })
         .collect();
     Scenario { name, nodes: nodes_with(speeds, 1.0), jobs, seed, dt: 0.05, sample: 16 }
@@ -558,7 +562,7 @@ pub fn arrivals(m: &Mix) -> Scenario {
             home: home_ids[rng.below(homes)],
             work: rng.pareto(alpha, lo, hi),
             rss: ((4 + rng.below(250)) as u64) << 20,
-            calls_per_s: if io { 5_000.0 + 15_000.0 * rng.unit() } else { 20.0 * rng.unit() },
+            calls_per_cpu_s: if io { 5_000.0 + 15_000.0 * rng.unit() } else { 20.0 * rng.unit() },
         });
     }
     let churn = if m.joining + m.failing > 0.0 { ", nodes join and fail" } else { "" };

@@ -100,14 +100,15 @@ pub fn expel() -> usize {
     all.len()
 }
 
-/// What the guest uses: run plus run-queue wait (ns) and resident bytes.
-fn usage(gpid: i32) -> Option<(u64, u64)> {
+/// What the guest uses: run plus run-queue wait and run alone (ns), and
+/// resident bytes.
+fn usage(gpid: i32) -> Option<(u64, u64, u64)> {
     let st = std::fs::read_to_string(format!("/proc/{gpid}/schedstat")).ok()?;
     let mut it = st.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
-    let cpu = it.next()? + it.next()?;
+    let (run, wait) = (it.next()?, it.next()?);
     let statm = std::fs::read_to_string(format!("/proc/{gpid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some((cpu, pages * 4096))
+    Some((run + wait, run, pages * 4096))
 }
 
 enum Flow {
@@ -871,8 +872,8 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
         // What the guest uses, once a second, for home's balancer.
         if !home_gone && reported.elapsed() >= std::time::Duration::from_secs(1) {
             reported = std::time::Instant::now();
-            if let Some((cpu_ns, rss)) = usage(gpid) {
-                if wire::send(&mut ctl, &Msg::Usage { cpu_ns, rss }).is_err() {
+            if let Some((cpu_ns, run_ns, rss)) = usage(gpid) {
+                if wire::send(&mut ctl, &Msg::Usage { cpu_ns, run_ns, rss }).is_err() {
                     home_gone = true;
                 }
             }

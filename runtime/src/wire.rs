@@ -179,9 +179,11 @@ pub enum Msg {
     },
     ComeHome,
     /// What the guest uses, from its host once a second: CPU run plus
-    /// run-queue wait (ns since it started there) and resident bytes.
+    /// run-queue wait and run alone (ns since it started there), and
+    /// resident bytes.
     Usage {
         cpu_ns: u64,
+        run_ns: u64,
         rss: u64,
     },
     /// The guest stopped (job control) with this signal: stop the placeholder too.

@@ -62,8 +62,10 @@ struct Proc {
     why: String,
     usage: Arc<Usage>,
     last: Option<Counters>,
-    /// Rates were computed at least once.
-    rated: bool,
+    /// How many times rates were computed.
+    rated: u32,
+    /// Calls and bytes per CPU-second of the interval before the last.
+    prev_io: (f64, f64),
     reports: u64,
     demand: f64,
     calls_per_cpu_s: f64,
@@ -85,7 +87,8 @@ impl Proc {
             why: String::new(),
             usage: Arc::default(),
             last: None,
-            rated: false,
+            rated: 0,
+            prev_io: (0.0, 0.0),
             reports: 0,
             demand: 1.0,
             calls_per_cpu_s: 0.0,
@@ -123,15 +126,14 @@ impl Proc {
         };
         let Some(now) = now else { return };
         if let Some((d, c, b)) = self.last.as_ref().and_then(|old| measure::rates(old, &now)) {
-            if self.rated {
-                // Demand smoothed over two rounds; calls as last seen (a
-                // program's start-up reads many files, then may compute for hours).
-                self.demand = (self.demand + d.min(1.0)) / 2.0;
-                (self.calls_per_cpu_s, self.bytes_per_cpu_s) = (c, b);
-            } else {
-                (self.demand, self.calls_per_cpu_s, self.bytes_per_cpu_s) = (d.min(1.0), c, b);
-                self.rated = true;
-            }
+            // Demand smoothed over two rounds; calls the higher of the last
+            // two intervals (a program's start-up may compute before it
+            // streams, or read many files before it computes for hours).
+            self.demand = if self.rated > 0 { (self.demand + d.min(1.0)) / 2.0 } else { d.min(1.0) };
+            self.calls_per_cpu_s = c.max(self.prev_io.0);
+            self.bytes_per_cpu_s = b.max(self.prev_io.1);
+            self.prev_io = (c, b);
+            self.rated += 1;
         }
         self.last = Some(now);
     }
@@ -632,7 +634,7 @@ impl Node {
                         pin,
                         since_move: p.last_move.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64()),
                         in_flight: p.in_flight || (p.state != "home" && p.state != "away"),
-                        measured: p.rated,
+                        measured: p.rated >= 2,
                     }
                 })
                 .collect()

@@ -224,6 +224,11 @@ fn blocked_node_takes_no_guests_and_expelled_guests_finish_at_home() {
     };
     let o = omctl(2, &["unblock"]);
     assert!(o.status.success(), "omctl unblock: {}", text(&o));
+    sim.wait_for("node 1 hears that node 2 takes guests again", Duration::from_secs(5), |_| {
+        let o = omctl(1, &["--json", "nodes"]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        v.as_array().is_some_and(|a| a.iter().any(|n| n["id"] == 2 && n["accepts"] == true))
+    });
     let first = sim.jobs.len();
     let short: Vec<u32> = (0..3).map(|_| sim.spin(2000, &[])).collect();
     sim.wait_for("a job on node 2 after unblock", Duration::from_secs(15), |s| {

@@ -276,6 +276,42 @@ fn om_exec_node_starts_there_and_speed_is_spread() {
 }
 
 #[test]
+fn io_heavy_job_stays_home_while_cpu_jobs_leave() {
+    let _g = lock();
+    let mut sim = Sim::up(&["4"]);
+    let file = sim.dir.join("stream");
+    std::fs::write(&file, vec![7u8; 32 << 20]).expect("stream file");
+    let py = {
+        let o = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().expect("python3");
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let stream = format!(
+        "import time\nt=time.time()\nwhile time.time()-t<30:\n  f=open('{}','rb',buffering=0)\n  while f.read(65536): pass\n  f.close()",
+        file.display()
+    );
+    let io = Command::new(bin("om-exec"))
+        .env_remove("OM_SOCKET")
+        .args(["--", &py, "-c", &stream])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("om-exec");
+    let io_pid = io.id();
+    sim.jobs.push(io);
+    let cpu: Vec<u32> = (0..6).map(|_| sim.spin(LONG, &[])).collect();
+    sim.wait_for("the CPU-bound jobs leave node 1", Duration::from_secs(20), |s| {
+        s.spread(&cpu).get(&1).copied().unwrap_or(0) <= 1
+    });
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(6) {
+        assert_eq!(sim.places().get(&io_pid), Some(&1), "the I/O-heavy job left home\n{}", logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let ps = sim.ps();
+    let why = ps.iter().find(|p| p["pid"] == io_pid).map(|p| p["why"].to_string()).unwrap_or_default();
+    assert!(why.contains("I/O-bound"), "ps says: {why}");
+}
+
+#[test]
 fn node_filling_its_memory_ushers_a_process_out_before_anything_is_killed() {
     let _g = lock();
     // Every node has 400 MiB; two jobs each grow to 240 MiB, slowly, mostly

@@ -102,7 +102,7 @@ impl Proc {
     fn refresh(&mut self, pid: i32) {
         let now = match self.state.as_str() {
             "home" => {
-                self.rss = measure::rss(pid).unwrap_or(self.rss);
+                self.rss = procfs::rss(pid).unwrap_or(self.rss);
                 measure::home_counters(pid)
             }
             "away" => {
@@ -526,20 +526,7 @@ impl Node {
                 Some(k) => (Some(&k.rec), k.got.elapsed().as_millis() as u64),
                 None => (None, s.since.elapsed().as_millis() as u64),
             };
-            v.push(NodeInfo {
-                id,
-                addr: s.addr.to_string(),
-                state: s.health.as_str().into(),
-                load: rec.map_or(0.0, |r| r.load),
-                cpus: rec.map_or(0, |r| r.cpus),
-                speed: rec.map_or(0.0, |r| r.speed),
-                mem_total: rec.map_or(0, |r| r.mem_total),
-                mem_free: rec.map_or(0, |r| r.mem_free),
-                guests: rec.map_or(0, |r| r.guests),
-                max_guests: rec.map_or(0, |r| r.max_guests),
-                accepts: rec.is_some_and(|r| r.accepts),
-                age_ms: age,
-            });
+            v.push(node_info(id, s.addr.to_string(), s.health.as_str(), rec, age));
         }
         v
     }
@@ -707,21 +694,7 @@ impl Node {
     }
 
     fn own_info(&self) -> NodeInfo {
-        let r = self.own_record();
-        NodeInfo {
-            id: self.cfg.node_id,
-            addr: self.cfg.listen.to_string(),
-            state: "alive".into(),
-            load: r.load,
-            cpus: r.cpus,
-            speed: r.speed,
-            mem_total: r.mem_total,
-            mem_free: r.mem_free,
-            guests: r.guests,
-            max_guests: r.max_guests,
-            accepts: r.accepts,
-            age_ms: 0,
-        }
+        node_info(self.cfg.node_id, self.cfg.listen.to_string(), "alive", Some(&self.own_record()), 0)
     }
 
     /// Where node `n` listens, if it is a live member.
@@ -916,6 +889,25 @@ impl Node {
         policy::admit(&me, assumed)?;
         recent.push(Instant::now());
         Ok(())
+    }
+}
+
+/// A node as `omctl nodes` shows it, from its load record (zeros when none
+/// arrived yet).
+fn node_info(id: u32, addr: String, state: &str, rec: Option<&LoadRecord>, age_ms: u64) -> NodeInfo {
+    NodeInfo {
+        id,
+        addr,
+        state: state.into(),
+        load: rec.map_or(0.0, |r| r.load),
+        cpus: rec.map_or(0, |r| r.cpus),
+        speed: rec.map_or(0.0, |r| r.speed),
+        mem_total: rec.map_or(0, |r| r.mem_total),
+        mem_free: rec.map_or(0, |r| r.mem_free),
+        guests: rec.map_or(0, |r| r.guests),
+        max_guests: rec.map_or(0, |r| r.max_guests),
+        accepts: rec.is_some_and(|r| r.accepts),
+        age_ms,
     }
 }
 

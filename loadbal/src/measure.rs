@@ -9,24 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Run plus run-queue wait of one task, ns.
-pub fn sched_ns(path: &str) -> Option<u64> {
-    sched(path).map(|(run, wait)| run + wait)
-}
-
-/// Time one task ran and waited to run, ns.
-pub fn sched(path: &str) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(path).ok()?;
-    let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
-    Some((it.next()??, it.next()??))
-}
-
-/// Resident bytes of a process.
-pub fn rss(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
+use om_runtime::procfs;
 
 /// I/O calls (read and write calls) and bytes moved by a process so far.
 pub fn io(pid: i32) -> Option<(u64, u64)> {
@@ -95,7 +78,7 @@ pub fn rates(old: &Counters, new: &Counters) -> Option<(f64, f64, f64)> {
 
 /// Counters of a process running here.
 pub fn home_counters(pid: i32) -> Option<Counters> {
-    let (run_ns, wait_ns) = sched(&format!("/proc/{pid}/schedstat"))?;
+    let (run_ns, wait_ns) = procfs::schedstat(pid)?;
     let (calls, bytes) = io(pid).unwrap_or((0, 0));
     Some(Counters { at: Instant::now(), cpu_ns: run_ns + wait_ns, run_ns, calls, bytes, away: false })
 }
@@ -131,7 +114,7 @@ impl NodeDemand {
                 let mut next = HashMap::new();
                 let mut sum = 0u64;
                 for tid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    if let Some(v) = sched_ns(&format!("/proc/{tid}/schedstat")) {
+                    if let Some(v) = procfs::schedstat(tid).map(|(run, wait)| run + wait) {
                         // A task new in the list (a guest that just arrived):
                         // what it used since it started, at most this interval.
                         let old = self.last.get(&tid).copied().unwrap_or_else(|| v.saturating_sub((dt * 1e9) as u64));
@@ -139,11 +122,7 @@ impl NodeDemand {
                         next.insert(tid, v);
                     }
                 }
-                let first = self.last.is_empty() && !next.is_empty();
                 self.last = next;
-                if first {
-                    return 0.0;
-                }
                 sum as f64 / 1e9 / dt
             }
             None => {
@@ -190,7 +169,7 @@ mod tests {
     fn a_spinning_thread_wants_one_core() {
         let read = || Counters {
             at: Instant::now(),
-            cpu_ns: sched_ns("/proc/thread-self/schedstat").expect("own schedstat"),
+            cpu_ns: procfs::schedstat(om_runtime::sys::gettid()).map(|(r, w)| r + w).expect("own schedstat"),
             run_ns: 0,
             calls: 0,
             bytes: 0,

@@ -210,7 +210,7 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
                     let hit = j.live && (j.at == i || j.moving.is_some_and(|(_, d)| d == i));
                     if hit && j.home != i {
                         // Lost with the node: run again from the start at home.
-                        let spec = &sc.jobs[spec_of(&by_spec, k)];
+                        let spec = &sc.jobs[by_spec[k]];
                         j.at = j.home;
                         j.remaining = spec.work;
                         j.moving = None;
@@ -243,7 +243,7 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
         mem_used.iter_mut().for_each(|d| *d = 0);
         incoming.iter_mut().for_each(|d| *d = 0.0);
         for (k, j) in jobs.iter().enumerate().filter(|(_, j)| j.live) {
-            let spec = &sc.jobs[spec_of(&by_spec, k)];
+            let spec = &sc.jobs[by_spec[k]];
             mem_used[j.at] += spec.rss;
             backlog[j.at] += j.remaining;
             if let Some((_, dest)) = j.moving {
@@ -373,7 +373,7 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
                     .iter()
                     .map(|&k| {
                         let j = &jobs[k];
-                        let spec = &sc.jobs[spec_of(&by_spec, k)];
+                        let spec = &sc.jobs[by_spec[k]];
                         JobLoad {
                             pid: k as i32,
                             at: j.at as u32 + 1,
@@ -401,7 +401,7 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
                     }
                     incoming[to] += 1.0;
                     let k = m.pid as usize;
-                    let spec = &sc.jobs[spec_of(&by_spec, k)];
+                    let spec = &sc.jobs[by_spec[k]];
                     let (from, to) = (m.from as usize - 1, m.to as usize - 1);
                     let j = &mut jobs[k];
                     j.moving = Some((t + p.move_fixed + spec.rss as f64 / p.bandwidth, to));
@@ -420,7 +420,7 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
             if !j.live || j.moving.is_some() {
                 continue;
             }
-            let spec = &sc.jobs[spec_of(&by_spec, k)];
+            let spec = &sc.jobs[by_spec[k]];
             let s = &sc.nodes[j.at];
             let share = (s.cpus / demand[j.at].max(1e-9)).min(1.0);
             let slow = if j.at == j.home { 1.0 } else { 1.0 + io_share(spec) };
@@ -438,7 +438,7 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
     }
     let (mut sum, mut last, mut thrash) = (0.0, first, 0);
     for (k, j) in jobs.iter().enumerate() {
-        let spec = &sc.jobs[spec_of(&by_spec, k)];
+        let spec = &sc.jobs[by_spec[k]];
         let end = j.done.unwrap_or(t);
         sum += (end - spec.arrival) / spec.work;
         last = last.max(end);
@@ -458,10 +458,6 @@ pub fn run(sc: &Scenario, pl: Placement, p: &Params) -> Outcome {
         work_share: work_done.iter().map(|w| w / total.max(1e-9)).collect(),
         log,
     }
-}
-
-fn spec_of(by_spec: &[usize], k: usize) -> usize {
-    by_spec[k]
 }
 
 /// The best makespan the cluster's CPUs allow for a batch: all work over all

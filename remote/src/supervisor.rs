@@ -103,12 +103,8 @@ pub fn expel() -> usize {
 /// What the guest uses: run plus run-queue wait and run alone (ns), and
 /// resident bytes.
 fn usage(gpid: i32) -> Option<(u64, u64, u64)> {
-    let st = std::fs::read_to_string(format!("/proc/{gpid}/schedstat")).ok()?;
-    let mut it = st.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
-    let (run, wait) = (it.next()?, it.next()?);
-    let statm = std::fs::read_to_string(format!("/proc/{gpid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some((run + wait, run, pages * 4096))
+    let (run, wait) = procfs::schedstat(gpid)?;
+    Some((run + wait, run, procfs::rss(gpid)?))
 }
 
 enum Flow {

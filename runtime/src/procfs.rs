@@ -88,6 +88,21 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
 /// Whether process `pid`'s process group is orphaned (no member has a parent
 /// in another group of the same session): the kernel then drops the stop
 /// signals TSTP, TTIN and TTOU that would stop it by default.
+/// Time a task (process or thread id) ran and waited to run, ns
+/// (`/proc/ID/schedstat`).
+pub fn schedstat(id: i32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{id}/schedstat")).ok()?;
+    let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some((it.next()??, it.next()??))
+}
+
+/// Resident bytes of a process (`/proc/PID/statm`).
+pub fn rss(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
 pub fn pgrp_orphaned(pid: i32) -> bool {
     let Ok(me) = stat(pid) else { return false };
     let (pgid, sid) = (me.field(5), me.field(6));

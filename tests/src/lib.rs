@@ -284,3 +284,21 @@ pub fn wait_child(c: &mut Child, timeout: Duration) -> std::process::ExitStatus 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A command's stdout and stderr, as text.
+pub fn output_text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// The logs of a simulated cluster's daemons (`omctl sim`), the last
+/// `tail` lines of each (all with None).
+pub fn sim_logs(tail: Option<usize>) -> String {
+    (1..=8)
+        .filter_map(|i| {
+            let l = std::fs::read_to_string(format!("/run/om-sim/node-{i}/omd.log")).ok()?;
+            let lines: Vec<&str> = l.lines().collect();
+            let from = tail.map_or(0, |t| lines.len().saturating_sub(t));
+            Some(format!("--- node {i} ---\n{}\n", lines[from..].join("\n")))
+        })
+        .collect()
+}

@@ -27,17 +27,11 @@ fn omctl(node: u32, args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    om_tests::output_text(o)
 }
 
 fn logs() -> String {
-    (1..=4)
-        .filter_map(|i| {
-            std::fs::read_to_string(format!("/run/om-sim/node-{i}/omd.log"))
-                .ok()
-                .map(|l| format!("--- node {i} ---\n{}", l.lines().rev().take(60).collect::<Vec<_>>().join("\n")))
-        })
-        .collect()
+    om_tests::sim_logs(Some(60))
 }
 
 /// A sim for one test, always taken down; jobs it started are killed.

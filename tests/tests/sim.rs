@@ -15,7 +15,7 @@ fn omctl(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    om_tests::output_text(o)
 }
 
 /// Brings a sim up for one test and always takes it down.
@@ -43,13 +43,7 @@ impl Drop for Sim {
 }
 
 fn logs() -> String {
-    (1..=8)
-        .filter_map(|i| {
-            std::fs::read_to_string(format!("/run/om-sim/node-{i}/omd.log"))
-                .ok()
-                .map(|l| format!("--- node {i} ---\n{l}"))
-        })
-        .collect()
+    om_tests::sim_logs(None)
 }
 
 /// Everything `sim up` could have made that is still there.

@@ -48,6 +48,8 @@ pub struct Region {
     pub kind: RegionKind,
     /// Runs of pages (first page index within the region, count) whose contents travel.
     pub runs: Vec<(u64, u64)>,
+    /// Runs of guard pages (MADV_GUARD_INSTALL), reinstalled after the pages are written.
+    pub guards: Vec<(u64, u64)>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Default)]
@@ -535,6 +537,10 @@ fn capture_regions(
     use std::os::unix::fs::FileExt;
     let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
     let mut out = Vec::new();
+    // Pagemap is read in slices of this many entries, so a huge reservation
+    // (PROT_NONE address space kept by a JIT or an allocator) costs no huge buffer.
+    const SLICE: u64 = 1 << 16;
+    let mut raw = vec![0u8; (SLICE * 8) as usize];
     for m in maps {
         if is_special(&m.path) || m.start == scratch {
             continue;
@@ -548,56 +554,97 @@ fn capture_regions(
             }
             _ => RegionKind::Anon,
         };
-        let mut runs = Vec::new();
-        if m.read || m.write || m.exec {
-            let mut raw = vec![0u8; (npages * 8) as usize];
-            pagemap.read_exact_at(&mut raw, m.start / PAGE * 8)?;
-            let file_backed_copy = m.path.starts_with('/') && !matches!(kind, RegionKind::File { .. });
-            let mut run: Option<(u64, u64)> = None;
-            for i in 0..npages {
-                let e = u64::from_le_bytes(raw[(i * 8) as usize..(i * 8 + 8) as usize].try_into().unwrap_or([0; 8]));
+        // Every page with content travels, whatever the region's protection
+        // now: a PROT_NONE region may hold data written before it was
+        // protected (allocators, garbage collectors and JITs do this).
+        let file_backed_copy = m.path.starts_with('/') && !matches!(kind, RegionKind::File { .. });
+        let mut want = Vec::new();
+        let mut guard = Vec::new();
+        let mut first = 0u64;
+        while first < npages {
+            let n = SLICE.min(npages - first);
+            let raw = &mut raw[..(n * 8) as usize];
+            pagemap.read_exact_at(raw, (m.start / PAGE + first) * 8)?;
+            for (k, e) in raw.chunks_exact(8).enumerate() {
+                let i = first + k as u64;
+                let e = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
                 let present = e & (1 << 63) != 0;
                 let swapped = e & (1 << 62) != 0;
                 let file_page = e & (1 << 61) != 0;
-                let want = match kind {
+                if e & PM_GUARD_REGION != 0 {
+                    guard.push(i);
+                    continue;
+                }
+                let travels = match kind {
                     // A reopened file: only pages that became private copies.
                     RegionKind::File { .. } => present && !file_page,
                     // A file we cannot reopen there: all of it.
                     _ if file_backed_copy => true,
                     _ => present || swapped,
                 };
-                match (&mut run, want) {
-                    (Some((s, n)), true) if *s + *n == i => *n += 1,
-                    (_, true) => {
-                        if let Some(r) = run.take() {
-                            runs.push(r);
-                        }
-                        run = Some((i, 1));
-                    }
-                    _ => {}
+                if travels {
+                    want.push(i);
                 }
             }
-            runs.extend(run);
+            first += n;
         }
-        out.push(Region { start: m.start, end: m.end, prot: prot_of(m), kind, runs });
+        out.push(Region {
+            start: m.start,
+            end: m.end,
+            prot: prot_of(m),
+            kind,
+            runs: runs_of(want),
+            guards: runs_of(guard),
+        });
     }
     Ok(out)
 }
 
+/// Pagemap bit of a guard page (MADV_GUARD_INSTALL, Linux 6.13+).
+const PM_GUARD_REGION: u64 = 1 << 58;
+/// madvise advice that installs guard pages.
+const MADV_GUARD_INSTALL: u64 = 102;
+
 /// Read page data of `pid` for a batch of runs into `buf` (which must be large enough).
-/// Falls back to /proc/PID/mem for pages that process_vm_readv cannot read.
+/// Whatever process_vm_readv cannot read (pages without PROT_READ) is read
+/// through /proc/PID/mem, which ignores protection.
 pub fn read_pages(pid: i32, runs: &[(u64, usize)], buf: &mut [u8]) -> std::io::Result<()> {
-    let total: usize = runs.iter().map(|r| r.1).sum();
-    match sys::process_vm_readv(pid, &mut buf[..total], runs) {
-        Ok(n) if n == total => return Ok(()),
-        _ => {}
-    }
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(format!("/proc/{pid}/mem"))?;
-    let mut off = 0;
-    for &(a, l) in runs {
-        f.read_exact_at(&mut buf[off..off + l], a)?;
-        off += l;
+    let mut mem: Option<std::fs::File> = None;
+    let mut left: Vec<(u64, usize)> = runs.to_vec();
+    let mut off = 0usize;
+    let mut i = 0usize;
+    while i < left.len() {
+        let total: usize = left[i..].iter().map(|r| r.1).sum();
+        let n = sys::process_vm_readv(pid, &mut buf[off..off + total], &left[i..]).unwrap_or(0);
+        // Skip what was read (it stops at the first piece it cannot read).
+        let mut k = n;
+        while k > 0 {
+            let take = k.min(left[i].1);
+            off += take;
+            k -= take;
+            left[i].0 += take as u64;
+            left[i].1 -= take;
+            if left[i].1 == 0 {
+                i += 1;
+            }
+        }
+        if i < left.len() {
+            let (a, l) = left[i];
+            let f = match &mem {
+                Some(f) => f,
+                None => mem.insert(std::fs::File::open(format!("/proc/{pid}/mem"))?),
+            };
+            // Read up to the end of this page through /proc/PID/mem, then try the fast path again.
+            let piece = l.min((PAGE - a % PAGE) as usize);
+            f.read_exact_at(&mut buf[off..off + piece], a)?;
+            off += piece;
+            left[i].0 += piece as u64;
+            left[i].1 -= piece;
+            if left[i].1 == 0 {
+                i += 1;
+            }
+        }
     }
     Ok(())
 }
@@ -830,7 +877,12 @@ fn move_brk(t: &mut Tracee, img: &Image) -> Result<()> {
 /// never counts as the same: it is rebuilt after brk moves (see [`move_brk`]),
 /// so it always travels whole.
 pub fn same_region(a: &Region, b: &Region) -> bool {
-    a.start == b.start && a.end == b.end && a.prot == b.prot && a.kind == b.kind && a.kind != RegionKind::Heap
+    a.start == b.start
+        && a.end == b.end
+        && a.prot == b.prot
+        && a.kind == b.kind
+        && a.guards == b.guards
+        && a.kind != RegionKind::Heap
 }
 
 /// Phase 1 again, after a pre-copy: the target already holds `pre`'s layout
@@ -888,6 +940,16 @@ pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore,
     let data = rs.scratch + 1024;
     for &(start, len, prot) in &rs.made_writable {
         t.syscall_ok("mprotect", libc::SYS_mprotect, [start, len, prot as u64, 0, 0, 0])?;
+    }
+    // Guard pages last: they replace whatever is mapped there.
+    for r in &img.regions {
+        for &(first, n) in &r.guards {
+            t.syscall_ok(
+                "madvise(MADV_GUARD_INSTALL)",
+                libc::SYS_madvise,
+                [r.start + first * PAGE, n * PAGE, MADV_GUARD_INSTALL, 0, 0, 0],
+            )?;
+        }
     }
     if target == Target::Fresh {
         let exe_fd = if img.exe_reopen {
@@ -1069,7 +1131,8 @@ mod tests {
 
     #[test]
     fn same_region_needs_same_bounds_protection_and_kind() {
-        let r = Region { start: 0x1000, end: 0x3000, prot: 3, kind: RegionKind::Anon, runs: vec![(0, 1)] };
+        let r =
+            Region { start: 0x1000, end: 0x3000, prot: 3, kind: RegionKind::Anon, runs: vec![(0, 1)], guards: vec![] };
         let mut q = r.clone();
         q.runs.clear();
         assert!(same_region(&r, &q));

@@ -1,0 +1,142 @@
+//! End-to-end: memory arrives exactly as it was, whatever its protection.
+//! The same fixture runs natively (under om, never moved), checked while away
+//! on node 2, and moved 2 -> 3 -> home; every byte and every protection must
+//! match.
+
+use om_tests::{bin, wait_child, wait_lines, Cluster};
+use std::path::Path;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+/// The fixture's regions: (name, start, end) from its `region` lines.
+fn regions(out: &Path) -> Vec<(String, u64, u64)> {
+    let lines = wait_lines(out, 6, T);
+    lines
+        .iter()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&"region")).then(|| {
+                (
+                    f[1].to_string(),
+                    u64::from_str_radix(f[2], 16).expect("hex"),
+                    u64::from_str_radix(f[3], 16).expect("hex"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The permissions column (`rwxp`) of the mapping at exactly [start, end) in `pid`'s maps.
+fn perms(pid: u32, start: u64, end: u64) -> Option<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let range = f.next()?;
+        let (a, b) = range.split_once('-')?;
+        (u64::from_str_radix(a, 16).ok()? == start && u64::from_str_radix(b, 16).ok()? == end)
+            .then(|| f.next().map(str::to_string))?
+    })
+}
+
+/// The process on this host (other than `home_pid`) that has the fixture's
+/// first region mapped: the guest, when the process is away.
+fn guest_of(home_pid: u32, start: u64, end: u64) -> u32 {
+    let t0 = std::time::Instant::now();
+    loop {
+        for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if pid != home_pid && comm.trim() == "memprot" && perms(pid, start, end).is_some() {
+                return pid;
+            }
+        }
+        assert!(t0.elapsed() < T, "no guest of process {home_pid} found on this host");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Ask the fixture to check itself (SIGUSR1) and wait for its verdict.
+fn check(out: &Path, pid: u32, n: usize, c: &Cluster) {
+    let have = wait_lines(out, 1, T).len();
+    // SAFETY: signalling the process under test.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR1) }, 0);
+    let lines = wait_lines(out, have + 1, T);
+    let last = lines.last().expect("a line");
+    assert_eq!(last, &format!("check {n} ok"), "{}\n{}", lines.join("\n"), c.logs());
+}
+
+fn finish(mut p: std::process::Child, out: &Path, c: &Cluster) {
+    // SAFETY: signalling the process under test.
+    assert_eq!(unsafe { libc::kill(p.id() as i32, libc::SIGUSR2) }, 0);
+    let st = wait_child(&mut p, T);
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    assert!(st.success(), "memprot ended with {st:?}:\n{text}\n{}", c.logs());
+    assert!(!text.contains("FAIL"), "{text}");
+}
+
+fn expected_perms() -> [(&'static str, &'static str); 5] {
+    [("none", "---p"), ("wo", "-w-p"), ("xo", "--xp"), ("ro", "r--p"), ("rw", "rw-p")]
+}
+
+fn check_perms(pid: u32, regs: &[(String, u64, u64)], when: &str) {
+    for (name, want) in expected_perms() {
+        let (_, s, e) = regs.iter().find(|r| r.0 == name).expect("region");
+        assert_eq!(perms(pid, *s, *e).as_deref(), Some(want), "{when}: region {name} of process {pid}");
+    }
+}
+
+#[test]
+fn protected_memory_is_exact_natively_away_and_after_moves() {
+    let c = Cluster::start(3);
+
+    // Natively: the fixture's own checks hold and its protections are as set.
+    let out = c.path("native.out");
+    let p = c.om_exec(1, &bin("memprot"), &[], "native.out");
+    let regs = regions(&out);
+    check_perms(p.id(), &regs, "natively");
+    check(&out, p.id(), 1, &c);
+    finish(p, &out, &c);
+
+    // Away on node 2 (checked there), then 3, then home.
+    let out = c.path("moved.out");
+    let p = c.om_exec(1, &bin("memprot"), &[], "moved.out");
+    let pid = p.id();
+    let regs = regions(&out);
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("migrate to 2: {e}\n{}", c.logs()));
+    assert_eq!(c.where_is(1, pid), Some(2));
+    let (_, s, e) = regs[0].clone();
+    check_perms(guest_of(pid, s, e), &regs, "away on node 2");
+    check(&out, pid, 1, &c);
+    c.migrate(1, pid, "3").unwrap_or_else(|e| panic!("migrate to 3: {e}\n{}", c.logs()));
+    check(&out, pid, 2, &c);
+    c.migrate(1, pid, "home").unwrap_or_else(|e| panic!("migrate home: {e}\n{}", c.logs()));
+    assert_eq!(c.where_is(1, pid), Some(1));
+    check_perms(pid, &regs, "back home");
+    check(&out, pid, 3, &c);
+    finish(p, &out, &c);
+}
+
+/// Guard pages (MADV_GUARD_INSTALL): the process moves with its guards in
+/// place (a write() from one fails with EFAULT there too), never with EIO.
+#[test]
+fn guard_pages_move_with_the_process() {
+    let c = Cluster::start(3);
+    let out = c.path("guard.out");
+    let p = c.om_exec(1, &bin("memprot"), &["guard"], "guard.out");
+    let pid = p.id();
+    let lines = wait_lines(&out, 1, T);
+    assert!(
+        !lines[0].starts_with("guard pages unsupported"),
+        "this kernel has no MADV_GUARD_INSTALL (Linux 6.13+ is needed for this test): {}",
+        lines[0]
+    );
+    regions(&out);
+    check(&out, pid, 1, &c);
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("migrate to 2: {e}\n{}", c.logs()));
+    check(&out, pid, 2, &c);
+    c.migrate(1, pid, "3").unwrap_or_else(|e| panic!("migrate to 3: {e}\n{}", c.logs()));
+    c.migrate(1, pid, "home").unwrap_or_else(|e| panic!("migrate home: {e}\n{}", c.logs()));
+    check(&out, pid, 3, &c);
+    finish(p, &out, &c);
+}

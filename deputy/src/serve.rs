@@ -214,7 +214,12 @@ fn serve_round<R: std::io::Read>(
                 bufs.input = input;
                 // Whole frames only: the controller writes on the same socket.
                 let _w = shared.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-                let inline = bufs.answer.len() <= marshal::INLINE_MAX;
+                // Inline or not by the most the answer could carry, which the
+                // supervisor computes the same way.
+                let upper = spec_for(&req).map_or(0, |sp| {
+                    sp.iter().enumerate().map(|(i, a)| marshal::out_valid_len(*a, req.lens[i], ret)).sum::<usize>()
+                }) + if ret >= 0 { marshal::msg_trailer(req.nr) } else { 0 };
+                let inline = upper.max(bufs.answer.len()) <= marshal::INLINE_MAX;
                 let data = if inline { bufs.answer.clone() } else { Vec::new() };
                 let mut r = wire::send(link, &Msg::SysRet(SysRet { id: req.id, ret, data }));
                 if r.is_ok() && !inline {
@@ -265,12 +270,36 @@ fn spec_for(req: &SysReq) -> Option<Vec<Arg>> {
     })
 }
 
-/// Reusable buffers of a deputy: a call's bulk input, its outputs, the answer.
+/// Reusable buffers of a deputy: a call's bulk input, one guarded buffer per
+/// argument, the answer.
 #[derive(Default)]
 pub struct Buffers {
     input: Vec<u8>,
-    out: Vec<u8>,
+    args: [dsys::Guarded; 6],
     answer: Vec<u8>,
+}
+
+/// sendmsg control data names fds of the deputy's table: none of om's own.
+fn check_rights(ctl: &[u8], res: i32) -> Result<(), i64> {
+    let mut off = 0usize;
+    // struct cmsghdr: u64 len, i32 level, i32 type, then data; each aligned to 8.
+    while off + 16 <= ctl.len() {
+        let len = u64::from_le_bytes(ctl[off..off + 8].try_into().unwrap_or([0; 8])) as usize;
+        let level = i32::from_le_bytes(ctl[off + 8..off + 12].try_into().unwrap_or([0; 4]));
+        let kind = i32::from_le_bytes(ctl[off + 12..off + 16].try_into().unwrap_or([0; 4]));
+        if len < 16 || len > ctl.len() - off {
+            break;
+        }
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            for fd in ctl[off + 16..off + len].chunks_exact(4) {
+                if i32::from_le_bytes([fd[0], fd[1], fd[2], fd[3]]) >= res {
+                    return Err(-(libc::EBADF as i64));
+                }
+            }
+        }
+        off += (len + 7) & !7;
+    }
+    Ok(())
 }
 
 /// Run one forwarded call with the process's identity and fds. `input` holds
@@ -297,6 +326,8 @@ pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) ->
             args[0] = (-pgid) as u64;
         }
         436 => args[1] = args[1].min((res - 1) as u64),
+        // Only options whose size the table knows exactly.
+        54 | 55 if syscalls::sockopt_unit(req.nr, args[1], args[2]).is_none() => return GO_HOME,
         // Signal-mask pointers: the supervisor forwards these calls only
         // without one (with one they run at home); never trust the link for a
         // pointer into this process.
@@ -305,19 +336,15 @@ pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) ->
         281 => args[4] = 0,
         _ => {}
     }
-    // Outputs get slices of one reusable buffer; inputs are used where they lie,
-    // except in-out buffers, which are copied into the output buffer first.
-    let out_total: usize =
-        spec.iter().enumerate().filter(|(_, a)| marshal::is_out(**a)).map(|(i, _)| req.lens[i] as usize + 1).sum();
-    if b.out.len() < out_total {
-        b.out.resize(out_total, 0);
-    }
+    // Every pointer argument gets a buffer of its own, flush against a guard
+    // page (see [`dsys::Guarded`]): a kernel that used more than the bytes
+    // sized here would fail with EFAULT, never reach the deputy's memory.
+    // Only an input counted by another argument (write's count), which the
+    // kernel reads exactly, is used where it lies.
     let mut in_off = 0usize;
-    let mut out_off = 0usize;
-    let mut out_at = [0usize; 6];
     for (i, a) in spec.iter().enumerate() {
-        let len = req.lens[i] as usize;
-        match a {
+        let len = marshal::len_of(req.lens[i]);
+        match *a {
             Arg::V => {}
             Arg::Fd => {
                 if args[i] as i32 >= res {
@@ -325,19 +352,24 @@ pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) ->
                 }
             }
             _ if len == 0 && args[i] == 0 => {}
-            Arg::Path | Arg::In(_) => {
-                // The kernel only reads these.
+            Arg::In(Len::Val(j)) if args[j] as usize == len => {
                 args[i] = input[in_off..].as_ptr() as u64;
                 in_off += len;
             }
             a => {
-                if matches!(a, Arg::InOut(_)) {
-                    b.out[out_off..out_off + len].copy_from_slice(&input[in_off..in_off + len]);
+                let Ok(buf) = b.args[i].tail(len) else { return -(libc::ENOMEM as i64) };
+                if marshal::is_in_len(a, req.lens[i]) {
+                    buf.copy_from_slice(&input[in_off..in_off + len]);
                     in_off += len;
                 }
-                args[i] = b.out[out_off..].as_mut_ptr() as u64;
-                out_at[i] = out_off;
-                out_off += len + 1;
+                args[i] = buf.as_mut_ptr() as u64;
+            }
+        }
+    }
+    if req.nr == 46 && req.lens[3] > 0 {
+        if let Ok(ctl) = b.args[3].tail(req.lens[3] as usize) {
+            if let Err(e) = check_rights(ctl, res) {
+                return e;
             }
         }
     }
@@ -363,9 +395,20 @@ pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) ->
         nr => (sys::raw_syscall(nr as i64, args), Vec::new()),
     };
     for (i, a) in spec.iter().enumerate() {
-        if marshal::is_out(*a) {
-            let valid = marshal::out_valid(*a, req.lens[i] as usize, ret);
-            b.answer.extend_from_slice(&b.out[out_at[i]..out_at[i] + valid]);
+        let len = marshal::len_of(req.lens[i]);
+        if marshal::is_out(*a) && len > 0 {
+            let mut valid = marshal::out_valid_len(*a, req.lens[i], ret);
+            let prefilled = req.lens[i] & marshal::PREFILLED != 0;
+            if let (Arg::Out(Len::DerefU32(j)), false) = (*a, prefilled) {
+                let post = match b.args[j].tail(4) {
+                    Ok(l) if req.lens[j] == 4 => u32::from_le_bytes([l[0], l[1], l[2], l[3]]),
+                    _ => 0,
+                };
+                valid = marshal::socklen_valid(valid, post, marshal::socklen_unit(req.nr, &req.args), ret);
+            }
+            if let Ok(buf) = b.args[i].tail(len) {
+                b.answer.extend_from_slice(&buf[..valid]);
+            }
         }
     }
     if ret >= 0 {

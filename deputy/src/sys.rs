@@ -189,3 +189,75 @@ pub fn msg_call(
     );
     (ret, mh.msg_namelen, mh.msg_controllen as u64, mh.msg_flags)
 }
+
+/// A reusable buffer whose end touches a PROT_NONE page. A call's argument is
+/// placed flush against that page, so a kernel that reads or writes past the
+/// length om sized for it gets EFAULT instead of reaching the deputy's memory.
+pub struct Guarded {
+    base: *mut u8,
+    /// Usable bytes before the guard page.
+    cap: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone; moving it to another
+// thread moves that ownership.
+unsafe impl Send for Guarded {}
+
+const GUARD_PAGE: usize = 4096;
+
+impl Default for Guarded {
+    fn default() -> Self {
+        Guarded { base: std::ptr::null_mut(), cap: 0 }
+    }
+}
+
+impl Guarded {
+    /// The last `len` bytes before the guard page, growing the mapping if needed.
+    pub fn tail(&mut self, len: usize) -> std::io::Result<&mut [u8]> {
+        if len > self.cap || self.base.is_null() {
+            let cap = len.next_power_of_two().max(1 << 16);
+            // SAFETY: a fresh private anonymous mapping, checked below.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    cap + GUARD_PAGE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: the last page of the mapping just made.
+            if unsafe { libc::mprotect(p.cast::<u8>().add(cap).cast(), GUARD_PAGE, libc::PROT_NONE) } != 0 {
+                let e = std::io::Error::last_os_error();
+                // SAFETY: unmapping what was just mapped.
+                unsafe { libc::munmap(p, cap + GUARD_PAGE) };
+                return Err(e);
+            }
+            self.release();
+            self.base = p.cast();
+            self.cap = cap;
+        }
+        // SAFETY: [cap - len, cap) lies inside the writable part of our mapping,
+        // borrowed mutably through &mut self.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.base.add(self.cap - len), len) })
+    }
+
+    fn release(&mut self) {
+        if !self.base.is_null() {
+            // SAFETY: the mapping this value made, no longer borrowed.
+            unsafe { libc::munmap(self.base.cast(), self.cap + GUARD_PAGE) };
+            self.base = std::ptr::null_mut();
+            self.cap = 0;
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

@@ -387,11 +387,12 @@ impl Supervisor {
             }
             Len::ArgMul(i, k) => (args[i] as usize).checked_mul(k)?.min(MAX_IO),
             Len::DerefU32(i) => {
-                if args[i] == 0 {
-                    0
-                } else {
-                    let b = self.read_mem(args[i], 4)?;
-                    (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).min(MAX_IO)
+                // An unreadable length: the buffer travels empty, and the
+                // deputy's kernel fails on the length where the guest's would
+                // have, after any check it makes first.
+                match self.read_mem(args[i], 4) {
+                    Some(b) if args[i] != 0 => (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).min(MAX_IO),
+                    _ => 0,
                 }
             }
             Len::FdSet(i) => (args[i] as usize).div_ceil(64) * 8,
@@ -435,6 +436,10 @@ impl Supervisor {
                 _ => return self.go_home("fcntl record locks run at home", Some(id)),
             },
             62 => (nr, vec![Arg::V, Arg::V], None),
+            54 | 55 if syscalls::sockopt_unit(nr, args[1], args[2]).is_none() => {
+                let what = if nr == 54 { "setsockopt" } else { "getsockopt" };
+                return self.go_home(&format!("{what} level {} option {} runs at home", args[1], args[2]), Some(id));
+            }
             270 if args[5] != 0 => match self.read_mem(args[5], 8) {
                 Some(b) if b == [0; 8] => (nr, syscalls::spec(nr).unwrap_or(&[]).to_vec(), None),
                 _ => return self.go_home("pselect6 with a signal mask runs at home", Some(id)),
@@ -467,13 +472,24 @@ impl Supervisor {
                     }
                     None => false,
                 },
+                // Buffers travel as the prefix the guest can actually supply
+                // (readable) or take (writable): the deputy lays each one
+                // against a guard page with the call's own counts, so its
+                // kernel stops where the guest's would have, and answers as
+                // natively (EFAULT, or a short count).
                 Arg::In(l) | Arg::InOut(l) if args[i] != 0 || iov.is_some() => match self.eval(l, &mut args) {
                     Some(len) => {
                         // Straight from the guest into the outgoing buffer.
                         let at = input.len();
                         let ok = match (&iov, nr) {
                             (Some(v), 20 | 296) => gather_into(self.gpid, v, &mut input),
-                            _ => read_into(self.gpid, args[i], len, &mut input),
+                            _ => {
+                                let n = read_prefix_into(self.gpid, args[i], len, &mut input);
+                                if matches!(*a, Arg::InOut(_)) {
+                                    input.truncate(at + writable_prefix(self.gpid, args[i], n));
+                                }
+                                true
+                            }
                         };
                         lens[i] = (input.len() - at) as u32;
                         ok
@@ -483,7 +499,24 @@ impl Supervisor {
                 Arg::Out(l) | Arg::OutRet(l) | Arg::OutRetN(l, _) if args[i] != 0 || iov.is_some() => {
                     match self.eval(l, &mut args) {
                         Some(len) => {
-                            lens[i] = len as u32;
+                            let len = if matches!(l, Len::DerefU32(_)) {
+                                len.saturating_mul(marshal::socklen_unit(nr, &args)).min(MAX_IO)
+                            } else {
+                                len
+                            };
+                            if iov.is_some() {
+                                lens[i] = len as u32;
+                            } else {
+                                let w = writable_prefix(self.gpid, args[i], len);
+                                lens[i] = w as u32;
+                                if w > 0 && w < len {
+                                    // The kernel may write part of it and then fail.
+                                    let at = input.len();
+                                    let got = read_prefix_into(self.gpid, args[i], w, &mut input);
+                                    lens[i] = (got as u32) | marshal::PREFILLED;
+                                    input.truncate(at + got);
+                                }
+                            }
                             true
                         }
                         None => false,
@@ -518,7 +551,16 @@ impl Supervisor {
             if !marshal::is_out(*a) {
                 continue;
             }
-            let valid = marshal::out_valid(*a, lens[i] as usize, ret).min(data.len() - off);
+            let mut valid = marshal::out_valid_len(*a, lens[i], ret).min(data.len() - off);
+            if let (Arg::Out(Len::DerefU32(_)), 0) = (*a, lens[i] & marshal::PREFILLED) {
+                // Only what the kernel wrote comes back: the rest after the outputs that follow.
+                let later: usize = spec[i + 1..]
+                    .iter()
+                    .enumerate()
+                    .map(|(k, b)| marshal::out_valid_len(*b, lens[i + 1 + k], ret))
+                    .sum();
+                valid = valid.min((data.len() - off).saturating_sub(later));
+            }
             if valid > 0 {
                 let piece = &data[off..off + valid];
                 match (&iov, nr) {
@@ -581,9 +623,14 @@ impl Supervisor {
             return Flow::Go;
         };
         let spec = syscalls::spec(nr).unwrap_or(&[]).to_vec();
-        let lens = [0, 0, namelen as u32, ctllen as u32, total as u32, 0];
-        let req = SysReq { id: 0, nr, args: [a[0], a[2], namelen, ctllen, total as u64, 0], lens, data: Vec::new() };
+        let mut lens = [0, 0, namelen as u32, ctllen as u32, total as u32, 0];
         let mut input = Vec::new();
+        // The kernel leaves control-message padding untouched: the guest's
+        // own bytes go in and come back around what it writes.
+        if nr == 47 && ctllen > 0 && read_into(self.gpid, ctl_at, ctllen as usize, &mut input) {
+            lens[3] |= marshal::PREFILLED;
+        }
+        let req = SysReq { id: 0, nr, args: [a[0], a[2], namelen, ctllen, total as u64, 0], lens, data: Vec::new() };
         if nr == 46 {
             let ok = read_into(self.gpid, name_at, namelen as usize, &mut input)
                 && read_into(self.gpid, ctl_at, ctllen as usize, &mut input)
@@ -657,7 +704,7 @@ impl Supervisor {
         };
         // The deputy answers with exactly the valid bytes of the outputs.
         let out_len: usize =
-            spec.iter().enumerate().map(|(i, a)| marshal::out_valid(*a, lens[i] as usize, r.ret)).sum::<usize>()
+            spec.iter().enumerate().map(|(i, a)| marshal::out_valid_len(*a, lens[i], r.ret)).sum::<usize>()
                 + if r.ret >= 0 { marshal::msg_trailer(req_nr) } else { 0 };
         if out_len > marshal::INLINE_MAX {
             match wire::recv_into(&mut self.reader, &mut self.outbuf) {
@@ -786,6 +833,45 @@ fn read_into(pid: i32, addr: u64, len: usize, buf: &mut Vec<u8>) -> bool {
             buf.truncate(at);
             false
         }
+    }
+}
+
+/// Append what can be read of `len` bytes of the guest's memory at `addr`
+/// to `buf`, up to the first unreadable page; how many bytes that was.
+fn read_prefix_into(pid: i32, addr: u64, len: usize, buf: &mut Vec<u8>) -> usize {
+    let at = buf.len();
+    buf.resize(at + len, 0);
+    let n = if len == 0 { 0 } else { sys::process_vm_readv(pid, &mut buf[at..], &[(addr, len)]).unwrap_or(0) };
+    buf.truncate(at + n);
+    n
+}
+
+/// How many of `len` bytes at `addr` the kernel could write for the guest:
+/// up to the first page that is not both readable and writable. Each page is
+/// probed by reading one byte and writing the same byte back (the guest waits
+/// in its call, so nothing else of it runs meanwhile).
+fn writable_prefix(pid: i32, addr: u64, len: usize) -> usize {
+    const PAGE: u64 = 4096;
+    if len == 0 {
+        return 0;
+    }
+    let first = addr & !(PAGE - 1);
+    let Some(end) = addr.checked_add(len as u64) else { return 0 };
+    let pages: Vec<(u64, usize)> = (first..end).step_by(PAGE as usize).map(|p| (p.max(addr), 1)).collect();
+    let mut good = 0usize;
+    let mut byte = vec![0u8; 1024];
+    for chunk in pages.chunks(1024) {
+        let r = sys::process_vm_readv(pid, &mut byte[..chunk.len()], chunk).unwrap_or(0);
+        let w = if r > 0 { sys::process_vm_writev(pid, &byte[..r], &chunk[..r]).unwrap_or(0) } else { 0 };
+        good += w;
+        if w < chunk.len() {
+            break;
+        }
+    }
+    if good == pages.len() {
+        len
+    } else {
+        ((first + good as u64 * PAGE).saturating_sub(addr) as usize).min(len)
     }
 }
 

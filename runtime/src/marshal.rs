@@ -22,16 +22,66 @@ pub fn is_out(a: Arg) -> bool {
     matches!(a, Arg::Out(_) | Arg::OutRet(_) | Arg::OutRetN(..) | Arg::InOut(_))
 }
 
+/// Flag on a request's length for an out argument: the guest's current bytes
+/// travel in first and all of them come back, whatever the result. Used where
+/// the kernel may leave some bytes untouched (control-message padding) or
+/// write some before failing (a buffer that ends in an unmapped page), so the
+/// guest's buffer ends up byte for byte as natively.
+pub const PREFILLED: u32 = 1 << 31;
+
+/// The byte count of a request's length field.
+pub fn len_of(l: u32) -> usize {
+    (l & !PREFILLED) as usize
+}
+
+/// Does this argument, with this length field, carry bytes to home?
+pub fn is_in_len(a: Arg, l: u32) -> bool {
+    is_in(a) || (is_out(a) && l & PREFILLED != 0)
+}
+
+/// Bytes sent back for an out argument with this length field.
+pub fn out_valid_len(a: Arg, l: u32, ret: i64) -> usize {
+    if is_out(a) && l & PREFILLED != 0 {
+        len_of(l)
+    } else {
+        out_valid(a, len_of(l), ret)
+    }
+}
+
 /// Bytes of an out argument that are sent back, given the call's result.
 pub fn out_valid(a: Arg, len: usize, ret: i64) -> usize {
     if ret < 0 {
-        return 0;
+        // An in-out buffer comes back whole even on failure: the kernel may
+        // have written it before failing (getsockopt writes optlen before the
+        // value), and what it did not write is the guest's own bytes.
+        return if matches!(a, Arg::InOut(_)) { len } else { 0 };
     }
     match a {
         Arg::Out(_) | Arg::InOut(_) => len,
         Arg::OutRet(_) => (ret as usize).min(len),
         Arg::OutRetN(_, n) => (ret as usize).saturating_mul(n).min(len),
         _ => 0,
+    }
+}
+
+/// Bytes a socklen-sized output (`Out(DerefU32(j))`) carries back: what the
+/// kernel said it wrote (the socklen after the call, in `unit`-byte blocks),
+/// never more than its buffer. The rest of the guest's buffer stays untouched,
+/// as natively.
+pub fn socklen_valid(len: usize, post: u32, unit: usize, ret: i64) -> usize {
+    if ret < 0 {
+        0
+    } else {
+        (post as usize).saturating_mul(unit).min(len)
+    }
+}
+
+/// Unit of a call's socklen-sized output (see [`crate::syscalls::sockopt_unit`]).
+pub fn socklen_unit(nr: u32, args: &[u64; 6]) -> usize {
+    if nr == 55 {
+        crate::syscalls::sockopt_unit(nr, args[1], args[2]).unwrap_or(1)
+    } else {
+        1
     }
 }
 
@@ -43,12 +93,12 @@ pub fn validate(req: &SysReq, spec: &[Arg], input_len: usize) -> Result<(), Stri
     }
     let mut want = 0usize;
     for (i, a) in spec.iter().enumerate() {
-        let l = req.lens[i] as usize;
+        let l = len_of(req.lens[i]);
         let limit = if *a == Arg::Path { MAX_PATH + 1 } else { MAX_IO };
         if l > limit {
             return Err(format!("argument {i} of {} bytes exceeds the {limit}-byte limit", l));
         }
-        if is_in(*a) {
+        if is_in_len(*a, req.lens[i]) {
             want += l;
         }
     }
@@ -60,7 +110,7 @@ pub fn validate(req: &SysReq, spec: &[Arg], input_len: usize) -> Result<(), Stri
 
 /// Total bytes the input arguments carry.
 pub fn input_len(req: &SysReq, spec: &[Arg]) -> usize {
-    spec.iter().enumerate().filter(|(_, a)| is_in(**a)).map(|(i, _)| req.lens[i] as usize).sum()
+    spec.iter().enumerate().filter(|(i, a)| is_in_len(**a, req.lens[*i])).map(|(i, _)| len_of(req.lens[i])).sum()
 }
 
 /// Bytes a call's answer carries after its outputs: recvmsg returns the

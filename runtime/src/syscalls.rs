@@ -119,8 +119,8 @@ pub const TABLE: &[Entry] = t! {
     51, "getsockname", Forward, "sockets live at home";
     52, "getpeername", Forward, "sockets live at home";
     53, "socketpair", Forward, "sockets live at home";
-    54, "setsockopt", Forward, "sockets live at home";
-    55, "getsockopt", Forward, "sockets live at home";
+    54, "setsockopt", Forward, "sockets live at home; options with a plain value of optlen bytes (syscalls::sockopt_plain) are forwarded, others go home";
+    55, "getsockopt", Forward, "sockets live at home; options the kernel writes as at most *optlen plain bytes (syscalls::sockopt_plain) are forwarded, others go home";
     56, "clone", Home, "new tasks are created at home";
     57, "fork", Home, "new processes are created at home";
     58, "vfork", Home, "new processes are created at home";
@@ -575,6 +575,47 @@ pub fn spec(nr: u32) -> Option<&'static [Arg]> {
         451 => &[Fd, In(Const(16)), Out(Const(32)), V],
         _ => return None,
     })
+}
+
+/// Socket options whose value the kernel reads or writes as plain bytes,
+/// never more than the option length says, with no pointer or fd inside: only
+/// these are forwarded by getsockopt and setsockopt. Anything else (SO_GET_FILTER
+/// counts its length in 8-byte blocks; SO_ATTACH_FILTER and
+/// TCP_ZEROCOPY_RECEIVE carry pointers into the process; SO_PEERPIDFD makes an
+/// fd; netfilter's tables) runs at home, where the kernel sees the process's
+/// own memory.
+pub fn sockopt_plain(level: u64, opt: u64) -> bool {
+    const SOL_SOCKET: u64 = 1;
+    const IPPROTO_IP: u64 = 0;
+    const IPPROTO_TCP: u64 = 6;
+    const IPPROTO_UDP: u64 = 17;
+    const IPPROTO_IPV6: u64 = 41;
+    match level {
+        // All but 26 (SO_ATTACH_FILTER = SO_GET_FILTER), 50-52 (BPF and
+        // reuseport programs), 76-77 (pidfds), and numbers this table does not know.
+        SOL_SOCKET => matches!(opt, 1..=25 | 27..=49 | 53..=75),
+        // 0-26: TOS, TTL, options, pktinfo, MTU discovery, recverr, freebind,
+        // transparent, bind-address-no-port...; 32-40: multicast ones with flat
+        // structs. Not 41+ (IP_MSFILTER and source filters), 64+ (netfilter).
+        IPPROTO_IP => matches!(opt, 1..=26 | 32..=40 | 49..=51),
+        // All but 35 (TCP_ZEROCOPY_RECEIVE, pointers) and the TCP-AO keys (38+).
+        IPPROTO_TCP => matches!(opt, 1..=34 | 36 | 37),
+        IPPROTO_UDP => matches!(opt, 1 | 100..=104),
+        // Hop limits, multicast, v6only, pktinfo, tclass, MTU, recverr...; not
+        // 48 (MCAST_MSFILTER) and the group-filter numbers 42-47.
+        IPPROTO_IPV6 => matches!(opt, 1..=5 | 7..=41 | 49..=80),
+        _ => false,
+    }
+}
+
+/// For a forwarded getsockopt (55) or setsockopt (54): the size of one unit
+/// of the option length, in bytes (1 for plain options; 8 for SO_GET_FILTER,
+/// whose length counts filter blocks), or None when the call must run at home.
+pub fn sockopt_unit(nr: u32, level: u64, opt: u64) -> Option<usize> {
+    if nr == 55 && level == 1 && opt == 26 {
+        return Some(8);
+    }
+    sockopt_plain(level, opt).then_some(1)
 }
 
 /// Size of the buffer an ioctl request reads or writes, and its direction

@@ -244,6 +244,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    let _ = writeln!(std::io::stderr(), "omd of node {} had ended: {st:?}", n.id);
+                }
                 let _ = c.kill();
                 let _ = c.wait();
             }

@@ -610,19 +610,46 @@ impl Away {
         // still runs), then the final image; or the image alone.
         let te = |e: om_runtime::ptrace::TraceError| e.to_string();
         let mut t = Tracee::interrupt(pid, self.scratch).map_err(te)?;
+        let creds = om_runtime::procfs::exec_creds(pid);
+        let next_fd = std::cell::Cell::new(MAPPED_FD);
+        // A file the placeholder cannot open (execute-only): omd opens it,
+        // if the process may execute it, and hands the fd in.
+        let open_for = move |t: &mut Tracee, scratch: u64, path: &str| -> om_runtime::ptrace::Result<u64> {
+            let denied = || om_runtime::ptrace::TraceError::Injected {
+                pid: t.pid,
+                name: "open mapped file (not executable by the process)",
+                errno: libc::EACCES as i64,
+            };
+            let Some(c) = creds.as_ref() else { return Err(denied()) };
+            if !sys::may_execute(path, c) {
+                return Err(denied());
+            }
+            let f = std::fs::File::open(path).map_err(|e| om_runtime::ptrace::TraceError::Io {
+                pid: t.pid,
+                what: "open mapped file",
+                source: e,
+            })?;
+            let at = next_fd.get();
+            next_fd.set(at + 1);
+            sys::install_fds(t, scratch, &[(at, true, f.into())])?;
+            Ok(at as u64)
+        };
         let (mut img, rs) = match wire::recv_msg(link).map_err(e)? {
             Msg::PreImage(pre) => {
-                let rs = image::restore_layout(&mut t, &pre, Target::Parked, self.scratch).map_err(te)?;
+                let rs =
+                    image::restore_layout(&mut t, &pre, Target::Parked, self.scratch, Some(&open_for)).map_err(te)?;
                 transfer::recv_pages(link, &t, &pre).map_err(e)?;
                 let img = match wire::recv_msg(link).map_err(e)? {
                     Msg::Image(i) => *i,
                     m => return Err(format!("expected the image, got {m:?}")),
                 };
-                let rs = image::restore_layout_again(&mut t, &img, &pre, rs, Target::Parked).map_err(te)?;
+                let rs =
+                    image::restore_layout_again(&mut t, &img, &pre, rs, Target::Parked, Some(&open_for)).map_err(te)?;
                 (img, rs)
             }
             Msg::Image(i) => {
-                let rs = image::restore_layout(&mut t, &i, Target::Parked, self.scratch).map_err(te)?;
+                let rs =
+                    image::restore_layout(&mut t, &i, Target::Parked, self.scratch, Some(&open_for)).map_err(te)?;
                 (*i, rs)
             }
             m => return Err(format!("expected the image, got {m:?}")),
@@ -653,6 +680,11 @@ impl Away {
         Ok(())
     }
 }
+
+/// Where the files omd opens for the placeholder are installed (from this
+/// number up) while their regions are mapped: the placeholder holds no fds
+/// then, and they are closed before its own fds return.
+const MAPPED_FD: i32 = 900;
 
 /// Reports from the remote's helper on a control link (job-control stops,
 /// usage).

@@ -261,3 +261,22 @@ impl Drop for Guarded {
         self.release();
     }
 }
+
+/// May a process with these credentials (effective uid, gid, groups)
+/// execute the regular file at `path`, by its mode bits?
+pub fn may_execute(path: &str, c: &(u32, u32, Vec<u32>)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(path) else { return false };
+    let (uid, gid, groups) = c;
+    let mode = md.mode();
+    md.is_file()
+        && if *uid == 0 {
+            mode & 0o111 != 0
+        } else if md.uid() == *uid {
+            mode & 0o100 != 0
+        } else if md.gid() == *gid || groups.contains(&md.gid()) {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        }
+}

@@ -158,18 +158,18 @@ fn rebuild(stream: &mut Link, gpid: i32, first: Msg, host: &Host) -> Result<(Own
     let mut t = Tracee::adopt_traceme_child(gpid)?;
     let (img, rs) = match first {
         Msg::PreImage(pre) => {
-            let rs = image::restore_layout(&mut t, &pre, Target::Fresh, 0)?;
+            let rs = image::restore_layout(&mut t, &pre, Target::Fresh, 0, None)?;
             transfer::recv_pages(stream, &t, &pre)?;
             tracing::info!(ms = t0.elapsed().as_secs_f64() * 1e3, bytes = pre.data_bytes(), "pre-copy received");
             let img = match wire::recv_msg(stream)? {
                 Msg::Image(img) => *img,
                 m => return Err(WireError::Unexpected(format!("{m:?} instead of the image")).into()),
             };
-            let rs = image::restore_layout_again(&mut t, &img, &pre, rs, Target::Fresh)?;
+            let rs = image::restore_layout_again(&mut t, &img, &pre, rs, Target::Fresh, None)?;
             (img, rs)
         }
         Msg::Image(img) => {
-            let rs = image::restore_layout(&mut t, &img, Target::Fresh, 0)?;
+            let rs = image::restore_layout(&mut t, &img, Target::Fresh, 0, None)?;
             (*img, rs)
         }
         m => return Err(WireError::Unexpected(format!("{m:?} instead of an image")).into()),

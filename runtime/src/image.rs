@@ -735,9 +735,21 @@ fn pick_scratch(img: &Image, current: &[MapLine]) -> u64 {
     0x2000_0000
 }
 
+/// Opens a mapped file for a target that may not open it itself (an
+/// execute-only program of an ordinary user coming home) and installs the fd
+/// in it: (tracee, scratch area, path) -> the fd number in the target.
+pub type FileOpener = dyn Fn(&mut Tracee, u64, &str) -> Result<u64>;
+
 /// Phase 1 of a restore: clear the target's layout and map every region of
-/// the image, writable where pages will be written.
-pub fn restore_layout(t: &mut Tracee, img: &Image, target: Target, parked_scratch: u64) -> Result<Restore> {
+/// the image, writable where pages will be written. `opener` is asked for a
+/// file the target cannot open itself.
+pub fn restore_layout(
+    t: &mut Tracee,
+    img: &Image,
+    target: Target,
+    parked_scratch: u64,
+    opener: Option<&FileOpener>,
+) -> Result<Restore> {
     let pid = t.pid;
     let ioe = |what: &'static str| move |e: std::io::Error| TraceError::Io { pid, what, source: e };
     let current = procfs::maps(pid).map_err(ioe("maps"))?;
@@ -801,7 +813,7 @@ pub fn restore_layout(t: &mut Tracee, img: &Image, target: Target, parked_scratc
     }
     let mut made_writable = Vec::new();
     for r in &img.regions {
-        map_region(t, r, &mut file_fds, path_at, &mut made_writable)?;
+        map_region(t, r, &mut file_fds, path_at, &mut made_writable, opener)?;
     }
     Ok(Restore { scratch, file_fds, made_writable })
 }
@@ -813,6 +825,7 @@ fn map_region(
     file_fds: &mut Vec<(String, u64)>,
     path_at: u64,
     made_writable: &mut Vec<(u64, u64, u32)>,
+    opener: Option<&FileOpener>,
 ) -> Result<()> {
     let len = r.end - r.start;
     let writable = if r.runs.is_empty() { 0 } else { libc::PROT_WRITE as u32 };
@@ -828,11 +841,14 @@ fn map_region(
                     let mut c = path.as_bytes().to_vec();
                     c.push(0);
                     t.poke(path_at, &c)?;
-                    let fd = t.syscall_ok(
-                        "open mapped file",
-                        libc::SYS_openat,
-                        [libc::AT_FDCWD as u64, path_at, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0],
-                    )?;
+                    let args = [libc::AT_FDCWD as u64, path_at, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0];
+                    let r = t.syscall(libc::SYS_openat, args)?;
+                    let fd = match (r, opener) {
+                        (r, _) if r >= 0 => r as u64,
+                        // Execute-only (mode 0111): the process may map it but not open it.
+                        (r, Some(open)) if r == -(libc::EACCES as i64) => open(t, path_at & !(PAGE - 1), path)?,
+                        (r, _) => return Err(TraceError::Injected { pid: t.pid, name: "open mapped file", errno: -r }),
+                    };
                     file_fds.push((path.clone(), fd));
                     fd
                 }
@@ -888,7 +904,14 @@ pub fn same_region(a: &Region, b: &Region) -> bool {
 /// Phase 1 again, after a pre-copy: the target already holds `pre`'s layout
 /// and pages. Keep the regions that did not change, drop the ones that went
 /// away, map the new ones.
-pub fn restore_layout_again(t: &mut Tracee, img: &Image, pre: &Image, rs: Restore, target: Target) -> Result<Restore> {
+pub fn restore_layout_again(
+    t: &mut Tracee,
+    img: &Image,
+    pre: &Image,
+    rs: Restore,
+    target: Target,
+    opener: Option<&FileOpener>,
+) -> Result<Restore> {
     let Restore { scratch, mut file_fds, made_writable } = rs;
     t.syscall_ip = scratch;
     if img.regions.iter().any(|r| r.start < scratch + SCRATCH_LEN && scratch < r.end) {
@@ -926,7 +949,7 @@ pub fn restore_layout_again(t: &mut Tracee, img: &Image, pre: &Image, rs: Restor
                     still_writable.push((r.start, len, r.prot));
                 }
             }
-            None => map_region(t, r, &mut file_fds, path_at, &mut still_writable)?,
+            None => map_region(t, r, &mut file_fds, path_at, &mut still_writable, opener)?,
         }
     }
     Ok(Restore { scratch, file_fds, made_writable: still_writable })

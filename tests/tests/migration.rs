@@ -645,3 +645,46 @@ fn ctrl_z_in_an_orphaned_group_is_dropped_as_natively() {
     assert!(st.success(), "{st:?}\n{}", c.logs());
     check_counter(&wait_lines(&c.path("orph.out"), 40, T), pid as u32);
 }
+
+/// A program that an ordinary user may execute but not read (mode 0111):
+/// it moves out and comes home (omd opens the file for the placeholder,
+/// which may not), with its output and exit status intact.
+#[test]
+fn an_execute_only_program_of_an_ordinary_user_moves_out_and_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::start(3);
+    let open_dir = std::env::temp_dir().join(format!("om-xonly-{}", std::process::id()));
+    std::fs::create_dir_all(&open_dir).expect("dir");
+    std::fs::set_permissions(&open_dir, PermissionsExt::from_mode(0o755)).expect("chmod dir");
+    for b in ["om-exec", "counter"] {
+        std::fs::copy(bin(b), open_dir.join(b)).expect("copy a binary");
+    }
+    std::fs::set_permissions(open_dir.join("counter"), PermissionsExt::from_mode(0o111)).expect("chmod 0111");
+    let out = c.path("xonly.out");
+    std::fs::write(&out, "").expect("out");
+    std::fs::set_permissions(&out, PermissionsExt::from_mode(0o666)).expect("chmod out");
+    let mut p = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(open_dir.join("om-exec"))
+        .arg("--")
+        .arg(open_dir.join("counter"))
+        .args(["8", "60", "50"])
+        .env("OM_SOCKET", c.socket(1))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::OpenOptions::new().append(true).open(&out).expect("out"))
+        .stderr(std::fs::File::create(c.path("xonly.err")).expect("err"))
+        .spawn()
+        .expect("setpriv (util-linux) runs om-exec as nobody");
+    let pid = p.id();
+    wait_lines(&out, 3, T);
+    for to in ["2", "3", "home"] {
+        c.migrate(1, pid, to).unwrap_or_else(|e| panic!("migrate to {to}: {e}\n{}", c.logs()));
+        let n = wait_lines(&out, 1, T).len();
+        wait_lines(&out, n + 3, T);
+    }
+    assert_eq!(c.where_is(1, pid), Some(1), "{}", c.logs());
+    let st = wait_child(&mut p, T);
+    assert!(st.success(), "counter ended with {st:?}\n{}", c.logs());
+    check_counter(&wait_lines(&out, 60, T), pid);
+    let _ = std::fs::remove_dir_all(&open_dir);
+}

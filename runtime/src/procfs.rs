@@ -173,6 +173,15 @@ pub fn join_cgroups(pid: i32, dirs: &[std::path::PathBuf]) -> std::io::Result<()
     Ok(())
 }
 
+/// Effective uid, effective gid and supplementary groups of a process.
+pub fn exec_creds(pid: i32) -> Option<(u32, u32, Vec<u32>)> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let second = |k: &str| -> Option<u32> { status_field_in(&st, k)?.split_whitespace().nth(1)?.parse().ok() };
+    let groups =
+        status_field_in(&st, "Groups").unwrap_or_default().split_whitespace().filter_map(|g| g.parse().ok()).collect();
+    Some((second("Uid")?, second("Gid")?, groups))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,13 +206,4 @@ mod tests {
         assert_eq!(s.field(4), 1);
         assert_eq!(s.field(5), 42);
     }
-}
-
-/// Effective uid, effective gid and supplementary groups of a process.
-pub fn exec_creds(pid: i32) -> Option<(u32, u32, Vec<u32>)> {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let second = |k: &str| -> Option<u32> { status_field_in(&st, k)?.split_whitespace().nth(1)?.parse().ok() };
-    let groups =
-        status_field_in(&st, "Groups").unwrap_or_default().split_whitespace().filter_map(|g| g.parse().ok()).collect();
-    Some((second("Uid")?, second("Gid")?, groups))
 }

@@ -6,6 +6,7 @@
 //! back, and ends the placeholder with the process's exit status. A deputy
 //! thread ([`serve`]) serves the forwarded calls.
 
+pub mod process;
 pub mod serve;
 pub mod sys;
 
@@ -16,10 +17,11 @@ use om_runtime::ptrace::Tracee;
 use om_runtime::sys as rsys;
 use om_runtime::transfer;
 use om_runtime::wire::{self, Msg};
-use serve::{Event, Release, Setup, Shared};
+use process::Shared;
+use serve::{Event, Release, Setup};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Requests from omd to a controller.
@@ -194,36 +196,17 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
         why
     };
 
-    // The deputy takes the fds now, while the process is frozen.
-    let shared = Arc::new(Shared {
-        write_lock: Mutex::new(()),
-        busy: AtomicU64::new(0),
-        tid: AtomicI32::new(0),
-        usage: plan.usage.clone(),
-    });
-    let reader = match link.try_clone() {
-        Ok(r) => r,
-        Err(e) => return Err(fail(t, format!("cannot clone the link: {e}"))),
-    };
-    let (ready_tx, ready_rx) = channel::bounded(1);
+    // The deputy, a process of its own, takes the fds now, while the process is frozen.
+    let shared = Arc::new(Shared::new(plan.usage.clone()));
     let (ev_tx, ev_rx) = channel::unbounded();
     let (rel_tx, rel_rx) = channel::bounded(1);
     let setup = Setup::from_image(&cap.image);
-    let sh = shared.clone();
     if let Err(e) = read_control_link(&ctl_link, pid, ev_tx.clone(), plan.usage.clone()) {
         return Err(fail(t, format!("cannot clone the control link: {e}")));
     }
     let events_tx = ev_tx.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("deputy-{pid}"))
-        .spawn(move || serve::run(reader, setup, sh, ready_tx, ev_tx, rel_rx));
-    if let Err(e) = spawned {
-        return Err(fail(t, format!("cannot start the deputy: {e}")));
-    }
-    match ready_rx.recv() {
-        Ok(Ok(reader_back)) => drop(reader_back),
-        Ok(Err(e)) => return Err(fail(t, e)),
-        Err(_) => return Err(fail(t, "the deputy died during setup".into())),
+    if let Err(e) = process::start(&link, setup, shared.clone(), ev_tx, rel_rx) {
+        return Err(fail(t, e));
     }
 
     let sent = match transfer::send_image(&mut link, pid, &cap.image) {
@@ -313,15 +296,14 @@ impl Away {
     /// Wake the deputy out of a blocking call, so a signal or a come-home
     /// request is not held up by it.
     fn interrupt_deputy(&self) {
-        let id = self.shared.busy.load(Ordering::SeqCst);
-        let tid = self.shared.tid.load(Ordering::SeqCst);
-        if id == 0 || tid == 0 {
+        let id = self.shared.busy();
+        if id == 0 {
             return;
         }
         for _ in 0..200 {
-            let _ = rsys::tgkill(rsys::getpid(), tid, wake_signal());
+            self.shared.interrupt();
             std::thread::sleep(Duration::from_millis(2));
-            if self.shared.busy.load(Ordering::SeqCst) != id {
+            if self.shared.busy() != id {
                 return;
             }
         }
@@ -654,19 +636,18 @@ impl Away {
             }
             m => return Err(format!("expected the image, got {m:?}")),
         };
-        let tid = self.shared.tid.load(Ordering::SeqCst);
-        let me = rsys::getpid();
-        let cwd = std::fs::read_link(format!("/proc/{me}/task/{tid}/cwd"))
+        let dep = self.shared.pid.load(Ordering::SeqCst);
+        let cwd = std::fs::read_link(format!("/proc/{dep}/cwd"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "/".into());
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{me}/task/{tid}/status")) {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{dep}/status")) {
             if let Some(u) = om_runtime::procfs::status_field_in(&s, "Umask") {
                 img.umask = u32::from_str_radix(&u, 8).unwrap_or(img.umask);
             }
         }
         transfer::recv_pages(link, &t, &img).map_err(e)?;
         image::restore_finish(&mut t, &img, Target::Parked, &rs, Some(&cwd)).map_err(te)?;
-        let fds = sys::take_thread_fds(tid, self.fds_res).map_err(|e| format!("taking the deputy's fds: {e}"))?;
+        let fds = sys::take_process_fds(dep, self.fds_res).map_err(|e| format!("taking the deputy's fds: {e}"))?;
         sys::install_fds(&mut t, rs.scratch, &fds).map_err(te)?;
         image::unmap_scratch(&mut t, rs.scratch).map_err(te)?;
         wire::send(&mut &self.link, &Msg::HomeOk).map_err(e)?;

@@ -10,9 +10,8 @@ use om_runtime::procfs;
 use om_runtime::sys;
 use om_runtime::syscalls::{self, Arg, Class, Len};
 use om_runtime::wire::{self, Frame, Msg, SysReq, SysRet};
-use std::os::fd::IntoRawFd;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// What the deputy thread tells its controller.
 pub enum Event {
@@ -43,22 +42,18 @@ pub enum Release {
 }
 
 /// Why one round of serving ended.
-enum Ended {
+pub(crate) enum Ended {
     GoingHome,
     Over,
 }
 
-/// Shared between the deputy thread and the controller.
-pub struct Shared {
-    /// Held while writing a frame: the deputy thread (through its own copy of
-    /// the link, its fd table differs) and the controller share the socket.
-    /// Shared state owns no fd: it may be dropped in either fd table.
-    pub write_lock: Mutex<()>,
-    /// Id of the call being served (0: idle), for interrupting it.
-    pub busy: AtomicU64,
-    pub tid: AtomicI32,
-    /// Calls and bytes served, for the balancer.
-    pub usage: Arc<crate::Usage>,
+/// What the deputy counts as it serves, in memory it shares with omd: the
+/// id of the call being served (0: idle, so omd can interrupt it), and the
+/// calls and bytes served (for the balancer).
+pub struct Live<'a> {
+    pub busy: &'a AtomicU64,
+    pub calls: &'a AtomicU64,
+    pub bytes: &'a AtomicU64,
 }
 
 /// fds at and above this number in the deputy's table are om's own.
@@ -91,89 +86,14 @@ impl Setup {
     }
 }
 
-/// Body of the deputy thread. `reader` is a clone of the link; it is handed
-/// back through `ready` (so the controller closes it in the shared fd table)
-/// once the private table has its own copy.
-pub fn run(
-    reader: Link,
-    setup: Setup,
-    shared: Arc<Shared>,
-    ready: crossbeam::channel::Sender<Result<Link, String>>,
-    events: crossbeam::channel::Sender<Event>,
-    release: crossbeam::channel::Receiver<Release>,
-) {
-    let res = reserved_base();
-    let r1 = match dsys::private_table(&reader, setup.pid, &setup.fds, res) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = ready.send(Err(format!("deputy setup: {e}")));
-            return;
-        }
-    };
-    shared.tid.store(sys::gettid(), Ordering::SeqCst);
-    if let Err(e) = sys::chdir(&setup.cwd) {
-        tracing::debug!(%e, cwd = setup.cwd, "deputy cannot enter the process's cwd");
-    }
-    sys::umask(setup.umask);
-    if let Err(e) = sys::thread_set_creds(setup.uids, setup.gids, &setup.groups) {
-        let _ = ready.send(Err(format!("deputy cannot take the process's credentials: {e}")));
-        return;
-    }
-    let mut cipher = reader.cipher();
-    let _ = ready.send(Ok(reader));
-    // r1 is our private copy of the link, owned by this thread from now on.
-    let mut link = dsys::stream_from(r1, cipher.clone());
-    // Serve only once the controller has seen the process resume there.
-    if !matches!(release.recv(), Ok(Release::Serve)) {
-        let _ = link.into_raw_fd();
-        return;
-    }
-    let pid = setup.pid;
-    let mut bufs = Buffers::default();
-    let mut first: Vec<u8> = Vec::new();
-    loop {
-        // Reads go through a buffer (one read per frame). Whatever is read
-        // ahead when the guest leaves is handed to the controller.
-        let chained = std::io::Read::chain(
-            std::io::Cursor::new(std::mem::take(&mut first)),
-            dsys::stream_from(r1, cipher.clone()),
-        );
-        let mut rd = std::io::BufReader::with_capacity(1 << 16, chained);
-        let ended = serve_round(&mut rd, &mut link, pid, res, &shared, &events, &mut bufs);
-        let mut ahead = rd.buffer().to_vec();
-        let (cursor, stream) = rd.into_inner().into_inner();
-        ahead.extend_from_slice(&cursor.get_ref()[cursor.position() as usize..]);
-        let _ = stream.into_raw_fd();
-        if let Ended::GoingHome = ended {
-            let _ = events.send(Event::GoingHome(ahead));
-        }
-        match release.recv() {
-            Ok(Release::Resume(bytes)) => first = bytes,
-            Ok(Release::Switch(fd, c)) => {
-                cipher = c;
-                let _ = link.into_raw_fd();
-                link = dsys::stream_from(r1, cipher.clone());
-                if let Err(e) = dsys::take_link(fd, r1) {
-                    let _ = events.send(Event::Lost(format!("deputy cannot take the new link: {e}")));
-                    let _ = release.recv();
-                    break;
-                }
-            }
-            Ok(Release::Serve) => {}
-            Ok(Release::Stop) | Err(_) => break,
-        }
-    }
-    let _ = link.into_raw_fd();
-}
-
 /// Serve calls until the guest leaves (GoingHome) or ends.
-fn serve_round<R: std::io::Read>(
+pub(crate) fn serve_round<R: std::io::Read>(
     rd: &mut R,
     link: &mut Link,
     pid: i32,
     res: i32,
-    shared: &Shared,
-    events: &crossbeam::channel::Sender<Event>,
+    live: &Live,
+    events: &dyn Fn(Event),
     bufs: &mut Buffers,
 ) -> Ended {
     loop {
@@ -200,20 +120,18 @@ fn serve_round<R: std::io::Read>(
                     }
                     if let Some(why) = failed {
                         tracing::warn!(why, "bad call data at the deputy");
-                        let _ = events.send(Event::Lost(why));
+                        events(Event::Lost(why));
                         return Ended::Over;
                     }
                 }
                 let input = std::mem::take(&mut bufs.input);
-                shared.busy.store(req.id, Ordering::SeqCst);
+                live.busy.store(req.id, Ordering::SeqCst);
                 let ret = serve(&req, if input_is_separate { &input } else { &req.data }, pid, res, bufs);
-                shared.busy.store(0, Ordering::SeqCst);
-                shared.usage.calls.fetch_add(1, Ordering::Relaxed);
+                live.busy.store(0, Ordering::SeqCst);
+                live.calls.fetch_add(1, Ordering::Relaxed);
                 let moved = req.data.len() + input.len() + bufs.answer.len();
-                shared.usage.bytes.fetch_add(moved as u64, Ordering::Relaxed);
+                live.bytes.fetch_add(moved as u64, Ordering::Relaxed);
                 bufs.input = input;
-                // Whole frames only: the controller writes on the same socket.
-                let _w = shared.write_lock.lock().unwrap_or_else(|p| p.into_inner());
                 // Inline or not by the most the answer could carry, which the
                 // supervisor computes the same way.
                 let upper = spec_for(&req).map_or(0, |sp| {
@@ -226,20 +144,19 @@ fn serve_round<R: std::io::Read>(
                     r = wire::send_data(link, &bufs.answer);
                 }
                 if let Err(e) = r {
-                    let _ = events.send(Event::Lost(e.to_string()));
+                    events(Event::Lost(e.to_string()));
                     return Ended::Over;
                 }
             }
             Ok(Frame::Msg(Msg::FdIdent { id, fd })) => {
                 let file = if fd >= 0 && fd < res { om_runtime::image::fd_file_id(fd) } else { None };
-                let _w = shared.write_lock.lock().unwrap_or_else(|p| p.into_inner());
                 if let Err(e) = wire::send(link, &Msg::FdIdentRet { id, file }) {
-                    let _ = events.send(Event::Lost(e.to_string()));
+                    events(Event::Lost(e.to_string()));
                     return Ended::Over;
                 }
             }
             Ok(Frame::Msg(Msg::Exited { code, signal })) => {
-                let _ = events.send(Event::Exited { code, signal });
+                events(Event::Exited { code, signal });
                 return Ended::Over;
             }
             Ok(Frame::Msg(Msg::GoingHome { reason })) => {
@@ -249,7 +166,7 @@ fn serve_round<R: std::io::Read>(
             Ok(Frame::Msg(m)) => tracing::warn!(?m, "unexpected message at the deputy"),
             Ok(Frame::Data(_)) => tracing::warn!("stray data frame at the deputy"),
             Err(e) => {
-                let _ = events.send(Event::Lost(e.to_string()));
+                events(Event::Lost(e.to_string()));
                 return Ended::Over;
             }
         }

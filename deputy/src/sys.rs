@@ -1,82 +1,20 @@
-//! Raw pieces of the deputy: the private fd table, and passing fds into the
-//! placeholder when the process comes home.
+//! Raw pieces of the deputy: frames and fds between omd and a deputy
+//! process, the deputy's credentials, guarded buffers for forwarded calls,
+//! and passing fds into the placeholder when the process comes home.
 
 use om_runtime::link::{Cipher, Link};
 use om_runtime::ptrace::{Result as TResult, TraceError, Tracee};
 use om_runtime::sys;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-/// Give the calling thread its own fd table and cwd, holding only the link
-/// (moved to a reserved high number, returned) and the process's fds, taken
-/// from it with pidfd_getfd at their own numbers.
-pub fn private_table(link: &Link, pid: i32, fds: &[(i32, bool)], res: i32) -> std::io::Result<RawFd> {
-    let s0 = link.as_raw_fd();
-    sys::unshare(libc::CLONE_FILES | libc::CLONE_FS)?;
-    let r1 = sys::dup_above(s0, res)?;
-    let pidfd = sys::pidfd_open(pid, 0)?;
-    let r2 = sys::dup_above(pidfd.as_raw_fd(), r1 + 1)?;
-    drop(pidfd);
-    sys::close_range(0, (res - 1) as u32)?;
-    for &(fd, cloexec) in fds {
-        if fd >= res {
-            return Err(std::io::Error::other(format!("fd {fd} is in om's reserved range")));
-        }
-        let g = sys::pidfd_getfd(r2, fd)?.into_raw_fd();
-        let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
-        if g != fd {
-            sys::dup3(g, fd, flags)?;
-            sys::close(g);
-        } else if !cloexec {
-            clear_cloexec(g);
-        }
-    }
-    sys::close(r2);
-    Ok(r1)
-}
-
-fn clear_cloexec(fd: RawFd) {
-    // SAFETY: fcntl on an fd we own, plain integer arguments.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-}
-
-/// A link handle over an fd of the private table; release it with
+/// A link handle over a socket fd this process owns; release it with
 /// `into_raw_fd` to keep the fd open.
 pub fn stream_from(fd: RawFd, cipher: Arc<Cipher>) -> Link {
     use std::os::fd::FromRawFd;
-    // SAFETY: `fd` is a socket this thread owns exclusively in its private table.
+    // SAFETY: `fd` is a link socket the caller owns; the handle is released
+    // with into_raw_fd before it could close it.
     Link::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }, cipher)
-}
-
-/// Put the socket at `fd` of omd's shared fd table at number `at` of the
-/// calling thread's private table (replacing the old link there).
-pub fn take_link(fd: RawFd, at: RawFd) -> std::io::Result<()> {
-    let me = sys::pidfd_open(sys::getpid(), 0)?;
-    let new = sys::pidfd_getfd(me.as_raw_fd(), fd)?;
-    sys::dup3(new.as_raw_fd(), at, libc::O_CLOEXEC)?;
-    Ok(())
-}
-
-/// Copies of the deputy thread's fds (below `res`), with their close-on-exec flags.
-pub fn take_thread_fds(tid: i32, res: i32) -> std::io::Result<Vec<(i32, bool, OwnedFd)>> {
-    let me = sys::getpid();
-    let pidfd = sys::pidfd_open(tid, libc::PIDFD_THREAD)?;
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{me}/task/{tid}/fd"))? {
-        let Ok(fd) = e?.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if fd >= res {
-            continue;
-        }
-        let info = std::fs::read_to_string(format!("/proc/{me}/task/{tid}/fdinfo/{fd}")).unwrap_or_default();
-        let flags = om_runtime::procfs::status_field_in(&info, "flags")
-            .and_then(|f| u64::from_str_radix(&f, 8).ok())
-            .unwrap_or(0);
-        out.push((fd, flags & libc::O_CLOEXEC as u64 != 0, sys::pidfd_getfd(pidfd.as_raw_fd(), fd)?));
-    }
-    out.sort_by_key(|x| x.0);
-    Ok(out)
 }
 
 /// Install `fds` in the stopped placeholder at their numbers: it connects to
@@ -279,4 +217,211 @@ pub fn may_execute(path: &str, c: &(u32, u32, Vec<u32>)) -> bool {
         } else {
             mode & 0o001 != 0
         }
+}
+
+/// Most fds one frame to or from a deputy process carries.
+pub const FDS_PER_FRAME: usize = 200;
+
+/// Send one frame (u32 length, then the bytes) on a unix stream socket, with
+/// `fds` attached to its first byte.
+pub fn send_frame(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("frame too long"))?;
+    let mut all = Vec::with_capacity(4 + bytes.len());
+    all.extend_from_slice(&len.to_le_bytes());
+    all.extend_from_slice(bytes);
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cm: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    let mut sent = loop {
+        match sendmsg::<()>(sock, &[std::io::IoSlice::new(&all)], cm, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(n) => break n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    while sent < all.len() {
+        match nix::sys::socket::send(sock, &all[sent..], MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Receive one frame sent by [`send_frame`]: its bytes and the fds with it.
+/// At most `max` bytes are accepted.
+pub fn recv_frame(sock: RawFd, max: usize) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut len = [0u8; 4];
+    let mut got = 0usize;
+    let mut fds = Vec::new();
+    while got < 4 {
+        let mut space = nix::cmsg_space!([RawFd; FDS_PER_FRAME]);
+        let mut iov = [std::io::IoSliceMut::new(&mut len[got..])];
+        let m = match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if m.bytes == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        for c in m.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(v) = c {
+                // SAFETY: the kernel just installed these fds for us.
+                fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        got += m.bytes;
+    }
+    let n = u32::from_le_bytes(len) as usize;
+    if n > max {
+        return Err(std::io::Error::other(format!("frame of {n} bytes is over the {max}-byte limit")));
+    }
+    let mut buf = vec![0u8; n];
+    let mut off = 0;
+    while off < n {
+        match nix::sys::socket::recv(sock, &mut buf[off..], nix::sys::socket::MsgFlags::empty()) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(k) => off += k,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((buf, fds))
+}
+
+/// Three counters in a page shared between omd and a deputy process.
+pub struct Page {
+    map: memmap2::MmapMut,
+}
+
+impl Page {
+    /// Map the first page of `fd` (a memfd of at least 4096 bytes).
+    pub fn map(fd: &OwnedFd) -> std::io::Result<Page> {
+        // SAFETY: the memfd is ours and only ever used as this page of atomics.
+        let map = unsafe { memmap2::MmapOptions::new().len(4096).map_mut(fd.as_raw_fd()) }?;
+        Ok(Page { map })
+    }
+
+    /// Counter `i` (0..3) of the page.
+    pub fn counter(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(i < 3);
+        // SAFETY: the mapping is 4096 bytes, page aligned, lives as long as
+        // &self, and is only accessed through atomics (here and in the other
+        // process).
+        unsafe { &*(self.map.as_ptr().add(i * 8) as *const std::sync::atomic::AtomicU64) }
+    }
+}
+
+/// Copies of a deputy process's fds (below `res`), with their close-on-exec flags.
+pub fn take_process_fds(pid: i32, res: i32) -> std::io::Result<Vec<(i32, bool, OwnedFd)>> {
+    let pidfd = sys::pidfd_open(pid, 0)?;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(fd) = e?.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if fd >= res {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+        let flags = om_runtime::procfs::status_field_in(&info, "flags")
+            .and_then(|f| u64::from_str_radix(&f, 8).ok())
+            .unwrap_or(0);
+        out.push((fd, flags & libc::O_CLOEXEC as u64 != 0, sys::pidfd_getfd(pidfd.as_raw_fd(), fd)?));
+    }
+    out.sort_by_key(|x| x.0);
+    Ok(out)
+}
+
+/// Give the calling process exactly the given credentials: groups, gids,
+/// uids, and for root the given capability sets (effective, permitted,
+/// inheritable); then make it undumpable, so the user it runs as cannot trace
+/// it (it holds its link's session keys).
+pub fn become_process(uids: [u32; 3], gids: [u32; 3], groups: &[u32], caps: Option<[u64; 3]>) -> std::io::Result<()> {
+    sys::thread_set_creds(uids, gids, groups)?;
+    if let Some([eff, prm, inh]) = caps {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        let hdr = Header { version: 0x2008_0522, pid: 0 };
+        let lo = |v: u64| v as u32;
+        let hi = |v: u64| (v >> 32) as u32;
+        let data = [
+            Data { effective: lo(eff), permitted: lo(prm), inheritable: lo(inh) },
+            Data { effective: hi(eff), permitted: hi(prm), inheritable: hi(inh) },
+        ];
+        // SAFETY: a v3 header and two data structs, as capset(2) expects.
+        if unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: plain integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    }
+    Ok(())
+}
+
+/// Name the calling thread (what ps shows), at most 15 bytes.
+pub fn set_name(name: &str) {
+    let mut b: Vec<u8> = name.bytes().take(15).collect();
+    b.push(0);
+    // SAFETY: b is NUL-terminated and outlives the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, b.as_ptr(), 0, 0, 0) };
+}
+
+/// `fchdir(fd)`.
+pub fn fchdir(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: plain integer argument.
+    if unsafe { libc::fchdir(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, min)`.
+pub fn dup_cloexec_above(fd: RawFd, min: RawFd) -> std::io::Result<RawFd> {
+    // SAFETY: plain integer arguments.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+/// The command's child gets `fd` as its fd 3, open across the exec.
+pub fn pass_as_fd3(cmd: &mut std::process::Command, fd: RawFd) {
+    // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || as_fd3_for_exec(fd));
+    }
+}
+
+fn as_fd3_for_exec(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: plain integer arguments; dup2 and fcntl are async-signal-safe.
+    let r = unsafe {
+        if fd == 3 {
+            libc::fcntl(3, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(fd, 3)
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -13,7 +13,8 @@
 //! pattern ([`seal`] / [`open`]): a fresh ephemeral key per datagram, the
 //! payload encrypted and authenticated with the cluster key.
 
-use snow::{params::NoiseParams, Builder, HandshakeState, StatelessTransportState};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use snow::{params::NoiseParams, Builder, HandshakeState};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
@@ -181,12 +182,81 @@ pub struct Link {
     st: Arc<Cipher>,
 }
 
-/// The cipher state of one link, shared by all its handles.
+/// The cipher state of one link, shared by all its handles: the two
+/// directions' keys from the Noise handshake's split, each used with
+/// AES-256-GCM under a counter nonce (the Noise transport format).
 pub struct Cipher {
-    t: StatelessTransportState,
+    keys: SessionKeys,
+    tx_key: LessSafeKey,
+    rx_key: LessSafeKey,
     tx: Mutex<Tx>,
     rx: Mutex<Rx>,
     peer: u32,
+}
+
+/// Everything needed to carry on one link in another process (a deputy):
+/// the session's keys (never the cluster key), its nonces, and plaintext
+/// already decrypted but not yet read.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionKeys {
+    pub tx_key: [u8; 32],
+    pub rx_key: [u8; 32],
+    pub peer: u32,
+}
+
+/// Where a link's two counters stand, and plaintext read but not consumed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionPos {
+    pub tx_nonce: u64,
+    pub rx_nonce: u64,
+    pub pending: Vec<u8>,
+}
+
+fn noise_nonce(n: u64) -> Nonce {
+    let mut b = [0u8; 12];
+    b[4..].copy_from_slice(&n.to_be_bytes());
+    Nonce::assume_unique_for_key(b)
+}
+
+impl Cipher {
+    /// A cipher from exported keys, at the given position.
+    pub fn from_session(keys: &SessionKeys, pos: &SessionPos) -> io::Result<Arc<Cipher>> {
+        let k = |b: &[u8; 32]| {
+            UnboundKey::new(&AES_256_GCM, b).map(LessSafeKey::new).map_err(|_| io::Error::other("bad session key"))
+        };
+        let c = Cipher {
+            keys: keys.clone(),
+            tx_key: k(&keys.tx_key)?,
+            rx_key: k(&keys.rx_key)?,
+            tx: Mutex::default(),
+            rx: Mutex::default(),
+            peer: keys.peer,
+        };
+        c.set_pos(pos);
+        Ok(Arc::new(c))
+    }
+
+    /// The session's keys, to hand this link to a deputy process.
+    pub fn session_keys(&self) -> SessionKeys {
+        self.keys.clone()
+    }
+
+    /// Where the counters stand now (and any plaintext not yet read).
+    pub fn pos(&self) -> SessionPos {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+        SessionPos { tx_nonce: tx.nonce, rx_nonce: rx.nonce, pending: rx.plain[rx.pos.min(rx.plain.len())..].to_vec() }
+    }
+
+    /// Carry on from where another process left this link.
+    pub fn set_pos(&self, pos: &SessionPos) {
+        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.nonce = pos.tx_nonce;
+        rx.nonce = pos.rx_nonce;
+        rx.plain = pos.pending.clone();
+        rx.pos = 0;
+    }
 }
 
 #[derive(Default)]
@@ -255,10 +325,16 @@ impl Link {
         Self::finish(sock, hs, peer, &addr)
     }
 
-    fn finish(sock: TcpStream, hs: HandshakeState, peer: u32, addr: &str) -> Result<Link, LinkError> {
-        let t = hs.into_stateless_transport_mode().map_err(|e| auth(addr, e))?;
-        let st = Cipher { t, tx: Mutex::default(), rx: Mutex::default(), peer };
-        Ok(Link { sock, st: Arc::new(st) })
+    fn finish(sock: TcpStream, mut hs: HandshakeState, peer: u32, addr: &str) -> Result<Link, LinkError> {
+        if !hs.is_handshake_finished() {
+            return Err(auth(addr, "handshake not finished"));
+        }
+        // The Noise split: the first key carries initiator to responder.
+        let (k1, k2) = hs.dangerously_get_raw_split();
+        let (tx_key, rx_key) = if hs.is_initiator() { (k1, k2) } else { (k2, k1) };
+        let st = Cipher::from_session(&SessionKeys { tx_key, rx_key, peer }, &SessionPos::default())
+            .map_err(|e| auth(addr, e))?;
+        Ok(Link { sock, st })
     }
 
     /// The node id the peer gave in the handshake.
@@ -324,22 +400,28 @@ impl Link {
             rx.broken = true;
             return Err(io::Error::new(io::ErrorKind::InvalidData, "link record shorter than its tag"));
         }
-        rx.cipher.resize(n, 0);
-        if let Err(e) = sock.read_exact(&mut rx.cipher) {
+        // Decrypted in place: straight in the caller's buffer when the whole
+        // record fits there, else in our own.
+        let into_direct = direct.len() >= n;
+        let buf = if into_direct {
+            &mut direct[..n]
+        } else {
+            rx.cipher.resize(n, 0);
+            &mut rx.cipher[..]
+        };
+        if let Err(e) = sock.read_exact(buf) {
             rx.broken = true;
             return Err(e);
         }
-        let nonce = rx.nonce;
-        let res = if direct.len() >= n - TAG {
-            self.st.t.read_message(nonce, &rx.cipher, direct)
-        } else {
-            rx.plain.resize(n - TAG, 0);
-            rx.pos = 0;
-            self.st.t.read_message(nonce, &rx.cipher, &mut rx.plain)
-        };
+        let res = self.st.rx_key.open_in_place(noise_nonce(rx.nonce), Aad::empty(), buf).map(|p| p.len());
         match res {
             Ok(m) => {
                 rx.nonce += 1;
+                if !into_direct {
+                    std::mem::swap(&mut rx.plain, &mut rx.cipher);
+                    rx.plain.truncate(m);
+                    rx.pos = 0;
+                }
                 Ok(m)
             }
             Err(_) => {
@@ -405,9 +487,18 @@ impl Link {
             return Ok(0);
         }
         let n = plain.len();
-        tx.out.resize(2 + n + TAG, 0);
-        let c = self.st.t.write_message(tx.nonce, plain, &mut tx.out[2..]).map_err(io::Error::other)?;
+        let mut out = std::mem::take(&mut tx.out);
+        out.resize(2 + n + TAG, 0);
+        out[2..2 + n].copy_from_slice(plain);
+        let tag = self
+            .st
+            .tx_key
+            .seal_in_place_separate_tag(noise_nonce(tx.nonce), Aad::empty(), &mut out[2..2 + n])
+            .map_err(|_| io::Error::other("link record cannot be sealed"))?;
+        out[2 + n..].copy_from_slice(tag.as_ref());
+        tx.out = out;
         tx.nonce += 1;
+        let c = n + TAG;
         let len = u16::try_from(c).map_err(|_| io::Error::other("record too long"))?;
         tx.out[..2].copy_from_slice(&len.to_be_bytes());
         // The record goes out whole (the nonce is spent), even across EINTR.

@@ -688,3 +688,44 @@ fn an_execute_only_program_of_an_ordinary_user_moves_out_and_back() {
     check_counter(&wait_lines(&out, 60, T), pid);
     let _ = std::fs::remove_dir_all(&open_dir);
 }
+
+/// The pid of the deputy process of `pid` (named `omdep-PID`).
+fn deputy_of(pid: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let d: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{d}/comm")).ok()?;
+        (comm.trim() == format!("omdep-{pid}")).then_some(d)
+    })
+}
+
+/// Each migrated process has a deputy process of its own, running with the
+/// process's credentials: killing one ends only its process (its parent sees
+/// SIGKILL, as if the host had died); another process of the same home goes on,
+/// and omd keeps running.
+#[test]
+fn killing_one_deputy_ends_only_its_process() {
+    let c = Cluster::start(2);
+    let mut a = c.om_exec(1, &bin("counter"), &["8", "80", "50"], "a.out");
+    let mut b = c.om_exec(1, &bin("counter"), &["8", "80", "50"], "b.out");
+    wait_lines(&c.path("a.out"), 3, T);
+    wait_lines(&c.path("b.out"), 3, T);
+    for p in [&a, &b] {
+        c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    }
+    let (da, db) = (deputy_of(a.id()), deputy_of(b.id()));
+    let (Some(da), Some(db)) = (da, db) else { panic!("no deputy processes (omdep-PID) found\n{}", c.logs()) };
+    assert_ne!(da, db);
+    let omd1 = c.node_pid(1).expect("omd 1");
+    let ppid = |p: u32| om_runtime_ppid(p);
+    assert_eq!(ppid(da) as u32, omd1, "the deputy is a child of omd");
+    // SAFETY: signalling the deputy process under test.
+    assert_eq!(unsafe { libc::kill(da as i32, libc::SIGKILL) }, 0);
+    let st = wait_child(&mut a, T);
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "process A ended with {st:?}\n{}", c.logs());
+    assert!(c.log(1).contains("deputy"), "{}", c.log(1));
+    let st = wait_child(&mut b, T);
+    assert!(st.success(), "process B ended with {st:?}\n{}", c.logs());
+    check_counter(&wait_lines(&c.path("b.out"), 80, T), b.id());
+    assert!(std::path::Path::new(&format!("/proc/{omd1}")).exists(), "omd of node 1 died\n{}", c.logs());
+    assert!(c.ps(1).as_array().is_some());
+}

@@ -67,12 +67,17 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("--om-guest-stub") {
         std::process::exit(111);
     }
-    let log = om_loadbal::sys::LogFd(om_loadbal::sys::log_fd().context("setting up the log")?);
+    let log_fd = om_loadbal::sys::log_fd().context("setting up the log")?;
+    let log = om_loadbal::sys::LogFd(log_fd);
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_ansi(false)
         .with_writer(move || log)
         .init();
+    // A migrated process's deputy: a process of its own, started by omd.
+    if std::env::args().nth(1).as_deref() == Some(om_deputy::process::ARG) {
+        om_deputy::process::child_main(log_fd);
+    }
     let a = Args::parse();
     let f = config::load(a.config.as_deref())?;
     let Some(node_id) = a.node_id.or(f.node_id) else {

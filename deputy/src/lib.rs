@@ -517,42 +517,72 @@ impl Away {
         if let Err(e) = wire::send(&mut &*back, &answer) {
             return Err((format!("link to the process's node failed: {e}"), None));
         }
-        // Relay: pre-copy, then the image with the home identity, each with its pages.
-        let relayed = (|| -> Result<(), String> {
-            for _ in 0..2 {
-                let m = wire::recv_msg(&mut from).map_err(|e| format!("from the old node: {e}"))?;
-                let m = match m {
-                    Msg::Image(mut img) => {
-                        let st = om_runtime::procfs::stat(pid).map_err(|e| e.to_string())?;
+        // Relay: pre-copy, then the image with the home identity, each with
+        // its pages. Whatever fails on the way to the new node, the old
+        // node's stream is read to its end (both images and their pages)
+        // before the old node is told to roll back: the deputy then reads
+        // calls again, never a leftover of the move.
+        let mut why: Option<String> = None;
+        for _ in 0..2 {
+            let m = match wire::recv_msg(&mut from) {
+                Ok(m) => m,
+                Err(e) => return Err((format!("from the old node: {e}"), None)),
+            };
+            let m = match m {
+                Msg::Image(mut img) => match om_runtime::procfs::stat(pid) {
+                    Ok(st) => {
                         img.pid = pid;
                         img.pgid = st.field(5) as i32;
                         img.sid = st.field(6) as i32;
-                        Msg::Image(img)
+                        Some(Msg::Image(img))
                     }
-                    m @ Msg::PreImage(_) => m,
-                    m => return Err(format!("expected an image, got {m:?}")),
-                };
-                wire::send(&mut to, &m).map_err(|e| format!("to node {dest}: {e}"))?;
-                loop {
-                    match wire::recv(&mut from).map_err(|e| format!("from the old node: {e}"))? {
-                        wire::Frame::Data(d) => {
-                            wire::send_data(&mut to, &d).map_err(|e| format!("to node {dest}: {e}"))?
-                        }
-                        wire::Frame::Msg(Msg::PagesDone) => {
-                            wire::send(&mut to, &Msg::PagesDone).map_err(|e| format!("to node {dest}: {e}"))?;
-                            break;
-                        }
-                        wire::Frame::Msg(m) => return Err(format!("unexpected {m:?} in the page stream")),
+                    Err(e) => {
+                        why.get_or_insert(format!("reading the placeholder: {e}"));
+                        None
+                    }
+                },
+                m @ Msg::PreImage(_) => Some(m),
+                m => return Err((format!("expected an image from the old node, got {m:?}"), None)),
+            };
+            let mut forward = |m: &wire::Frame| {
+                if why.is_none() {
+                    let r = match m {
+                        wire::Frame::Msg(m) => wire::send(&mut to, m),
+                        wire::Frame::Data(d) => wire::send_data(&mut to, d),
+                    };
+                    if let Err(e) = r {
+                        why = Some(format!("to node {dest}: {e}"));
+                    }
+                }
+            };
+            if let Some(m) = m {
+                forward(&wire::Frame::Msg(m));
+            }
+            loop {
+                match wire::recv(&mut from) {
+                    Err(e) => return Err((format!("from the old node: {e}"), None)),
+                    Ok(f @ wire::Frame::Data(_)) => forward(&f),
+                    Ok(wire::Frame::Msg(Msg::PagesDone)) => {
+                        forward(&wire::Frame::Msg(Msg::PagesDone));
+                        break;
+                    }
+                    Ok(wire::Frame::Msg(m)) => {
+                        return Err((format!("unexpected {m:?} in the old node's page stream"), None))
                     }
                 }
             }
-            match wire::recv_msg(&mut to).map_err(|e| format!("node {dest} failed: {e}"))? {
-                Msg::Resumed { .. } => Ok(()),
-                Msg::RestoreFailed { reason } => Err(format!("node {dest} could not rebuild the process: {reason}")),
-                m => Err(format!("node {dest} answered {m:?}")),
-            }
-        })();
-        if let Err(why) = relayed {
+        }
+        if why.is_none() {
+            why = match wire::recv_msg(&mut to) {
+                Ok(Msg::Resumed { .. }) => None,
+                Ok(Msg::RestoreFailed { reason }) => {
+                    Some(format!("node {dest} could not rebuild the process: {reason}"))
+                }
+                Ok(m) => Some(format!("node {dest} answered {m:?}")),
+                Err(e) => Some(format!("node {dest} failed: {e}")),
+            };
+        }
+        if let Some(why) = why {
             // The old node rolls back and keeps running the process.
             return match wire::send(&mut &*back, &Msg::RestoreFailed { reason: why.clone() }) {
                 Ok(()) => Err((format!("{why}; the process stays where it was"), Some(left(from)))),

@@ -83,7 +83,7 @@ pub struct Creds {
     pub groups: Vec<u32>,
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+#[derive(Archive, Serialize, Deserialize, Clone)]
 pub struct Image {
     pub pid: i32,
     pub pgid: i32,
@@ -111,6 +111,19 @@ pub struct Image {
     pub vdso: (u64, u64, u64),
     pub regions: Vec<Region>,
     pub fds: Vec<(i32, bool)>,
+}
+
+// Logs and errors name an image and its size, never its contents.
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Image {{ pid: {}, regions: {}, page data: {} bytes }}",
+            self.pid,
+            self.regions.len(),
+            self.data_bytes()
+        )
+    }
 }
 
 impl Image {

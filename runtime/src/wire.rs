@@ -66,7 +66,7 @@ pub struct NodeInfo {
 
 /// A forwarded system call: argument values, and the input buffers of the
 /// pointer arguments concatenated in argument order, with their lengths.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq)]
 pub struct SysReq {
     pub id: u64,
     pub nr: u32,
@@ -76,11 +76,31 @@ pub struct SysReq {
 }
 
 /// The answer: the raw result (`-errno` on failure) and output buffers.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq)]
 pub struct SysRet {
     pub id: u64,
     pub ret: i64,
     pub data: Vec<u8>,
+}
+
+// Logs and errors name a call and its sizes, never its data.
+impl std::fmt::Debug for SysReq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SysReq {{ id: {}, nr: {}, lens: {:?}, data: {} bytes }}",
+            self.id,
+            self.nr,
+            self.lens,
+            self.data.len()
+        )
+    }
+}
+
+impl std::fmt::Debug for SysRet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SysRet {{ id: {}, ret: {}, data: {} bytes }}", self.id, self.ret, self.data.len())
+    }
 }
 
 /// Every message of om.

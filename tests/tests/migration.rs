@@ -729,3 +729,33 @@ fn killing_one_deputy_ends_only_its_process() {
     assert!(std::path::Path::new(&format!("/proc/{omd1}")).exists(), "omd of node 1 died\n{}", c.logs());
     assert!(c.ps(1).as_array().is_some());
 }
+
+/// The node a process moves to dies while home relays the move: the old
+/// node's stream is read to its end before it rolls back, so the process runs
+/// on where it was, its calls served as before, with exact output.
+#[test]
+fn a_destination_dying_mid_relay_leaves_the_process_where_it_was() {
+    let mut c = Cluster::start(3);
+    let mut p = c.om_exec(1, &bin("counter"), &["256", "60", "60"], "r.out");
+    let pid = p.id();
+    wait_lines(&c.path("r.out"), 3, T);
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let sock = c.socket(1).to_path_buf();
+    let mover = std::thread::spawn(move || {
+        Command::new(bin("omctl")).env("OM_SOCKET", sock).args(["migrate", &pid.to_string(), "3"]).output()
+    });
+    // Kill node 3 once the relay has started (its log shows the pre-copy arriving).
+    let t0 = std::time::Instant::now();
+    while !c.log(3).contains("home_pid") {
+        assert!(t0.elapsed() < T, "the move to node 3 never started\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    c.kill_node(3);
+    let o = mover.join().expect("omctl").expect("omctl runs");
+    assert!(!o.status.success(), "the move cannot succeed: node 3 died\n{}", c.logs());
+    assert_eq!(c.where_is(1, pid), Some(2), "{}", c.logs());
+    let st = wait_child(&mut p, T);
+    assert!(st.success(), "counter ended with {st:?}\n{}", c.logs());
+    check_counter(&wait_lines(&c.path("r.out"), 60, T), pid);
+    assert!(!c.log(1).contains("unexpected message at the deputy"), "{}", c.log(1));
+}

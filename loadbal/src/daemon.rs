@@ -9,6 +9,10 @@ use crossbeam::channel::{self, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use om_deputy::{Ctl, Plan, StateFn, Usage};
+
+/// How long a node must have been down before a move to it is refused
+/// without trying.
+const DOWN_TRUSTED: Duration = Duration::from_secs(10);
 use om_runtime::link::{ClusterKey, Link};
 use om_runtime::procfs;
 use om_runtime::wire::{self, Msg, NodeInfo, ProcInfo, WireError};
@@ -697,12 +701,15 @@ impl Node {
         node_info(self.cfg.node_id, self.cfg.listen.to_string(), "alive", Some(&self.own_record()), 0)
     }
 
-    /// Where node `n` listens, if it is a live member.
+    /// Where node `n` listens, if it is a live member (or one declared down
+    /// only moments ago).
     fn node_addr(&self, n: u32) -> Result<SocketAddr, String> {
         let me = self.cfg.node_id;
         let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
         match view.nodes.get(&n) {
-            Some(s) if s.health == Health::Down => Err(format!(
+            // Gossip runs late on a loaded node: a node only just declared
+            // down is tried anyway (the link's connect decides, within 3 s).
+            Some(s) if s.health == Health::Down && s.since.elapsed() >= DOWN_TRUSTED => Err(format!(
                 "node {n} is down (for {} s); pick another node (omctl nodes)",
                 s.since.elapsed().as_secs()
             )),

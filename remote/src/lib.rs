@@ -53,9 +53,27 @@ const GUEST_UIDS: u32 = 100_000_000;
 static ATTACH: Mutex<Option<HashMap<u64, Sender<Link>>>> = Mutex::new(None);
 static GUESTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// How many guests this node runs now.
+/// How many guests this node runs now (or is taking in).
 pub fn guests() -> u32 {
     GUESTS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A guest's place under the node's limit, taken when its offer is accepted
+/// (so concurrent offers cannot all pass the check) and given back when
+/// the guest ends, goes away, or never arrives.
+struct Slot;
+
+impl Slot {
+    fn take(max: u32) -> Option<Slot> {
+        use std::sync::atomic::Ordering::SeqCst;
+        GUESTS.fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1)).ok().map(|_| Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        GUESTS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A second link from home arrived (`Attach`): hand it to the guest that
@@ -75,12 +93,14 @@ pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), Guest
     let Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave, .. } = offer else {
         return Err(WireError::Unexpected(format!("{offer:?} instead of an offer")).into());
     };
+    let mut slot = None;
     let answer = if !host.accept {
         Msg::Refused { reason: format!("node {} does not accept guests", host.node) }
-    } else if guests() >= host.max_guests {
-        Msg::Refused { reason: format!("node {} has reached its limit of {} guests", host.node, host.max_guests) }
-    } else {
+    } else if let Some(s) = Slot::take(host.max_guests) {
+        slot = Some(s);
         transfer::answer_offer(&files, vdso_hash, vdso_len, xsave)
+    } else {
+        Msg::Refused { reason: format!("node {} has reached its limit of {} guests", host.node, host.max_guests) }
     };
     if matches!(answer, Msg::Refused { .. }) {
         wire::send(&mut stream, &answer)?;
@@ -128,9 +148,8 @@ pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), Guest
             tracing::info!(guest = gpid, ms = started.elapsed().as_secs_f64() * 1e3, "guest running");
             match supervisor::Supervisor::new(stream, ctl, gpid, listener, &img) {
                 Ok(s) => {
-                    GUESTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     s.run();
-                    GUESTS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    drop(slot);
                 }
                 Err(e) => {
                     tracing::error!(%e, "cannot supervise the guest; killing it");

@@ -2,6 +2,7 @@
 //! this host (each with its own node id, port, control socket and state dir),
 //! and the fixtures and tools run against it.
 
+pub mod load;
 pub mod sys;
 
 use std::io::Write;

@@ -390,25 +390,35 @@ impl Away {
                 }
                 Ok(Event::GoingHome(read_ahead)) => {
                     state(pid, "returning", plan.home);
-                    let r = self.come_home(pid, read_ahead);
-                    let _ = self.release.send(Release::Stop);
-                    match r {
+                    match self.come_home(pid, here, read_ahead) {
                         Ok(()) => {
+                            let _ = self.release.send(Release::Stop);
                             state(pid, "home", plan.home);
                             if let Some(w) = waiting_home.take() {
                                 let _ = w.send(Ok(()));
                             }
+                            return;
                         }
-                        Err(e) => {
-                            tracing::error!(e, "the process could not be rebuilt at home; it is lost");
+                        Err((e @ HomeError::Link { .. }, _)) => {
+                            tracing::error!(%e, "killing the process at home");
+                            let _ = self.release.send(Release::Stop);
                             let _ = rsys::kill(pid, libc::SIGKILL);
                             state(pid, "exited", plan.home);
                             if let Some(w) = waiting_home.take() {
-                                let _ = w.send(Err(e));
+                                let _ = w.send(Err(e.to_string()));
+                            }
+                            return;
+                        }
+                        Err((e, ahead)) => {
+                            // It runs on where it was; the deputy serves it again.
+                            tracing::warn!(%e, "the process stays away");
+                            let _ = self.release.send(Release::Resume(ahead));
+                            state(pid, "away", here);
+                            if let Some(w) = waiting_home.take() {
+                                let _ = w.send(Err(e.to_string()));
                             }
                         }
                     }
-                    return;
                 }
                 Ok(Event::Lost(why)) => {
                     tracing::error!(why, node = here, "lost node {here}, which hosted the process; killing it at home");
@@ -542,6 +552,11 @@ impl Away {
                     }
                 },
                 m @ Msg::PreImage(_) => Some(m),
+                // The old node gave up sending; it keeps the process. The
+                // new node sees its link close and drops what it built.
+                Msg::RestoreFailed { reason } => {
+                    return Err((format!("the old node could not send the process: {reason}"), Some(left(from))))
+                }
                 m => return Err((format!("expected an image from the old node, got {m:?}"), None)),
             };
             let mut forward = |m: &wire::Frame| {
@@ -565,6 +580,9 @@ impl Away {
                     Ok(wire::Frame::Msg(Msg::PagesDone)) => {
                         forward(&wire::Frame::Msg(Msg::PagesDone));
                         break;
+                    }
+                    Ok(wire::Frame::Msg(Msg::RestoreFailed { reason })) => {
+                        return Err((format!("the old node could not send the process: {reason}"), Some(left(from))))
                     }
                     Ok(wire::Frame::Msg(m)) => {
                         return Err((format!("unexpected {m:?} in the old node's page stream"), None))
@@ -606,22 +624,150 @@ impl Away {
     }
 
     /// The remote is sending the process back: rebuild it in the placeholder.
-    fn come_home(&mut self, pid: i32, read_ahead: Vec<u8>) -> Result<(), String> {
+    /// A transaction: until home answers HomeOk the process runs on where
+    /// it is, and any failure short of a broken link leaves it running there,
+    /// with the placeholder parked again and the deputy serving it. On
+    /// failure, also the bytes read past the move on the link (for the deputy).
+    fn come_home(&mut self, pid: i32, node: u32, read_ahead: Vec<u8>) -> Result<(), (HomeError, Vec<u8>)> {
+        let link_err =
+            |step: &'static str, e: wire::WireError| HomeError::Link { pid, node, step, reason: e.to_string() };
         // The deputy may have read past GoingHome: those bytes come first.
-        let mut chained = std::io::Read::chain(std::io::Cursor::new(read_ahead), &self.link);
-        let link = &mut chained;
-        let e = |e: wire::WireError| format!("link failed while coming home: {e}");
-        let reopen_msg = match wire::recv_msg(link).map_err(e)? {
-            Msg::Offer { files, vdso_hash, vdso_len, xsave, .. } => {
-                transfer::answer_offer(&files, vdso_hash, vdso_len, xsave)
-            }
-            m => return Err(format!("expected an offer, got {m:?}")),
+        let reader = match self.link.try_clone() {
+            Ok(r) => r,
+            Err(e) => return Err((link_err("offer", e.into()), Vec::new())),
         };
-        wire::send(&mut &self.link, &reopen_msg).map_err(e)?;
+        let mut from = std::io::Read::chain(std::io::Cursor::new(read_ahead), reader);
+        let left = |from: std::io::Chain<std::io::Cursor<Vec<u8>>, Link>| {
+            let (c, _) = from.into_inner();
+            c.get_ref()[c.position() as usize..].to_vec()
+        };
+        let gave_up = |step: &'static str, reason: String| HomeError::NodeGaveUp { pid, node, step, reason };
+        let offer = match wire::recv_msg(&mut from) {
+            Ok(Msg::Offer { files, vdso_hash, vdso_len, xsave, .. }) => (files, vdso_hash, vdso_len, xsave),
+            Ok(Msg::RestoreFailed { reason }) => return Err((gave_up("offer", reason), left(from))),
+            Ok(m) => return Err((link_err("offer", wire::WireError::Unexpected(format!("{m:?}"))), Vec::new())),
+            Err(e) => return Err((link_err("offer", e), Vec::new())),
+        };
+        let answer = transfer::answer_offer(&offer.0, offer.1, offer.2, offer.3);
+        if let Err(e) = wire::send(&mut &self.link, &answer) {
+            return Err((link_err("answering the offer", e), Vec::new()));
+        }
+        if let Msg::Refused { reason } = answer {
+            // The node keeps the process and sends nothing more.
+            return Err((HomeError::Rebuild { pid, node, step: "offer", reason }, left(from)));
+        }
+        // The rebuild, step by step; `seen` counts the image messages read
+        // (the pre-copy, then the final image) and `done` whether the final
+        // image's pages were all read.
+        let mut seen = 0;
+        let mut final_seen = false;
+        let mut t: Option<Tracee> = None;
+        let mut rs: Option<image::Restore> = None;
+        let mut img_kept: Option<image::Image> = None;
+        let r = self.rebuild_home(pid, &mut from, &mut t, &mut rs, &mut img_kept, &mut seen, &mut final_seen);
+        let step = match r {
+            Ok(()) => return Ok(()),
+            Err(Step::Link(step, e)) => return Err((link_err(step, e), Vec::new())),
+            Err(Step::GaveUp(step, reason)) => {
+                let e = gave_up(step, reason);
+                self.unpark_failed(t, rs, img_kept.as_ref());
+                return Err((e, left(from)));
+            }
+            Err(Step::Home(step, reason)) => (step, reason),
+        };
+        // Home failed: read the rest of the move, then tell the node, which
+        // rolls back and keeps running the process.
+        let (step, reason) = step;
+        tracing::warn!(pid, step, reason, "the process cannot be rebuilt at home; it stays on node {node}");
+        let mut gave_up_too = false;
+        if !(final_seen && seen == usize::MAX) {
+            loop {
+                match wire::recv(&mut from) {
+                    Ok(wire::Frame::Data(_)) | Ok(wire::Frame::Msg(Msg::PreImage(_))) => {}
+                    Ok(wire::Frame::Msg(Msg::Image(_))) => final_seen = true,
+                    Ok(wire::Frame::Msg(Msg::PagesDone)) if final_seen => break,
+                    Ok(wire::Frame::Msg(Msg::PagesDone)) => {}
+                    Ok(wire::Frame::Msg(Msg::RestoreFailed { .. })) => {
+                        gave_up_too = true;
+                        break;
+                    }
+                    Ok(wire::Frame::Msg(m)) => {
+                        return Err((link_err(step, wire::WireError::Unexpected(format!("{m:?}"))), Vec::new()))
+                    }
+                    Err(e) => return Err((link_err(step, e), Vec::new())),
+                }
+            }
+        }
+        if !gave_up_too {
+            if let Err(e) = wire::send(&mut &self.link, &Msg::RestoreFailed { reason: reason.clone() }) {
+                return Err((link_err(step, e), Vec::new()));
+            }
+        }
+        self.unpark_failed(t, rs, img_kept.as_ref());
+        Err((HomeError::Rebuild { pid, node, step, reason }, left(from)))
+    }
+
+    /// After a failed return: park the placeholder again and let it run
+    /// (still traced); the scratch area it now uses is remembered.
+    fn unpark_failed(&mut self, t: Option<Tracee>, rs: Option<image::Restore>, img: Option<&image::Image>) {
+        let Some(mut t) = t else { return };
+        let scratch = rs.as_ref().map_or(self.scratch, |r| r.scratch);
+        let empty;
+        let img = match img {
+            Some(i) => i,
+            None => {
+                empty = image::pre_image(t.pid, &|_| false).ok();
+                match &empty {
+                    Some(i) => i,
+                    None => {
+                        let _ = t.resume_traced();
+                        return;
+                    }
+                }
+            }
+        };
+        match image::repark(&mut t, img, scratch) {
+            Ok(()) => self.scratch = scratch,
+            Err(e) => tracing::error!(%e, "cannot park the placeholder again"),
+        }
+        if let Err(e) = t.resume_traced() {
+            tracing::error!(%e, "cannot resume the placeholder");
+        }
+    }
+
+    /// The steps of a return home after the offer (see [`Away::come_home`]).
+    #[allow(clippy::too_many_arguments)]
+    fn rebuild_home<R: std::io::Read>(
+        &self,
+        pid: i32,
+        link: &mut R,
+        t_out: &mut Option<Tracee>,
+        rs_out: &mut Option<image::Restore>,
+        img_out: &mut Option<image::Image>,
+        seen: &mut usize,
+        final_seen: &mut bool,
+    ) -> Result<(), Step> {
+        let wire_step = |step: &'static str| {
+            move |e: wire::WireError| match e {
+                wire::WireError::Aborted(reason) => Step::GaveUp(step, reason),
+                e => Step::Link(step, e),
+            }
+        };
+        let home = |step: &'static str| move |e: om_runtime::ptrace::TraceError| Step::Home(step, e.to_string());
+        let next_image = |link: &mut R, step: &'static str| -> Result<Msg, Step> {
+            match wire::recv_msg(link).map_err(wire_step(step))? {
+                m @ (Msg::PreImage(_) | Msg::Image(_)) => Ok(m),
+                Msg::RestoreFailed { reason } => Err(Step::GaveUp(step, reason)),
+                m => Err(Step::Link(step, wire::WireError::Unexpected(format!("{m:?}")))),
+            }
+        };
         // A pre-copy (laid out in the stopped placeholder while the guest
         // still runs), then the final image; or the image alone.
-        let te = |e: om_runtime::ptrace::TraceError| e.to_string();
-        let mut t = Tracee::interrupt(pid, self.scratch).map_err(te)?;
+        let first = next_image(link, "pre-copy")?;
+        *seen = 1;
+        *final_seen = matches!(first, Msg::Image(_));
+        *t_out = Some(Tracee::interrupt(pid, self.scratch).map_err(home("stopping the placeholder"))?);
+        let t = t_out.as_mut().ok_or(Step::Home("stopping the placeholder", "no tracee".into()))?;
         let creds = om_runtime::procfs::exec_creds(pid);
         let next_fd = std::cell::Cell::new(MAPPED_FD);
         // A file the placeholder cannot open (execute-only): omd opens it,
@@ -646,26 +792,40 @@ impl Away {
             sys::install_fds(t, scratch, &[(at, true, f.into())])?;
             Ok(at as u64)
         };
-        let (mut img, rs) = match wire::recv_msg(link).map_err(e)? {
+        let img = match first {
             Msg::PreImage(pre) => {
-                let rs =
-                    image::restore_layout(&mut t, &pre, Target::Parked, self.scratch, Some(&open_for)).map_err(te)?;
-                transfer::recv_pages(link, &t, &pre).map_err(e)?;
-                let img = match wire::recv_msg(link).map_err(e)? {
+                *img_out = Some((*pre).clone());
+                let rs = image::restore_layout(t, &pre, Target::Parked, self.scratch, Some(&open_for))
+                    .map_err(home("laying out the pre-copy"))?;
+                let scratch = rs.scratch;
+                *rs_out = Some(rs);
+                transfer::recv_pages(link, t, &pre).map_err(wire_step("pre-copy pages"))?;
+                let img = match next_image(link, "image")? {
                     Msg::Image(i) => *i,
-                    m => return Err(format!("expected the image, got {m:?}")),
+                    _ => return Err(Step::Link("image", wire::WireError::Unexpected("a second pre-copy".into()))),
                 };
-                let rs =
-                    image::restore_layout_again(&mut t, &img, &pre, rs, Target::Parked, Some(&open_for)).map_err(te)?;
-                (img, rs)
+                *seen = 2;
+                *final_seen = true;
+                *img_out = Some(img.clone());
+                let rs = rs_out.take().ok_or(Step::Home("image", "no layout".into()))?;
+                let rs = image::restore_layout_again(t, &img, &pre, rs, Target::Parked, Some(&open_for));
+                let rs = rs.map_err(|e| {
+                    // The layout may be half changed; the scratch area is still this one.
+                    Step::Home("laying out the image", format!("{e} (scratch {scratch:#x})"))
+                })?;
+                *rs_out = Some(rs);
+                img
             }
             Msg::Image(i) => {
-                let rs =
-                    image::restore_layout(&mut t, &i, Target::Parked, self.scratch, Some(&open_for)).map_err(te)?;
-                (*i, rs)
+                *img_out = Some((*i).clone());
+                let rs = image::restore_layout(t, &i, Target::Parked, self.scratch, Some(&open_for))
+                    .map_err(home("laying out the image"))?;
+                *rs_out = Some(rs);
+                *i
             }
-            m => return Err(format!("expected the image, got {m:?}")),
+            _ => return Err(Step::Link("image", wire::WireError::Unexpected("no image".into()))),
         };
+        let mut img = img;
         let dep = self.shared.pid.load(Ordering::SeqCst);
         let cwd = std::fs::read_link(format!("/proc/{dep}/cwd"))
             .map(|p| p.to_string_lossy().into_owned())
@@ -675,21 +835,51 @@ impl Away {
                 img.umask = u32::from_str_radix(&u, 8).unwrap_or(img.umask);
             }
         }
-        transfer::recv_pages(link, &t, &img).map_err(e)?;
-        image::restore_finish(&mut t, &img, Target::Parked, &rs, Some(&cwd)).map_err(te)?;
-        let fds = sys::take_process_fds(dep, self.fds_res).map_err(|e| format!("taking the deputy's fds: {e}"))?;
-        sys::install_fds(&mut t, rs.scratch, &fds).map_err(te)?;
-        image::unmap_scratch(&mut t, rs.scratch).map_err(te)?;
-        wire::send(&mut &self.link, &Msg::HomeOk).map_err(e)?;
-        t.detach().map_err(te)?;
+        transfer::recv_pages(link, t, &img).map_err(wire_step("image pages"))?;
+        // Every frame of the move is read: nothing is left to drain.
+        *seen = usize::MAX;
+        let rs = rs_out.as_ref().ok_or(Step::Home("finishing", "no layout".into()))?;
+        image::restore_finish(t, &img, Target::Parked, rs, Some(&cwd)).map_err(home("finishing the rebuild"))?;
+        let fds = sys::take_process_fds(dep, self.fds_res)
+            .map_err(|e| Step::Home("taking the deputy's fds", e.to_string()))?;
+        sys::install_fds(t, rs.scratch, &fds).map_err(home("installing the fds"))?;
+        image::unmap_scratch(t, rs.scratch).map_err(home("removing the scratch area"))?;
+        // Commit: from here the process is home.
+        wire::send(&mut &self.link, &Msg::HomeOk).map_err(wire_step("commit"))?;
+        let t = t_out.take().ok_or(Step::Home("commit", "no tracee".into()))?;
+        let pending = img.pending;
+        if let Err(e) = t.detach() {
+            tracing::error!(%e, pid, "cannot let the process run at home");
+        }
         for sig in 1..=64 {
-            if img.pending & (1u64 << (sig - 1)) != 0 {
+            if pending & (1u64 << (sig - 1)) != 0 {
                 let _ = rsys::kill(pid, sig);
             }
         }
         tracing::info!(pid, "process is running at home again");
         Ok(())
     }
+}
+
+/// Why a step of a return home failed.
+enum Step {
+    /// The link broke or carried something else: the process is lost.
+    Link(&'static str, wire::WireError),
+    /// The node gave up sending (RestoreFailed in the stream); it keeps the process.
+    GaveUp(&'static str, String),
+    /// Home failed; the node must be told.
+    Home(&'static str, String),
+}
+
+/// Why a process could not come home.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error("node {node} could not send process {pid} home ({step}): {reason}; it keeps running there")]
+    NodeGaveUp { pid: i32, node: u32, step: &'static str, reason: String },
+    #[error("process {pid} could not be rebuilt at home ({step}): {reason}; it keeps running on node {node}")]
+    Rebuild { pid: i32, node: u32, step: &'static str, reason: String },
+    #[error("the link to node {node} failed while process {pid} came home ({step}): {reason}; the process is lost")]
+    Link { pid: i32, node: u32, step: &'static str, reason: String },
 }
 
 /// Where the files omd opens for the placeholder are installed (from this

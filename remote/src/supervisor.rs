@@ -37,6 +37,8 @@ pub struct Supervisor {
     creds: Creds,
     next_id: u64,
     flags: Arc<Flags>,
+    /// Whether a return home has sent all its images (home then answers).
+    images_sent: bool,
     /// Reused buffers for bulk call data, out and back.
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
@@ -128,6 +130,7 @@ impl Supervisor {
             creds: img.creds.clone(),
             next_id: 1,
             flags: register(),
+            images_sent: false,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
         })
@@ -731,8 +734,13 @@ impl Supervisor {
                 tracing::info!(guest = self.gpid, "process is home");
                 Flow::Done
             }
-            Ok(false) | Err(_) => {
+            Ok(false) => {
                 tracing::warn!("home could not take the process back; it keeps running here");
+                self.flags.going_home.store(false, Ordering::SeqCst);
+                Flow::Go
+            }
+            Err(e) => {
+                tracing::warn!(%e, "the process could not be sent home; it keeps running here");
                 self.flags.going_home.store(false, Ordering::SeqCst);
                 Flow::Go
             }
@@ -749,6 +757,21 @@ impl Supervisor {
             Msg::Refused { reason } => return Err(crate::GuestError::Refused(reason)),
             m => return Err(wire::WireError::Unexpected(format!("{m:?} instead of an answer to the offer")).into()),
         };
+        // Home now expects the images: a failure before they are all sent is
+        // announced (RestoreFailed in their place), and the guest runs on here.
+        self.images_sent = false;
+        match self.send_images(reopen, pending) {
+            Err(e) if !self.images_sent => {
+                tracing::warn!(%e, "cannot send the process home; telling home");
+                let reason = format!("node could not send the process: {e}");
+                let _ = self.send(&Msg::RestoreFailed { reason });
+                Err(e)
+            }
+            r => r,
+        }
+    }
+
+    fn send_images(&mut self, reopen: Vec<bool>, pending: Option<u64>) -> Result<bool, crate::GuestError> {
         let files = image::mapped_files(self.gpid);
         let same = |p: &str| files.iter().zip(&reopen).any(|((q, _), ok)| *ok && q == p);
         let pre = image::pre_image(self.gpid, &same)?;
@@ -794,6 +817,7 @@ impl Supervisor {
                 let _g = flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
                 transfer::send_image(&mut self.stream, self.gpid, &cap.image).map_err(crate::GuestError::from)
             });
+        self.images_sent = sent_ok.is_ok();
         if let Err(e) = sent_ok {
             let _ = image::rollback(t, cap.scratch);
             return Err(e);

@@ -1136,6 +1136,50 @@ pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     Ok(())
 }
 
+/// Make a placeholder that a failed return home left half rebuilt parked
+/// again: no fds, no memory but the scratch area at `scratch` (with the
+/// parking loop) and the vdso, no rseq, robust list or timers, default
+/// actions for the signals `img` catches, an empty mask, and waiting in `pause()`.
+pub fn repark(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
+    let pid = t.pid;
+    t.syscall_ip = scratch;
+    t.poke(scratch, &SCRATCH_CODE)?;
+    let maps = procfs::maps(pid).map_err(|e| TraceError::Io { pid, what: "maps", source: e })?;
+    let mut keep: Vec<(u64, u64)> =
+        maps.iter().filter(|m| is_special(&m.path) && m.path != "[vsyscall]").map(|m| (m.start, m.end)).collect();
+    keep.push((scratch, scratch + SCRATCH_LEN));
+    keep.sort();
+    let mut lo = 0x1000u64;
+    for &(s, e) in &keep {
+        if s > lo {
+            t.syscall_ok("munmap", libc::SYS_munmap, [lo, s - lo, 0, 0, 0, 0])?;
+        }
+        lo = lo.max(e);
+    }
+    if lo < TASK_SIZE {
+        t.syscall_ok("munmap", libc::SYS_munmap, [lo, TASK_SIZE - lo, 0, 0, 0, 0])?;
+    }
+    let (rp, rl, rsig) = img.rseq;
+    if rp != 0 {
+        // Registered by a rebuild that got that far, or not at all (EINVAL).
+        t.syscall(libc::SYS_rseq, [rp, rl as u64, 1, rsig as u64, 0, 0])?;
+    }
+    t.syscall_ok("close_range", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
+    t.syscall_ok("set_robust_list", libc::SYS_set_robust_list, [0, 24, 0, 0, 0, 0])?;
+    t.poke(scratch + 1024, &[0u8; 32])?;
+    for which in 0..3u64 {
+        t.syscall_ok("setitimer", libc::SYS_setitimer, [which, scratch + 1024, 0, 0, 0, 0])?;
+    }
+    for a in &img.actions {
+        t.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [a.sig as u64, scratch + 1024, 0, 8, 0, 0])?;
+    }
+    sys::ptrace_set_sigmask(pid, 0).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e })?;
+    // The registers it was parked with, in the loop of this scratch area.
+    t.saved.rip = scratch + PARK_OFFSET;
+    t.saved.orig_rax = u64::MAX;
+    Ok(())
+}
+
 /// Undo [`capture`]'s changes when a migration fails: drop the scratch area.
 pub fn rollback(t: &mut Tracee, scratch: u64) -> Result<()> {
     let keep = t.saved;

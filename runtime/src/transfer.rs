@@ -98,11 +98,13 @@ pub fn recv_pages<R: Read>(r: &mut R, t: &Tracee, img: &Image) -> Result<u64, Wi
             Frame::Data(d) => {
                 return Err(WireError::Malformed(format!("page batch of {} bytes, expected {n}", d.len())))
             }
+            Frame::Msg(Msg::RestoreFailed { reason }) => return Err(WireError::Aborted(reason)),
             Frame::Msg(m) => return Err(WireError::Unexpected(format!("{m:?} inside the page stream"))),
         }
     }
     match wire::recv_msg(r)? {
         Msg::PagesDone => Ok(total),
+        Msg::RestoreFailed { reason } => Err(WireError::Aborted(reason)),
         m => Err(WireError::Unexpected(format!("{m:?} instead of the end of the page stream"))),
     }
 }

@@ -26,6 +26,9 @@ pub enum WireError {
     TooBig(usize),
     #[error("unexpected message: {0}")]
     Unexpected(String),
+    /// The sender gave up in the middle of a transfer (RestoreFailed in its place).
+    #[error("the sender gave up: {0}")]
+    Aborted(String),
 }
 
 /// One process as `omctl ps` shows it.

@@ -3,6 +3,7 @@
 //! and the fixtures and tools run against it.
 
 pub mod load;
+pub mod stress;
 pub mod sys;
 
 use std::io::Write;

@@ -121,7 +121,7 @@ fn move_all(c: &Cluster, pids: &[u32], to: &str) -> Round {
 }
 
 /// The real python3 interpreter (not a shim script that execs it).
-fn python() -> std::path::PathBuf {
+pub fn python() -> std::path::PathBuf {
     let o = Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])
         .output()

@@ -759,3 +759,53 @@ fn a_destination_dying_mid_relay_leaves_the_process_where_it_was() {
     check_counter(&wait_lines(&c.path("r.out"), 60, T), pid);
     assert!(!c.log(1).contains("unexpected message at the deputy"), "{}", c.log(1));
 }
+
+/// Coming home is a transaction: when home cannot rebuild the process (here
+/// its program's mode changed while it was away, so the process may no longer
+/// map it), the move home fails with the reason, the process runs on where it
+/// was, and a later move home, once it can, succeeds with exact output.
+#[test]
+fn a_failed_return_home_leaves_the_process_running_away() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::start(2);
+    let open_dir = std::env::temp_dir().join(format!("om-nohome-{}", std::process::id()));
+    std::fs::create_dir_all(&open_dir).expect("dir");
+    std::fs::set_permissions(&open_dir, PermissionsExt::from_mode(0o755)).expect("chmod dir");
+    for b in ["om-exec", "counter"] {
+        std::fs::copy(bin(b), open_dir.join(b)).expect("copy a binary");
+    }
+    let prog = open_dir.join("counter");
+    std::fs::set_permissions(&prog, PermissionsExt::from_mode(0o111)).expect("chmod 0111");
+    let out = c.path("nohome.out");
+    std::fs::write(&out, "").expect("out");
+    std::fs::set_permissions(&out, PermissionsExt::from_mode(0o666)).expect("chmod out");
+    let mut p = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(open_dir.join("om-exec"))
+        .arg("--")
+        .arg(&prog)
+        .args(["8", "80", "50"])
+        .env("OM_SOCKET", c.socket(1))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::OpenOptions::new().append(true).open(&out).expect("out"))
+        .stderr(std::fs::File::create(c.path("nohome.err")).expect("err"))
+        .spawn()
+        .expect("setpriv (util-linux) runs om-exec as nobody");
+    let pid = p.id();
+    wait_lines(&out, 3, T);
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("migrate to 2: {e}\n{}", c.logs()));
+    // Now only root may run the program: home cannot map it for the process.
+    std::fs::set_permissions(&prog, PermissionsExt::from_mode(0o100)).expect("chmod 0100");
+    let e = c.migrate(1, pid, "home").expect_err("home cannot rebuild it");
+    assert!(e.contains("keeps running on node 2"), "{e}\n{}", c.logs());
+    assert_eq!(c.where_is(1, pid), Some(2), "{}", c.logs());
+    let n = wait_lines(&out, 1, T).len();
+    wait_lines(&out, n + 5, T);
+    std::fs::set_permissions(&prog, PermissionsExt::from_mode(0o111)).expect("chmod 0111");
+    c.migrate(1, pid, "home").unwrap_or_else(|e| panic!("migrate home: {e}\n{}", c.logs()));
+    assert_eq!(c.where_is(1, pid), Some(1), "{}", c.logs());
+    let st = wait_child(&mut p, T);
+    assert!(st.success(), "counter ended with {st:?}\n{}", c.logs());
+    check_counter(&wait_lines(&out, 80, T), pid);
+    let _ = std::fs::remove_dir_all(&open_dir);
+}

@@ -40,7 +40,7 @@ pub type Reply = Sender<Result<(), String>>;
 
 /// A failed move between nodes: the reason, and the bytes read ahead on the
 /// old link when the process still runs there (None when it is lost).
-type MoveError = (String, Option<Vec<u8>>);
+type RelayError = (String, Option<Vec<u8>>);
 
 /// How the controller reports the process's state to omd: (pid, state, where).
 pub type StateFn = Arc<dyn Fn(i32, &str, u32) + Send + Sync>;
@@ -89,8 +89,9 @@ pub fn migrate_and_control(plan: Plan, reply: Sender<Result<(), String>>, ctl: R
             away.control(&plan, ctl, &state);
         }
         Err(e) => {
+            tracing::warn!(pid = e.pid, node = e.node, step = e.step, reason = e.reason, "the process stays at home");
             state(plan.pid, "home", plan.home);
-            let _ = reply.send(Err(e));
+            let _ = reply.send(Err(e.to_string()));
         }
     }
 }
@@ -110,115 +111,161 @@ struct Away {
     key: ClusterKey,
 }
 
-fn migrate_out(plan: &Plan) -> Result<Away, String> {
+/// Why a move out failed: the process runs on at home. Carries the pid, the
+/// node and the step; its text (what omctl prints) names the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct MoveError {
+    pub pid: i32,
+    pub node: u32,
+    pub step: &'static str,
+    pub reason: String,
+}
+
+/// A process frozen at home for a move out. Dropped, it is resumed where it
+/// was (the scratch area removed once one was mapped, the restart state
+/// repaired); only [`Frozen::commit`] keeps it stopped for parking.
+struct Frozen {
+    t: Option<Tracee>,
+    scratch: Option<u64>,
+}
+
+impl Frozen {
+    fn tracee(&mut self) -> &mut Tracee {
+        self.t.as_mut().expect("a frozen process has its tracee until commit")
+    }
+
+    /// The capture mapped a scratch area: a rollback removes it.
+    fn captured(&mut self, scratch: u64) {
+        self.scratch = Some(scratch);
+    }
+
+    /// The move is done: hand the stopped process over (it is parked next).
+    fn commit(mut self) -> Tracee {
+        self.t.take().expect("committed once")
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let Some(mut t) = self.t.take() else { return };
+        if let Some(s) = self.scratch {
+            if let Err(e) = image::rollback(&mut t, s) {
+                tracing::error!(%e, pid = t.pid, "cannot remove the scratch area");
+            }
+        }
+        let pid = t.pid;
+        if let Err(e) = t.detach() {
+            tracing::error!(%e, pid, "cannot resume the process at home");
+        } else {
+            tracing::warn!(pid, "migration rolled back; the process runs at home");
+        }
+    }
+}
+
+fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     let pid = plan.pid;
+    let err = |step: &'static str, reason: String| MoveError { pid, node: plan.dest, step, reason };
     if let Some(why) = image::cant_move(pid) {
-        return Err(format!("process {pid} cannot migrate: {why}"));
+        return Err(err("checks", format!("process {pid} cannot migrate: {why}")));
     }
     let started = std::time::Instant::now();
     let connect = || {
         Link::connect(plan.addr, &plan.key, plan.home, Duration::from_secs(3))
-            .map_err(|e| format!("node {}: {e}; the process stays at home", plan.dest))
+            .map_err(|e| err("connect", format!("node {}: {e}; the process stays at home", plan.dest)))
     };
     let mut link = connect()?;
-    let net = |e: wire::WireError| format!("link to node {} failed: {e}; the process stays at home", plan.dest);
+    let net = |step: &'static str| {
+        move |e: wire::WireError| {
+            err(step, format!("link to node {} failed: {e}; the process stays at home", plan.dest))
+        }
+    };
     let token = random_token();
-    wire::send(&mut link, &Msg::Hello { node: plan.home }).map_err(net)?;
-    wire::send(&mut link, &transfer::offer(pid, plan.home, token, plan.assumed)).map_err(net)?;
-    let reopen = match wire::recv_msg(&mut link).map_err(net)? {
+    wire::send(&mut link, &Msg::Hello { node: plan.home }).map_err(net("offer"))?;
+    wire::send(&mut link, &transfer::offer(pid, plan.home, token, plan.assumed)).map_err(net("offer"))?;
+    let reopen = match wire::recv_msg(&mut link).map_err(net("offer"))? {
         Msg::OfferOk { reopen } => reopen,
-        Msg::Refused { reason } => return Err(format!("node {} refused the migration: {reason}", plan.dest)),
-        m => return Err(format!("node {} answered {m:?} to the offer", plan.dest)),
+        Msg::Refused { reason } => {
+            return Err(err("offer", format!("node {} refused the migration: {reason}", plan.dest)))
+        }
+        m => return Err(err("offer", format!("node {} answered {m:?} to the offer", plan.dest))),
     };
     // The second link: signals and requests for the guest's supervisor.
     let mut ctl_link = connect()?;
-    wire::send(&mut ctl_link, &Msg::Hello { node: plan.home }).map_err(net)?;
-    wire::send(&mut ctl_link, &Msg::Attach { token }).map_err(net)?;
+    wire::send(&mut ctl_link, &Msg::Hello { node: plan.home }).map_err(net("control link"))?;
+    wire::send(&mut ctl_link, &Msg::Attach { token }).map_err(net("control link"))?;
     let files = image::mapped_files(pid);
     let same = |p: &str| files.iter().zip(&reopen).any(|((q, _), ok)| *ok && q == p);
 
     // Pre-copy while the process runs: the destination lays out and fills
     // its memory now, outside the freeze.
     let program = exec_id(pid);
-    let pre = image::pre_image(pid, &same).map_err(|e| format!("cannot read process {pid}'s memory: {e}"))?;
-    let sent = transfer::send_pre_image(&mut link, pid, &pre).map_err(net)?;
+    let pre = image::pre_image(pid, &same)
+        .map_err(|e| err("pre-copy", format!("cannot read process {pid}'s memory: {e}")))?;
+    let sent = transfer::send_pre_image(&mut link, pid, &pre).map_err(net("pre-copy"))?;
     tracing::info!(bytes = pre.data_bytes(), ms = started.elapsed().as_secs_f64() * 1e3, "pre-copied");
 
-    // Freeze.
+    // Freeze. From here every early return resumes the process at home.
     let freeze = std::time::Instant::now();
-    let mut t = Tracee::seize(pid, false).map_err(|e| {
+    let t = Tracee::seize(pid, false).map_err(|e| {
         let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let f = |k| om_runtime::procfs::status_field_in(&st, k).unwrap_or_default();
-        if st.is_empty() || f("State").starts_with('Z') {
-            format!("process {pid} ended before it could move")
-        } else {
-            format!("cannot freeze process {pid} (state {}, traced by {}): {e}", f("State"), f("TracerPid"))
-        }
+        err(
+            "freeze",
+            if st.is_empty() || f("State").starts_with('Z') {
+                format!("process {pid} ended before it could move")
+            } else {
+                format!("cannot freeze process {pid} (state {}, traced by {}): {e}", f("State"), f("TracerPid"))
+            },
+        )
     })?;
+    let mut frozen = Frozen { t: Some(t), scratch: None };
     // Checked again now that it is frozen: it may have started a thread or
     // mapped shared memory during the pre-copy.
     if let Some(why) = image::cant_move_frozen(pid) {
-        let _ = t.detach();
-        return Err(format!("process {pid} cannot migrate: {why}"));
+        return Err(err("checks", format!("process {pid} cannot migrate: {why}")));
     }
     // A new program (execve) since the pre-copy: that copy is of another
     // address space.
     if exec_id(pid) != program {
-        let _ = t.detach();
-        return Err(format!("process {pid} started a new program during the migration; it stays at home (try again)"));
+        return Err(err(
+            "checks",
+            format!("process {pid} started a new program during the migration; it stays at home (try again)"),
+        ));
     }
-    let cap = match image::capture(&mut t, &same) {
-        Ok(mut c) => {
-            match image::prune_unchanged(pid, &mut c.image, &pre, &sent) {
-                Ok(skipped) => tracing::info!(
-                    capture_ms = freeze.elapsed().as_secs_f64() * 1e3,
-                    unchanged_pages = skipped,
-                    resent_bytes = c.image.data_bytes(),
-                    "captured"
-                ),
-                Err(e) => {
-                    let _ = image::rollback(&mut t, c.scratch);
-                    let _ = t.detach();
-                    return Err(format!("cannot read process {pid}'s memory: {e}"));
-                }
-            }
-            c
-        }
-        Err(e) => {
-            let _ = t.detach();
-            return Err(format!("cannot capture process {pid}: {e}"));
-        }
-    };
-    let fail = |mut t: Tracee, why: String| -> String {
-        let _ = image::rollback(&mut t, cap.scratch);
-        let _ = t.detach();
-        tracing::warn!(why, "migration rolled back; the process runs at home");
-        why
-    };
+    let mut cap = image::capture(frozen.tracee(), &same)
+        .map_err(|e| err("capture", format!("cannot capture process {pid}: {e}")))?;
+    frozen.captured(cap.scratch);
+    match image::prune_unchanged(pid, &mut cap.image, &pre, &sent) {
+        Ok(skipped) => tracing::info!(
+            capture_ms = freeze.elapsed().as_secs_f64() * 1e3,
+            unchanged_pages = skipped,
+            resent_bytes = cap.image.data_bytes(),
+            "captured"
+        ),
+        Err(e) => return Err(err("capture", format!("cannot read process {pid}'s memory: {e}"))),
+    }
 
     // The deputy, a process of its own, takes the fds now, while the process is frozen.
     let shared = Arc::new(Shared::new(plan.usage.clone()));
     let (ev_tx, ev_rx) = channel::unbounded();
     let (rel_tx, rel_rx) = channel::bounded(1);
     let setup = Setup::from_image(&cap.image);
-    if let Err(e) = read_control_link(&ctl_link, pid, ev_tx.clone(), plan.usage.clone()) {
-        return Err(fail(t, format!("cannot clone the control link: {e}")));
-    }
+    read_control_link(&ctl_link, pid, ev_tx.clone(), plan.usage.clone())
+        .map_err(|e| err("deputy", format!("cannot clone the control link: {e}")))?;
     let events_tx = ev_tx.clone();
-    if let Err(e) = process::start(&link, setup, shared.clone(), ev_tx, rel_rx) {
-        return Err(fail(t, e));
-    }
-
-    let sent = match transfer::send_image(&mut link, pid, &cap.image) {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = rel_tx.send(Release::Stop);
-            return Err(fail(
-                t,
-                format!("sending the image to node {} failed: {e}; the process stays at home", plan.dest),
-            ));
-        }
+    process::start(&link, setup, shared.clone(), ev_tx, rel_rx).map_err(|e| err("deputy", e))?;
+    // The deputy stops with any failure below.
+    let stop_deputy = |e: MoveError| {
+        let _ = rel_tx.send(Release::Stop);
+        e
     };
+    let sent = transfer::send_image(&mut link, pid, &cap.image).map_err(|e| {
+        stop_deputy(err(
+            "image",
+            format!("sending the image to node {} failed: {e}; the process stays at home", plan.dest),
+        ))
+    })?;
     match wire::recv_msg(&mut link) {
         Ok(Msg::Resumed { guest }) => {
             tracing::info!(
@@ -230,25 +277,26 @@ fn migrate_out(plan: &Plan) -> Result<Away, String> {
             );
         }
         Ok(Msg::RestoreFailed { reason }) => {
-            let _ = rel_tx.send(Release::Stop);
-            return Err(fail(
-                t,
+            return Err(stop_deputy(err(
+                "rebuild",
                 format!("node {} could not rebuild the process: {reason}; it stays at home", plan.dest),
-            ));
+            )));
         }
         Ok(m) => {
-            let _ = rel_tx.send(Release::Stop);
-            return Err(fail(t, format!("node {} answered {m:?}; the process stays at home", plan.dest)));
+            return Err(stop_deputy(err(
+                "rebuild",
+                format!("node {} answered {m:?}; the process stays at home", plan.dest),
+            )));
         }
         Err(e) => {
-            let _ = rel_tx.send(Release::Stop);
-            return Err(fail(
-                t,
+            return Err(stop_deputy(err(
+                "rebuild",
                 format!("node {} failed during the migration ({e}); the process stays at home", plan.dest),
-            ));
+            )));
         }
     }
     // Commit: the placeholder keeps pid, parent, session and terminal, nothing else.
+    let mut t = frozen.commit();
     let pending_signals = std::mem::take(&mut t.deferred);
     if let Err(e) = image::park(&mut t, &cap.image, cap.scratch).and_then(|_| t.resume_traced()) {
         tracing::error!(%e, "parking the home placeholder failed");
@@ -492,7 +540,7 @@ impl Away {
         };
         // Refuse to the old node (it keeps the process) when the new one cannot start.
         let back = &self.link;
-        let refuse = |from, why: String| -> MoveError {
+        let refuse = |from, why: String| -> RelayError {
             let _ = wire::send(&mut &*back, &Msg::Refused { reason: why.clone() });
             (why, Some(left(from)))
         };

@@ -638,6 +638,82 @@ pub fn ioctl_spec(req: u64) -> Option<(usize, bool)> {
     })
 }
 
+/// How one argument's buffer is sized, in words.
+fn describe_len(l: Len) -> String {
+    match l {
+        Const(n) => format!("{n} bytes"),
+        Val(j) => format!("argument {j} bytes (at most 8 MiB)"),
+        ArgMul(j, k) => format!("argument {j} x {k} bytes"),
+        DerefU32(j) => format!("the socklen argument {j} points to, in bytes (only what the kernel wrote comes back)"),
+        FdSet(j) => format!("an fd_set for nfds = argument {j}"),
+    }
+}
+
+/// The rule that sizes a forwarded call's buffers (both the supervisor and
+/// the deputy follow it), in words; None for calls that are not forwarded.
+/// Every buffer travels as the prefix the guest can supply or take and lies
+/// against a guard page at home (see `marshal`).
+pub fn sizing(nr: u32) -> Option<String> {
+    let special = match nr {
+        16 => "only requests of known layout (`ioctl_spec`): TCGETS/TCSETS* 36 bytes, TCGETS2/TCSETS2* 44, TIOCGWINSZ/TIOCSWINSZ 8, FIONREAD/FIONBIO/FIOASYNC 4, value requests none; any other request goes home",
+        19 | 20 | 295 | 296 => "the iovec array (argument 2 entries, at most 1024) is gathered into one buffer of at most 8 MiB; a short count as POSIX allows",
+        46 => "msghdr (56 bytes) read; name up to 128 bytes, control up to 64 KiB, data gathered from at most 1024 iovecs; SCM_RIGHTS may not name om's own fds",
+        47 => "msghdr (56 bytes) read; name up to 128 bytes, control up to 64 KiB (the guest's bytes go in and come back around what the kernel wrote), data scattered to at most 1024 iovecs",
+        54 => "options whose value is optlen plain bytes with no pointer or fd inside (`sockopt_plain`); others go home; value: argument 4 bytes",
+        55 => "options the kernel writes as at most *optlen plain bytes (`sockopt_plain`), SO_GET_FILTER as *optlen 8-byte blocks; others go home; optlen 4 bytes in and out",
+        62 | 200 | 234 => "no buffers (pids and signal numbers)",
+        72 => "value commands only (F_DUPFD, F_GETFD/SETFD, F_GETFL/SETFL, F_SETOWN/GETOWN, F_SETSIG/GETSIG, leases, F_NOTIFY, F_DUPFD_CLOEXEC, pipe sizes, seals); locks and pointer commands go home",
+        _ => "",
+    };
+    if !special.is_empty() {
+        return Some(special.to_string());
+    }
+    if class(nr) != Forward {
+        return None;
+    }
+    let sp = spec(nr)?;
+    let parts: Vec<String> = sp
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            Some(match *a {
+                V | Fd => return None,
+                Path => format!("arg {i}: a path of at most 4096 bytes"),
+                In(l) => format!("arg {i} in: {}", describe_len(l)),
+                Out(l) => format!("arg {i} out: {}", describe_len(l)),
+                OutRet(l) => format!("arg {i} out: {}, of which the result's count comes back", describe_len(l)),
+                OutRetN(l, n) => format!("arg {i} out: {}, of which result x {n} bytes come back", describe_len(l)),
+                InOut(l) => format!("arg {i} in and out: {}", describe_len(l)),
+            })
+        })
+        .collect();
+    Some(if parts.is_empty() { "no buffers".into() } else { parts.join("; ") })
+}
+
+/// The compatibility page: every call, how a moved process gets it served,
+/// why, and how its buffers are sized (docs/SYSCALLS.md is this, generated).
+pub fn compat_page() -> String {
+    let mut s = String::from(
+        "# System calls of a moved process\n\nGenerated from `runtime/src/syscalls.rs` (`cargo test -p om-runtime compat_page` checks it; `OM_REGEN=1` rewrites it).\n\n\
+         - **local**: the kernel of the node that runs the process serves it, untrapped.\n\
+         - **emulated**: om answers it there (identity calls answer the home values).\n\
+         - **forwarded**: it runs at home, in the process's deputy, with the process's credentials and fds; buffers are sized as the last column says.\n\
+         - **home**: the process goes home and the call runs there, natively.\n\n\
+         | nr | call | served | why | buffers |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for e in TABLE {
+        let class = match e.class {
+            Local => "local",
+            Emulated => "emulated",
+            Forward => "forwarded",
+            Home => "home",
+        };
+        let sizing = if e.class == Forward { sizing(e.nr).unwrap_or_default() } else { String::new() };
+        s.push_str(&format!("| {} | {} | {class} | {} | {} |\n", e.nr, e.name, e.note, sizing));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,6 +733,24 @@ mod tests {
         for e in TABLE.iter().filter(|e| e.class == Forward) {
             assert!(spec(e.nr).is_some() || special.contains(&e.nr), "{} has no marshalling", e.name);
         }
+    }
+
+    #[test]
+    fn every_forwarded_call_has_a_sizing_rule() {
+        for e in TABLE.iter().filter(|e| e.class == Forward) {
+            assert!(sizing(e.nr).is_some_and(|s| !s.is_empty()), "{} has no sizing rule", e.name);
+        }
+    }
+
+    #[test]
+    fn compat_page_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/SYSCALLS.md");
+        let page = compat_page();
+        if std::env::var_os("OM_REGEN").is_some() {
+            std::fs::write(&path, &page).expect("write docs/SYSCALLS.md");
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(have == page, "docs/SYSCALLS.md is out of date: run OM_REGEN=1 cargo test -p om-runtime compat_page");
     }
 
     #[test]

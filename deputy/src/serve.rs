@@ -273,6 +273,17 @@ pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) ->
                 args[i] = input[in_off..].as_ptr() as u64;
                 in_off += len;
             }
+            a if req.lens[i] & marshal::READONLY_TAIL != 0 => {
+                // The guest could read all of it but write only the first args[i] bytes.
+                let writable = (args[i] as usize).min(len);
+                match b.args[i].split(&input[in_off..in_off + len], writable) {
+                    Ok(p) => args[i] = p as u64,
+                    Err(_) => return -(libc::EINVAL as i64),
+                }
+                if marshal::is_in_len(a, req.lens[i]) {
+                    in_off += len;
+                }
+            }
             a => {
                 let Ok(buf) = b.args[i].tail(len) else { return -(libc::ENOMEM as i64) };
                 if marshal::is_in_len(a, req.lens[i]) {
@@ -284,10 +295,10 @@ pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) ->
         }
     }
     if req.nr == 46 && req.lens[3] > 0 {
-        if let Ok(ctl) = b.args[3].tail(req.lens[3] as usize) {
-            if let Err(e) = check_rights(ctl, res) {
-                return e;
-            }
+        // The control bytes as sent: after the name, before the data.
+        let (name, ctl) = (marshal::len_of(req.lens[2]), marshal::len_of(req.lens[3]));
+        if let Err(e) = check_rights(input.get(name..name + ctl).unwrap_or(&[]), res) {
+            return e;
         }
     }
     let (ret, trailer) = match req.nr {
@@ -317,15 +328,16 @@ pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) ->
             let mut valid = marshal::out_valid_len(*a, req.lens[i], ret);
             let prefilled = req.lens[i] & marshal::PREFILLED != 0;
             if let (Arg::Out(Len::DerefU32(j)), false) = (*a, prefilled) {
-                let post = match b.args[j].tail(4) {
-                    Ok(l) if req.lens[j] == 4 => u32::from_le_bytes([l[0], l[1], l[2], l[3]]),
-                    _ => 0,
+                let l = b.args[j].placed();
+                let post = if marshal::len_of(req.lens[j]) == 4 && l.len() == 4 {
+                    u32::from_le_bytes([l[0], l[1], l[2], l[3]])
+                } else {
+                    0
                 };
                 valid = marshal::socklen_valid(valid, post, marshal::socklen_unit(req.nr, &req.args), ret);
             }
-            if let Ok(buf) = b.args[i].tail(len) {
-                b.answer.extend_from_slice(&buf[..valid]);
-            }
+            let buf = b.args[i].placed();
+            b.answer.extend_from_slice(&buf[..valid.min(buf.len())]);
         }
     }
     if ret >= 0 {

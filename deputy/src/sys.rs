@@ -131,10 +131,18 @@ pub fn msg_call(
 /// A reusable buffer whose end touches a PROT_NONE page. A call's argument is
 /// placed flush against that page, so a kernel that reads or writes past the
 /// length om sized for it gets EFAULT instead of reaching the deputy's memory.
+/// The mapping is `cap` writable bytes, a spare page (inaccessible, or
+/// read-only for a buffer whose tail the guest may read but not write), and a
+/// guard page.
 pub struct Guarded {
     base: *mut u8,
-    /// Usable bytes before the guard page.
+    /// Writable bytes before the spare page.
     cap: usize,
+    /// The spare page is read-only now (it holds a read-only tail).
+    spare_ro: bool,
+    /// The buffer placed last: offset from `base` and length.
+    at: usize,
+    len: usize,
 }
 
 // SAFETY: the mapping is owned by this value alone; moving it to another
@@ -145,20 +153,20 @@ const GUARD_PAGE: usize = 4096;
 
 impl Default for Guarded {
     fn default() -> Self {
-        Guarded { base: std::ptr::null_mut(), cap: 0 }
+        Guarded { base: std::ptr::null_mut(), cap: 0, spare_ro: false, at: 0, len: 0 }
     }
 }
 
 impl Guarded {
-    /// The last `len` bytes before the guard page, growing the mapping if needed.
-    pub fn tail(&mut self, len: usize) -> std::io::Result<&mut [u8]> {
+    /// Have at least `len` writable bytes, the spare page inaccessible.
+    fn ensure(&mut self, len: usize) -> std::io::Result<()> {
         if len > self.cap || self.base.is_null() {
             let cap = len.next_power_of_two().max(1 << 16);
             // SAFETY: a fresh private anonymous mapping, checked below.
             let p = unsafe {
                 libc::mmap(
                     std::ptr::null_mut(),
-                    cap + GUARD_PAGE,
+                    cap + 2 * GUARD_PAGE,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                     -1,
@@ -168,28 +176,83 @@ impl Guarded {
             if p == libc::MAP_FAILED {
                 return Err(std::io::Error::last_os_error());
             }
-            // SAFETY: the last page of the mapping just made.
-            if unsafe { libc::mprotect(p.cast::<u8>().add(cap).cast(), GUARD_PAGE, libc::PROT_NONE) } != 0 {
+            // SAFETY: the last two pages of the mapping just made.
+            if unsafe { libc::mprotect(p.cast::<u8>().add(cap).cast(), 2 * GUARD_PAGE, libc::PROT_NONE) } != 0 {
                 let e = std::io::Error::last_os_error();
                 // SAFETY: unmapping what was just mapped.
-                unsafe { libc::munmap(p, cap + GUARD_PAGE) };
+                unsafe { libc::munmap(p, cap + 2 * GUARD_PAGE) };
                 return Err(e);
             }
             self.release();
             self.base = p.cast();
             self.cap = cap;
+        } else if self.spare_ro {
+            self.protect_spare(libc::PROT_NONE)?;
         }
+        self.spare_ro = false;
+        Ok(())
+    }
+
+    fn protect_spare(&mut self, prot: libc::c_int) -> std::io::Result<()> {
+        // SAFETY: the spare page lies inside our mapping, right after `cap`.
+        if unsafe { libc::mprotect(self.base.add(self.cap).cast(), GUARD_PAGE, prot) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The last `len` bytes before the spare page, growing the mapping if needed.
+    pub fn tail(&mut self, len: usize) -> std::io::Result<&mut [u8]> {
+        self.ensure(len)?;
+        self.at = self.cap - len;
+        self.len = len;
         // SAFETY: [cap - len, cap) lies inside the writable part of our mapping,
         // borrowed mutably through &mut self.
-        Ok(unsafe { std::slice::from_raw_parts_mut(self.base.add(self.cap - len), len) })
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.base.add(self.at), len) })
+    }
+
+    /// `bytes` placed so that its first `writable` bytes are writable and the
+    /// rest (at most a page) readable only, then a guard page: as the guest's
+    /// buffer was. Returns where it starts.
+    pub fn split(&mut self, bytes: &[u8], writable: usize) -> std::io::Result<*mut u8> {
+        let ro = bytes.len().saturating_sub(writable);
+        if ro == 0 {
+            let b = self.tail(bytes.len())?;
+            b.copy_from_slice(bytes);
+            return Ok(b.as_mut_ptr());
+        }
+        if ro > GUARD_PAGE {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.ensure(writable)?;
+        self.protect_spare(libc::PROT_READ | libc::PROT_WRITE)?;
+        self.at = self.cap - writable;
+        self.len = bytes.len();
+        // SAFETY: [at, cap + ro) lies in the writable part and the spare page,
+        // now writable; nothing else borrows the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(self.at), bytes.len()) };
+        self.protect_spare(libc::PROT_READ)?;
+        self.spare_ro = true;
+        // SAFETY: `at` is inside the mapping.
+        Ok(unsafe { self.base.add(self.at) })
+    }
+
+    /// The buffer placed last (readable whole, whatever part was read-only).
+    pub fn placed(&self) -> &[u8] {
+        if self.base.is_null() || self.len == 0 {
+            return &[];
+        }
+        // SAFETY: [at, at + len) was placed inside the mapping and is readable.
+        unsafe { std::slice::from_raw_parts(self.base.add(self.at), self.len) }
     }
 
     fn release(&mut self) {
         if !self.base.is_null() {
             // SAFETY: the mapping this value made, no longer borrowed.
-            unsafe { libc::munmap(self.base.cast(), self.cap + GUARD_PAGE) };
+            unsafe { libc::munmap(self.base.cast(), self.cap + 2 * GUARD_PAGE) };
             self.base = std::ptr::null_mut();
             self.cap = 0;
+            self.len = 0;
         }
     }
 }

@@ -457,6 +457,7 @@ impl Supervisor {
 
         // Gather the input buffers.
         let mut lens = [0u32; 6];
+        let mut readonly_from: [Option<usize>; 6] = [None; 6];
         let mut input = std::mem::take(&mut self.inbuf);
         input.clear();
         for (i, a) in spec.iter().enumerate() {
@@ -489,12 +490,20 @@ impl Supervisor {
                             _ => {
                                 let n = read_prefix_into(self.gpid, args[i], len, &mut input);
                                 if matches!(*a, Arg::InOut(_)) {
-                                    input.truncate(at + writable_prefix(self.gpid, args[i], n));
+                                    let w = writable_prefix(self.gpid, args[i], n);
+                                    if w < n {
+                                        // Readable but not writable past w: at most a page of it.
+                                        input.truncate(at + n.min(w + 4096));
+                                        readonly_from[i] = Some(w);
+                                    }
                                 }
                                 true
                             }
                         };
                         lens[i] = (input.len() - at) as u32;
+                        if readonly_from[i].is_some() {
+                            lens[i] |= marshal::READONLY_TAIL;
+                        }
                         ok
                     }
                     None => false,
@@ -536,7 +545,15 @@ impl Supervisor {
         if !sys::seccomp_id_valid(self.listener.as_raw_fd(), id) {
             return Flow::Go;
         }
-        let req = SysReq { id: 0, nr: fnr, args, lens, data: Vec::new() };
+        // An in-out buffer with a read-only tail: its argument tells the
+        // deputy where the writable part ends.
+        let mut req_args = args;
+        for (i, w) in readonly_from.iter().enumerate() {
+            if let Some(w) = w {
+                req_args[i] = *w as u64;
+            }
+        }
+        let req = SysReq { id: 0, nr: fnr, args: req_args, lens, data: Vec::new() };
         let SysRet { ret, data, .. } = match self.call_restartable(&req, &input, &spec, id) {
             Ok(r) => r,
             Err(flow) => {

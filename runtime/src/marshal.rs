@@ -29,9 +29,14 @@ pub fn is_out(a: Arg) -> bool {
 /// guest's buffer ends up byte for byte as natively.
 pub const PREFILLED: u32 = 1 << 31;
 
+/// Flag on a request's length for an in-out argument whose tail the guest
+/// may read but not write: the request's value of that argument says how many
+/// bytes are writable; the rest (at most a page) is placed read-only at home.
+pub const READONLY_TAIL: u32 = 1 << 30;
+
 /// The byte count of a request's length field.
 pub fn len_of(l: u32) -> usize {
-    (l & !PREFILLED) as usize
+    (l & !(PREFILLED | READONLY_TAIL)) as usize
 }
 
 /// Does this argument, with this length field, carry bytes to home?

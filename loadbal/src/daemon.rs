@@ -564,7 +564,10 @@ impl Node {
         let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
         let before = exe(pid);
         let t = Instant::now();
-        while exe(pid) == before && before.is_some() && t.elapsed() < Duration::from_secs(10) {
+        // Still om-exec (it registers, then execs the program): wait for the exec.
+        // On a loaded node the exec may already have happened.
+        let registering = before.as_ref().is_some_and(|p| p.file_name().is_some_and(|f| f == "om-exec"));
+        while registering && exe(pid) == before && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(2));
         }
         // Scripts run several programs in a row (env, then the interpreter):

@@ -39,6 +39,9 @@ pub struct Supervisor {
     flags: Arc<Flags>,
     /// Whether a return home has sent all its images (home then answers).
     images_sent: bool,
+    /// Failed returns home in a row, and when the next may start.
+    home_failures: u32,
+    retry_at: Option<std::time::Instant>,
     /// Reused buffers for bulk call data, out and back.
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
@@ -131,6 +134,8 @@ impl Supervisor {
             next_id: 1,
             flags: register(),
             images_sent: false,
+            home_failures: 0,
+            retry_at: None,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
         })
@@ -739,6 +744,13 @@ impl Supervisor {
     /// it is answered with a restart code once the stop is requested, so the
     /// call is issued again at home.
     fn go_home(&mut self, reason: &str, pending: Option<u64>) -> Flow {
+        // After failed returns, wait a while before the next (the guest
+        // waits in its call meanwhile): no pre-copy after pre-copy.
+        if let Some(at) = self.retry_at {
+            while std::time::Instant::now() < at && !self.flags.exited.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         self.flags.come_home.store(false, Ordering::SeqCst);
         self.flags.going_home.store(true, Ordering::SeqCst);
         tracing::info!(guest = self.gpid, reason, "going home");
@@ -746,6 +758,7 @@ impl Supervisor {
         let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
         match self.send_home(reason, pending) {
             Ok(true) => {
+                self.retry_at = None;
                 let _ = sys::kill(self.gpid, libc::SIGKILL);
                 let _ = sys::waitpid(self.gpid, libc::__WALL);
                 tracing::info!(guest = self.gpid, "process is home");
@@ -753,15 +766,25 @@ impl Supervisor {
             }
             Ok(false) => {
                 tracing::warn!("home could not take the process back; it keeps running here");
+                self.failed_home();
                 self.flags.going_home.store(false, Ordering::SeqCst);
                 Flow::Go
             }
             Err(e) => {
                 tracing::warn!(%e, "the process could not be sent home; it keeps running here");
+                self.failed_home();
                 self.flags.going_home.store(false, Ordering::SeqCst);
                 Flow::Go
             }
         }
+    }
+
+    /// A return home failed: the next try waits 0.2 s, then twice as long
+    /// each time, up to 10 s.
+    fn failed_home(&mut self) {
+        self.home_failures = (self.home_failures + 1).min(16);
+        let wait = (100u64 << self.home_failures).min(10_000);
+        self.retry_at = Some(std::time::Instant::now() + std::time::Duration::from_millis(wait));
     }
 
     /// Pre-copy the guest home while it runs (or waits in the call that sends

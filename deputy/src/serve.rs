@@ -196,6 +196,38 @@ pub struct Buffers {
     answer: Vec<u8>,
 }
 
+/// kill(-1, sig) as the process itself would make it: every process this
+/// one may signal except init, itself (its placeholder here) and the deputy
+/// (the kernel skips the caller). The result follows the kernel's rule: ESRCH
+/// when nothing was signalled, else the last error other than EPERM, or 0.
+fn kill_all_but(me: i32, sig: i32) -> i64 {
+    let own = sys::getpid();
+    let (mut count, mut ret) = (0, 0i64);
+    let Ok(dir) = std::fs::read_dir("/proc") else { return -(libc::ESRCH as i64) };
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if p == 1 || p == me || p == own {
+            continue;
+        }
+        match sys::kill(p, sig) {
+            Ok(()) => count += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => {
+                count += 1;
+                let errno = e.raw_os_error().unwrap_or(libc::EPERM);
+                if errno != libc::EPERM {
+                    ret = -(errno as i64);
+                }
+            }
+        }
+    }
+    if count == 0 {
+        -(libc::ESRCH as i64)
+    } else {
+        ret
+    }
+}
+
 /// sendmsg control data names fds of the deputy's table: none of om's own.
 fn check_rights(ctl: &[u8], res: i32) -> Result<(), i64> {
     let mut off = 0usize;
@@ -238,6 +270,10 @@ pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) ->
         61 | 247 => {
             return if procfs::children(pid).is_empty() { -(libc::ECHILD as i64) } else { GO_HOME };
         }
+        // kill(-1): every process it may signal but itself and init. Run by
+        // the deputy, the kernel would skip the deputy and hit the process's
+        // own placeholder (which hands the signal on to it).
+        62 if args[0] as i32 == -1 => return kill_all_but(pid, args[1] as i32),
         62 if args[0] == 0 => {
             let pgid = procfs::stat(pid).map(|s| s.field(5) as i64).unwrap_or(pid as i64);
             args[0] = (-pgid) as u64;

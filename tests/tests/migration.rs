@@ -809,3 +809,50 @@ fn a_failed_return_home_leaves_the_process_running_away() {
     check_counter(&wait_lines(&out, 80, T), pid);
     let _ = std::fs::remove_dir_all(&open_dir);
 }
+
+/// kill(-1, sig) signals every process the caller may signal but itself and
+/// init: away, the process's own placeholder (and its deputy) are not hit.
+/// Run as a uid of its own, so nothing else is signalled; the same natively
+/// and away.
+#[test]
+fn kill_minus_one_spares_the_process_itself_away_as_natively() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::start(2);
+    let open_dir = std::env::temp_dir().join(format!("om-killall-{}", std::process::id()));
+    std::fs::create_dir_all(&open_dir).expect("dir");
+    std::fs::set_permissions(&open_dir, PermissionsExt::from_mode(0o755)).expect("chmod dir");
+    for b in ["om-exec", "killall"] {
+        std::fs::copy(bin(b), open_dir.join(b)).expect("copy a binary");
+    }
+    let run = |away: bool| -> Vec<String> {
+        let mut p = Command::new("setpriv")
+            .args(["--reuid=4000123", "--regid=4000123", "--clear-groups", "--"])
+            .arg(open_dir.join("om-exec"))
+            .arg("--")
+            .arg(open_dir.join("killall"))
+            .env("OM_SOCKET", c.socket(1))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(c.path("killall.err")).expect("err"))
+            .spawn()
+            .expect("setpriv (util-linux) runs om-exec as uid 4000123");
+        let mut out = std::io::BufReader::new(p.stdout.take().expect("out"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ready");
+        assert_eq!(line.trim(), "ready", "{}", std::fs::read_to_string(c.path("killall.err")).unwrap_or_default());
+        if away {
+            c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        }
+        p.stdin.as_mut().expect("in").write_all(b"go\n").expect("go");
+        let lines: Vec<String> = out.lines().map_while(Result::ok).collect();
+        assert!(wait_child(&mut p, T).success(), "away={away}: {lines:?}\n{}", c.logs());
+        lines
+    };
+    let native = run(false);
+    // Natively: 0 (other users' processes count, though not signalled), and
+    // never the caller itself.
+    assert_eq!(native, vec!["kill -1: 0 0".to_string(), "usr1 0".to_string()]);
+    assert_eq!(run(true), native, "away differs from native\n{}", c.logs());
+    let _ = std::fs::remove_dir_all(&open_dir);
+}

@@ -329,6 +329,26 @@ impl Supervisor {
         })
     }
 
+    /// A write to a pipe or socket with no reader fails with EPIPE and, unless
+    /// MSG_NOSIGNAL, raises SIGPIPE in the writer. The deputy ignores SIGPIPE,
+    /// so the guest gets it here, pending when the call returns, as natively.
+    fn sigpipe_if(&self, nr: u32, ret: i64, args: [u64; 6]) {
+        if ret != -(libc::EPIPE as i64) {
+            return;
+        }
+        let raises = match nr {
+            // write, pwrite64, writev, pwritev, sendfile, splice, tee, copy_file_range
+            1 | 18 | 20 | 296 | 40 | 275 | 276 | 326 => true,
+            // sendto, sendmsg: unless MSG_NOSIGNAL
+            44 => args[3] & libc::MSG_NOSIGNAL as u64 == 0,
+            46 => args[2] & libc::MSG_NOSIGNAL as u64 == 0,
+            _ => false,
+        };
+        if raises {
+            let _ = sys::tgkill(self.gpid, self.gpid, libc::SIGPIPE);
+        }
+    }
+
     fn self_signal(&self, sig: i32) -> i64 {
         if sig == 0 {
             return 0;
@@ -570,6 +590,7 @@ impl Supervisor {
         if ret == GO_HOME {
             return self.go_home(&format!("{} needs home", syscalls::name(nr)), Some(id));
         }
+        self.sigpipe_if(nr, ret, n.data.args);
         // Scatter the outputs.
         let mut off = 0usize;
         for (i, a) in spec.iter().enumerate() {
@@ -687,6 +708,7 @@ impl Supervisor {
                 let _ = sys::process_vm_writev(self.gpid, &t[8..12], &[(a[1] + 48, 4)]);
             }
         }
+        self.sigpipe_if(nr, r.ret, a);
         self.reply(id, r.ret);
         if self.flags.come_home.load(Ordering::SeqCst) {
             return self.go_home("asked to come home", None);

@@ -856,3 +856,43 @@ fn kill_minus_one_spares_the_process_itself_away_as_natively() {
     assert_eq!(run(true), native, "away differs from native\n{}", c.logs());
     let _ = std::fs::remove_dir_all(&open_dir);
 }
+
+/// A write to a pipe with no reader raises SIGPIPE in the writer, away as
+/// natively: with the default action the process dies by SIGPIPE (its parent
+/// sees it); ignored, the write fails with EPIPE.
+#[test]
+fn sigpipe_reaches_a_writer_away_as_natively() {
+    use std::io::{BufRead, Write};
+    let c = Cluster::start(2);
+    let run = |mode: &str, away: bool| -> (Vec<String>, std::process::ExitStatus) {
+        let mut p = Command::new(bin("om-exec"))
+            .env("OM_SOCKET", c.socket(1))
+            .arg("--")
+            .arg(bin("sigpipe"))
+            .arg(mode)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("om-exec");
+        let mut out = std::io::BufReader::new(p.stdout.take().expect("out"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ready");
+        assert_eq!(line.trim(), "ready");
+        if away {
+            c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        }
+        p.stdin.as_mut().expect("in").write_all(b"go\n").expect("go");
+        let lines: Vec<String> = out.lines().map_while(Result::ok).collect();
+        (lines, wait_child(&mut p, T))
+    };
+    let (l, st) = run("default", false);
+    assert_eq!((l.len(), st.signal()), (0, Some(libc::SIGPIPE)), "natively: {l:?} {st:?}");
+    let (l, st) = run("default", true);
+    assert_eq!((l.len(), st.signal()), (0, Some(libc::SIGPIPE)), "away: {l:?} {st:?}\n{}", c.logs());
+    let (native, st) = run("ignore", false);
+    assert!(st.success());
+    assert_eq!(native, vec![format!("write: -1 {}", libc::EPIPE)]);
+    let (away, st) = run("ignore", true);
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+    assert_eq!(away, native);
+}

@@ -365,7 +365,18 @@ impl Away {
         // A move to another node under way: (node, address, who to answer).
         let mut moving: Option<(u32, SocketAddr, f64, Reply)> = None;
         let mut here = plan.dest;
+        // The last call the deputy was woken out of while the process is
+        // asked to leave its node: a call that reached the deputy after the
+        // request (it raced with it) is woken too.
+        let mut kicked = 0u64;
         loop {
+            if waiting_home.is_some() || moving.is_some() {
+                let id = self.shared.busy();
+                if id != 0 && id != kicked {
+                    self.shared.interrupt();
+                    kicked = id;
+                }
+            }
             // Requests from omd.
             match ctl.try_recv() {
                 Ok(Ctl::ComeHome(r)) => {

@@ -487,10 +487,8 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
         gids: ids("Gid"),
         groups: sf("Groups").split_whitespace().filter_map(|x| x.parse().ok()).collect(),
     };
-    let mut rlimits = Vec::new();
-    for res in 0..16u32 {
-        rlimits.push(sys::prlimit(pid, res, None).unwrap_or((u64::MAX, u64::MAX)));
-    }
+    // From /proc: prlimit on another user's process needs CAP_SYS_RESOURCE.
+    let rlimits = procfs::limits(pid).map_err(ioe("limits"))?;
 
     let (vvar_start, vdso_len, vdso_hash) = vdso_of(pid, &maps).map_err(ioe("vdso"))?;
 
@@ -1068,9 +1066,15 @@ pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore,
         t.poke(data, &b)?;
         t.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [sig as u64, data, 0, 8, 0, 0])?;
     }
+    // Set by the process itself (prlimit64 on pid 0): root without
+    // CAP_SYS_RESOURCE may not change another user's limits.
     for (res, &(cur, max)) in img.rlimits.iter().enumerate() {
-        if let Err(e) = sys::prlimit(pid, res as u32, Some((cur, max))) {
-            tracing::debug!(pid, res, %e, "rlimit not restored");
+        let mut b = cur.to_le_bytes().to_vec();
+        b.extend_from_slice(&max.to_le_bytes());
+        t.poke(data, &b)?;
+        let r = t.syscall(libc::SYS_prlimit64, [0, res as u64, data, 0, 0, 0])?;
+        if r < 0 {
+            tracing::warn!(pid, res, errno = -r, "a resource limit could not be restored");
         }
     }
     // Timers last: they start counting again from here.

@@ -173,6 +173,30 @@ pub fn join_cgroups(pid: i32, dirs: &[std::path::PathBuf]) -> std::io::Result<()
     Ok(())
 }
 
+/// The 16 resource limits (soft, hard) of a process, in RLIMIT_* order,
+/// from /proc/PID/limits (which root reads for any process, where prlimit on
+/// another user's process needs CAP_SYS_RESOURCE).
+pub fn limits(pid: i32) -> io::Result<Vec<(u64, u64)>> {
+    parse_limits(&std::fs::read_to_string(format!("/proc/{pid}/limits"))?)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/PID/limits"))
+}
+
+/// The kernel prints each line as "%-25s %-20s %-20s %-10s".
+pub fn parse_limits(text: &str) -> Option<Vec<(u64, u64)>> {
+    let value = |v: &str| -> Option<u64> {
+        match v.trim() {
+            "unlimited" => Some(u64::MAX),
+            n => n.parse().ok(),
+        }
+    };
+    let out: Vec<(u64, u64)> = text
+        .lines()
+        .skip(1)
+        .map(|l| Some((value(l.get(26..47)?)?, value(l.get(47..68).or_else(|| l.get(47..))?)?)))
+        .collect::<Option<_>>()?;
+    (out.len() >= 16).then(|| out[..16].to_vec())
+}
+
 /// Effective uid, effective gid and supplementary groups of a process.
 pub fn exec_creds(pid: i32) -> Option<(u32, u32, Vec<u32>)> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -180,6 +204,19 @@ pub fn exec_creds(pid: i32) -> Option<(u32, u32, Vec<u32>)> {
     let groups =
         status_field_in(&st, "Groups").unwrap_or_default().split_whitespace().filter_map(|g| g.parse().ok()).collect();
     Some((second("Uid")?, second("Gid")?, groups))
+}
+
+#[cfg(test)]
+mod limits_tests {
+    #[test]
+    fn limits_parse_as_the_kernel_prints_them() {
+        let l = super::limits(std::process::id() as i32).expect("own limits");
+        assert_eq!(l.len(), 16);
+        let (cur, max) = crate::sys::prlimit(0, libc::RLIMIT_STACK, None).expect("getrlimit");
+        assert_eq!(l[libc::RLIMIT_STACK as usize], (cur, max));
+        let (cur, max) = crate::sys::prlimit(0, libc::RLIMIT_NOFILE, None).expect("getrlimit");
+        assert_eq!(l[libc::RLIMIT_NOFILE as usize], (cur, max));
+    }
 }
 
 #[cfg(test)]

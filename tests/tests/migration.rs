@@ -896,3 +896,51 @@ fn sigpipe_reaches_a_writer_away_as_natively() {
     assert!(st.success(), "{st:?}\n{}", c.logs());
     assert_eq!(away, native);
 }
+
+/// An ordinary user's resource limits read the same away and after moves as
+/// at home (stack 8 MiB and core 0 read as unlimited away before: omd could
+/// not read another user's limits with prlimit).
+#[test]
+fn resource_limits_of_an_ordinary_user_are_the_same_away_and_back() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::start(3);
+    let open_dir = std::env::temp_dir().join(format!("om-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&open_dir).expect("dir");
+    std::fs::set_permissions(&open_dir, PermissionsExt::from_mode(0o755)).expect("chmod dir");
+    for b in ["om-exec", "limits"] {
+        std::fs::copy(bin(b), open_dir.join(b)).expect("copy a binary");
+    }
+    let mut p = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(open_dir.join("om-exec"))
+        .arg("--")
+        .arg(open_dir.join("limits"))
+        .env("OM_SOCKET", c.socket(1))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) runs om-exec as nobody");
+    let pid = p.id();
+    let mut out = std::io::BufReader::new(p.stdout.take().expect("out"));
+    let mut ready = String::new();
+    out.read_line(&mut ready).expect("ready");
+    assert_eq!(ready.trim(), "ready");
+    let mut ask = |what: &str| -> String {
+        p.stdin.as_mut().expect("in").write_all(b"?\n").expect("ask");
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap_or_else(|e| panic!("{what}: {e}"));
+        l.trim().to_string()
+    };
+    let home = ask("at home");
+    assert!(home.starts_with("stack 8388608 ") && home.contains("core 0 "), "{home}");
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(ask("away on node 2"), home, "away on node 2\n{}", c.logs());
+    c.migrate(1, pid, "3").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(ask("away on node 3"), home, "away on node 3");
+    c.migrate(1, pid, "home").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(ask("back home"), home, "back home");
+    drop(p.stdin.take());
+    assert!(wait_child(&mut p, T).success());
+    let _ = std::fs::remove_dir_all(&open_dir);
+}

@@ -208,6 +208,11 @@ impl Supervisor {
 
     fn handle(&mut self, n: &SeccompNotif) -> Flow {
         let nr = n.data.nr as u32;
+        // Asked to come home: go before forwarding anything (a call restarted
+        // after the deputy was woken would otherwise wait there again).
+        if self.flags.come_home.load(Ordering::SeqCst) {
+            return self.go_home("asked to come home", Some(n.id));
+        }
         match syscalls::class(nr) {
             Class::Emulated => match self.emulate(nr, n) {
                 Some(v) => {

@@ -65,7 +65,6 @@ pub fn reserved_base() -> i32 {
 pub struct Setup {
     pub pid: i32,
     pub fds: Vec<(i32, bool)>,
-    pub cwd: String,
     pub umask: u32,
     pub uids: [u32; 3],
     pub gids: [u32; 3],
@@ -77,7 +76,6 @@ impl Setup {
         Setup {
             pid: img.pid,
             fds: img.fds.clone(),
-            cwd: img.cwd.clone(),
             umask: img.umask,
             uids: img.creds.uids,
             gids: img.creds.gids,

@@ -307,3 +307,46 @@ pub fn sim_logs(tail: Option<usize>) -> String {
         })
         .collect()
 }
+
+/// Copies of built binaries in a directory every user can reach (the
+/// checkout may sit under a private one), for tests that run programs as
+/// another user; removed when dropped.
+pub struct OpenDir(pub PathBuf);
+
+impl OpenDir {
+    pub fn with(tag: &str, bins: &[&str]) -> OpenDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("om-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).expect("chmod dir");
+        for b in bins {
+            std::fs::copy(bin(b), dir.join(b)).expect("copy a binary");
+        }
+        OpenDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// `om-exec -- PROG ARGS...` from this directory, run as uid and gid `id`
+    /// with no groups (setpriv), against the daemon on `socket`.
+    pub fn om_exec_as(&self, id: u32, socket: &Path, prog: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={id}"))
+            .arg(format!("--regid={id}"))
+            .args(["--clear-groups", "--"])
+            .arg(self.path("om-exec"))
+            .arg("--")
+            .arg(self.path(prog))
+            .args(args)
+            .env("OM_SOCKET", socket);
+        c
+    }
+}
+
+impl Drop for OpenDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

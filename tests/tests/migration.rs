@@ -653,23 +653,13 @@ fn ctrl_z_in_an_orphaned_group_is_dropped_as_natively() {
 fn an_execute_only_program_of_an_ordinary_user_moves_out_and_back() {
     use std::os::unix::fs::PermissionsExt;
     let c = Cluster::start(3);
-    let open_dir = std::env::temp_dir().join(format!("om-xonly-{}", std::process::id()));
-    std::fs::create_dir_all(&open_dir).expect("dir");
-    std::fs::set_permissions(&open_dir, PermissionsExt::from_mode(0o755)).expect("chmod dir");
-    for b in ["om-exec", "counter"] {
-        std::fs::copy(bin(b), open_dir.join(b)).expect("copy a binary");
-    }
-    std::fs::set_permissions(open_dir.join("counter"), PermissionsExt::from_mode(0o111)).expect("chmod 0111");
+    let open_dir = om_tests::OpenDir::with("xonly", &["om-exec", "counter"]);
+    std::fs::set_permissions(open_dir.path("counter"), PermissionsExt::from_mode(0o111)).expect("chmod 0111");
     let out = c.path("xonly.out");
     std::fs::write(&out, "").expect("out");
     std::fs::set_permissions(&out, PermissionsExt::from_mode(0o666)).expect("chmod out");
-    let mut p = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(open_dir.join("om-exec"))
-        .arg("--")
-        .arg(open_dir.join("counter"))
-        .args(["8", "60", "50"])
-        .env("OM_SOCKET", c.socket(1))
+    let mut p = open_dir
+        .om_exec_as(65534, c.socket(1), "counter", &["8", "60", "50"])
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::OpenOptions::new().append(true).open(&out).expect("out"))
         .stderr(std::fs::File::create(c.path("xonly.err")).expect("err"))
@@ -686,7 +676,6 @@ fn an_execute_only_program_of_an_ordinary_user_moves_out_and_back() {
     let st = wait_child(&mut p, T);
     assert!(st.success(), "counter ended with {st:?}\n{}", c.logs());
     check_counter(&wait_lines(&out, 60, T), pid);
-    let _ = std::fs::remove_dir_all(&open_dir);
 }
 
 /// The pid of the deputy process of `pid` (named `omdep-PID`).
@@ -768,24 +757,14 @@ fn a_destination_dying_mid_relay_leaves_the_process_where_it_was() {
 fn a_failed_return_home_leaves_the_process_running_away() {
     use std::os::unix::fs::PermissionsExt;
     let c = Cluster::start(2);
-    let open_dir = std::env::temp_dir().join(format!("om-nohome-{}", std::process::id()));
-    std::fs::create_dir_all(&open_dir).expect("dir");
-    std::fs::set_permissions(&open_dir, PermissionsExt::from_mode(0o755)).expect("chmod dir");
-    for b in ["om-exec", "counter"] {
-        std::fs::copy(bin(b), open_dir.join(b)).expect("copy a binary");
-    }
-    let prog = open_dir.join("counter");
+    let open_dir = om_tests::OpenDir::with("nohome", &["om-exec", "counter"]);
+    let prog = open_dir.path("counter");
     std::fs::set_permissions(&prog, PermissionsExt::from_mode(0o111)).expect("chmod 0111");
     let out = c.path("nohome.out");
     std::fs::write(&out, "").expect("out");
     std::fs::set_permissions(&out, PermissionsExt::from_mode(0o666)).expect("chmod out");
-    let mut p = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(open_dir.join("om-exec"))
-        .arg("--")
-        .arg(&prog)
-        .args(["8", "80", "50"])
-        .env("OM_SOCKET", c.socket(1))
+    let mut p = open_dir
+        .om_exec_as(65534, c.socket(1), "counter", &["8", "80", "50"])
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::OpenOptions::new().append(true).open(&out).expect("out"))
         .stderr(std::fs::File::create(c.path("nohome.err")).expect("err"))
@@ -807,7 +786,6 @@ fn a_failed_return_home_leaves_the_process_running_away() {
     let st = wait_child(&mut p, T);
     assert!(st.success(), "counter ended with {st:?}\n{}", c.logs());
     check_counter(&wait_lines(&out, 80, T), pid);
-    let _ = std::fs::remove_dir_all(&open_dir);
 }
 
 /// kill(-1, sig) signals every process the caller may signal but itself and
@@ -817,21 +795,11 @@ fn a_failed_return_home_leaves_the_process_running_away() {
 #[test]
 fn kill_minus_one_spares_the_process_itself_away_as_natively() {
     use std::io::{BufRead, Write};
-    use std::os::unix::fs::PermissionsExt;
     let c = Cluster::start(2);
-    let open_dir = std::env::temp_dir().join(format!("om-killall-{}", std::process::id()));
-    std::fs::create_dir_all(&open_dir).expect("dir");
-    std::fs::set_permissions(&open_dir, PermissionsExt::from_mode(0o755)).expect("chmod dir");
-    for b in ["om-exec", "killall"] {
-        std::fs::copy(bin(b), open_dir.join(b)).expect("copy a binary");
-    }
+    let open_dir = om_tests::OpenDir::with("killall", &["om-exec", "killall"]);
     let run = |away: bool| -> Vec<String> {
-        let mut p = Command::new("setpriv")
-            .args(["--reuid=4000123", "--regid=4000123", "--clear-groups", "--"])
-            .arg(open_dir.join("om-exec"))
-            .arg("--")
-            .arg(open_dir.join("killall"))
-            .env("OM_SOCKET", c.socket(1))
+        let mut p = open_dir
+            .om_exec_as(4000123, c.socket(1), "killall", &[])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(c.path("killall.err")).expect("err"))
@@ -854,7 +822,6 @@ fn kill_minus_one_spares_the_process_itself_away_as_natively() {
     // never the caller itself.
     assert_eq!(native, vec!["kill -1: 0 0".to_string(), "usr1 0".to_string()]);
     assert_eq!(run(true), native, "away differs from native\n{}", c.logs());
-    let _ = std::fs::remove_dir_all(&open_dir);
 }
 
 /// A write to a pipe with no reader raises SIGPIPE in the writer, away as
@@ -903,20 +870,10 @@ fn sigpipe_reaches_a_writer_away_as_natively() {
 #[test]
 fn resource_limits_of_an_ordinary_user_are_the_same_away_and_back() {
     use std::io::{BufRead, Write};
-    use std::os::unix::fs::PermissionsExt;
     let c = Cluster::start(3);
-    let open_dir = std::env::temp_dir().join(format!("om-limits-{}", std::process::id()));
-    std::fs::create_dir_all(&open_dir).expect("dir");
-    std::fs::set_permissions(&open_dir, PermissionsExt::from_mode(0o755)).expect("chmod dir");
-    for b in ["om-exec", "limits"] {
-        std::fs::copy(bin(b), open_dir.join(b)).expect("copy a binary");
-    }
-    let mut p = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(open_dir.join("om-exec"))
-        .arg("--")
-        .arg(open_dir.join("limits"))
-        .env("OM_SOCKET", c.socket(1))
+    let open_dir = om_tests::OpenDir::with("limits", &["om-exec", "limits"]);
+    let mut p = open_dir
+        .om_exec_as(65534, c.socket(1), "limits", &[])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -942,5 +899,4 @@ fn resource_limits_of_an_ordinary_user_are_the_same_away_and_back() {
     assert_eq!(ask("back home"), home, "back home");
     drop(p.stdin.take());
     assert!(wait_child(&mut p, T).success());
-    let _ = std::fs::remove_dir_all(&open_dir);
 }

@@ -57,6 +57,9 @@ struct Flags {
     going_home: AtomicBool,
     /// The supervisor loop has returned.
     done: AtomicBool,
+    /// The wait status of a guest that died while the supervisor traced it
+    /// (its wait reaped it), for the helper to report.
+    reaped: Mutex<Option<i32>>,
     tid: AtomicI32,
     /// Whole frames on `stream` from either thread.
     write_lock: Mutex<()>,
@@ -798,7 +801,17 @@ impl Supervisor {
                 Flow::Go
             }
             Err(e) => {
-                tracing::warn!(%e, "the process could not be sent home; it keeps running here");
+                if let crate::GuestError::Trace(om_runtime::ptrace::TraceError::Died { status, .. }) = &e {
+                    if *status >= 0 {
+                        *self.flags.reaped.lock().unwrap_or_else(|p| p.into_inner()) = Some(*status);
+                    }
+                }
+                if om_runtime::ptrace::has_ended(self.gpid) {
+                    // It ended on its way: the helper reports its exit.
+                    tracing::info!(guest = self.gpid, %e, "the process ended as it was going home");
+                } else {
+                    tracing::warn!(%e, "the process could not be sent home; it keeps running here");
+                }
                 self.failed_home();
                 self.flags.going_home.store(false, Ordering::SeqCst);
                 Flow::Go
@@ -1069,12 +1082,20 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
             Err(_) => continue,
         };
         if rev[1] != 0 {
+            // The guest ended. While the supervisor takes it home, its end
+            // may be the move's (done follows) or an exit during a return
+            // that then fails: wait for the supervisor to tell which.
             if flags.going_home.load(Ordering::SeqCst) {
-                return;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
             }
-            let (code, signal) = match sys::waitpid(gpid, libc::__WALL) {
-                Ok((_, st)) if libc::WIFEXITED(st) => (libc::WEXITSTATUS(st), 0),
-                Ok((_, st)) if libc::WIFSIGNALED(st) => (0, libc::WTERMSIG(st)),
+            let status = match sys::waitpid(gpid, libc::__WALL) {
+                Ok((_, st)) => Some(st),
+                Err(_) => flags.reaped.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            };
+            let (code, signal) = match status {
+                Some(st) if libc::WIFEXITED(st) => (libc::WEXITSTATUS(st), 0),
+                Some(st) if libc::WIFSIGNALED(st) => (0, libc::WTERMSIG(st)),
                 _ => (0, libc::SIGKILL),
             };
             tracing::info!(guest = gpid, code, signal, "guest ended");

@@ -68,6 +68,14 @@ fn io_err(pid: i32, what: &'static str) -> impl FnOnce(io::Error) -> TraceError 
     }
 }
 
+/// Whether `pid` is a zombie or gone.
+pub fn has_ended(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => true,
+    }
+}
+
 impl Tracee {
     /// Seize a running process and bring it to a stop (`PTRACE_SEIZE` + `INTERRUPT`).
     /// `kill_on_exit` sets `PTRACE_O_EXITKILL` (for guests, never for home processes).
@@ -79,7 +87,14 @@ impl Tracee {
     /// notification the process waits in, so it can reach the stop), then wait.
     pub fn seize_then(pid: i32, kill_on_exit: bool, before_wait: &mut dyn FnMut()) -> Result<Tracee> {
         let opts = TRACESYSGOOD | if kill_on_exit { EXITKILL } else { 0 };
-        sys::ptrace_seize(pid, opts).map_err(io_err(pid, "seize"))?;
+        sys::ptrace_seize(pid, opts).map_err(|e| {
+            // A process that has ended (a zombie) refuses with EPERM.
+            if e.raw_os_error() == Some(libc::EPERM) && has_ended(pid) {
+                TraceError::Died { pid, status: -1 }
+            } else {
+                io_err(pid, "seize")(e)
+            }
+        })?;
         sys::ptrace_interrupt(pid).map_err(io_err(pid, "interrupt"))?;
         before_wait();
         let mut t = Tracee { pid, syscall_ip: 0, deferred: Vec::new(), saved: zero_regs() };

@@ -900,3 +900,58 @@ fn resource_limits_of_an_ordinary_user_are_the_same_away_and_back() {
     drop(p.stdin.take());
     assert!(wait_child(&mut p, T).success());
 }
+
+/// A process that ends while it is being brought home is reported as it
+/// ended, and its parent sees that at once. Before, a guest that ended during
+/// a return home was never reported: the parent waited forever. The guest is
+/// killed on its node (as if it ended by itself) at several moments of the
+/// return, or of a move straight across: during the pre-copy and around the
+/// freeze.
+#[test]
+fn a_process_that_ends_while_coming_home_is_reported_as_it_ended() {
+    let c = Cluster::start(3);
+    let rounds = [("home", 0u64), ("home", 30), ("home", 120), ("home", 250), ("3", 0), ("3", 60), ("3", 200)];
+    for (round, (to, delay_ms)) in rounds.into_iter().enumerate() {
+        let mut p = Command::new(bin("om-exec"))
+            .env("OM_SOCKET", c.socket(1))
+            .args([bin("spin").to_str().expect("path"), "100000", "0", "32"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("om-exec");
+        let pid = p.id();
+        while c.where_is(1, pid).is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        let guest: i32 = c
+            .log(2)
+            .lines()
+            .filter(|l| l.contains(&format!("home_pid={pid} ")) && l.contains("guest running guest="))
+            .find_map(|l| l.split("guest=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no guest for {pid}\n{}", c.logs()));
+        let home = {
+            let sock = c.socket(1).to_path_buf();
+            std::thread::spawn(move || {
+                Command::new(bin("omctl")).env("OM_SOCKET", sock).args(["migrate", &pid.to_string(), to]).output()
+            })
+        };
+        let going = format!("going home guest={guest} ");
+        let t0 = std::time::Instant::now();
+        while !c.log(2).contains(&going) {
+            assert!(t0.elapsed() < T, "round {round}: never went home\n{}", c.logs());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: a plain kill of the guest process, which this test owns.
+        unsafe { libc::kill(guest, libc::SIGTERM) };
+        let _ = home.join();
+        // Killed once the other end had its image, the process runs on
+        // there: end it the same way.
+        if p.try_wait().expect("wait").is_none() {
+            // SAFETY: as above, for the home process.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        let status = wait_child(&mut p, Duration::from_secs(20));
+        assert_eq!(status.signal(), Some(libc::SIGTERM), "round {round}: {status:?}\n{}", c.logs());
+    }
+}

@@ -171,8 +171,21 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
     if std::fs::read_to_string(format!("/proc/{pid}/timers")).is_ok_and(|t| t.contains("ID:")) {
         return Some("it has POSIX timers (timer_create), which cannot move yet".into());
     }
+    if let Some(lock) = posix_lock_of(pid) {
+        return Some(format!(
+            "it holds a POSIX record lock ({lock}), which would be dropped while it is away; \
+             it can move once it releases it (or uses flock or OFD locks)"
+        ));
+    }
     let maps = procfs::maps(pid).ok()?;
     for m in &maps {
+        if !m.shared && m.inode != 0 && m.path.ends_with(" (deleted)") {
+            return Some(format!(
+                "it maps a deleted file privately at {:#x} ({}); its unwritten pages must keep showing the file, \
+                 which no other node has",
+                m.start, m.path
+            ));
+        }
         if m.path.starts_with("/SYSV") {
             return Some(format!("it attached SysV shared memory at {:#x}", m.start));
         }
@@ -192,6 +205,21 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
         }
     }
     None
+}
+
+/// A POSIX record lock `pid` holds, as /proc/locks shows it (type, file's
+/// device:inode, range), or None.
+fn posix_lock_of(pid: i32) -> Option<String> {
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|l| {
+        // "1: POSIX  ADVISORY  WRITE 1234 00:1f:5678 10 29" ("->" marks a waiter).
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let at = f.iter().position(|w| *w == "POSIX")?;
+        if f.get(1) == Some(&"->") || f.get(at + 3)?.parse::<i32>().ok()? != pid {
+            return None;
+        }
+        Some(format!("{} on {} bytes {}-{}", f.get(at + 2)?, f.get(at + 4)?, f.get(at + 5)?, f.get(at + 6)?))
+    })
 }
 
 fn is_special(path: &str) -> bool {

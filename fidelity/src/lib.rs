@@ -1,0 +1,105 @@
+//! The fidelity suite's side of a case. Each program in `src/bin/` is one
+//! case: it sets a piece of kernel state up, prints `ready` and waits for
+//! SIGUSR2 (meanwhile the harness moves it, or not), then checks the state
+//! and prints what it saw, one observation per line, and `PASS` or
+//! `FAIL: why` last. The harness (`tests/tests/fidelity.rs`) runs every case
+//! natively, away (checked on node 2) and bounced (2 -> 3 -> home), and
+//! fails on any difference in output or exit status.
+//!
+//! A case's first lines may hold directives for the harness:
+//! - `//! fidelity: user nobody`: run as uid and gid 65534 (every mode);
+//! - `//! fidelity: refused`: om must refuse to move it, with a reason, and
+//!   the process must then pass at home.
+
+use std::io::Write;
+
+/// An observation: printed as `what: value`.
+pub struct Seen(Vec<String>);
+
+impl Seen {
+    pub fn new() -> Seen {
+        Seen(Vec::new())
+    }
+
+    /// Note what was seen.
+    pub fn note(&mut self, what: &str, value: impl std::fmt::Display) {
+        self.0.push(format!("{what}: {value}"));
+    }
+
+    /// Note what was seen, and fail the case unless it equals `expected`.
+    pub fn expect<T: std::fmt::Debug + PartialEq>(&mut self, what: &str, got: T, expected: T) {
+        if got == expected {
+            self.0.push(format!("{what}: {got:?}"));
+        } else {
+            self.0.push(format!("{what}: {got:?} FAIL: expected {expected:?}"));
+        }
+    }
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen::new()
+    }
+}
+
+/// Run a case: `setup` runs at once; `check` runs after the harness's SIGUSR2.
+pub fn case<S>(setup: impl FnOnce() -> S, check: impl FnOnce(S, &mut Seen)) {
+    let wait = block_go_signal();
+    let state = setup();
+    say("ready");
+    wait_go(&wait);
+    let mut seen = Seen::new();
+    check(state, &mut seen);
+    let failed: Vec<&String> = seen.0.iter().filter(|l| l.contains("FAIL")).collect();
+    for l in &seen.0 {
+        say(l);
+    }
+    if failed.is_empty() {
+        say("PASS");
+    } else {
+        say(&format!("FAIL: {} checks", failed.len()));
+        std::process::exit(1);
+    }
+}
+
+/// A line on stdout, flushed (stdout is a pipe).
+pub fn say(s: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{s}");
+    let _ = o.flush();
+}
+
+/// The errno of the last failed call.
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// A call's result as the kernel gives it: the value, or `-errno`.
+pub fn ret(r: i64) -> i64 {
+    if r < 0 {
+        -(errno() as i64)
+    } else {
+        r
+    }
+}
+
+fn block_go_signal() -> libc::sigset_t {
+    // SAFETY: a sigset of our own, filled by the libc calls.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_go(set: &libc::sigset_t) {
+    loop {
+        // SAFETY: waits for a signal in our own set.
+        let r = unsafe { libc::sigwaitinfo(set, std::ptr::null_mut()) };
+        if r == libc::SIGUSR2 {
+            return;
+        }
+    }
+}

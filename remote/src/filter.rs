@@ -13,6 +13,25 @@ pub enum FilterError {
     Io(#[from] std::io::Error),
 }
 
+/// prctl options the supervisor handles (the rest of 0..=80 run in the
+/// guest): identity settings, and the capability sets, which live at home.
+const IDENTITY_PRCTL: [u64; 13] = [
+    libc::PR_CAPBSET_READ as u64,
+    libc::PR_CAPBSET_DROP as u64,
+    libc::PR_CAP_AMBIENT as u64,
+    libc::PR_SET_PDEATHSIG as u64,
+    libc::PR_GET_PDEATHSIG as u64,
+    libc::PR_GET_DUMPABLE as u64,
+    libc::PR_SET_DUMPABLE as u64,
+    libc::PR_GET_KEEPCAPS as u64,
+    libc::PR_SET_KEEPCAPS as u64,
+    libc::PR_GET_SECUREBITS as u64,
+    libc::PR_SET_SECUREBITS as u64,
+    libc::PR_SET_NO_NEW_PRIVS as u64,
+    libc::PR_GET_NO_NEW_PRIVS as u64,
+];
+const PR_SET_VMA: u64 = 0x5356_4d41;
+
 /// The BPF program (raw `sock_filter` array) for a guest.
 pub fn program() -> Result<Vec<u8>, FilterError> {
     let mut ctx = ScmpFilterContext::new(ScmpAction::Notify)?;
@@ -35,6 +54,12 @@ pub fn program() -> Result<Vec<u8>, FilterError> {
             }
             _ => ctx.add_rule(ScmpAction::Allow, sc)?,
         };
+    }
+    // prctl runs in the guest, except for the settings that are part of the
+    // process's identity (the supervisor answers or sends it home).
+    let prctl = ScmpSyscall::from(libc::SYS_prctl as i32);
+    for op in (0..=80).chain([PR_SET_VMA]).filter(|op| !IDENTITY_PRCTL.contains(op)) {
+        ctx.add_rule_conditional(ScmpAction::Allow, prctl, &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, op)])?;
     }
     let fd = om_runtime::sys::memfd("om-filter")?;
     ctx.export_bpf(&fd)?;

@@ -35,6 +35,8 @@ pub struct Supervisor {
     pgid: i32,
     sid: i32,
     creds: Creds,
+    /// prctl settings as home had them (the identity part is answered from here).
+    proc_flags: om_runtime::image::ProcFlags,
     next_id: u64,
     flags: Arc<Flags>,
     /// Whether a return home has sent all its images (home then answers).
@@ -134,6 +136,7 @@ impl Supervisor {
             pgid: img.pgid,
             sid: img.sid,
             creds: img.creds.clone(),
+            proc_flags: img.flags,
             next_id: 1,
             flags: register(),
             images_sent: false,
@@ -217,6 +220,7 @@ impl Supervisor {
             return self.go_home("asked to come home", Some(n.id));
         }
         match syscalls::class(nr) {
+            Class::Emulated if nr == libc::SYS_prctl as u32 => self.prctl(n),
             Class::Emulated => match self.emulate(nr, n) {
                 Some(v) => {
                     self.reply(n.id, v);
@@ -355,6 +359,30 @@ impl Supervisor {
         if raises {
             let _ = sys::tgkill(self.gpid, self.gpid, libc::SIGPIPE);
         }
+    }
+
+    /// The prctl settings that are part of the process's identity (the
+    /// filter lets the others run in the guest): read from what home had;
+    /// changed only at home.
+    fn prctl(&mut self, n: &SeccompNotif) -> Flow {
+        let a = n.data.args;
+        let f = &self.proc_flags;
+        let v = match a[0] as i32 {
+            libc::PR_GET_DUMPABLE => f.dumpable as i64,
+            libc::PR_GET_NO_NEW_PRIVS => f.no_new_privs as i64,
+            libc::PR_GET_KEEPCAPS => f.keepcaps as i64,
+            libc::PR_GET_SECUREBITS => f.securebits as i64,
+            libc::PR_GET_PDEATHSIG => {
+                let sig = (f.pdeathsig as u32).to_le_bytes();
+                match sys::process_vm_writev(self.gpid, &sig, &[(a[1], 4)]) {
+                    Ok(4) => 0,
+                    _ => -libc::EFAULT as i64,
+                }
+            }
+            _ => return self.go_home("this prctl runs at home", Some(n.id)),
+        };
+        self.reply(n.id, v);
+        Flow::Go
     }
 
     fn self_signal(&self, sig: i32) -> i64 {
@@ -890,6 +918,7 @@ impl Supervisor {
         sent: &image::PageHashes,
     ) -> Result<bool, crate::GuestError> {
         let mut cap = image::capture(t, same)?;
+        cap.image.flags = cap.image.flags.with_identity_of(&self.proc_flags);
         let sent_ok = image::prune_unchanged(self.gpid, &mut cap.image, pre, sent)
             .map_err(crate::GuestError::from)
             .and_then(|_| {

@@ -83,6 +83,125 @@ pub struct Creds {
     pub groups: Vec<u32>,
 }
 
+/// Per-process settings made with prctl and membarrier.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcFlags {
+    // Kept in the process wherever it runs: set again at each rebuild.
+    pub thp_disable: u64,
+    pub child_subreaper: u64,
+    pub timerslack: u64,
+    /// As PR_MCE_KILL_GET answers: 0 late, 1 early, 2 the system default.
+    pub mce_kill: u64,
+    /// PR_GET_TSC (0 when it could not be read).
+    pub tsc: u64,
+    /// The MEMBARRIER_CMD_REGISTER_* commands in effect, or'ed.
+    pub membarrier: u64,
+    // Part of the process's identity: answered by the supervisor while
+    // away (the guest runs with no_new_privs and another uid), never set in
+    // the guest; the placeholder at home keeps them.
+    pub dumpable: u64,
+    pub no_new_privs: u64,
+    pub keepcaps: u64,
+    pub securebits: u64,
+    pub pdeathsig: u64,
+}
+
+impl ProcFlags {
+    /// These settings, with the identity part taken from `home`.
+    pub fn with_identity_of(mut self, home: &ProcFlags) -> ProcFlags {
+        self.dumpable = home.dumpable;
+        self.no_new_privs = home.no_new_privs;
+        self.keepcaps = home.keepcaps;
+        self.securebits = home.securebits;
+        self.pdeathsig = home.pdeathsig;
+        self
+    }
+}
+
+/// membarrier commands: (private expedited command, its registration).
+const MEMBARRIER_KINDS: [(u64, u64); 3] = [(1 << 3, 1 << 4), (1 << 5, 1 << 6), (1 << 7, 1 << 8)];
+
+/// Read the process's prctl settings and membarrier registrations by calls
+/// injected into it (`out` is scratch memory for calls that write an int).
+/// In a guest (under om's seccomp filter) the identity part is left out: the
+/// filter would send those calls to the supervisor that is capturing, and the
+/// supervisor has home's values anyway.
+fn capture_flags(t: &mut Tracee, out: u64, guest: bool) -> Result<ProcFlags> {
+    let get = |t: &mut Tracee, op: i32| -> Result<u64> {
+        let r = t.syscall(libc::SYS_prctl, [op as u64, 0, 0, 0, 0, 0])?;
+        Ok(r.max(0) as u64)
+    };
+    let get_into = |t: &mut Tracee, op: i32| -> Result<u64> {
+        t.poke(out, &[0; 4])?;
+        if t.syscall(libc::SYS_prctl, [op as u64, out, 0, 0, 0, 0])? < 0 {
+            return Ok(0);
+        }
+        let b = t.peek(out, 4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64)
+    };
+    let mut membarrier = 0;
+    for (cmd, register) in MEMBARRIER_KINDS {
+        // A private expedited barrier succeeds only once registered.
+        if t.syscall(libc::SYS_membarrier, [cmd, 0, 0, 0, 0, 0])? == 0 {
+            membarrier |= register;
+        }
+    }
+    let kept = ProcFlags {
+        thp_disable: get(t, libc::PR_GET_THP_DISABLE)?,
+        child_subreaper: get_into(t, libc::PR_GET_CHILD_SUBREAPER)?,
+        timerslack: get(t, libc::PR_GET_TIMERSLACK)?,
+        mce_kill: get(t, libc::PR_MCE_KILL_GET)?,
+        tsc: get_into(t, libc::PR_GET_TSC)?,
+        membarrier,
+        ..ProcFlags::default()
+    };
+    if guest {
+        return Ok(kept);
+    }
+    Ok(ProcFlags {
+        dumpable: get(t, libc::PR_GET_DUMPABLE)?,
+        no_new_privs: get(t, libc::PR_GET_NO_NEW_PRIVS)?,
+        keepcaps: get(t, libc::PR_GET_KEEPCAPS)?,
+        securebits: get(t, libc::PR_GET_SECUREBITS)?,
+        pdeathsig: get_into(t, libc::PR_GET_PDEATHSIG)?,
+        ..kept
+    })
+}
+
+/// Set the settings the process keeps wherever it runs (not its identity).
+fn restore_flags(t: &mut Tracee, f: &ProcFlags) -> Result<()> {
+    let pid = t.pid;
+    let set = |t: &mut Tracee, what: &'static str, args: [u64; 6]| -> Result<()> {
+        let r = t.syscall(libc::SYS_prctl, args)?;
+        if r < 0 {
+            tracing::warn!(pid, what, errno = -r, "a process setting could not be restored");
+        }
+        Ok(())
+    };
+    set(t, "thp_disable", [libc::PR_SET_THP_DISABLE as u64, f.thp_disable, 0, 0, 0, 0])?;
+    set(t, "child_subreaper", [libc::PR_SET_CHILD_SUBREAPER as u64, f.child_subreaper, 0, 0, 0, 0])?;
+    if f.timerslack > 0 {
+        set(t, "timerslack", [libc::PR_SET_TIMERSLACK as u64, f.timerslack, 0, 0, 0, 0])?;
+    }
+    let mce = match f.mce_kill {
+        0 | 1 => [libc::PR_MCE_KILL as u64, libc::PR_MCE_KILL_SET as u64, f.mce_kill, 0, 0, 0],
+        _ => [libc::PR_MCE_KILL as u64, libc::PR_MCE_KILL_CLEAR as u64, 0, 0, 0, 0],
+    };
+    set(t, "mce_kill", mce)?;
+    if f.tsc != 0 {
+        set(t, "tsc", [libc::PR_SET_TSC as u64, f.tsc, 0, 0, 0, 0])?;
+    }
+    for (_, register) in MEMBARRIER_KINDS {
+        if f.membarrier & register != 0 {
+            let r = t.syscall(libc::SYS_membarrier, [register, 0, 0, 0, 0, 0])?;
+            if r < 0 {
+                tracing::warn!(pid, register, errno = -r, "a membarrier registration could not be restored");
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Archive, Serialize, Deserialize, Clone)]
 pub struct Image {
     pub pid: i32,
@@ -107,6 +226,7 @@ pub struct Image {
     /// ITIMER_REAL, _VIRTUAL, _PROF as (interval s, us, value s, us).
     pub itimers: Vec<[u64; 4]>,
     pub creds: Creds,
+    pub flags: ProcFlags,
     /// [vvar] start and the size of the vdso group, and a hash of the vdso text.
     pub vdso: (u64, u64, u64),
     pub regions: Vec<Region>,
@@ -401,6 +521,7 @@ pub fn pre_image(pid: i32, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Ima
         pending: 0,
         itimers: Vec::new(),
         creds: Creds::default(),
+        flags: ProcFlags::default(),
         vdso: vdso_of(pid, &maps)?,
         regions: capture_regions(pid, &maps, 0, reopen)?,
         fds: Vec::new(),
@@ -517,6 +638,8 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
     };
     // From /proc: prlimit on another user's process needs CAP_SYS_RESOURCE.
     let rlimits = procfs::limits(pid).map_err(ioe("limits"))?;
+    let guest = sf("Seccomp") == "2";
+    let flags = capture_flags(t, scratch + 3584, guest)?;
 
     let (vvar_start, vdso_len, vdso_hash) = vdso_of(pid, &maps).map_err(ioe("vdso"))?;
 
@@ -560,6 +683,7 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
         pending: procfs::hex_mask(&sf("SigPnd")) | procfs::hex_mask(&sf("ShdPnd")),
         itimers,
         creds,
+        flags,
         vdso: (vvar_start, vdso_len, vdso_hash),
         regions,
         fds: procfs::fds(pid).map_err(ioe("fds"))?,
@@ -1105,6 +1229,7 @@ pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore,
             tracing::warn!(pid, res, errno = -r, "a resource limit could not be restored");
         }
     }
+    restore_flags(t, &img.flags)?;
     // Timers last: they start counting again from here.
     for (which, it) in img.itimers.iter().enumerate() {
         let b: Vec<u8> = it.iter().flat_map(|v| v.to_le_bytes()).collect();

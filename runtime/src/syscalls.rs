@@ -222,7 +222,7 @@ pub const TABLE: &[Entry] = t! {
     154, "modify_ldt", Home, "LDT state does not migrate";
     155, "pivot_root", Home, "privileged; runs at home";
     156, "_sysctl", Home, "obsolete; runs at home";
-    157, "prctl", Local, "per-process settings kept in the guest";
+    157, "prctl", Emulated, "settings kept in the guest and carried in the image; dumpable, no_new_privs, keepcaps, securebits and pdeathsig read as at home; changing them, and the capability sets, runs at home";
     158, "arch_prctl", Local, "fs/gs base is local";
     159, "adjtimex", Home, "clock of the home node";
     160, "setrlimit", Local, "limits of the guest; carried home in the image";

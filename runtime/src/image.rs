@@ -50,6 +50,85 @@ pub struct Region {
     pub runs: Vec<(u64, u64)>,
     /// Runs of guard pages (MADV_GUARD_INSTALL), reinstalled after the pages are written.
     pub guards: Vec<(u64, u64)>,
+    /// madvise and mlock attributes (`ATTR_*`), from /proc/PID/smaps VmFlags.
+    pub attrs: u32,
+}
+
+/// Region attributes that travel: (VmFlags name, bit, madvise advice or
+/// one of the mlock forms below).
+const ATTRS: [(&str, u32, i64); 6] = [
+    ("dc", 1, libc::MADV_DONTFORK as i64),
+    ("wf", 2, libc::MADV_WIPEONFORK as i64),
+    ("hg", 4, libc::MADV_HUGEPAGE as i64),
+    ("nh", 8, libc::MADV_NOHUGEPAGE as i64),
+    ("dd", 16, libc::MADV_DONTDUMP as i64),
+    ("lo", 32, MLOCK),
+];
+const MLOCK: i64 = -1;
+/// "lf": locked on fault (mlock2 MLOCK_ONFAULT), with "lo".
+const ATTR_ONFAULT: u32 = 64;
+/// "nr": mapped with MAP_NORESERVE.
+const ATTR_NORESERVE: u32 = 128;
+/// "hg", as in `ATTRS`.
+const ATTR_HUGEPAGE: u32 = 4;
+
+/// VmFlags of each region of `pid`, by start address, as `ATTRS` bits.
+fn region_attrs(pid: i32) -> HashMap<u64, u32> {
+    let mut out = HashMap::new();
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return out };
+    let mut start = None;
+    for l in text.lines() {
+        if let Some(v) = l.strip_prefix("VmFlags:") {
+            let mut bits = 0;
+            for f in v.split_whitespace() {
+                bits |= ATTRS.iter().find(|a| a.0 == f).map_or(0, |a| a.1);
+                if f == "lf" {
+                    bits |= ATTR_ONFAULT;
+                }
+                if f == "nr" {
+                    bits |= ATTR_NORESERVE;
+                }
+            }
+            if let Some(s) = start.take() {
+                out.insert(s, bits);
+            }
+        } else if let Some((range, _)) = l.split_once(' ') {
+            if let Some((a, _)) = range.split_once('-') {
+                if !range.ends_with(':') {
+                    if let Ok(a) = u64::from_str_radix(a, 16) {
+                        start = Some(a);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Set a region's attributes again (after its pages are written).
+fn restore_attrs(t: &mut Tracee, r: &Region) -> Result<()> {
+    let len = r.end - r.start;
+    for &(name, bit, how) in &ATTRS {
+        if r.attrs & bit == 0 {
+            continue;
+        }
+        let res = if how == MLOCK {
+            let onfault = if r.attrs & ATTR_ONFAULT != 0 { 1 } else { 0 };
+            t.syscall(libc::SYS_mlock2, [r.start, len, onfault, 0, 0, 0])?
+        } else {
+            t.syscall(libc::SYS_madvise, [r.start, len, how as u64, 0, 0, 0])?
+        };
+        if res < 0 {
+            tracing::warn!(
+                pid = t.pid,
+                start = r.start,
+                name,
+                errno = -res,
+                "a memory attribute could not be set again"
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Default)]
@@ -704,6 +783,7 @@ fn capture_regions(
     // (PROT_NONE address space kept by a JIT or an allocator) costs no huge buffer.
     const SLICE: u64 = 1 << 16;
     let mut raw = vec![0u8; (SLICE * 8) as usize];
+    let attrs = region_attrs(pid);
     for m in maps {
         if is_special(&m.path) || m.start == scratch {
             continue;
@@ -758,6 +838,7 @@ fn capture_regions(
             kind,
             runs: runs_of(want),
             guards: runs_of(guard),
+            attrs: attrs.get(&m.start).copied().unwrap_or(0),
         });
     }
     Ok(out)
@@ -1027,12 +1108,17 @@ fn map_region(
             if *kind == RegionKind::Stack {
                 flags |= libc::MAP_GROWSDOWN;
             }
-            if r.prot == 0 {
+            // As it was made; and a reservation of address space over 1 GiB
+            // (a JIT's, an allocator's) is never charged while it is
+            // written here.
+            if r.attrs & ATTR_NORESERVE != 0 || (r.prot == 0 && len > 1 << 30) {
                 flags |= libc::MAP_NORESERVE;
             }
             t.syscall_ok("mmap", libc::SYS_mmap, [r.start, len, prot, flags as u64, u64::MAX, 0])?;
-            if len >= 4 << 20 && !r.runs.is_empty() {
-                // Huge pages make writing the image several times cheaper.
+            // MADV_HUGEPAGE would make writing the image cheaper, but it
+            // cannot be undone: only where the process had asked for it
+            // (restore_attrs sets it too).
+            if r.attrs & ATTR_HUGEPAGE != 0 && !r.runs.is_empty() {
                 let _ = t.syscall(libc::SYS_madvise, [r.start, len, libc::MADV_HUGEPAGE as u64, 0, 0, 0]);
             }
         }
@@ -1136,6 +1222,7 @@ pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore,
                 [r.start + first * PAGE, n * PAGE, MADV_GUARD_INSTALL, 0, 0, 0],
             )?;
         }
+        restore_attrs(t, r)?;
     }
     if target == Target::Fresh {
         let exe_fd = if img.exe_reopen {
@@ -1368,8 +1455,15 @@ mod tests {
 
     #[test]
     fn same_region_needs_same_bounds_protection_and_kind() {
-        let r =
-            Region { start: 0x1000, end: 0x3000, prot: 3, kind: RegionKind::Anon, runs: vec![(0, 1)], guards: vec![] };
+        let r = Region {
+            start: 0x1000,
+            end: 0x3000,
+            prot: 3,
+            kind: RegionKind::Anon,
+            runs: vec![(0, 1)],
+            guards: vec![],
+            attrs: 0,
+        };
         let mut q = r.clone();
         q.runs.clear();
         assert!(same_region(&r, &q));

@@ -24,7 +24,8 @@ fn main() {
     om_fidelity::case(
         || {
             let p = std::env::temp_dir().join(format!("om-fid-lock-{}", std::process::id()));
-            let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&p).expect("open");
+            let f =
+                std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&p).expect("open");
             let _ = std::fs::remove_file(&p);
             use std::os::fd::IntoRawFd;
             let fd = f.into_raw_fd();

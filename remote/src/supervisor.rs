@@ -870,8 +870,12 @@ impl Supervisor {
         self.images_sent = false;
         match self.send_images(reopen, pending) {
             Err(e) if !self.images_sent => {
-                tracing::warn!(%e, "cannot send the process home; telling home");
-                let reason = format!("node could not send the process: {e}");
+                let reason = if om_runtime::ptrace::has_ended(self.gpid) {
+                    "the process ended on its way".to_string()
+                } else {
+                    tracing::warn!(%e, "cannot send the process home; telling home");
+                    format!("node could not send the process: {e}")
+                };
                 let _ = self.send(&Msg::RestoreFailed { reason });
                 Err(e)
             }

@@ -127,6 +127,7 @@ pub fn run(seed: u64, moves: usize, budget: Duration, parallel: usize, lines: us
                         || e.contains("moving")
                         || e.contains("not under om")
                         || e.contains("exited")
+                        || e.contains("ended on its way")
                         || e.contains("already"),
                     "seed {seed}: moving {pid} to {to} failed: {e}\n{}",
                     c.logs()

@@ -902,18 +902,13 @@ impl Away {
         let fds = sys::take_process_fds(dep, self.fds_res)
             .map_err(|e| Step::Home("taking the deputy's fds", e.to_string()))?;
         sys::install_fds(t, rs.scratch, &fds).map_err(home("installing the fds"))?;
+        image::queue_pending(t, &img, rs.scratch + 1024).map_err(home("queueing its pending signals"))?;
         image::unmap_scratch(t, rs.scratch).map_err(home("removing the scratch area"))?;
         // Commit: from here the process is home.
         wire::send(&mut &self.link, &Msg::HomeOk).map_err(wire_step("commit"))?;
         let t = t_out.take().ok_or(Step::Home("commit", "no tracee".into()))?;
-        let pending = img.pending;
         if let Err(e) = t.detach() {
             tracing::error!(%e, pid, "cannot let the process run at home");
-        }
-        for sig in 1..=64 {
-            if pending & (1u64 << (sig - 1)) != 0 {
-                let _ = rsys::kill(pid, sig);
-            }
         }
         tracing::info!(pid, "process is running at home again");
         Ok(())

@@ -32,9 +32,20 @@ const IDENTITY_PRCTL: [u64; 13] = [
 ];
 const PR_SET_VMA: u64 = 0x5356_4d41;
 
-/// The BPF program (raw `sock_filter` array) for a guest.
-pub fn program() -> Result<Vec<u8>, FilterError> {
+/// The BPF program (raw `sock_filter` array) for the guest `gpid`.
+pub fn program(gpid: i32) -> Result<Vec<u8>, FilterError> {
     let mut ctx = ScmpFilterContext::new(ScmpAction::Notify)?;
+    // A signal the guest queues to itself by its own pid here: only the
+    // supervisor knows that pid, and injects such a call so that a signal
+    // the process sends itself carries its home pid as the sender.
+    ctx.add_rule_conditional(
+        ScmpAction::Allow,
+        ScmpSyscall::from(libc::SYS_rt_tgsigqueueinfo as i32),
+        &[
+            ScmpArgCompare::new(0, ScmpCompareOp::Equal, gpid as u64),
+            ScmpArgCompare::new(1, ScmpCompareOp::Equal, gpid as u64),
+        ],
+    )?;
     for e in TABLE.iter().filter(|e| e.class == Class::Local) {
         let sc = ScmpSyscall::from(e.nr as i32);
         match e.nr {
@@ -74,7 +85,7 @@ pub fn program() -> Result<Vec<u8>, FilterError> {
 mod tests {
     #[test]
     fn program_builds() {
-        let p = super::program().unwrap();
+        let p = super::program(1234).unwrap();
         assert!(!p.is_empty() && p.len().is_multiple_of(8));
     }
 }

@@ -139,11 +139,6 @@ pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), Guest
     forget();
     match rebuilt {
         Ok((listener, ctl, img)) => {
-            for sig in 1..=64 {
-                if img.pending & (1u64 << (sig - 1)) != 0 {
-                    let _ = rsys::kill(gpid, sig);
-                }
-            }
             wire::send(&mut stream, &Msg::Resumed { guest: gpid })?;
             tracing::info!(guest = gpid, ms = started.elapsed().as_secs_f64() * 1e3, "guest running");
             match supervisor::Supervisor::new(stream, ctl, gpid, listener, &img) {
@@ -205,6 +200,7 @@ fn rebuild(stream: &mut Link, gpid: i32, first: Msg, host: &Host) -> Result<(Own
     );
     enter_sandbox(&mut t, rs.scratch, &host.consistent_paths)?;
     let listener = install_filter(&mut t, rs.scratch)?;
+    image::queue_pending(&mut t, &img, rs.scratch + 1024)?;
     image::unmap_scratch(&mut t, rs.scratch)?;
     t.detach()?;
     Ok((listener, img))
@@ -283,7 +279,7 @@ fn install_filter(t: &mut Tracee, scratch: u64) -> Result<OwnedFd, GuestError> {
     t.syscall_ok("setresuid", libc::SYS_setresuid, [id, id, id, 0, 0, 0])?;
     t.syscall_ok("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
 
-    let prog = filter::program()?;
+    let prog = filter::program(t.pid)?;
     let prog_at = scratch + 4096;
     let fprog_at = scratch + 1024;
     t.poke(prog_at, &prog)?;

@@ -219,6 +219,16 @@ impl Supervisor {
         if self.flags.come_home.load(Ordering::SeqCst) {
             return self.go_home("asked to come home", Some(n.id));
         }
+        let (a, home) = (n.data.args, self.home_pid as u64);
+        let own = match nr {
+            62 if a[0] == home => Some((a[1] as i32, SI_USER)),
+            200 if a[0] == home => Some((a[1] as i32, SI_TKILL)),
+            234 if a[0] == home && a[1] == home => Some((a[2] as i32, SI_TKILL)),
+            _ => None,
+        };
+        if let Some((sig, code)) = own {
+            return self.self_signal(n.id, sig, code);
+        }
         match syscalls::class(nr) {
             Class::Emulated if nr == libc::SYS_prctl as u32 => self.prctl(n),
             Class::Emulated => match self.emulate(nr, n) {
@@ -334,9 +344,7 @@ impl Supervisor {
             111 => self.pgid as i64,
             121 if a[0] == 0 || a[0] == home => self.pgid as i64,
             124 if a[0] == 0 || a[0] == home => self.sid as i64,
-            62 if a[0] == home => self.self_signal(a[1] as i32),
-            200 if a[0] == home => self.self_signal(a[1] as i32),
-            234 if a[0] == home && a[1] == home => self.self_signal(a[2] as i32),
+
             _ => return None,
         })
     }
@@ -385,17 +393,82 @@ impl Supervisor {
         Flow::Go
     }
 
-    fn self_signal(&self, sig: i32) -> i64 {
+    /// kill, tkill or tgkill of the process itself (call `id`). As natively,
+    /// the signal comes from the process: the call is answered, then the
+    /// process is stopped and made to queue the signal to itself with its
+    /// home pid and uid as the sender (the kernel allows any sender only for
+    /// a signal to oneself), so a handler or signalfd reads the same siginfo.
+    fn self_signal(&mut self, id: u64, sig: i32, code: i32) -> Flow {
+        if !(0..=64).contains(&sig) {
+            self.reply(id, -libc::EINVAL as i64);
+            return Flow::Go;
+        }
         if sig == 0 {
-            return 0;
+            self.reply(id, 0);
+            return Flow::Go;
         }
         // The guest is alone in an orphaned process group, where the kernel
         // drops TSTP/TTIN/TTOU with the default action: stop it for real.
-        let sig = if stop_is_default(self.gpid, sig) { libc::SIGSTOP } else { sig };
-        match sys::tgkill(self.gpid, self.gpid, sig) {
-            Ok(()) => 0,
-            Err(e) => -(e.raw_os_error().unwrap_or(libc::EINVAL) as i64),
+        if stop_is_default(self.gpid, sig) {
+            let r = match sys::tgkill(self.gpid, self.gpid, libc::SIGSTOP) {
+                Ok(()) => 0,
+                Err(e) => -(e.raw_os_error().unwrap_or(libc::EINVAL) as i64),
+            };
+            self.reply(id, r);
+            return Flow::Go;
         }
+        let flags = self.flags.clone();
+        let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let lfd = self.listener.as_raw_fd();
+        let mut answered = false;
+        let mut answer = || {
+            answered = sys::seccomp_send(lfd, id, 0, false).is_ok();
+        };
+        let r = Tracee::seize_then(self.gpid, true, &mut answer).and_then(|mut t| {
+            let sent = self.queue_to_self(&mut t, sig, code);
+            let _ = t.detach();
+            sent
+        });
+        match r {
+            Ok(true) => {}
+            // No injection possible: send it from here (the sender then
+            // reads as this node's daemon).
+            Ok(false) | Err(_) => {
+                if let Err(e) = &r {
+                    tracing::debug!(%e, "could not have the guest signal itself");
+                }
+                let r = match sys::tgkill(self.gpid, self.gpid, sig) {
+                    Ok(()) => 0,
+                    Err(e) => -(e.raw_os_error().unwrap_or(libc::EINVAL) as i64),
+                };
+                if !answered {
+                    self.reply(id, r);
+                }
+            }
+        }
+        Flow::Go
+    }
+
+    /// In the stopped guest: rt_tgsigqueueinfo to itself, with the siginfo
+    /// of a kill (SI_USER) or tkill (SI_TKILL) from its home pid and uid.
+    fn queue_to_self(&self, t: &mut Tracee, sig: i32, code: i32) -> Result<bool, om_runtime::ptrace::TraceError> {
+        if !t.use_last_syscall()? {
+            return Ok(false);
+        }
+        // siginfo_t: signo, errno, code, then (pid, uid) at offset 16.
+        let mut info = [0u8; 128];
+        info[0..4].copy_from_slice(&sig.to_le_bytes());
+        info[8..12].copy_from_slice(&code.to_le_bytes());
+        info[16..20].copy_from_slice(&self.home_pid.to_le_bytes());
+        info[20..24].copy_from_slice(&self.creds.uids[0].to_le_bytes());
+        // Below the red zone of the stack it stopped on.
+        let at = (t.saved.rsp - 1024) & !15;
+        let keep = t.peek(at, info.len())?;
+        t.poke(at, &info)?;
+        let g = self.gpid as u64;
+        let r = t.syscall(libc::SYS_rt_tgsigqueueinfo, [g, g, sig as u64, at, 0, 0]);
+        t.poke(at, &keep)?;
+        Ok(r? == 0)
     }
 
     fn read_mem(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
@@ -1044,6 +1117,10 @@ fn scatter(pid: i32, iov: &[(u64, usize)], data: &[u8]) {
 
 /// Would `sig` stop the guest by its default action (TSTP/TTIN/TTOU not
 /// caught or ignored, or SIGSTOP)?
+/// si_code of kill() and of tkill()/tgkill().
+const SI_USER: i32 = 0;
+const SI_TKILL: i32 = -6;
+
 fn stop_is_default(gpid: i32, sig: i32) -> bool {
     if sig == libc::SIGSTOP {
         return true;

@@ -247,6 +247,29 @@ fn capture_flags(t: &mut Tracee, out: u64, guest: bool) -> Result<ProcFlags> {
     })
 }
 
+/// Queue the image's pending signals again, each by the process to itself
+/// (rt_tgsigqueueinfo: the kernel takes any sender and code for a signal to
+/// oneself), through `data` (scratch memory). Signals are blocked meanwhile,
+/// so none is delivered to a tracer stop and lost; the process's own mask is
+/// set last. Call it last before letting the process go.
+pub fn queue_pending(t: &mut Tracee, img: &Image, data: u64) -> Result<()> {
+    let pid = t.pid;
+    let mask = |m| sys::ptrace_set_sigmask(pid, m).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e });
+    mask(!0)?;
+    for info in &img.queued {
+        let sig = info.get(..4).map_or(0, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if info.len() != 128 || !(1..=64).contains(&sig) || sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        t.poke(data, info)?;
+        let r = t.syscall(libc::SYS_rt_tgsigqueueinfo, [pid as u64, pid as u64, sig as u64, data, 0, 0])?;
+        if r < 0 {
+            tracing::warn!(pid, sig, errno = -r, "a pending signal could not be queued again");
+        }
+    }
+    mask(img.sigmask)
+}
+
 /// Set the settings the process keeps wherever it runs (not its identity).
 fn restore_flags(t: &mut Tracee, f: &ProcFlags) -> Result<()> {
     let pid = t.pid;
@@ -302,6 +325,11 @@ pub struct Image {
     pub actions: Vec<SigAction>,
     pub ignored: u64,
     pub pending: u64,
+    /// Every queued signal, whole (siginfo_t, 128 bytes each): its own queue,
+    /// then the process's shared one. Queued again by the process itself at
+    /// each rebuild ([`queue_pending`]), so senders, codes and values, and
+    /// each queued instance of a real-time signal, arrive as they were.
+    pub queued: Vec<Vec<u8>>,
     /// ITIMER_REAL, _VIRTUAL, _PROF as (interval s, us, value s, us).
     pub itimers: Vec<[u64; 4]>,
     pub creds: Creds,
@@ -370,6 +398,9 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
     if std::fs::read_to_string(format!("/proc/{pid}/timers")).is_ok_and(|t| t.contains("ID:")) {
         return Some("it has POSIX timers (timer_create), which cannot move yet".into());
     }
+    if let Some(why) = shares_with_another(pid) {
+        return Some(why);
+    }
     if let Some(lock) = posix_lock_of(pid) {
         return Some(format!(
             "it holds a POSIX record lock ({lock}), which would be dropped while it is away; \
@@ -401,6 +432,31 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
                 m.start,
                 if m.path.is_empty() { "anon" } else { &m.path }
             ));
+        }
+    }
+    None
+}
+
+/// A process that shares `pid`'s memory, fd table or fs (cwd, umask) without
+/// being a thread of it (clone with CLONE_VM, CLONE_FILES or CLONE_FS but not
+/// CLONE_THREAD): its parent and children are checked with kcmp.
+fn shares_with_another(pid: i32) -> Option<String> {
+    let ppid = procfs::stat(pid).ok()?.field(3) as i32;
+    let mut others = procfs::children(pid);
+    if ppid > 1 {
+        others.push(ppid);
+    }
+    for other in others {
+        for (kind, what, flag) in [
+            (1, "its memory", "CLONE_VM"),
+            (2, "its file descriptor table", "CLONE_FILES"),
+            (3, "its cwd and umask", "CLONE_FS"),
+        ] {
+            if sys::kcmp_shared(pid, other, kind) == Some(true) {
+                return Some(format!(
+                    "it shares {what} with process {other} ({flag}), which would no longer see its changes"
+                ));
+            }
         }
     }
     None
@@ -598,6 +654,7 @@ pub fn pre_image(pid: i32, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Ima
         actions: Vec::new(),
         ignored: 0,
         pending: 0,
+        queued: Vec::new(),
         itimers: Vec::new(),
         creds: Creds::default(),
         flags: ProcFlags::default(),
@@ -760,6 +817,15 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
         actions,
         ignored: procfs::hex_mask(&sf("SigIgn")),
         pending: procfs::hex_mask(&sf("SigPnd")) | procfs::hex_mask(&sf("ShdPnd")),
+        queued: [false, true]
+            .into_iter()
+            .map(|shared| sys::ptrace_peek_siginfo(pid, shared))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(ioe("queued signals"))?
+            .concat()
+            .into_iter()
+            .map(|i| i.to_vec())
+            .collect(),
         itimers,
         creds,
         flags,

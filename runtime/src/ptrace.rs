@@ -98,7 +98,7 @@ impl Tracee {
         sys::ptrace_interrupt(pid).map_err(io_err(pid, "interrupt"))?;
         before_wait();
         let mut t = Tracee { pid, syscall_ip: 0, deferred: Vec::new(), saved: zero_regs() };
-        t.wait_stop()?;
+        t.wait_first_stop()?;
         t.saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
         repair_restart(&mut t.saved);
         Ok(t)
@@ -117,6 +117,18 @@ impl Tracee {
         Ok(Tracee { pid, syscall_ip: 0, deferred: Vec::new(), saved })
     }
 
+    /// Inject calls through the `syscall` instruction the process has just
+    /// returned from (it stopped right after a call). False if the bytes
+    /// before its instruction pointer are not one.
+    pub fn use_last_syscall(&mut self) -> Result<bool> {
+        let at = self.saved.rip.wrapping_sub(2);
+        if self.peek(at, 2)? == [0x0f, 0x05] {
+            self.syscall_ip = at;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Stop a process this thread already traces (e.g. a parked placeholder).
     pub fn interrupt(pid: i32, syscall_ip: u64) -> Result<Tracee> {
         sys::ptrace_interrupt(pid).map_err(io_err(pid, "interrupt"))?;
@@ -127,10 +139,45 @@ impl Tracee {
         Ok(t)
     }
 
+    /// Like [`Tracee::wait_stop`], for the stop right after a seize: if it
+    /// takes more than 5 s, say where the process is (a process that never
+    /// stops would leave a move waiting here), then wait on.
+    fn wait_first_stop(&mut self) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        let mut nap = std::time::Duration::from_micros(20);
+        while t0.elapsed() < std::time::Duration::from_secs(5) {
+            match sys::waitpid(self.pid, libc::__WALL | libc::WNOHANG) {
+                Ok((0, _)) => {
+                    std::thread::sleep(nap);
+                    nap = (nap * 2).min(std::time::Duration::from_millis(2));
+                }
+                Ok((_, status)) => return self.took_stop(status),
+                Err(e) => return Err(io_err(self.pid, "wait")(e)),
+            }
+        }
+        let read = |f: &str| std::fs::read_to_string(format!("/proc/{}/{f}", self.pid)).unwrap_or_default();
+        let status = read("status");
+        let field = |k: &str| status.lines().find(|l| l.starts_with(k)).unwrap_or("").to_string();
+        tracing::warn!(
+            pid = self.pid,
+            state = field("State:"),
+            wchan = read("wchan"),
+            syscall = read("syscall").trim(),
+            pending = field("SigPnd:"),
+            blocked = field("SigBlk:"),
+            "the process has not stopped 5 s after PTRACE_INTERRUPT; still waiting"
+        );
+        self.wait_stop()
+    }
+
     /// Wait for the stop that PTRACE_INTERRUPT asked for; signals that arrive
     /// first are deferred (the process is in a ptrace-stop either way).
     fn wait_stop(&mut self) -> Result<()> {
         let (_, status) = sys::waitpid(self.pid, libc::__WALL).map_err(io_err(self.pid, "wait"))?;
+        self.took_stop(status)
+    }
+
+    fn took_stop(&mut self, status: i32) -> Result<()> {
         if !libc::WIFSTOPPED(status) {
             return Err(TraceError::Died { pid: self.pid, status });
         }

@@ -98,6 +98,31 @@ pub fn ptrace_set_sigmask(pid: i32, mask: u64) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_SETSIGMASK, pid, 8, (&raw mut m) as usize).map(drop)
 }
 
+/// The signals queued for a stopped tracee, whole (`PTRACE_PEEKSIGINFO`):
+/// its own queue, or the process's shared one. 128 bytes each.
+pub fn ptrace_peek_siginfo(pid: i32, shared: bool) -> io::Result<Vec<[u8; 128]>> {
+    #[repr(C)]
+    struct Args {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+    let mut out = Vec::new();
+    let mut buf = vec![[0u8; 128]; 32];
+    loop {
+        let mut a = Args { off: out.len() as u64, flags: u32::from(shared), nr: buf.len() as i32 };
+        let n = ptrace_raw(PTRACE_PEEKSIGINFO, pid, (&raw mut a) as usize, buf.as_mut_ptr() as usize)?;
+        if n <= 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+        if out.len() > 1 << 16 {
+            return Ok(out);
+        }
+    }
+}
+
 /// `PTRACE_GET_RSEQ_CONFIGURATION`: (abi pointer, abi size, signature).
 pub fn ptrace_get_rseq(pid: i32) -> io::Result<(u64, u32, u32)> {
     #[repr(C)]
@@ -499,4 +524,12 @@ pub fn tcp_last_heard_ms(fd: RawFd) -> Option<u32> {
         libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
     };
     (r == 0).then(|| info.tcpi_last_data_recv.min(info.tcpi_last_ack_recv))
+}
+
+/// kcmp(KIND) of two processes: Some(true) when they share that resource
+/// (KCMP_VM 1, KCMP_FILES 2, KCMP_FS 3), None when the kernel cannot say.
+pub fn kcmp_shared(a: i32, b: i32, kind: i32) -> Option<bool> {
+    // SAFETY: kcmp takes no pointers for these kinds.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, kind, 0, 0) };
+    (r >= 0).then_some(r == 0)
 }

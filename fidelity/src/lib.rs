@@ -9,7 +9,12 @@
 //! A case's first lines may hold directives for the harness:
 //! - `//! fidelity: user nobody`: run as uid and gid 65534 (every mode);
 //! - `//! fidelity: refused`: om must refuse to move it, with a reason, and
-//!   the process must then pass at home.
+//!   the process must then pass at home;
+//! - `//! fidelity: terminal`: start it in a session of its own whose
+//!   controlling terminal (a pty) is its stdin;
+//! - `//! fidelity: hangup`: the same, and the harness hangs the terminal up
+//!   (closes its master side) instead of sending SIGUSR2; the case waits for
+//!   SIGHUP ([`case_after`]).
 
 use std::io::Write;
 
@@ -44,12 +49,18 @@ impl Default for Seen {
 
 /// Run a case: `setup` runs at once; `check` runs after the harness's SIGUSR2.
 pub fn case<S>(setup: impl FnOnce() -> S, check: impl FnOnce(S, &mut Seen)) {
-    let wait = block_go_signal();
+    case_after(libc::SIGUSR2, setup, |s, _, seen| check(s, seen));
+}
+
+/// Run a case that starts its check on signal `go` (SIGHUP for a `hangup`
+/// case), and sees that signal's siginfo.
+pub fn case_after<S>(go: i32, setup: impl FnOnce() -> S, check: impl FnOnce(S, &libc::siginfo_t, &mut Seen)) {
+    let wait = block_go_signal(go);
     let state = setup();
     say("ready");
-    wait_go(&wait);
+    let info = wait_go(&wait, go);
     let mut seen = Seen::new();
-    check(state, &mut seen);
+    check(state, &info, &mut seen);
     let failed: Vec<&String> = seen.0.iter().filter(|l| l.contains("FAIL")).collect();
     for l in &seen.0 {
         say(l);
@@ -83,23 +94,25 @@ pub fn ret(r: i64) -> i64 {
     }
 }
 
-fn block_go_signal() -> libc::sigset_t {
+fn block_go_signal(go: i32) -> libc::sigset_t {
     // SAFETY: a sigset of our own, filled by the libc calls.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::sigaddset(&mut set, go);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-fn wait_go(set: &libc::sigset_t) {
+fn wait_go(set: &libc::sigset_t, go: i32) -> libc::siginfo_t {
     loop {
+        // SAFETY: plain data, filled by sigwaitinfo.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waits for a signal in our own set.
-        let r = unsafe { libc::sigwaitinfo(set, std::ptr::null_mut()) };
-        if r == libc::SIGUSR2 {
-            return;
+        let r = unsafe { libc::sigwaitinfo(set, &mut info) };
+        if r == go {
+            return info;
         }
     }
 }

@@ -229,6 +229,16 @@ impl Supervisor {
         if let Some((sig, code)) = own {
             return self.self_signal(n.id, sig, code);
         }
+        // /dev/tty is the controlling terminal of whoever opens it: only the
+        // process itself, at home, has that terminal.
+        let path_arg = match nr {
+            2 => Some(a[0]),
+            257 | 437 => Some(a[1]),
+            _ => None,
+        };
+        if path_arg.and_then(|at| self.read_mem(at, 9)).is_some_and(|p| p == b"/dev/tty\0") {
+            return self.go_home("opening /dev/tty runs at home", Some(n.id));
+        }
         match syscalls::class(nr) {
             Class::Emulated if nr == libc::SYS_prctl as u32 => self.prctl(n),
             Class::Emulated => match self.emulate(nr, n) {

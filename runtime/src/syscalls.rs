@@ -67,7 +67,7 @@ macro_rules! t {
 pub const TABLE: &[Entry] = t! {
     0, "read", Forward, "fds live at home";
     1, "write", Forward, "fds live at home";
-    2, "open", Forward, "files are the home node's";
+    2, "open", Forward, "files are the home node's; /dev/tty opens at home (the process's controlling terminal)";
     3, "close", Forward, "the deputy is the only holder of the fds";
     4, "stat", Forward, "path resolved at home";
     5, "fstat", Forward, "fd at home";
@@ -322,7 +322,7 @@ pub const TABLE: &[Entry] = t! {
     254, "inotify_add_watch", Forward, "watches home files";
     255, "inotify_rm_watch", Forward, "watches home files";
     256, "migrate_pages", Home, "NUMA of home processes";
-    257, "openat", Forward, "files are the home node's";
+    257, "openat", Forward, "files are the home node's; /dev/tty opens at home (the process's controlling terminal)";
     258, "mkdirat", Forward, "path resolved at home";
     259, "mknodat", Forward, "path resolved at home";
     260, "fchownat", Forward, "path resolved at home";
@@ -414,7 +414,7 @@ pub const TABLE: &[Entry] = t! {
     434, "pidfd_open", Forward, "pidfds of home processes";
     435, "clone3", Home, "new tasks are created at home";
     436, "close_range", Forward, "fd table is at home (the deputy's reserved fds are kept)";
-    437, "openat2", Forward, "files are the home node's";
+    437, "openat2", Forward, "files are the home node's; /dev/tty opens at home (the process's controlling terminal)";
     438, "pidfd_getfd", Home, "takes fds of home processes";
     439, "faccessat2", Forward, "path resolved at home";
     440, "process_madvise", Home, "other processes live at home";

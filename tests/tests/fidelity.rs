@@ -2,7 +2,9 @@
 //! away (moved to node 2 and checked there) and bounced (2 -> 3 -> home,
 //! then checked), and must print the same lines and end the same way in all
 //! three. A case marked `refused` must be refused by om with a reason, and
-//! then pass at home. See `fidelity/src/lib.rs` for how a case is written.
+//! then pass at home; a `terminal` case runs in a session of its own with a
+//! pty as its controlling terminal. See `fidelity/src/lib.rs` for how a case
+//! is written.
 //! `OM_FIDELITY=name,name` runs only those cases.
 
 use om_tests::{Cluster, OpenDir};
@@ -19,6 +21,10 @@ struct Case {
     name: String,
     nobody: bool,
     refused: bool,
+    /// Started in a session of its own whose controlling terminal (a pty) is its stdin.
+    terminal: bool,
+    /// Its check starts when the terminal hangs up, not on SIGUSR2.
+    hangup: bool,
 }
 
 fn cases() -> Vec<Case> {
@@ -35,7 +41,13 @@ fn cases() -> Vec<Case> {
             }
             let src = std::fs::read_to_string(&p).ok()?;
             let says = |what: &str| src.lines().take(5).any(|l| l.trim() == format!("//! fidelity: {what}"));
-            Some(Case { nobody: says("user nobody"), refused: says("refused"), name })
+            Some(Case {
+                nobody: says("user nobody"),
+                refused: says("refused"),
+                terminal: says("terminal") || says("hangup"),
+                hangup: says("hangup"),
+                name,
+            })
         })
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -57,7 +69,9 @@ struct Outcome {
     signal: Option<i32>,
 }
 
-fn spawn(dir: &OpenDir, case: &Case, om: Option<&Path>) -> Child {
+/// Start a case; with its terminal's master side when it has one (keep it
+/// open while the case runs: closing it hangs the terminal up).
+fn spawn(dir: &OpenDir, case: &Case, om: Option<&Path>) -> (Child, Option<std::fs::File>) {
     let prog = dir.path(&case.name);
     let mut cmd = match (om, case.nobody) {
         (Some(sock), true) => dir.om_exec_as(NOBODY, sock, &case.name, &[]),
@@ -75,7 +89,17 @@ fn spawn(dir: &OpenDir, case: &Case, om: Option<&Path>) -> Child {
         (None, false) => Command::new(&prog),
     };
     cmd.current_dir("/tmp").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-    cmd.spawn().expect("start a case")
+    let mut master = None;
+    if case.terminal {
+        let (m, s) = om_tests::sys::openpty().expect("a pseudo-terminal");
+        // Only we hold the master side, so closing it hangs the terminal up.
+        // SAFETY: fcntl on our own fd with an integer argument.
+        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&m), libc::F_SETFD, libc::FD_CLOEXEC) };
+        cmd.stdin(std::fs::File::from(s));
+        om_tests::sys::controlling_tty_on_spawn(&mut cmd);
+        master = Some(std::fs::File::from(m));
+    }
+    (cmd.spawn().expect("start a case"), master)
 }
 
 fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
@@ -93,7 +117,7 @@ fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
 
 fn run(c: &Cluster, dir: &OpenDir, case: &Case, mode: Mode) -> Result<Outcome, String> {
     let om = (mode != Mode::Native).then(|| c.socket(1));
-    let mut child = spawn(dir, case, om);
+    let (mut child, mut terminal) = spawn(dir, case, om);
     let pid = child.id();
     let rx = lines_of(&mut child);
     let r = drive(c, case, mode, pid, &rx);
@@ -101,8 +125,12 @@ fn run(c: &Cluster, dir: &OpenDir, case: &Case, mode: Mode) -> Result<Outcome, S
         let _ = child.kill();
     }
     r?;
-    // SAFETY: a plain signal to the case we started.
-    unsafe { libc::kill(pid as i32, libc::SIGUSR2) };
+    if case.hangup {
+        drop(terminal.take());
+    } else {
+        // SAFETY: a plain signal to the case we started.
+        unsafe { libc::kill(pid as i32, libc::SIGUSR2) };
+    }
     let mut lines = Vec::new();
     let deadline = std::time::Instant::now() + WAIT;
     loop {

@@ -314,7 +314,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
         key: plan.key.clone(),
     };
     for sig in pending_signals {
-        away.send(&Msg::Signal { sig });
+        away.send(&Msg::Signal { sig, info: Vec::new() });
     }
     Ok(away)
 }
@@ -509,7 +509,9 @@ impl Away {
                         // which knows the handlers, decides (negative number).
                         let tty_stop = matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU);
                         let sig = if tty_stop && om_runtime::procfs::pgrp_orphaned(pid) { -sig } else { sig };
-                        self.send(&Msg::Signal { sig });
+                        // Its siginfo too: sender, code and value arrive as sent.
+                        let info = rsys::ptrace_get_siginfo(pid).map(|i| i.to_vec()).unwrap_or_default();
+                        self.send(&Msg::Signal { sig, info });
                         if sig != libc::SIGCONT && !rsys::is_stop_signal(sig) {
                             self.interrupt_deputy();
                         }

@@ -62,6 +62,9 @@ struct Flags {
     /// The wait status of a guest that died while the supervisor traced it
     /// (its wait reaped it), for the helper to report.
     reaped: Mutex<Option<i32>>,
+    /// Signals from home with their siginfo, for the supervisor to have the
+    /// guest queue to itself (only then does the siginfo arrive whole).
+    signals: Mutex<Vec<(i32, Vec<u8>)>>,
     tid: AtomicI32,
     /// Whole frames on `stream` from either thread.
     write_lock: Mutex<()>,
@@ -174,6 +177,7 @@ impl Supervisor {
                 }
                 continue;
             }
+            self.deliver_signals();
             match sys::seccomp_recv(lfd) {
                 Ok(Some(n)) => {
                     if let Flow::Done = self.handle(&n) {
@@ -206,6 +210,63 @@ impl Supervisor {
         let Ok(st) = std::fs::read_to_string(format!("/proc/{}/status", self.gpid)) else { return false };
         let f = |k: &str| procfs::hex_mask(&procfs::status_field_in(&st, k).unwrap_or_default());
         (f("SigPnd") | f("ShdPnd")) & !f("SigBlk") != 0
+    }
+
+    /// Signals from home that wait for [`Self::deliver_signals`], sent
+    /// plainly now: the guest waits in a call at the deputy, where it cannot
+    /// be stopped, and the call's restart depends on them. (Their sender
+    /// then reads as this node's daemon.)
+    fn send_signals_plainly(&self) {
+        let queued = std::mem::take(&mut *self.flags.signals.lock().unwrap_or_else(|p| p.into_inner()));
+        for (sig, _) in queued {
+            let _ = sys::kill(self.gpid, sig);
+        }
+    }
+
+    /// Signals from home: the guest, stopped between two calls, queues each
+    /// to itself with its siginfo (a call it was in restarts or fails with
+    /// EINTR as the kernel decides when the signal is delivered). What
+    /// cannot be queued so is sent plainly.
+    fn deliver_signals(&mut self) {
+        let queued = std::mem::take(&mut *self.flags.signals.lock().unwrap_or_else(|p| p.into_inner()));
+        if queued.is_empty() {
+            return;
+        }
+        let flags = self.flags.clone();
+        let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let gpid = self.gpid;
+        let mut sent = 0;
+        let r = Tracee::seize_exact(gpid, true).and_then(|mut t| {
+            let r = (|| {
+                if !t.use_last_syscall()? && !t.use_vdso_syscall()? {
+                    return Ok(());
+                }
+                let mask = sys::ptrace_get_sigmask(gpid).unwrap_or(0);
+                let _ = sys::ptrace_set_sigmask(gpid, !0);
+                let at = (t.saved.rsp - 1024) & !15;
+                let keep = t.peek(at, 128)?;
+                for (sig, info) in &queued {
+                    t.poke(at, info)?;
+                    let g = gpid as u64;
+                    if t.syscall(libc::SYS_rt_tgsigqueueinfo, [g, g, *sig as u64, at, 0, 0])? == 0 {
+                        sent += 1;
+                    } else {
+                        break;
+                    }
+                }
+                t.poke(at, &keep)?;
+                let _ = sys::ptrace_set_sigmask(gpid, mask);
+                Ok(())
+            })();
+            let _ = t.detach();
+            r
+        });
+        if let Err(e) = r {
+            tracing::debug!(%e, "could not have the guest queue its signals");
+        }
+        for (sig, _) in &queued[sent..] {
+            let _ = sys::kill(gpid, *sig);
+        }
     }
 
     fn reply(&self, id: u64, val: i64) {
@@ -760,7 +821,11 @@ impl Supervisor {
             if self.flags.come_home.load(Ordering::SeqCst) {
                 return Err(self.go_home("asked to come home", Some(id)));
             }
-            if (0..20).any(|_| self.signal_pending() || !sleep_ms(1)) {
+            let pending = || {
+                self.send_signals_plainly();
+                self.signal_pending()
+            };
+            if (0..20).any(|_| pending() || !sleep_ms(1)) {
                 return Ok(SysRet { id: 0, ret: ERESTARTSYS, data: Vec::new() });
             }
         }
@@ -1232,18 +1297,26 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
         }
         if rev[0] != 0 {
             match wire::recv(&mut ctl) {
-                Ok(Frame::Msg(Msg::Signal { sig })) if sig < 0 => {
+                Ok(Frame::Msg(Msg::Signal { sig, .. })) if sig < 0 => {
                     // A terminal stop for an orphaned group at home: only a
                     // handler sees it, as natively.
                     if !stop_is_default(gpid, -sig) {
                         let _ = sys::kill(gpid, -sig);
                     }
                 }
-                Ok(Frame::Msg(Msg::Signal { sig })) => {
+                Ok(Frame::Msg(Msg::Signal { sig, info })) => {
                     if stop_is_default(gpid, sig) {
                         tracing::info!(guest = gpid, sig, "stop signal from home; stopping the guest");
                         stop_sig = Some(sig);
                         let _ = sys::kill(gpid, libc::SIGSTOP);
+                    } else if info.len() == 128
+                        && i32::from_le_bytes([info[0], info[1], info[2], info[3]]) == sig
+                        && sig != libc::SIGKILL
+                        && sig != libc::SIGCONT
+                        && !flags.going_home.load(Ordering::SeqCst)
+                    {
+                        flags.signals.lock().unwrap_or_else(|p| p.into_inner()).push((sig, info));
+                        wake();
                     } else {
                         let _ = sys::kill(gpid, sig);
                     }

@@ -117,6 +117,38 @@ impl Tracee {
         Ok(Tracee { pid, syscall_ip: 0, deferred: Vec::new(), saved })
     }
 
+    /// Seize and stop a running process, keeping its registers exactly as
+    /// the stop found them (a call it was in, interrupted, is restarted or
+    /// failed by the kernel once it is let go, as for any signal).
+    pub fn seize_exact(pid: i32, kill_on_exit: bool) -> Result<Tracee> {
+        let opts = TRACESYSGOOD | if kill_on_exit { EXITKILL } else { 0 };
+        sys::ptrace_seize(pid, opts).map_err(io_err(pid, "seize"))?;
+        sys::ptrace_interrupt(pid).map_err(io_err(pid, "interrupt"))?;
+        let mut t = Tracee { pid, syscall_ip: 0, deferred: Vec::new(), saved: zero_regs() };
+        t.wait_first_stop()?;
+        t.saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
+        Ok(t)
+    }
+
+    /// Inject calls through a `syscall` instruction of the vdso (its
+    /// fallback paths have them). False if none is found.
+    pub fn use_vdso_syscall(&mut self) -> Result<bool> {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap_or_default();
+        let Some(range) = maps.lines().find(|l| l.ends_with("[vdso]")).and_then(|l| l.split(' ').next()) else {
+            return Ok(false);
+        };
+        let Some((a, b)) = range.split_once('-') else { return Ok(false) };
+        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else { return Ok(false) };
+        let text = self.peek(a, (b - a) as usize)?;
+        match text.windows(2).position(|w| w == [0x0f, 0x05]) {
+            Some(i) => {
+                self.syscall_ip = a + i as u64;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Inject calls through the `syscall` instruction the process has just
     /// returned from (it stopped right after a call). False if the bytes
     /// before its instruction pointer are not one.

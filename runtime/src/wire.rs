@@ -199,6 +199,9 @@ pub enum Msg {
     },
     Signal {
         sig: i32,
+        /// The signal's siginfo as home's kernel made it (128 bytes), or
+        /// empty when unknown.
+        info: Vec<u8>,
     },
     ComeHome,
     /// What the guest uses, from its host once a second: CPU run plus

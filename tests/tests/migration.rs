@@ -298,7 +298,13 @@ fn signal_during_a_blocking_forwarded_read_restarts_or_interrupts_it() {
             // SAFETY: as above.
             unsafe { libc::kill(p.id() as i32, libc::SIGUSR1) };
             std::thread::sleep(Duration::from_millis(300));
-            assert_eq!(c.where_is(1, p.id()), Some(2), "the read must still wait, away");
+            assert_eq!(
+                c.where_is(1, p.id()),
+                Some(2),
+                "the read must still wait, away\n{}\n{:?}",
+                c.logs(),
+                std::fs::read_to_string(c.path("rw.out"))
+            );
             std::io::Write::write_all(p.stdin.as_mut().expect("stdin"), b"hello\n").expect("write");
         }
         assert!(wait_child(&mut p, T).success());

@@ -98,6 +98,13 @@ pub fn ptrace_set_sigmask(pid: i32, mask: u64) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_SETSIGMASK, pid, 8, (&raw mut m) as usize).map(drop)
 }
 
+/// The siginfo of the signal a tracee is stopped for (`PTRACE_GETSIGINFO`).
+pub fn ptrace_get_siginfo(pid: i32) -> io::Result<[u8; 128]> {
+    let mut info = [0u8; 128];
+    ptrace_raw(libc::PTRACE_GETSIGINFO, pid, 0, info.as_mut_ptr() as usize)?;
+    Ok(info)
+}
+
 /// The signals queued for a stopped tracee, whole (`PTRACE_PEEKSIGINFO`):
 /// its own queue, or the process's shared one. 128 bytes each.
 pub fn ptrace_peek_siginfo(pid: i32, shared: bool) -> io::Result<Vec<[u8; 128]>> {

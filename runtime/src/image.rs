@@ -334,6 +334,8 @@ pub struct Image {
     pub itimers: Vec<[u64; 4]>,
     pub creds: Creds,
     pub flags: ProcFlags,
+    /// sigaltstack: (ss_sp, ss_size, ss_flags as the kernel reported them).
+    pub altstack: (u64, u64, i32),
     /// [vvar] start and the size of the vdso group, and a hash of the vdso text.
     pub vdso: (u64, u64, u64),
     pub regions: Vec<Region>,
@@ -658,6 +660,7 @@ pub fn pre_image(pid: i32, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Ima
         itimers: Vec::new(),
         creds: Creds::default(),
         flags: ProcFlags::default(),
+        altstack: (0, 0, libc::SS_DISABLE),
         vdso: vdso_of(pid, &maps)?,
         regions: capture_regions(pid, &maps, 0, reopen)?,
         fds: Vec::new(),
@@ -776,6 +779,13 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
     let rlimits = procfs::limits(pid).map_err(ioe("limits"))?;
     let guest = sf("Seccomp") == "2";
     let flags = capture_flags(t, scratch + 3584, guest)?;
+    let altstack = {
+        let out = scratch + 3840;
+        t.syscall_ok("sigaltstack", libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0])?;
+        let b = t.peek(out, 24)?;
+        let w = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        (w(0), w(16), i32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4])))
+    };
 
     let (vvar_start, vdso_len, vdso_hash) = vdso_of(pid, &maps).map_err(ioe("vdso"))?;
 
@@ -829,6 +839,7 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
         itimers,
         creds,
         flags,
+        altstack,
         vdso: (vvar_start, vdso_len, vdso_hash),
         regions,
         fds: procfs::fds(pid).map_err(ioe("fds"))?,
@@ -1383,6 +1394,16 @@ pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore,
         }
     }
     restore_flags(t, &img.flags)?;
+    let (sp, size, ss_flags) = img.altstack;
+    if ss_flags & libc::SS_DISABLE == 0 {
+        // stack_t: ss_sp, ss_flags (int, padded), ss_size. SS_ONSTACK only
+        // says the process was running on it; SS_AUTODISARM stays.
+        let mut b = sp.to_le_bytes().to_vec();
+        b.extend_from_slice(&((ss_flags & !libc::SS_ONSTACK) as u64).to_le_bytes());
+        b.extend_from_slice(&size.to_le_bytes());
+        t.poke(data, &b)?;
+        t.syscall_ok("sigaltstack", libc::SYS_sigaltstack, [data, 0, 0, 0, 0, 0])?;
+    }
     // Timers last: they start counting again from here.
     for (which, it) in img.itimers.iter().enumerate() {
         let b: Vec<u8> = it.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -929,12 +929,21 @@ fn a_process_that_ends_while_coming_home_is_reported_as_it_ended() {
             std::thread::sleep(Duration::from_millis(5));
         }
         c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-        let guest: i32 = c
-            .log(2)
-            .lines()
-            .filter(|l| l.contains(&format!("home_pid={pid} ")) && l.contains("guest running guest="))
-            .find_map(|l| l.split("guest=").nth(1)?.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no guest for {pid}\n{}", c.logs()));
+        // Node 2 logs the guest just after home hears it runs: wait for the line.
+        let find = || -> Option<i32> {
+            c.log(2)
+                .lines()
+                .filter(|l| l.contains(&format!("home_pid={pid} ")) && l.contains("guest running guest="))
+                .find_map(|l| l.split("guest=").nth(1)?.split_whitespace().next()?.parse().ok())
+        };
+        let t0 = std::time::Instant::now();
+        let guest = loop {
+            if let Some(g) = find() {
+                break g;
+            }
+            assert!(t0.elapsed() < T, "no guest for {pid}\n{}", c.logs());
+            std::thread::sleep(Duration::from_millis(5));
+        };
         let home = {
             let sock = c.socket(1).to_path_buf();
             std::thread::spawn(move || {

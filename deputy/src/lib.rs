@@ -368,13 +368,17 @@ impl Away {
         // The last call the deputy was woken out of while the process is
         // asked to leave its node: a call that reached the deputy after the
         // request (it raced with it) is woken too.
+        // Woken again every 20 ms while it stays in that call: a wake-up that
+        // lands just before the deputy enters a blocking call is lost.
         let mut kicked = 0u64;
+        let mut kicked_at = std::time::Instant::now();
         loop {
             if waiting_home.is_some() || moving.is_some() {
                 let id = self.shared.busy();
-                if id != 0 && id != kicked {
+                if id != 0 && (id != kicked || kicked_at.elapsed() >= Duration::from_millis(20)) {
                     self.shared.interrupt();
                     kicked = id;
+                    kicked_at = std::time::Instant::now();
                 }
             }
             // Requests from omd.

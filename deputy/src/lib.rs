@@ -9,6 +9,7 @@
 pub mod process;
 pub mod serve;
 pub mod sys;
+mod tty;
 
 use crossbeam::channel::{self, Receiver, Sender};
 use om_runtime::image::{self, Target};

@@ -96,7 +96,9 @@ pub(crate) fn serve_round<R: std::io::Read>(
 ) -> Ended {
     loop {
         match wire::recv(rd) {
-            Ok(Frame::Msg(Msg::Sys(req))) => {
+            Ok(Frame::Msg(Msg::Sys(mut req))) => {
+                let flags = req.nr & !marshal::NR_MASK;
+                req.nr &= marshal::NR_MASK;
                 // Bulk input follows as data frames.
                 let want = spec_for(&req).map_or(0, |sp| marshal::input_len(&req, &sp));
                 let input_is_separate = req.data.is_empty() && want > 0;
@@ -124,7 +126,8 @@ pub(crate) fn serve_round<R: std::io::Read>(
                 }
                 let input = std::mem::take(&mut bufs.input);
                 live.busy.store(req.id, Ordering::SeqCst);
-                let ret = serve(&req, if input_is_separate { &input } else { &req.data }, pid, res, bufs);
+                let input_now = if input_is_separate { &input } else { &req.data };
+                let ret = serve(&req, flags, input_now, pid, res, bufs);
                 live.busy.store(0, Ordering::SeqCst);
                 live.calls.fetch_add(1, Ordering::Relaxed);
                 let moved = req.data.len() + input.len() + bufs.answer.len();
@@ -251,8 +254,9 @@ fn check_rights(ctl: &[u8], res: i32) -> Result<(), i64> {
 
 /// Run one forwarded call with the process's identity and fds. `input` holds
 /// the input arguments' bytes (inline in the request, or the data frame that
-/// followed it). Returns the result; the answer's bytes are in `b.answer`.
-pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) -> i64 {
+/// followed it); `flags` are the supervisor's job-control flags
+/// (`marshal::JC_*`). Returns the result; the answer's bytes are in `b.answer`.
+pub fn serve(req: &SysReq, flags: u32, input: &[u8], pid: i32, res: i32, b: &mut Buffers) -> i64 {
     b.answer.clear();
     if syscalls::class(req.nr) != Class::Forward && req.nr != 62 {
         return -(libc::ENOSYS as i64);
@@ -261,6 +265,18 @@ pub fn serve(req: &SysReq, input: &[u8], pid: i32, res: i32, b: &mut Buffers) ->
     if let Err(e) = marshal::validate(req, &spec, input.len()) {
         tracing::warn!(nr = req.nr, e, "malformed forwarded call refused");
         return -(libc::EINVAL as i64);
+    }
+    if flags & marshal::JC_IGNORED == 0 {
+        if let Some(r) = crate::tty::job_control(req.nr, &req.args, pid, flags & marshal::JC_SIGNAL != 0) {
+            return r;
+        }
+    }
+    if let Some(v) = crate::tty::ask(req.nr, &req.args, pid) {
+        if marshal::len_of(req.lens[2]) != 4 {
+            return -(libc::EFAULT as i64);
+        }
+        b.answer.extend_from_slice(&(v as i32).to_le_bytes());
+        return 0;
     }
     let mut args = req.args;
     match req.nr {

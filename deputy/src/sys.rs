@@ -488,3 +488,24 @@ fn as_fd3_for_exec(fd: RawFd) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// The device of a character-device fd (its `st_rdev`, in the kernel's
+/// encoding that /proc/PID/stat's tty_nr uses); None for anything else.
+pub fn char_device(fd: RawFd) -> Option<u64> {
+    // SAFETY: st is plain data filled by fstat on an fd number we pass as is.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a live out-param.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+        return None;
+    }
+    let (major, minor) = (libc::major(st.st_rdev) as u64, libc::minor(st.st_rdev) as u64);
+    Some((minor & 0xff) | (major << 8) | ((minor & !0xff) << 12))
+}
+
+/// Whether the terminal on `fd` has TOSTOP set (background writes stop).
+pub fn tostop(fd: RawFd) -> bool {
+    // SAFETY: t is plain data filled by tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: t is a live out-param.
+    unsafe { libc::tcgetattr(fd, &mut t) == 0 && t.c_lflag & libc::TOSTOP != 0 }
+}

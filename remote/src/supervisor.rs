@@ -65,6 +65,10 @@ struct Flags {
     /// Signals from home with their siginfo, for the supervisor to have the
     /// guest queue to itself (only then does the siginfo arrive whole).
     signals: Mutex<Vec<(i32, Vec<u8>)>>,
+    /// The stop signal the guest was stopped for with SIGSTOP (its default
+    /// action, which the kernel drops in the guest's orphaned group), for
+    /// the helper to report as the stop's signal.
+    stop_sig: Mutex<Option<i32>>,
     tid: AtomicI32,
     /// Whole frames on `stream` from either thread.
     write_lock: Mutex<()>,
@@ -177,7 +181,7 @@ impl Supervisor {
                 }
                 continue;
             }
-            self.deliver_signals();
+            self.deliver_signals(None);
             match sys::seccomp_recv(lfd) {
                 Ok(Some(n)) => {
                     if let Flow::Done = self.handle(&n) {
@@ -223,20 +227,32 @@ impl Supervisor {
         }
     }
 
-    /// Signals from home: the guest, stopped between two calls, queues each
-    /// to itself with its siginfo (a call it was in restarts or fails with
-    /// EINTR as the kernel decides when the signal is delivered). What
-    /// cannot be queued so is sent plainly.
-    fn deliver_signals(&mut self) {
+    /// Signals from home (or job control's): the guest, stopped between two
+    /// calls, queues each to itself with its siginfo (a call it was in
+    /// restarts or fails with EINTR as the kernel decides when the signal is
+    /// delivered). `pending` is a notification the guest waits in: it is
+    /// answered with a restart code as the guest is stopped (only an answer
+    /// ends that wait). What cannot be queued so is sent plainly.
+    fn deliver_signals(&mut self, pending: Option<u64>) {
         let queued = std::mem::take(&mut *self.flags.signals.lock().unwrap_or_else(|p| p.into_inner()));
         if queued.is_empty() {
+            if let Some(id) = pending {
+                self.reply(id, ERESTARTSYS);
+            }
             return;
         }
         let flags = self.flags.clone();
         let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
         let gpid = self.gpid;
         let mut sent = 0;
-        let r = Tracee::seize_exact(gpid, true).and_then(|mut t| {
+        let lfd = self.listener.as_raw_fd();
+        let mut answered = pending.is_none();
+        let mut answer = || {
+            if let Some(id) = pending {
+                answered = sys::seccomp_send(lfd, id, ERESTARTSYS, false).is_ok();
+            }
+        };
+        let r = Tracee::seize_exact_then(gpid, true, &mut answer).and_then(|mut t| {
             let r = (|| {
                 if !t.use_last_syscall()? && !t.use_vdso_syscall()? {
                     return Ok(());
@@ -266,6 +282,9 @@ impl Supervisor {
         }
         for (sig, _) in &queued[sent..] {
             let _ = sys::kill(gpid, *sig);
+        }
+        if let (false, Some(id)) = (answered, pending) {
+            self.reply(id, ERESTARTSYS);
         }
     }
 
@@ -759,7 +778,7 @@ impl Supervisor {
             }
         }
         let req = SysReq { id: 0, nr: fnr, args: req_args, lens, data: Vec::new() };
-        let SysRet { ret, data, .. } = match self.call_restartable(&req, &input, &spec, id) {
+        let SysRet { ret, data, .. } = match self.call_with_job_control(&req, &input, &spec, id) {
             Ok(r) => r,
             Err(flow) => {
                 self.inbuf = input;
@@ -827,6 +846,48 @@ impl Supervisor {
             };
             if (0..20).any(|_| pending() || !sleep_ms(1)) {
                 return Ok(SysRet { id: 0, ret: ERESTARTSYS, data: Vec::new() });
+            }
+        }
+    }
+
+    /// [`Self::call_restartable`], with the kernel's job control on the
+    /// process's controlling terminal: the deputy says when the call comes
+    /// from a background group (see `marshal::job_control`), and this side,
+    /// which knows the guest's signal state, decides as the kernel would.
+    /// Err(Flow::Go) when the call is left unanswered for a signal to
+    /// interrupt it (it restarts, or fails with EINTR, as natively).
+    fn call_with_job_control(&mut self, req: &SysReq, input: &[u8], spec: &[Arg], id: u64) -> Result<SysRet, Flow> {
+        let r = self.call_restartable(req, input, spec, id)?;
+        let Some((sig, orphaned)) = marshal::job_control_of(r.ret) else { return Ok(r) };
+        let fail = |errno: i32| SysRet { id: 0, ret: -(errno as i64), data: Vec::new() };
+        let ignored = ignores_or_blocks(self.gpid, sig);
+        if ignored && sig == libc::SIGTTIN || !ignored && orphaned {
+            return Ok(fail(libc::EIO));
+        }
+        let flag = if ignored { marshal::JC_IGNORED } else { marshal::JC_SIGNAL };
+        let again = SysReq { nr: req.nr | flag, ..req.clone() };
+        let r = self.call_restartable(&again, input, spec, id)?;
+        match marshal::job_control_of(r.ret) {
+            None => Ok(r),
+            Some((_, true)) => Ok(fail(libc::EIO)),
+            Some((sig, false)) => {
+                // As the kernel's kill of the group: from the kernel
+                // (SI_KERNEL), interrupting the call.
+                // The guest waits in the call (a wait only an answer ends):
+                // the signal is made pending, and the call answered with a
+                // restart code, which the kernel turns into a restart or
+                // EINTR as it delivers the signal.
+                if stop_is_default(self.gpid, sig) {
+                    stop_as(&self.flags, self.gpid, sig);
+                    self.reply(id, ERESTARTSYS);
+                } else {
+                    let mut info = vec![0u8; 128];
+                    info[0..4].copy_from_slice(&sig.to_le_bytes());
+                    info[8..12].copy_from_slice(&libc::SI_KERNEL.to_le_bytes());
+                    self.flags.signals.lock().unwrap_or_else(|p| p.into_inner()).push((sig, info));
+                    self.deliver_signals(Some(id));
+                }
+                Err(Flow::Go)
             }
         }
     }
@@ -1208,6 +1269,21 @@ fn stop_is_default(gpid: i32, sig: i32) -> bool {
     (f("SigCgt") | f("SigIgn")) & (1u64 << (sig - 1)) == 0
 }
 
+/// Stop the guest for stop signal `sig` with its default action: with
+/// SIGSTOP (the kernel drops the others in the guest's orphaned group),
+/// reported home as `sig`.
+fn stop_as(flags: &Flags, gpid: i32, sig: i32) {
+    *flags.stop_sig.lock().unwrap_or_else(|p| p.into_inner()) = Some(sig);
+    let _ = sys::kill(gpid, libc::SIGSTOP);
+}
+
+/// Whether the guest ignores or blocks `sig`.
+fn ignores_or_blocks(gpid: i32, sig: i32) -> bool {
+    let Ok(st) = std::fs::read_to_string(format!("/proc/{gpid}/status")) else { return false };
+    let f = |k: &str| procfs::hex_mask(&procfs::status_field_in(&st, k).unwrap_or_default());
+    (f("SigIgn") | f("SigBlk")) & (1u64 << (sig - 1)) != 0
+}
+
 fn sleep_ms(ms: u64) -> bool {
     std::thread::sleep(std::time::Duration::from_millis(ms));
     true
@@ -1233,8 +1309,6 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
     let pidfd = sys::pidfd_open(gpid, 0).ok();
     let pfd = pidfd.as_ref().map_or(-1, |p| p.as_raw_fd());
     let mut home_gone = false;
-    // The stop signal home sent that we turned into SIGSTOP (reported as itself).
-    let mut stop_sig: Option<i32> = None;
     let mut reported = std::time::Instant::now();
     loop {
         if flags.done.load(Ordering::SeqCst) {
@@ -1254,7 +1328,7 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
         if !flags.going_home.load(Ordering::SeqCst) {
             if let Ok(_g) = flags.ptrace_lock.try_lock() {
                 if let Ok(Some((true, sig))) = sys::waitid_job(gpid) {
-                    let sig = stop_sig.take().unwrap_or(sig);
+                    let sig = flags.stop_sig.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or(sig);
                     if wire::send(&mut ctl, &Msg::Stopped { sig }).is_err() {
                         home_gone = true;
                     }
@@ -1307,8 +1381,7 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
                 Ok(Frame::Msg(Msg::Signal { sig, info })) => {
                     if stop_is_default(gpid, sig) {
                         tracing::info!(guest = gpid, sig, "stop signal from home; stopping the guest");
-                        stop_sig = Some(sig);
-                        let _ = sys::kill(gpid, libc::SIGSTOP);
+                        stop_as(&flags, gpid, sig);
                     } else if info.len() == 128
                         && i32::from_le_bytes([info[0], info[1], info[2], info[3]]) == sig
                         && sig != libc::SIGKILL

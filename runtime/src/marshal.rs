@@ -12,6 +12,34 @@ pub const MAX_PATH: usize = 4096;
 /// Result a deputy gives for a call that must run at home.
 pub const GO_HOME: i64 = i64::MIN;
 
+/// Results a deputy gives for a use of the process's controlling terminal
+/// from a background process group, where the kernel's job control applies:
+/// this base, plus the signal, plus 256 when the group is orphaned. The
+/// supervisor decides with the guest's signal state (see `job_control_of`).
+const JOB_CONTROL: i64 = i64::MIN + 4096;
+
+/// The deputy's answer for job control: signal `sig`, group orphaned or not.
+pub fn job_control(sig: i32, orphaned: bool) -> i64 {
+    JOB_CONTROL + sig as i64 + if orphaned { 256 } else { 0 }
+}
+
+/// The signal and orphaned flag of a [`job_control`] answer; None for any other result.
+pub fn job_control_of(ret: i64) -> Option<(i32, bool)> {
+    let k = ret.checked_sub(JOB_CONTROL)?;
+    (0..512).contains(&k).then_some(((k & 255) as i32, k >= 256))
+}
+
+/// Flags a supervisor adds to a forwarded call's number (`SysReq::nr`)
+/// after a [`job_control`] answer: the process ignores or blocks the signal,
+/// so the call runs (a write; a read fails with EIO without asking)...
+pub const JC_IGNORED: u32 = 1 << 16;
+/// ...or the signal goes to the process group: the deputy signals the
+/// group's other members and answers [`job_control`] again if still in the
+/// background.
+pub const JC_SIGNAL: u32 = 1 << 17;
+/// The call number without those flags.
+pub const NR_MASK: u32 = 0xffff;
+
 /// Does this argument carry bytes from the process to home?
 pub fn is_in(a: Arg) -> bool {
     matches!(a, Arg::Path | Arg::In(_) | Arg::InOut(_))

@@ -85,9 +85,6 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
     parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad /proc stat"))
 }
 
-/// Whether process `pid`'s process group is orphaned (no member has a parent
-/// in another group of the same session): the kernel then drops the stop
-/// signals TSTP, TTIN and TTOU that would stop it by default.
 /// Time a task (process or thread id) ran and waited to run, ns
 /// (`/proc/ID/schedstat`).
 pub fn schedstat(id: i32) -> Option<(u64, u64)> {
@@ -103,6 +100,9 @@ pub fn rss(pid: i32) -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// Whether process `pid`'s process group is orphaned (no member has a parent
+/// in another group of the same session): the kernel then drops the stop
+/// signals TSTP, TTIN and TTOU that would stop it by default.
 pub fn pgrp_orphaned(pid: i32) -> bool {
     let Ok(me) = stat(pid) else { return false };
     let (pgid, sid) = (me.field(5), me.field(6));
@@ -120,6 +120,15 @@ pub fn pgrp_orphaned(pid: i32) -> bool {
         }
     }
     true
+}
+
+/// The processes of process group `pgrp`.
+pub fn group_members(pgrp: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| stat(p).is_ok_and(|st| st.field(5) == pgrp as u64))
+        .collect()
 }
 
 pub fn status_field_in(text: &str, key: &str) -> Option<String> {

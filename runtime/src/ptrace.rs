@@ -121,9 +121,17 @@ impl Tracee {
     /// the stop found them (a call it was in, interrupted, is restarted or
     /// failed by the kernel once it is let go, as for any signal).
     pub fn seize_exact(pid: i32, kill_on_exit: bool) -> Result<Tracee> {
+        Self::seize_exact_then(pid, kill_on_exit, &mut || {})
+    }
+
+    /// [`Tracee::seize_exact`], running `before_wait` between the interrupt
+    /// and the wait (e.g. answering the seccomp notification the process
+    /// waits in, which only an answer ends).
+    pub fn seize_exact_then(pid: i32, kill_on_exit: bool, before_wait: &mut dyn FnMut()) -> Result<Tracee> {
         let opts = TRACESYSGOOD | if kill_on_exit { EXITKILL } else { 0 };
         sys::ptrace_seize(pid, opts).map_err(io_err(pid, "seize"))?;
         sys::ptrace_interrupt(pid).map_err(io_err(pid, "interrupt"))?;
+        before_wait();
         let mut t = Tracee { pid, syscall_ip: 0, deferred: Vec::new(), saved: zero_regs() };
         t.wait_first_stop()?;
         t.saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;

@@ -624,6 +624,7 @@ pub fn ioctl_spec(req: u64) -> Option<(usize, bool)> {
     Some(match req {
         0x5401 => (36, true),                   // TCGETS
         0x5402..=0x5404 => (36, false),         // TCSETS, TCSETSW, TCSETSF
+        0x540f | 0x5429 => (4, true),           // TIOCGPGRP, TIOCGSID (answered from home's view)
         0x5413 => (8, true),                    // TIOCGWINSZ
         0x5414 => (8, false),                   // TIOCSWINSZ
         0x541b => (4, true),                    // FIONREAD
@@ -655,7 +656,7 @@ fn describe_len(l: Len) -> String {
 /// against a guard page at home (see `marshal`).
 pub fn sizing(nr: u32) -> Option<String> {
     let special = match nr {
-        16 => "only requests of known layout (`ioctl_spec`): TCGETS/TCSETS* 36 bytes, TCGETS2/TCSETS2* 44, TIOCGWINSZ/TIOCSWINSZ 8, FIONREAD/FIONBIO/FIOASYNC 4, value requests none; any other request goes home",
+        16 => "only requests of known layout (`ioctl_spec`): TCGETS/TCSETS* 36 bytes, TCGETS2/TCSETS2* 44, TIOCGWINSZ/TIOCSWINSZ 8, FIONREAD/FIONBIO/FIOASYNC/TIOCGPGRP/TIOCGSID 4, value requests none; any other request goes home",
         19 | 20 | 295 | 296 => "the iovec array (argument 2 entries, at most 1024) is gathered into one buffer of at most 8 MiB; a short count as POSIX allows",
         46 => "msghdr (56 bytes) read; name up to 128 bytes, control up to 64 KiB, data gathered from at most 1024 iovecs; SCM_RIGHTS may not name om's own fds",
         47 => "msghdr (56 bytes) read; name up to 128 bytes, control up to 64 KiB (the guest's bytes go in and come back around what the kernel wrote), data scattered to at most 1024 iovecs",

@@ -5,7 +5,8 @@
 //! then pass at home; a `terminal` case runs in a session of its own with a
 //! pty as its controlling terminal. See `fidelity/src/lib.rs` for how a case
 //! is written.
-//! `OM_FIDELITY=name,name` runs only those cases.
+//! `OM_FIDELITY=name,name` runs only those cases; `OM_FIDELITY_LOGS=1` prints
+//! the daemons' logs at the end.
 
 use om_tests::{Cluster, OpenDir};
 use std::io::BufRead;
@@ -214,6 +215,9 @@ fn every_case_behaves_away_and_bounced_as_natively() {
             }
         }
         eprintln!("case {} done", case.name);
+    }
+    if std::env::var_os("OM_FIDELITY_LOGS").is_some() {
+        eprintln!("{}", c.logs());
     }
     assert!(
         failures.is_empty(),

@@ -69,6 +69,8 @@ const MLOCK: i64 = -1;
 const ATTR_ONFAULT: u32 = 64;
 /// "nr": mapped with MAP_NORESERVE.
 const ATTR_NORESERVE: u32 = 128;
+/// "lo", as in `ATTRS`.
+const ATTR_LOCKED: u32 = 32;
 /// "hg", as in `ATTRS`.
 const ATTR_HUGEPAGE: u32 = 4;
 
@@ -175,6 +177,8 @@ pub struct ProcFlags {
     pub tsc: u64,
     /// The MEMBARRIER_CMD_REGISTER_* commands in effect, or'ed.
     pub membarrier: u64,
+    /// mlockall's MCL_FUTURE (with MCL_ONFAULT) in effect, or 0.
+    pub lock_future: u64,
     // Part of the process's identity: answered by the supervisor while
     // away (the guest runs with no_new_privs and another uid), never set in
     // the guest; the placeholder at home keeps them.
@@ -292,6 +296,12 @@ fn restore_flags(t: &mut Tracee, f: &ProcFlags) -> Result<()> {
     set(t, "mce_kill", mce)?;
     if f.tsc != 0 {
         set(t, "tsc", [libc::PR_SET_TSC as u64, f.tsc, 0, 0, 0, 0])?;
+    }
+    if f.lock_future != 0 {
+        let r = t.syscall(libc::SYS_mlockall, [f.lock_future, 0, 0, 0, 0, 0])?;
+        if r < 0 {
+            tracing::warn!(pid, errno = -r, "mlockall(MCL_FUTURE) could not be restored");
+        }
     }
     for (_, register) in MEMBARRIER_KINDS {
         if f.membarrier & register != 0 {
@@ -662,7 +672,7 @@ pub fn pre_image(pid: i32, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Ima
         flags: ProcFlags::default(),
         altstack: (0, 0, libc::SS_DISABLE),
         vdso: vdso_of(pid, &maps)?,
-        regions: capture_regions(pid, &maps, 0, reopen)?,
+        regions: capture_regions(pid, &maps, 0, &region_attrs(pid), reopen)?,
         fds: Vec::new(),
     })
 }
@@ -778,7 +788,7 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
     // From /proc: prlimit on another user's process needs CAP_SYS_RESOURCE.
     let rlimits = procfs::limits(pid).map_err(ioe("limits"))?;
     let guest = sf("Seccomp") == "2";
-    let flags = capture_flags(t, scratch + 3584, guest)?;
+    let mut flags = capture_flags(t, scratch + 3584, guest)?;
     let altstack = {
         let out = scratch + 3840;
         t.syscall_ok("sigaltstack", libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0])?;
@@ -789,7 +799,14 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
 
     let (vvar_start, vdso_len, vdso_hash) = vdso_of(pid, &maps).map_err(ioe("vdso"))?;
 
-    let regions = capture_regions(pid, &maps, scratch, reopen).map_err(ioe("pagemap"))?;
+    let attrs = region_attrs(pid);
+    // mlockall(MCL_FUTURE) shows only in what is mapped after it: the scratch area.
+    flags.lock_future = match attrs.get(&scratch).copied().unwrap_or(0) {
+        a if a & ATTR_ONFAULT != 0 => (libc::MCL_FUTURE | libc::MCL_ONFAULT) as u64,
+        a if a & ATTR_LOCKED != 0 => libc::MCL_FUTURE as u64,
+        _ => 0,
+    };
+    let regions = capture_regions(pid, &maps, scratch, &attrs, reopen).map_err(ioe("pagemap"))?;
     let exe =
         std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let (rseq_ptr, rseq_len, rseq_sig) = sys::ptrace_get_rseq(pid).unwrap_or((0, 0, 0));
@@ -851,6 +868,7 @@ fn capture_regions(
     pid: i32,
     maps: &[MapLine],
     scratch: u64,
+    attrs: &HashMap<u64, u32>,
     reopen: &dyn Fn(&str) -> bool,
 ) -> std::io::Result<Vec<Region>> {
     use std::os::unix::fs::FileExt;
@@ -860,7 +878,6 @@ fn capture_regions(
     // (PROT_NONE address space kept by a JIT or an allocator) costs no huge buffer.
     const SLICE: u64 = 1 << 16;
     let mut raw = vec![0u8; (SLICE * 8) as usize];
-    let attrs = region_attrs(pid);
     for m in maps {
         if is_special(&m.path) || m.start == scratch {
             continue;
@@ -1073,6 +1090,12 @@ pub fn restore_layout(
 ) -> Result<Restore> {
     let pid = t.pid;
     let ioe = |what: &'static str| move |e: std::io::Error| TraceError::Io { pid, what, source: e };
+    if target == Target::Parked {
+        // The placeholder keeps its mlockall(MCL_FUTURE) from before the
+        // move: the regions are laid out unlocked, locked again one by one
+        // as the image says, and MCL_FUTURE set last (`restore_flags`).
+        t.syscall(libc::SYS_munlockall, [0; 6])?;
+    }
     let current = procfs::maps(pid).map_err(ioe("maps"))?;
     let image_ranges: Vec<(u64, u64)> = img.regions.iter().map(|r| (r.start, r.end)).collect();
     let scratch =

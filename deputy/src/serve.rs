@@ -229,6 +229,31 @@ fn kill_all_but(me: i32, sig: i32) -> i64 {
     }
 }
 
+/// A write the supervisor has answered already: written whole, through
+/// EINTR (omd's wake-ups), EAGAIN (another process made the fd
+/// non-blocking) and short counts; the bytes written, or the error that
+/// stopped it.
+fn finish_write(nr: u32, mut args: [u64; 6]) -> i64 {
+    let total = args[2];
+    let mut done = 0u64;
+    while done < total {
+        let r = sys::raw_syscall(nr as i64, args);
+        match r {
+            r if r > 0 => {
+                done += r as u64;
+                args[1] += r as u64;
+                args[2] -= r as u64;
+            }
+            r if r == -(libc::EINTR as i64) => {}
+            r if r == -(libc::EAGAIN as i64) => {
+                let _ = sys::poll(&[(args[0] as i32, libc::POLLOUT)], 100);
+            }
+            r => return if done > 0 { done as i64 } else { r },
+        }
+    }
+    done as i64
+}
+
 /// sendmsg control data names fds of the deputy's table: none of om's own.
 fn check_rights(ctl: &[u8], res: i32) -> Result<(), i64> {
     let mut off = 0usize;
@@ -370,8 +395,15 @@ pub fn serve(req: &SysReq, flags: u32, input: &[u8], pid: i32, res: i32, b: &mut
             }
             (ret, t)
         }
+        nr if flags & marshal::WRITE_BEHIND != 0 && marshal::may_write_behind(nr, &args) => {
+            (finish_write(nr, args), Vec::new())
+        }
         nr => (sys::raw_syscall(nr as i64, args), Vec::new()),
     };
+    if flags & marshal::WRITE_ROOM != 0 && marshal::may_write_behind(req.nr, &req.args) {
+        b.answer.extend_from_slice(&dsys::write_room(req.args[0] as i32).to_le_bytes());
+        return ret;
+    }
     for (i, a) in spec.iter().enumerate() {
         let len = marshal::len_of(req.lens[i]);
         if marshal::is_out(*a) && len > 0 {

@@ -509,3 +509,45 @@ pub fn tostop(fd: RawFd) -> bool {
     // SAFETY: t is a live out-param.
     unsafe { libc::tcgetattr(fd, &mut t) == 0 && t.c_lflag & libc::TOSTOP != 0 }
 }
+
+/// Half the room a blocking stream socket or pipe has left for writes
+/// (free send buffer, or free pipe capacity); -1 for anything else, or a
+/// non-blocking fd. Half: the kernel charges its own overhead per buffer.
+pub fn write_room(fd: RawFd) -> i64 {
+    // SAFETY: st is plain data filled by fstat; the fcntl, getsockopt and
+    // ioctl calls read integers about an fd number into live locals.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 || libc::fcntl(fd, libc::F_GETFL) & libc::O_NONBLOCK != 0 {
+            return -1;
+        }
+        let mut queued: libc::c_int = 0;
+        let cap = match st.st_mode & libc::S_IFMT {
+            libc::S_IFIFO => {
+                if libc::ioctl(fd, libc::FIONREAD, &mut queued) != 0 {
+                    return -1;
+                }
+                libc::fcntl(fd, libc::F_GETPIPE_SZ)
+            }
+            libc::S_IFSOCK => {
+                let (mut kind, mut sndbuf): (libc::c_int, libc::c_int) = (0, 0);
+                let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                let int = |opt, v: &mut libc::c_int, l: &mut libc::socklen_t| {
+                    libc::getsockopt(fd, libc::SOL_SOCKET, opt, (v as *mut libc::c_int).cast(), l)
+                };
+                if int(libc::SO_TYPE, &mut kind, &mut l) != 0 || kind != libc::SOCK_STREAM {
+                    return -1;
+                }
+                if int(libc::SO_SNDBUF, &mut sndbuf, &mut l) != 0 || libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) != 0 {
+                    return -1;
+                }
+                sndbuf
+            }
+            _ => return -1,
+        };
+        if cap <= 0 {
+            return -1;
+        }
+        ((cap as i64 - queued as i64) / 2).max(0)
+    }
+}

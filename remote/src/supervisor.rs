@@ -47,6 +47,15 @@ pub struct Supervisor {
     /// Reused buffers for bulk call data, out and back.
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
+    /// Writes answered before the deputy ran them (write-behind), oldest
+    /// first: (request id, fd, bytes).
+    behind: std::collections::VecDeque<(u64, i32, usize)>,
+    behind_bytes: usize,
+    /// The fd the last forwarded call wrote whole, and the room the deputy
+    /// reported after it (`marshal::WRITE_ROOM`): only a write to the same
+    /// fd that follows it, with nothing else forwarded or delivered between,
+    /// may go behind, and only as far as that room (less what is behind).
+    write_run: Option<(i32, i64)>,
 }
 
 /// State shared with the helper thread.
@@ -151,6 +160,9 @@ impl Supervisor {
             retry_at: None,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
+            behind: std::collections::VecDeque::new(),
+            behind_bytes: 0,
+            write_run: None,
         })
     }
 
@@ -195,6 +207,9 @@ impl Supervisor {
                 }
             }
         }
+        // Writes the guest was told are done are done before the link goes
+        // (home reads the guest's end only after them).
+        self.settle_behind();
         self.flags.done.store(true, Ordering::SeqCst);
     }
 
@@ -205,6 +220,9 @@ impl Supervisor {
     }
 
     fn send(&mut self, m: &Msg) -> Result<(), wire::WireError> {
+        if !self.settle_behind() {
+            return Err(wire::WireError::Closed);
+        }
         let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         wire::send(&mut self.stream, m)
     }
@@ -220,7 +238,8 @@ impl Supervisor {
     /// plainly now: the guest waits in a call at the deputy, where it cannot
     /// be stopped, and the call's restart depends on them. (Their sender
     /// then reads as this node's daemon.)
-    fn send_signals_plainly(&self) {
+    fn send_signals_plainly(&mut self) {
+        self.write_run = None;
         let queued = std::mem::take(&mut *self.flags.signals.lock().unwrap_or_else(|p| p.into_inner()));
         for (sig, _) in queued {
             let _ = sys::kill(self.gpid, sig);
@@ -235,6 +254,9 @@ impl Supervisor {
     /// ends that wait). What cannot be queued so is sent plainly.
     fn deliver_signals(&mut self, pending: Option<u64>) {
         let queued = std::mem::take(&mut *self.flags.signals.lock().unwrap_or_else(|p| p.into_inner()));
+        if !queued.is_empty() {
+            self.write_run = None;
+        }
         if queued.is_empty() {
             if let Some(id) = pending {
                 self.reply(id, ERESTARTSYS);
@@ -489,6 +511,7 @@ impl Supervisor {
     /// home pid and uid as the sender (the kernel allows any sender only for
     /// a signal to oneself), so a handler or signalfd reads the same siginfo.
     fn self_signal(&mut self, id: u64, sig: i32, code: i32) -> Flow {
+        self.write_run = None;
         if !(0..=64).contains(&sig) {
             self.reply(id, -libc::EINVAL as i64);
             return Flow::Go;
@@ -777,7 +800,20 @@ impl Supervisor {
                 req_args[i] = *w as u64;
             }
         }
-        let req = SysReq { id: 0, nr: fnr, args: req_args, lens, data: Vec::new() };
+        let mut req = SysReq { id: 0, nr: fnr, args: req_args, lens, data: Vec::new() };
+        // A write: behind the previous one if it fits its room, else with
+        // the room asked for, so the next may go behind.
+        let write_fd = marshal::may_write_behind(fnr, &req_args).then_some(req_args[0] as i32);
+        if let Some(fd) = write_fd {
+            if self.write_behind(&req, &input, fd) {
+                let n = input.len() as i64;
+                self.inbuf = input;
+                self.reply(id, n);
+                return Flow::Go;
+            }
+            req.nr |= marshal::WRITE_ROOM;
+        }
+        self.write_run = None;
         let SysRet { ret, data, .. } = match self.call_with_job_control(&req, &input, &spec, id) {
             Ok(r) => r,
             Err(flow) => {
@@ -785,6 +821,12 @@ impl Supervisor {
                 return flow;
             }
         };
+        if let Some(fd) = write_fd {
+            let room = room_of(&data);
+            if ret == input.len() as i64 && room >= 0 {
+                self.write_run = Some((fd, room));
+            }
+        }
         self.inbuf = input;
         if ret == GO_HOME {
             return self.go_home(&format!("{} needs home", syscalls::name(nr)), Some(id));
@@ -840,7 +882,7 @@ impl Supervisor {
             if self.flags.come_home.load(Ordering::SeqCst) {
                 return Err(self.go_home("asked to come home", Some(id)));
             }
-            let pending = || {
+            let mut pending = || {
                 self.send_signals_plainly();
                 self.signal_pending()
             };
@@ -961,9 +1003,103 @@ impl Supervisor {
         Flow::Go
     }
 
+    /// Send write `req` (its bytes in `input`) to `fd` behind the previous
+    /// ones: answered at once, run by the deputy in order. Only when it
+    /// follows a write to the same fd that reported room for it (waiting for
+    /// the acknowledgements of writes behind, which report room again): it
+    /// then cannot block at home, and it fails only if the peer went away
+    /// after it, which the next write learns. False: send it as usual.
+    fn write_behind(&mut self, req: &SysReq, input: &[u8], fd: i32) -> bool {
+        let len = input.len();
+        if len == 0 || len as u64 != req.args[2] {
+            return false;
+        }
+        loop {
+            match self.write_run {
+                Some((f, room)) if f == fd => {
+                    if (self.behind_bytes + len) as i64 <= room {
+                        break;
+                    }
+                    if self.behind.is_empty() || !self.settle_one() {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+        }
+        let rid = self.next_id;
+        self.next_id += 1;
+        let inline = len <= marshal::INLINE_MAX;
+        let nr = req.nr | marshal::WRITE_BEHIND | marshal::WRITE_ROOM;
+        let req = SysReq { id: rid, nr, data: if inline { input.to_vec() } else { Vec::new() }, ..req.clone() };
+        let sent = {
+            let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            wire::send(&mut self.stream, &Msg::Sys(req)).and_then(|_| {
+                if inline {
+                    Ok(())
+                } else {
+                    wire::send_data(&mut self.stream, input)
+                }
+            })
+        };
+        if let Err(e) = sent {
+            tracing::warn!(%e, "cannot reach the deputy");
+            let _ = sys::kill(self.gpid, libc::SIGKILL);
+            return false;
+        }
+        self.behind.push_back((rid, fd, len));
+        self.behind_bytes += len;
+        true
+    }
+
+    /// Take the deputy's acknowledgement of the oldest write behind. One
+    /// that did not write everything ends the run: the peer went away after
+    /// the writes the guest was told of, and the next write (sent as usual)
+    /// gets the error from the deputy. False: the link is gone.
+    fn settle_one(&mut self) -> bool {
+        let Some(&(rid, fd, len)) = self.behind.front() else { return true };
+        let r = loop {
+            match wire::recv_msg(&mut self.reader) {
+                Ok(Msg::SysRet(r)) if r.id == rid => break r,
+                Ok(other) => tracing::warn!(kind = msg_kind(&other), "unexpected frame while settling writes"),
+                Err(e) => {
+                    tracing::warn!(%e, "link to home lost while writes were behind");
+                    self.behind.clear();
+                    self.behind_bytes = 0;
+                    return false;
+                }
+            }
+        };
+        self.behind.pop_front();
+        self.behind_bytes -= len;
+        if r.ret != len as i64 {
+            tracing::debug!(fd, ret = r.ret, len, "a write behind did not complete");
+            self.write_run = None;
+        } else if let Some((f, _)) = self.write_run {
+            if f == fd {
+                let room = room_of(&r.data);
+                self.write_run = (room >= 0).then_some((fd, room));
+            }
+        }
+        true
+    }
+
+    /// Every write behind acknowledged (before anything else uses the link).
+    fn settle_behind(&mut self) -> bool {
+        while !self.behind.is_empty() {
+            if !self.settle_one() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Bulk input (over INLINE_MAX) follows the request as a data frame, and
     /// bulk output follows the answer the same way: no serialisation copies.
     fn call_deputy(&mut self, req: &SysReq, input: &[u8], spec: &[Arg]) -> Option<SysRet> {
+        if !self.settle_behind() {
+            return None;
+        }
         let rid = self.next_id;
         self.next_id += 1;
         let lens = req.lens;
@@ -1282,6 +1418,16 @@ fn ignores_or_blocks(gpid: i32, sig: i32) -> bool {
     let Ok(st) = std::fs::read_to_string(format!("/proc/{gpid}/status")) else { return false };
     let f = |k: &str| procfs::hex_mask(&procfs::status_field_in(&st, k).unwrap_or_default());
     (f("SigIgn") | f("SigBlk")) & (1u64 << (sig - 1)) != 0
+}
+
+/// The room a deputy reported after a write (`marshal::WRITE_ROOM`), -1 if none.
+fn room_of(data: &[u8]) -> i64 {
+    data.get(..8).map_or(-1, |b| i64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])))
+}
+
+/// A message's kind for a log line (never its contents).
+fn msg_kind(m: &Msg) -> String {
+    format!("{m:?}").chars().take_while(|c| c.is_alphanumeric()).collect()
 }
 
 fn sleep_ms(ms: u64) -> bool {

@@ -37,8 +37,23 @@ pub const JC_IGNORED: u32 = 1 << 16;
 /// group's other members and answers [`job_control`] again if still in the
 /// background.
 pub const JC_SIGNAL: u32 = 1 << 17;
+/// A write (write, writev as write, send) whose answer carries, in its
+/// data, the room left after it as an i64: what more the fd takes without
+/// blocking (half of the free send buffer or pipe space), or -1 when it is
+/// not a blocking stream socket or pipe. See `WRITE_BEHIND`.
+pub const WRITE_ROOM: u32 = 1 << 18;
+/// A write the supervisor has already answered (it fit in the room the
+/// previous write reported): the deputy finishes it whatever EINTR, EAGAIN
+/// or a short count say, and its answer only acknowledges it.
+pub const WRITE_BEHIND: u32 = 1 << 19;
 /// The call number without those flags.
 pub const NR_MASK: u32 = 0xffff;
+
+/// Whether call `nr` with `args` may be a write-behind: write, or send on
+/// a connected socket (no address) with no flag but MSG_NOSIGNAL.
+pub fn may_write_behind(nr: u32, args: &[u64; 6]) -> bool {
+    nr == 1 || nr == 44 && args[4] == 0 && args[3] & !(libc::MSG_NOSIGNAL as u64) == 0
+}
 
 /// Does this argument carry bytes from the process to home?
 pub fn is_in(a: Arg) -> bool {

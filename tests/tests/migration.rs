@@ -870,6 +870,39 @@ fn sigpipe_reaches_a_writer_away_as_natively() {
     assert_eq!(away, native);
 }
 
+/// Small writes to a pipe go behind (answered before home runs them), yet a
+/// process that exits right after them loses none: home gets every byte,
+/// in order, before the exit status.
+#[test]
+fn small_writes_just_before_an_exit_all_arrive() {
+    use std::io::{BufRead, Read, Write};
+    let c = Cluster::start(2);
+    for (kib, chunk) in [(4096usize, 512usize), (1024, 8192)] {
+        let mut p = Command::new(bin("om-exec"))
+            .env("OM_SOCKET", c.socket(1))
+            .arg("--")
+            .arg(bin("sysbench"))
+            .args(["out", &kib.to_string(), &chunk.to_string(), "7"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("om-exec");
+        let mut out = std::io::BufReader::new(p.stdout.take().expect("out"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ready");
+        assert_eq!(line.trim(), "ready");
+        c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        p.stdin.as_mut().expect("in").write_all(b"go\n").expect("go");
+        let mut got = Vec::new();
+        out.read_to_end(&mut got).expect("output");
+        let st = wait_child(&mut p, T);
+        assert_eq!(st.code(), Some(7), "{st:?}\n{}", c.logs());
+        assert_eq!(got.len(), kib << 10, "bytes written in {chunk}-byte writes");
+        let first_bad = got.iter().enumerate().position(|(i, b)| *b != ((i.wrapping_mul(31) ^ (i >> 10)) as u8));
+        assert_eq!(first_bad, None, "the output differs from the pattern");
+    }
+}
+
 /// An ordinary user's resource limits read the same away and after moves as
 /// at home (stack 8 MiB and core 0 read as unlimited away before: omd could
 /// not read another user's limits with prlimit).

@@ -274,6 +274,9 @@ fn main() {
     }
     let n: u64 = if quick { 20_000 } else { 200_000 };
     let c = Cluster::start(3);
+    if std::env::args().any(|a| a == "--sockets") {
+        return sockets(&c, quick);
+    }
     println!(
         "om-bench ({}), {} CPUs",
         if quick { "quick" } else { "full" },
@@ -358,6 +361,26 @@ fn main() {
         for (dir, f) in [("home -> node 2", out), ("node 2 -> node 3 (direct)", across), ("node 3 -> home", back)] {
             let m = median(f.clone());
             println!("| freeze of a {mib} MiB process, {dir} (median of {}) | {m:.0} ms | memcpy of {mib} MiB {cp:.1} ms | {:.1}x | <= {target:.0} ms | {} |", f.len(), m / cp, yes(m <= target));
+        }
+    }
+}
+
+/// Bulk transfers over a socketpair to a child at home: the moved process
+/// sends or receives in small and large calls, against the same run natively.
+fn sockets(c: &Cluster, quick: bool) {
+    println!("| what | measured | baseline (same run) | ratio | target | met |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mib = if quick { 64 } else { 256 };
+    for dir in ["send", "recv"] {
+        for chunk in [8192usize, 65536, 1 << 20] {
+            let args = ["sockpair", dir, &mib.to_string(), &chunk.to_string()];
+            let native = median((0..3).map(|_| native_sysbench(&args)).collect());
+            let away = median((0..3).map(|_| sysbench(c, &args, true)).collect());
+            println!(
+                "| socketpair {dir} of {mib} MiB in {} KiB calls, away, to a child at home | {away:.0} MB/s | natively {native:.0} MB/s | {:.0}% | - | - |",
+                chunk / 1024,
+                away / native * 100.0
+            );
         }
     }
 }

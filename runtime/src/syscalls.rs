@@ -693,15 +693,103 @@ pub fn sizing(nr: u32) -> Option<String> {
 
 /// The compatibility page: every call, how a moved process gets it served,
 /// why, and how its buffers are sized (docs/SYSCALLS.md is this, generated).
+/// How a kernel feature fares when its process moves.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Fate {
+    /// Captured and rebuilt exactly wherever the process runs.
+    Moves,
+    /// Kept at home; the calls that use it are forwarded to the deputy.
+    Forwarded,
+    /// Answered by om as the kernel would at home.
+    Emulated,
+    /// The process goes home to use it.
+    Home,
+    /// om refuses to move a process that uses it, with the reason.
+    Refused,
+}
+
+/// One kernel feature on the compatibility page: what happens to it, why,
+/// and what checks it (`case NAME` is `fidelity/src/bin/NAME.rs`, run
+/// natively, away and bounced; `test NAME` an end-to-end test).
+pub struct Feature {
+    pub name: &'static str,
+    pub fate: Fate,
+    pub why: &'static str,
+    pub checked_by: &'static [&'static str],
+}
+
+use Fate::{Emulated as Emu, Forwarded as Fwd, Home as AtHome, Moves, Refused};
+
+pub const FEATURES: &[Feature] = &[
+    Feature { name: "private memory of every protection (PROT_NONE, write-only, exec-only), heap, stack", fate: Moves, why: "every page with content is read whatever its protection, written first and protected after", checked_by: &["test protected_memory_is_exact_natively_away_and_after_moves"] },
+    Feature { name: "guard pages (MADV_GUARD_INSTALL)", fate: Moves, why: "recorded from pagemap and installed again last", checked_by: &["test guard_pages_move_with_the_process"] },
+    Feature { name: "madvise and mlock attributes (DONTFORK, WIPEONFORK, HUGEPAGE, NOHUGEPAGE, DONTDUMP, mlock, MLOCK_ONFAULT)", fate: Moves, why: "read from smaps VmFlags, set again after the pages are written", checked_by: &["case madvise_flags"] },
+    Feature { name: "mlockall(MCL_FUTURE)", fate: Moves, why: "seen in the VmFlags of the scratch area the capture maps; set again last", checked_by: &["case mlockall_future"] },
+    Feature { name: "private mappings of files", fate: Moves, why: "mapped again from the same file (home's, or an identical one on the node), changed pages copied", checked_by: &["case private_file_map_linked"] },
+    Feature { name: "private mappings of deleted files", fate: Refused, why: "the file cannot be mapped again, and anonymous memory would not see later writes through an fd", checked_by: &["case private_file_map"] },
+    Feature { name: "shared memory (shared anonymous, memfd, SysV shm, shared writable file mappings)", fate: Refused, why: "it must stay shared with its other users (moving it is issue 13); made while away, the process goes home first", checked_by: &["test shared_anonymous_memory_made_away_is_shared_with_a_later_child"] },
+    Feature { name: "packet socket rings (PACKET_RX_RING, PACKET_TX_RING)", fate: Refused, why: "the ring is kernel memory shared with the socket at home", checked_by: &["case packet_ring"] },
+    Feature { name: "threads", fate: Refused, why: "only single-threaded processes move (issue 11)", checked_by: &["test a_process_with_threads_is_refused_with_its_reason_and_keeps_running"] },
+    Feature { name: "its own seccomp filter", fate: Refused, why: "the guest's filter is om's; the process's own cannot be stacked under it faithfully", checked_by: &["test shared_memory_sysv_and_own_seccomp_are_refused_and_the_process_stays"] },
+    Feature { name: "memory, fd table or cwd shared with another process (clone without CLONE_THREAD)", fate: Refused, why: "the sharing cannot be kept across nodes", checked_by: &["case clone_files"] },
+    Feature { name: "POSIX record locks (fcntl F_SETLK)", fate: Refused, why: "they belong to the process's fd table at home, which is closed while away: they would be dropped", checked_by: &["case record_locks"] },
+    Feature { name: "open files, flock and OFD locks, file offsets", fate: Fwd, why: "the deputy holds the open files at home, with their locks and offsets", checked_by: &["test file_offset_survives_migrations"] },
+    Feature { name: "working directory (also deleted, or one the node cannot reach)", fate: Fwd, why: "the deputy holds it at home; paths resolve there", checked_by: &["case cwd_deleted", "case cwd_private"] },
+    Feature { name: "resource limits", fate: Moves, why: "read from /proc at the capture, set with prlimit at each rebuild", checked_by: &["case rlimits"] },
+    Feature { name: "prctl settings (THP disable, child subreaper, timer slack, MCE kill, TSC)", fate: Moves, why: "read and set again by injected prctl calls", checked_by: &["case prctl"] },
+    Feature { name: "prctl identity (dumpable, no_new_privs, keepcaps, securebits, parent-death signal)", fate: Emu, why: "the guest runs with no_new_privs and another uid: reads answer home's values, changes go home", checked_by: &["case prctl"] },
+    Feature { name: "membarrier registrations", fate: Moves, why: "probed at the capture, registered again", checked_by: &["case membarrier"] },
+    Feature { name: "nice, personality, I/O priority, CPU affinity", fate: Moves, why: "captured and set again", checked_by: &["case sched_attrs"] },
+    Feature { name: "signal actions, mask and pending signals with their siginfo", fate: Moves, why: "pending signals are read whole (PTRACE_PEEKSIGINFO) and queued again by the process itself", checked_by: &["case queued_signals"] },
+    Feature { name: "signals a process sends itself (kill, tkill, tgkill)", fate: Emu, why: "queued by the process to itself with its home pid and uid, before the call returns", checked_by: &["case signal_self_handler", "case signalfd_self"] },
+    Feature { name: "signals from other processes", fate: Fwd, why: "caught at the placeholder at home and handed on with their siginfo", checked_by: &["case signal_from_parent"] },
+    Feature { name: "alternate signal stack (sigaltstack)", fate: Moves, why: "captured and set again", checked_by: &["case sigaltstack"] },
+    Feature { name: "interval timers and alarm", fate: Moves, why: "read at the capture, armed again in the guest (stopped in the placeholder)", checked_by: &["test an_alarm_armed_at_home_fires_once_away"] },
+    Feature { name: "its own /proc files (/proc/self, /proc/PID)", fate: AtHome, why: "only home has the process's own pid, status and maps", checked_by: &["case proc_self"] },
+    Feature { name: "/dev/tty", fate: AtHome, why: "it is the controlling terminal of whoever opens it: only the process itself, at home", checked_by: &["case dev_tty"] },
+    Feature { name: "terminal hangup (SIGHUP when the terminal closes)", fate: Fwd, why: "the kernel signals the placeholder, which hands it on", checked_by: &["case tty_hangup", "case tty_hangup_siginfo"] },
+    Feature { name: "job control on the controlling terminal (SIGTTIN, SIGTTOU, EIO, tcgetpgrp)", fate: Emu, why: "the deputy checks the terminal's foreground group; the supervisor signals or fails the call as the kernel would", checked_by: &["case tty_background", "test ctrl_z_stops_a_migrated_process_and_fg_resumes_it"] },
+    Feature { name: "writes to stream sockets and pipes", fate: Fwd, why: "run at home; one that fits the room home reported goes behind (answered at once, run in order)", checked_by: &["case stream_writes", "test small_writes_just_before_an_exit_all_arrive"] },
+];
+
+/// The compatibility page's table of kernel features.
+fn features_table() -> String {
+    let mut s = String::from(
+        "## Kernel features\n\n\
+         - **moves**: captured and rebuilt exactly wherever the process runs.\n\
+         - **forwarded**: kept at home; the calls that use it run in the deputy.\n\
+         - **emulated**: om answers as the kernel would at home.\n\
+         - **home**: the process goes home to use it.\n\
+         - **refused**: om does not move a process that uses it, and says why (`omctl migrate`, `omctl ps`).\n\n\
+         Checked by: a `case` runs natively, away and after 2 -> 3 -> home and must behave the same \
+         (`fidelity/src/bin/`); a `test` is an end-to-end test in `tests/tests/`.\n\n\
+         | feature | fate | why | checked by |\n| --- | --- | --- | --- |\n",
+    );
+    for f in FEATURES {
+        let fate = match f.fate {
+            Fate::Moves => "moves",
+            Fate::Forwarded => "forwarded",
+            Fate::Emulated => "emulated",
+            Fate::Home => "home",
+            Fate::Refused => "**refused**",
+        };
+        let by: Vec<String> = f.checked_by.iter().map(|c| format!("`{c}`")).collect();
+        s.push_str(&format!("| {} | {fate} | {} | {} |\n", f.name, f.why, by.join(", ")));
+    }
+    s
+}
+
 pub fn compat_page() -> String {
     let mut s = String::from(
-        "# System calls of a moved process\n\nGenerated from `runtime/src/syscalls.rs` (`cargo test -p om-runtime compat_page` checks it; `OM_REGEN=1` rewrites it).\n\n\
+        "# What moves: kernel features and system calls of a moved process\n\nGenerated from `runtime/src/syscalls.rs` (`cargo test -p om-runtime compat_page` checks it; `OM_REGEN=1` rewrites it).\n\n\
          - **local**: the kernel of the node that runs the process serves it, untrapped.\n\
          - **emulated**: om answers it there (identity calls answer the home values).\n\
          - **forwarded**: it runs at home, in the process's deputy, with the process's credentials and fds; buffers are sized as the last column says.\n\
          - **home**: the process goes home and the call runs there, natively.\n\n\
          | nr | call | served | why | buffers |\n| --- | --- | --- | --- | --- |\n",
     );
+    let calls_at = s.find("- **local**").unwrap_or(s.len());
+    s.insert_str(calls_at, &(features_table() + "\n## System calls\n\n"));
     for e in TABLE {
         let class = match e.class {
             Local => "local",
@@ -752,6 +840,45 @@ mod tests {
         }
         let have = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(have == page, "docs/SYSCALLS.md is out of date: run OM_REGEN=1 cargo test -p om-runtime compat_page");
+    }
+
+    /// Every fidelity case and end-to-end test the feature table names
+    /// exists, every fidelity case is named, and a case of a refused feature
+    /// (only) says `refused`.
+    #[test]
+    fn feature_table_matches_the_checks() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cases_dir = root.join("fidelity/src/bin");
+        let tests: String = std::fs::read_dir(root.join("tests/tests"))
+            .expect("tests/tests")
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
+        let mut named = std::collections::HashSet::new();
+        for f in FEATURES {
+            for c in f.checked_by {
+                if let Some(case) = c.strip_prefix("case ") {
+                    let src = std::fs::read_to_string(cases_dir.join(format!("{case}.rs")))
+                        .unwrap_or_else(|_| panic!("{}: no fidelity case {case}", f.name));
+                    let refused = src.lines().take(5).any(|l| l.trim() == "//! fidelity: refused");
+                    assert_eq!(
+                        refused,
+                        f.fate == Fate::Refused,
+                        "{}: case {case} and the table disagree on refusal",
+                        f.name
+                    );
+                    named.insert(case.to_string());
+                } else if let Some(test) = c.strip_prefix("test ") {
+                    assert!(tests.contains(&format!("fn {test}(")), "{}: no test {test}", f.name);
+                } else {
+                    panic!("{}: {c} is neither a case nor a test", f.name);
+                }
+            }
+        }
+        for e in std::fs::read_dir(&cases_dir).expect("cases").flatten() {
+            let name = e.path().file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+            assert!(named.contains(&name), "fidelity case {name} is on no row of FEATURES");
+        }
     }
 
     #[test]

@@ -502,12 +502,16 @@ pub fn char_device(fd: RawFd) -> Option<u64> {
     Some((minor & 0xff) | (major << 8) | ((minor & !0xff) << 12))
 }
 
-/// Whether the terminal on `fd` has TOSTOP set (background writes stop).
-pub fn tostop(fd: RawFd) -> bool {
+/// Whether the terminal on `fd` has TOSTOP set (background writes stop);
+/// None when `fd` is not a terminal.
+pub fn tostop(fd: RawFd) -> Option<bool> {
     // SAFETY: t is plain data filled by tcgetattr.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: t is a live out-param.
-    unsafe { libc::tcgetattr(fd, &mut t) == 0 && t.c_lflag & libc::TOSTOP != 0 }
+    if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
+        return None;
+    }
+    Some(t.c_lflag & libc::TOSTOP != 0)
 }
 
 /// Half the room a blocking stream socket or pipe has left for writes
@@ -518,11 +522,15 @@ pub fn write_room(fd: RawFd) -> i64 {
     // ioctl calls read integers about an fd number into live locals.
     unsafe {
         let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 || libc::fcntl(fd, libc::F_GETFL) & libc::O_NONBLOCK != 0 {
+        if libc::fstat(fd, &mut st) != 0 {
+            return -1;
+        }
+        let kind = st.st_mode & libc::S_IFMT;
+        if !matches!(kind, libc::S_IFIFO | libc::S_IFSOCK) || libc::fcntl(fd, libc::F_GETFL) & libc::O_NONBLOCK != 0 {
             return -1;
         }
         let mut queued: libc::c_int = 0;
-        let cap = match st.st_mode & libc::S_IFMT {
+        let cap = match kind {
             libc::S_IFIFO => {
                 if libc::ioctl(fd, libc::FIONREAD, &mut queued) != 0 {
                     return -1;

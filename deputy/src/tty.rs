@@ -13,6 +13,10 @@ use om_runtime::sys;
 /// controlling terminal: (process group, session, foreground group).
 fn ctty_of(fd: i32, pid: i32) -> Option<(i64, i64, i64)> {
     let dev = dsys::char_device(fd)?;
+    // A terminal at all (one cheap call) before home's /proc is read.
+    if dsys::tostop(fd).is_none() {
+        return None;
+    }
     let st = procfs::stat(pid).ok()?;
     (st.field(7) == dev && dev != 0).then(|| (st.field(5) as i64, st.field(6) as i64, st.field(8) as i64))
 }
@@ -38,7 +42,7 @@ pub fn job_control(nr: u32, args: &[u64; 6], pid: i32, signal_group: bool) -> Op
     };
     let fd = args[0] as i32;
     let (pgrp, _, fg) = ctty_of(fd, pid)?;
-    if fg <= 0 || fg == pgrp || (nr == 1 && !dsys::tostop(fd)) {
+    if fg <= 0 || fg == pgrp || (nr == 1 && dsys::tostop(fd) != Some(true)) {
         return None;
     }
     let orphaned = procfs::pgrp_orphaned(pid);

@@ -14,9 +14,7 @@ use om_runtime::sys;
 fn ctty_of(fd: i32, pid: i32) -> Option<(i64, i64, i64)> {
     let dev = dsys::char_device(fd)?;
     // A terminal at all (one cheap call) before home's /proc is read.
-    if dsys::tostop(fd).is_none() {
-        return None;
-    }
+    dsys::tostop(fd)?;
     let st = procfs::stat(pid).ok()?;
     (st.field(7) == dev && dev != 0).then(|| (st.field(5) as i64, st.field(6) as i64, st.field(8) as i64))
 }

@@ -863,9 +863,9 @@ impl Away {
                 *img_out = Some((*pre).clone());
                 let rs = image::restore_layout(t, &pre, Target::Parked, self.scratch, Some(&open_for))
                     .map_err(home("laying out the pre-copy"))?;
-                let scratch = rs.scratch;
+                let (scratch, kept) = (rs.scratch, rs.kept.clone());
                 *rs_out = Some(rs);
-                transfer::recv_pages(link, t, &pre).map_err(wire_step("pre-copy pages"))?;
+                transfer::recv_pages_keeping(link, t, &pre, &kept).map_err(wire_step("pre-copy pages"))?;
                 let img = match next_image(link, "image")? {
                     Msg::Image(i) => *i,
                     _ => return Err(Step::Link("image", wire::WireError::Unexpected("a second pre-copy".into()))),
@@ -901,7 +901,8 @@ impl Away {
                 img.umask = u32::from_str_radix(&u, 8).unwrap_or(img.umask);
             }
         }
-        transfer::recv_pages(link, t, &img).map_err(wire_step("image pages"))?;
+        let kept = rs_out.as_ref().map(|rs| rs.kept.clone()).unwrap_or_default();
+        transfer::recv_pages_keeping(link, t, &img, &kept).map_err(wire_step("image pages"))?;
         // Every frame of the move is read: nothing is left to drain.
         *seen = usize::MAX;
         let rs = rs_out.as_ref().ok_or(Step::Home("finishing", "no layout".into()))?;

@@ -943,46 +943,18 @@ const PM_GUARD_REGION: u64 = 1 << 58;
 /// madvise advice that installs guard pages.
 const MADV_GUARD_INSTALL: u64 = 102;
 
-/// Read page data of `pid` for a batch of runs into `buf` (which must be large enough).
-/// Whatever process_vm_readv cannot read (pages without PROT_READ) is read
-/// through /proc/PID/mem, which ignores protection.
+/// Read page data of `pid` for a batch of runs into `buf` (which must be
+/// large enough), through /proc/PID/mem: it ignores protection, and it does
+/// not pin pages, so pages the process shares copy-on-write with its
+/// children stay shared (process_vm_readv pins them, and the kernel then
+/// gives the process private copies).
 pub fn read_pages(pid: i32, runs: &[(u64, usize)], buf: &mut [u8]) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let mut mem: Option<std::fs::File> = None;
-    let mut left: Vec<(u64, usize)> = runs.to_vec();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
     let mut off = 0usize;
-    let mut i = 0usize;
-    while i < left.len() {
-        let total: usize = left[i..].iter().map(|r| r.1).sum();
-        let n = sys::process_vm_readv(pid, &mut buf[off..off + total], &left[i..]).unwrap_or(0);
-        // Skip what was read (it stops at the first piece it cannot read).
-        let mut k = n;
-        while k > 0 {
-            let take = k.min(left[i].1);
-            off += take;
-            k -= take;
-            left[i].0 += take as u64;
-            left[i].1 -= take;
-            if left[i].1 == 0 {
-                i += 1;
-            }
-        }
-        if i < left.len() {
-            let (a, l) = left[i];
-            let f = match &mem {
-                Some(f) => f,
-                None => mem.insert(std::fs::File::open(format!("/proc/{pid}/mem"))?),
-            };
-            // Read up to the end of this page through /proc/PID/mem, then try the fast path again.
-            let piece = l.min((PAGE - a % PAGE) as usize);
-            f.read_exact_at(&mut buf[off..off + piece], a)?;
-            off += piece;
-            left[i].0 += piece as u64;
-            left[i].1 -= piece;
-            if left[i].1 == 0 {
-                i += 1;
-            }
-        }
+    for &(a, l) in runs {
+        mem.read_exact_at(&mut buf[off..off + l], a)?;
+        off += l;
     }
     Ok(())
 }
@@ -1011,6 +983,44 @@ pub fn write_pages(pid: i32, runs: &[(u64, usize)], data: &[u8]) -> std::io::Res
         }
     }
     Ok(())
+}
+
+/// [`write_pages`], leaving alone the pages inside `kept` regions that
+/// already hold the same bytes (so pages shared copy-on-write stay
+/// shared). Returns how many were left alone.
+pub fn write_pages_keeping(pid: i32, runs: &[(u64, usize)], data: &[u8], kept: &[(u64, u64)]) -> std::io::Result<u64> {
+    let inside = |a: u64| kept.iter().any(|&(s, e)| a >= s && a < e);
+    if !runs.iter().any(|r| inside(r.0)) {
+        return write_pages(pid, runs, data).map(|_| 0);
+    }
+    let (mut to_write, mut bytes, mut same) = (Vec::new(), Vec::new(), 0u64);
+    let mut cur = Vec::new();
+    let mut off = 0usize;
+    for &(a, l) in runs {
+        let piece = &data[off..off + l];
+        off += l;
+        if !inside(a) || a % PAGE != 0 || l % PAGE as usize != 0 {
+            to_write.push((a, l));
+            bytes.extend_from_slice(piece);
+            continue;
+        }
+        cur.resize(l, 0);
+        read_pages(pid, &[(a, l)], &mut cur)?;
+        for (k, (now, new)) in cur.chunks(PAGE as usize).zip(piece.chunks(PAGE as usize)).enumerate() {
+            if now == new {
+                same += 1;
+                continue;
+            }
+            let at = a + k as u64 * PAGE;
+            match to_write.last_mut() {
+                Some((s, n)) if *s + *n as u64 == at => *n += PAGE as usize,
+                _ => to_write.push((at, PAGE as usize)),
+            }
+            bytes.extend_from_slice(new);
+        }
+    }
+    write_pages(pid, &to_write, &bytes)?;
+    Ok(same)
 }
 
 /// Batches runs into chunks of at most `max_bytes` and 1024 pieces.
@@ -1052,6 +1062,10 @@ pub struct Restore {
     file_fds: Vec<(String, u64)>,
     /// Regions mapped writable only so their pages could be written: (start, len, prot).
     made_writable: Vec<(u64, u64, u32)>,
+    /// Regions a placeholder kept from before the move (they share pages
+    /// copy-on-write with its children): (start, end). Pages are written
+    /// into them only where they differ ([`write_pages_keeping`]).
+    pub kept: Vec<(u64, u64)>,
 }
 
 fn free_in(ranges: &[(u64, u64)], lo: u64, len: u64) -> bool {
@@ -1122,6 +1136,14 @@ pub fn restore_layout(
     if cur_vdso.0 != u64::MAX {
         keep.push(cur_vdso);
     }
+    // At home: regions the placeholder kept (see [`park`]) that the image
+    // still has as they were stay, with the pages they share with children.
+    let kept: Vec<(u64, u64)> = if target == Target::Parked {
+        img.regions.iter().filter(|r| current.iter().any(|m| still_there(r, m))).map(|r| (r.start, r.end)).collect()
+    } else {
+        Vec::new()
+    };
+    keep.extend(kept.iter().copied());
     keep.sort();
     let mut lo = 0x1000u64;
     for &(s, e) in &keep {
@@ -1157,9 +1179,36 @@ pub fn restore_layout(
     }
     let mut made_writable = Vec::new();
     for r in &img.regions {
-        map_region(t, r, &mut file_fds, path_at, &mut made_writable, opener)?;
+        if !kept.contains(&(r.start, r.end)) {
+            map_region(t, r, &mut file_fds, path_at, &mut made_writable, opener)?;
+            continue;
+        }
+        // Kept: what the image does not hold goes (zero, or the file's
+        // page), as in a region mapped afresh; the rest is compared as it
+        // is written.
+        let npages = (r.end - r.start) / PAGE;
+        let mut at = 0u64;
+        for &(first, n) in r.runs.iter().chain(std::iter::once(&(npages, 0))) {
+            if first > at {
+                t.syscall_ok(
+                    "madvise(MADV_DONTNEED)",
+                    libc::SYS_madvise,
+                    [r.start + at * PAGE, (first - at) * PAGE, libc::MADV_DONTNEED as u64, 0, 0, 0],
+                )?;
+            }
+            at = first + n;
+        }
+        if !r.runs.is_empty() && r.prot & libc::PROT_WRITE as u32 == 0 {
+            let len = r.end - r.start;
+            t.syscall_ok(
+                "mprotect",
+                libc::SYS_mprotect,
+                [r.start, len, (r.prot | libc::PROT_WRITE as u32) as u64, 0, 0, 0],
+            )?;
+            made_writable.push((r.start, len, r.prot));
+        }
     }
-    Ok(Restore { scratch, file_fds, made_writable })
+    Ok(Restore { scratch, file_fds, made_writable, kept })
 }
 
 /// Map one region of an image in the target, writable if pages will be written.
@@ -1238,6 +1287,22 @@ fn move_brk(t: &mut Tracee, img: &Image) -> Result<()> {
     Ok(())
 }
 
+/// Whether a region may stay in a parked placeholder: private anonymous or
+/// file memory, not locked (MADV_DONTNEED fails there) and without guards.
+fn keepable(r: &Region) -> bool {
+    matches!(r.kind, RegionKind::Anon | RegionKind::File { .. }) && r.attrs & ATTR_LOCKED == 0 && r.guards.is_empty()
+}
+
+/// Whether image region `r` is mapping `m` of a placeholder, as it was kept.
+fn still_there(r: &Region, m: &MapLine) -> bool {
+    let kind_same = match &r.kind {
+        RegionKind::Anon => m.inode == 0 && (m.path.is_empty() || m.path.starts_with("[anon:")),
+        RegionKind::File { path, offset } => m.path == *path && m.offset == *offset,
+        _ => false,
+    };
+    keepable(r) && kind_same && !m.shared && m.start == r.start && m.end == r.end && prot_of(m) == r.prot
+}
+
 /// Same mapping in two images (a region pre-copied can be kept). The heap
 /// never counts as the same: it is rebuilt after brk moves (see [`move_brk`]),
 /// so it always travels whole.
@@ -1261,7 +1326,10 @@ pub fn restore_layout_again(
     target: Target,
     opener: Option<&FileOpener>,
 ) -> Result<Restore> {
-    let Restore { scratch, mut file_fds, made_writable } = rs;
+    let Restore { scratch, mut file_fds, made_writable, mut kept } = rs;
+    kept.retain(|&(s, e)| {
+        img.regions.iter().any(|r| r.start == s && r.end == e && pre.regions.iter().any(|q| same_region(r, q)))
+    });
     t.syscall_ip = scratch;
     if img.regions.iter().any(|r| r.start < scratch + SCRATCH_LEN && scratch < r.end) {
         return Err(TraceError::Injected {
@@ -1301,7 +1369,7 @@ pub fn restore_layout_again(
             None => map_region(t, r, &mut file_fds, path_at, &mut still_writable, opener)?,
         }
     }
-    Ok(Restore { scratch, file_fds, made_writable: still_writable })
+    Ok(Restore { scratch, file_fds, made_writable: still_writable, kept })
 }
 
 /// Phase 3 of a restore (after the pages are written): protections, mm fields,
@@ -1467,8 +1535,25 @@ pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
         t.syscall_ok("rseq unregister", libc::SYS_rseq, [rp, rl as u64, 1, rsig as u64, 0, 0])?;
     }
     t.syscall_ok("set_robust_list", libc::SYS_set_robust_list, [0, 24, 0, 0, 0, 0])?;
+    // A region with pages shared copy-on-write with another process (its
+    // children) stays, holding only those pages: they cost nothing more
+    // here, and a return home keeps them shared where they did not change.
     for r in &img.regions {
-        t.syscall_ok("munmap", libc::SYS_munmap, [r.start, r.end - r.start, 0, 0, 0, 0])?;
+        let exclusive = if keepable(r) { exclusive_pages(t.pid, r) } else { None };
+        match exclusive {
+            Some(runs) => {
+                for (first, n) in runs {
+                    t.syscall_ok(
+                        "madvise(MADV_DONTNEED)",
+                        libc::SYS_madvise,
+                        [r.start + first * PAGE, n * PAGE, libc::MADV_DONTNEED as u64, 0, 0, 0],
+                    )?;
+                }
+            }
+            None => {
+                t.syscall_ok("munmap", libc::SYS_munmap, [r.start, r.end - r.start, 0, 0, 0, 0])?;
+            }
+        }
     }
     // The timers run on in the guest; here they would fire a second time.
     t.poke(scratch + 1024, &[0u8; 32])?;
@@ -1488,6 +1573,34 @@ pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     regs.orig_rax = u64::MAX;
     t.saved = regs;
     Ok(())
+}
+
+/// Runs (first page, count) of the pages of region `r` of `pid` that are
+/// present and mapped by this process alone (or swapped), when some other
+/// page is present and shared with another process; None when none is.
+fn exclusive_pages(pid: i32, r: &Region) -> Option<Vec<(u64, u64)>> {
+    use std::os::unix::fs::FileExt;
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).ok()?;
+    let npages = (r.end - r.start) / PAGE;
+    let mut raw = vec![0u8; (npages.min(1 << 16) * 8) as usize];
+    let (mut alone, mut shared) = (Vec::new(), false);
+    let mut done = 0u64;
+    while done < npages {
+        let n = (npages - done).min(1 << 16);
+        let buf = &mut raw[..(n * 8) as usize];
+        pagemap.read_exact_at(buf, (r.start / PAGE + done) * 8).ok()?;
+        for (k, e) in buf.chunks_exact(8).enumerate() {
+            let e = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
+            let (present, swapped, only_ours) = (e >> 63 & 1 == 1, e >> 62 & 1 == 1, e >> 56 & 1 == 1);
+            if swapped || present && only_ours {
+                alone.push(done + k as u64);
+            } else if present {
+                shared = true;
+            }
+        }
+        done += n;
+    }
+    shared.then(|| runs_of(alone))
 }
 
 /// Make a placeholder that a failed return home left half rebuilt parked

@@ -87,12 +87,18 @@ pub fn send_pre_image<W: Write>(w: &mut W, pid: i32, img: &Image) -> Result<imag
 
 /// Receive the page stream for `img` and write it into the tracee.
 pub fn recv_pages<R: Read>(r: &mut R, t: &Tracee, img: &Image) -> Result<u64, WireError> {
+    recv_pages_keeping(r, t, img, &[])
+}
+
+/// [`recv_pages`] into a placeholder that kept `kept` regions: their pages
+/// are written only where they differ (see `image::write_pages_keeping`).
+pub fn recv_pages_keeping<R: Read>(r: &mut R, t: &Tracee, img: &Image, kept: &[(u64, u64)]) -> Result<u64, WireError> {
     let mut total = 0u64;
     for batch in image::batch_runs(img.runs(), CHUNK) {
         let n: usize = batch.iter().map(|r| r.1).sum();
         match wire::recv(r)? {
             Frame::Data(d) if d.len() == n => {
-                image::write_pages(t.pid, &batch, &d)?;
+                image::write_pages_keeping(t.pid, &batch, &d, kept)?;
                 total += n as u64;
             }
             Frame::Data(d) => {

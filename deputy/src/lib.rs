@@ -203,7 +203,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     let program = exec_id(pid);
     let pre = image::pre_image(pid, &same)
         .map_err(|e| err("pre-copy", format!("cannot read process {pid}'s memory: {e}")))?;
-    let sent = transfer::send_pre_image(&mut link, pid, &pre).map_err(net("pre-copy"))?;
+    let sent = transfer::send_pre_image(&mut link, pid, &pre, image::ReadMode::Unpinned).map_err(net("pre-copy"))?;
     tracing::info!(bytes = pre.data_bytes(), ms = started.elapsed().as_secs_f64() * 1e3, "pre-copied");
 
     // Freeze. From here every early return resumes the process at home.
@@ -237,7 +237,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     let mut cap = image::capture(frozen.tracee(), &same)
         .map_err(|e| err("capture", format!("cannot capture process {pid}: {e}")))?;
     frozen.captured(cap.scratch);
-    match image::prune_unchanged(pid, &mut cap.image, &pre, &sent) {
+    match image::prune_unchanged(pid, &mut cap.image, &pre, &sent, image::ReadMode::Unpinned) {
         Ok(skipped) => tracing::info!(
             capture_ms = freeze.elapsed().as_secs_f64() * 1e3,
             unchanged_pages = skipped,
@@ -261,7 +261,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
         let _ = rel_tx.send(Release::Stop);
         e
     };
-    let sent = transfer::send_image(&mut link, pid, &cap.image).map_err(|e| {
+    let sent = transfer::send_image(&mut link, pid, &cap.image, image::ReadMode::Unpinned).map_err(|e| {
         stop_deputy(err(
             "image",
             format!("sending the image to node {} failed: {e}; the process stays at home", plan.dest),

@@ -1235,7 +1235,7 @@ impl Supervisor {
         let sent = {
             let flags = self.flags.clone();
             let _g = flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-            transfer::send_pre_image(&mut self.stream, self.gpid, &pre)?
+            transfer::send_pre_image(&mut self.stream, self.gpid, &pre, image::ReadMode::Pinned)?
         };
         let lfd = self.listener.as_raw_fd();
         let mut answer = || {
@@ -1268,12 +1268,13 @@ impl Supervisor {
     ) -> Result<bool, crate::GuestError> {
         let mut cap = image::capture(t, same)?;
         cap.image.flags = cap.image.flags.with_identity_of(&self.proc_flags);
-        let sent_ok = image::prune_unchanged(self.gpid, &mut cap.image, pre, sent)
+        let sent_ok = image::prune_unchanged(self.gpid, &mut cap.image, pre, sent, image::ReadMode::Pinned)
             .map_err(crate::GuestError::from)
             .and_then(|_| {
                 let flags = self.flags.clone();
                 let _g = flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-                transfer::send_image(&mut self.stream, self.gpid, &cap.image).map_err(crate::GuestError::from)
+                transfer::send_image(&mut self.stream, self.gpid, &cap.image, image::ReadMode::Pinned)
+                    .map_err(crate::GuestError::from)
             });
         self.images_sent = sent_ok.is_ok();
         if let Err(e) = sent_ok {

@@ -702,7 +702,13 @@ fn runs_of(mut idx: Vec<u64>) -> Vec<(u64, u64)> {
 /// only if its content hash differs from what was sent (a page that vanished
 /// reads as zeroes, or as its file page, and travels too). Changed regions
 /// travel whole, as captured.
-pub fn prune_unchanged(pid: i32, img: &mut Image, pre: &Image, sent: &PageHashes) -> std::io::Result<u64> {
+pub fn prune_unchanged(
+    pid: i32,
+    img: &mut Image,
+    pre: &Image,
+    sent: &PageHashes,
+    mode: ReadMode,
+) -> std::io::Result<u64> {
     let mut skipped = 0u64;
     let mut buf = vec![0u8; 4 << 20];
     for r in img.regions.iter_mut() {
@@ -715,7 +721,7 @@ pub fn prune_unchanged(pid: i32, img: &mut Image, pre: &Image, sent: &PageHashes
         let mut keep = Vec::new();
         for batch in batch_runs(pieces, buf.len()) {
             let n: usize = batch.iter().map(|b| b.1).sum();
-            read_pages(pid, &batch, &mut buf[..n])?;
+            read_pages(pid, &batch, &mut buf[..n], mode)?;
             let mut off = 0;
             for &(a, l) in &batch {
                 for k in 0..(l as u64 / PAGE) {
@@ -943,18 +949,103 @@ const PM_GUARD_REGION: u64 = 1 << 58;
 /// madvise advice that installs guard pages.
 const MADV_GUARD_INSTALL: u64 = 102;
 
+/// How a process's pages are read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReadMode {
+    /// It may share pages copy-on-write (a process at home shares them with
+    /// its parent and children): through /proc/PID/mem, which does not pin
+    /// them. process_vm_readv pins each page, and the kernel first gives the
+    /// process a private copy of a shared one: the memory would double.
+    Unpinned,
+    /// It shares none (a guest): process_vm_readv, faster.
+    Pinned,
+}
+
 /// Read page data of `pid` for a batch of runs into `buf` (which must be
-/// large enough), through /proc/PID/mem: it ignores protection, and it does
-/// not pin pages, so pages the process shares copy-on-write with its
-/// children stay shared (process_vm_readv pins them, and the kernel then
-/// gives the process private copies).
-pub fn read_pages(pid: i32, runs: &[(u64, usize)], buf: &mut [u8]) -> std::io::Result<()> {
+/// large enough), whatever the pages' protection.
+pub fn read_pages(pid: i32, runs: &[(u64, usize)], buf: &mut [u8], mode: ReadMode) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
+    if mode == ReadMode::Pinned {
+        return read_pages_pinned(pid, runs, buf);
+    }
+    // Pages mapped by this process alone (or not at all) are pinned safely:
+    // only present pages shared with another process go through /proc/PID/mem.
     let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
+    let mut entries = Vec::new();
     let mut off = 0usize;
     for &(a, l) in runs {
-        mem.read_exact_at(&mut buf[off..off + l], a)?;
+        if a % PAGE != 0 || l % PAGE as usize != 0 {
+            mem.read_exact_at(&mut buf[off..off + l], a)?;
+            off += l;
+            continue;
+        }
+        let n = l / PAGE as usize;
+        entries.resize(n * 8, 0);
+        pagemap.read_exact_at(&mut entries, a / PAGE * 8)?;
+        let shared = |k: usize| {
+            let e = u64::from_le_bytes(entries[k * 8..k * 8 + 8].try_into().unwrap_or([0; 8]));
+            e >> 63 & 1 == 1 && e >> 56 & 1 == 0
+        };
+        let mut k = 0;
+        while k < n {
+            let kind = shared(k);
+            let first = k;
+            while k < n && shared(k) == kind {
+                k += 1;
+            }
+            let (at, len) = (a + first as u64 * PAGE, (k - first) * PAGE as usize);
+            let piece = &mut buf[off + first * PAGE as usize..off + first * PAGE as usize + len];
+            if kind {
+                mem.read_exact_at(piece, at)?;
+            } else {
+                read_pages_pinned(pid, &[(at, len)], piece)?;
+            }
+        }
         off += l;
+    }
+    Ok(())
+}
+
+/// process_vm_readv; whatever it cannot read (pages without PROT_READ) is
+/// read through /proc/PID/mem, which ignores protection.
+fn read_pages_pinned(pid: i32, runs: &[(u64, usize)], buf: &mut [u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut mem: Option<std::fs::File> = None;
+    let mut left: Vec<(u64, usize)> = runs.to_vec();
+    let mut off = 0usize;
+    let mut i = 0usize;
+    while i < left.len() {
+        let total: usize = left[i..].iter().map(|r| r.1).sum();
+        let n = sys::process_vm_readv(pid, &mut buf[off..off + total], &left[i..]).unwrap_or(0);
+        // Skip what was read (it stops at the first piece it cannot read).
+        let mut k = n;
+        while k > 0 {
+            let take = k.min(left[i].1);
+            off += take;
+            k -= take;
+            left[i].0 += take as u64;
+            left[i].1 -= take;
+            if left[i].1 == 0 {
+                i += 1;
+            }
+        }
+        if i < left.len() {
+            let (a, l) = left[i];
+            let f = match &mem {
+                Some(f) => f,
+                None => mem.insert(std::fs::File::open(format!("/proc/{pid}/mem"))?),
+            };
+            // Read up to the end of this page through /proc/PID/mem, then try the fast path again.
+            let piece = l.min((PAGE - a % PAGE) as usize);
+            f.read_exact_at(&mut buf[off..off + piece], a)?;
+            off += piece;
+            left[i].0 += piece as u64;
+            left[i].1 -= piece;
+            if left[i].1 == 0 {
+                i += 1;
+            }
+        }
     }
     Ok(())
 }
@@ -1005,7 +1096,7 @@ pub fn write_pages_keeping(pid: i32, runs: &[(u64, usize)], data: &[u8], kept: &
             continue;
         }
         cur.resize(l, 0);
-        read_pages(pid, &[(a, l)], &mut cur)?;
+        read_pages(pid, &[(a, l)], &mut cur, ReadMode::Unpinned)?;
         for (k, (now, new)) in cur.chunks(PAGE as usize).zip(piece.chunks(PAGE as usize)).enumerate() {
             if now == new {
                 same += 1;

@@ -1,7 +1,7 @@
 //! Moving an image over a link: the offer (which files the receiver can
 //! reopen), the image header, and the page stream in fixed-size batches.
 
-use crate::image::{self, FileId, Image};
+use crate::image::{self, FileId, Image, ReadMode};
 use crate::ptrace::Tracee;
 use crate::wire::{self, Frame, Msg, WireError};
 use std::io::{Read, Write};
@@ -46,13 +46,13 @@ pub fn answer_offer(files: &[(String, FileId)], vdso_hash: u64, vdso_len: u64, x
 }
 
 /// Send the image header and every page of `pid` it lists, then `PagesDone`.
-pub fn send_image<W: Write>(w: &mut W, pid: i32, img: &Image) -> Result<u64, WireError> {
+pub fn send_image<W: Write>(w: &mut W, pid: i32, img: &Image, mode: ReadMode) -> Result<u64, WireError> {
     wire::send(w, &Msg::Image(Box::new(img.clone())))?;
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     for batch in image::batch_runs(img.runs(), CHUNK) {
         let n: usize = batch.iter().map(|r| r.1).sum();
-        image::read_pages(pid, &batch, &mut buf[..n])?;
+        image::read_pages(pid, &batch, &mut buf[..n], mode)?;
         wire::send_data(w, &buf[..n])?;
         total += n as u64;
     }
@@ -63,13 +63,18 @@ pub fn send_image<W: Write>(w: &mut W, pid: i32, img: &Image) -> Result<u64, Wir
 /// Pre-copy: send the layout and pages of the running process `pid`, and
 /// return the hash of every page as sent. A piece that cannot be read (the
 /// process unmapped it meanwhile) is sent as zeroes; the final pass repairs it.
-pub fn send_pre_image<W: Write>(w: &mut W, pid: i32, img: &Image) -> Result<image::PageHashes, WireError> {
+pub fn send_pre_image<W: Write>(
+    w: &mut W,
+    pid: i32,
+    img: &Image,
+    mode: ReadMode,
+) -> Result<image::PageHashes, WireError> {
     wire::send(w, &Msg::PreImage(Box::new(img.clone())))?;
     let mut buf = vec![0u8; CHUNK];
     let mut hashes = image::PageHashes::with_capacity((img.data_bytes() / image::PAGE) as usize);
     for batch in image::batch_runs(img.runs(), CHUNK) {
         let n: usize = batch.iter().map(|r| r.1).sum();
-        if image::read_pages(pid, &batch, &mut buf[..n]).is_err() {
+        if image::read_pages(pid, &batch, &mut buf[..n], mode).is_err() {
             buf[..n].fill(0);
         }
         let mut off = 0;

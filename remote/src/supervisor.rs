@@ -281,18 +281,13 @@ impl Supervisor {
                 }
                 let mask = sys::ptrace_get_sigmask(gpid).unwrap_or(0);
                 let _ = sys::ptrace_set_sigmask(gpid, !0);
-                let at = (t.saved.rsp - 1024) & !15;
-                let keep = t.peek(at, 128)?;
+                let at = below_red_zone(&t);
                 for (sig, info) in &queued {
-                    t.poke(at, info)?;
-                    let g = gpid as u64;
-                    if t.syscall(libc::SYS_rt_tgsigqueueinfo, [g, g, *sig as u64, at, 0, 0])? == 0 {
-                        sent += 1;
-                    } else {
+                    if t.queue_to_self(*sig, info, at)? != 0 {
                         break;
                     }
+                    sent += 1;
                 }
-                t.poke(at, &keep)?;
                 let _ = sys::ptrace_set_sigmask(gpid, mask);
                 Ok(())
             })();
@@ -568,20 +563,9 @@ impl Supervisor {
         if !t.use_last_syscall()? {
             return Ok(false);
         }
-        // siginfo_t: signo, errno, code, then (pid, uid) at offset 16.
-        let mut info = [0u8; 128];
-        info[0..4].copy_from_slice(&sig.to_le_bytes());
-        info[8..12].copy_from_slice(&code.to_le_bytes());
-        info[16..20].copy_from_slice(&self.home_pid.to_le_bytes());
-        info[20..24].copy_from_slice(&self.creds.uids[0].to_le_bytes());
-        // Below the red zone of the stack it stopped on.
-        let at = (t.saved.rsp - 1024) & !15;
-        let keep = t.peek(at, info.len())?;
-        t.poke(at, &info)?;
-        let g = self.gpid as u64;
-        let r = t.syscall(libc::SYS_rt_tgsigqueueinfo, [g, g, sig as u64, at, 0, 0]);
-        t.poke(at, &keep)?;
-        Ok(r? == 0)
+        let info = siginfo(sig, code, Some((self.home_pid, self.creds.uids[0])));
+        let at = below_red_zone(t);
+        Ok(t.queue_to_self(sig, &info, at)? == 0)
     }
 
     fn read_mem(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
@@ -923,9 +907,7 @@ impl Supervisor {
                     stop_as(&self.flags, self.gpid, sig);
                     self.reply(id, ERESTARTSYS);
                 } else {
-                    let mut info = vec![0u8; 128];
-                    info[0..4].copy_from_slice(&sig.to_le_bytes());
-                    info[8..12].copy_from_slice(&libc::SI_KERNEL.to_le_bytes());
+                    let info = siginfo(sig, libc::SI_KERNEL, None).to_vec();
                     self.flags.signals.lock().unwrap_or_else(|p| p.into_inner()).push((sig, info));
                     self.deliver_signals(Some(id));
                 }
@@ -1393,6 +1375,25 @@ fn scatter(pid: i32, iov: &[(u64, usize)], data: &[u8]) {
 /// si_code of kill() and of tkill()/tgkill().
 const SI_USER: i32 = 0;
 const SI_TKILL: i32 = -6;
+
+/// A siginfo_t (128 bytes): signo, errno, code, then the sender's pid and
+/// uid at offset 16 for a signal a process sent.
+fn siginfo(sig: i32, code: i32, sender: Option<(i32, u32)>) -> [u8; 128] {
+    let mut info = [0u8; 128];
+    info[0..4].copy_from_slice(&sig.to_le_bytes());
+    info[8..12].copy_from_slice(&code.to_le_bytes());
+    if let Some((pid, uid)) = sender {
+        info[16..20].copy_from_slice(&pid.to_le_bytes());
+        info[20..24].copy_from_slice(&uid.to_le_bytes());
+    }
+    info
+}
+
+/// Scratch memory in a stopped guest: below the red zone of the stack it
+/// stopped on.
+fn below_red_zone(t: &Tracee) -> u64 {
+    (t.saved.rsp - 1024) & !15
+}
 
 fn stop_is_default(gpid: i32, sig: i32) -> bool {
     if sig == libc::SIGSTOP {

@@ -265,8 +265,7 @@ pub fn queue_pending(t: &mut Tracee, img: &Image, data: u64) -> Result<()> {
         if info.len() != 128 || !(1..=64).contains(&sig) || sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        t.poke(data, info)?;
-        let r = t.syscall(libc::SYS_rt_tgsigqueueinfo, [pid as u64, pid as u64, sig as u64, data, 0, 0])?;
+        let r = t.queue_to_self(sig, info, data)?;
         if r < 0 {
             tracing::warn!(pid, sig, errno = -r, "a pending signal could not be queued again");
         }

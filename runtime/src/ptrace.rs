@@ -242,6 +242,19 @@ impl Tracee {
         self.syscall_hooked(nr, args, &mut || Ok(()))
     }
 
+    /// Have the stopped process queue signal `sig` with siginfo `info` (128
+    /// bytes) to itself: rt_tgsigqueueinfo, which takes any sender and code
+    /// only for a signal to oneself. `info` passes through memory at `at`,
+    /// which is put back after. Returns the call's result (0 or -errno).
+    pub fn queue_to_self(&mut self, sig: i32, info: &[u8], at: u64) -> Result<i64> {
+        let keep = self.peek(at, info.len())?;
+        self.poke(at, info)?;
+        let p = self.pid as u64;
+        let r = self.syscall(libc::SYS_rt_tgsigqueueinfo, [p, p, sig as u64, at, 0, 0]);
+        self.poke(at, &keep)?;
+        r
+    }
+
     /// Like [`Tracee::syscall`], calling `between` after the tracee was let go
     /// from its entry stop and before waiting for the exit stop (to answer a
     /// seccomp notification the call raises).

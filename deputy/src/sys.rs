@@ -514,9 +514,11 @@ pub fn tostop(fd: RawFd) -> Option<bool> {
     Some(t.c_lflag & libc::TOSTOP != 0)
 }
 
-/// Half the room a blocking stream socket or pipe has left for writes
-/// (free send buffer, or free pipe capacity); -1 for anything else, or a
-/// non-blocking fd. Half: the kernel charges its own overhead per buffer.
+/// The room a blocking stream socket or pipe has left for writes that
+/// cannot block: for a unix socket its free send buffer (SIOCOUTQ counts
+/// what the kernel charges, overhead included) less 4 KiB; for TCP and
+/// pipes half the free space (their counts leave the kernel's per-buffer
+/// overhead out). -1 for anything else, or a non-blocking fd.
 pub fn write_room(fd: RawFd) -> i64 {
     // SAFETY: st is plain data filled by fstat; the fcntl, getsockopt and
     // ioctl calls read integers about an fd number into live locals.
@@ -530,6 +532,7 @@ pub fn write_room(fd: RawFd) -> i64 {
             return -1;
         }
         let mut queued: libc::c_int = 0;
+        let mut exact = false;
         let cap = match kind {
             libc::S_IFIFO => {
                 if libc::ioctl(fd, libc::FIONREAD, &mut queued) != 0 {
@@ -549,6 +552,8 @@ pub fn write_room(fd: RawFd) -> i64 {
                 if int(libc::SO_SNDBUF, &mut sndbuf, &mut l) != 0 || libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) != 0 {
                     return -1;
                 }
+                let mut domain: libc::c_int = 0;
+                exact = int(libc::SO_DOMAIN, &mut domain, &mut l) == 0 && domain == libc::AF_UNIX;
                 sndbuf
             }
             _ => return -1,
@@ -556,6 +561,11 @@ pub fn write_room(fd: RawFd) -> i64 {
         if cap <= 0 {
             return -1;
         }
-        ((cap as i64 - queued as i64) / 2).max(0)
+        let free = cap as i64 - queued as i64;
+        if exact {
+            (free - 4096).max(0)
+        } else {
+            (free / 2).max(0)
+        }
     }
 }

@@ -999,7 +999,7 @@ impl Supervisor {
         loop {
             match self.write_run {
                 Some((f, room)) if f == fd => {
-                    if (self.behind_bytes + len) as i64 <= room {
+                    if (self.behind_bytes + write_cost(len)) as i64 <= room {
                         break;
                     }
                     if self.behind.is_empty() || !self.settle_one() {
@@ -1030,7 +1030,7 @@ impl Supervisor {
             return false;
         }
         self.behind.push_back((rid, fd, len));
-        self.behind_bytes += len;
+        self.behind_bytes += write_cost(len);
         true
     }
 
@@ -1053,7 +1053,7 @@ impl Supervisor {
             }
         };
         self.behind.pop_front();
-        self.behind_bytes -= len;
+        self.behind_bytes -= write_cost(len);
         if r.ret != len as i64 {
             tracing::debug!(fd, ret = r.ret, len, "a write behind did not complete");
             self.write_run = None;
@@ -1420,6 +1420,12 @@ fn ignores_or_blocks(gpid: i32, sig: i32) -> bool {
     let Ok(st) = std::fs::read_to_string(format!("/proc/{gpid}/status")) else { return false };
     let f = |k: &str| procfs::hex_mask(&procfs::status_field_in(&st, k).unwrap_or_default());
     (f("SigIgn") | f("SigBlk")) & (1u64 << (sig - 1)) != 0
+}
+
+/// What a write of `len` bytes takes of the room a deputy reports: its
+/// bytes and the kernel's overhead per buffer (an upper bound).
+fn write_cost(len: usize) -> usize {
+    len + 1024 + len / 32
 }
 
 /// The room a deputy reported after a write (`marshal::WRITE_ROOM`), -1 if none.

@@ -39,7 +39,7 @@ pub const JC_IGNORED: u32 = 1 << 16;
 pub const JC_SIGNAL: u32 = 1 << 17;
 /// A write (write, writev as write, send) whose answer carries, in its
 /// data, the room left after it as an i64: what more the fd takes without
-/// blocking (half of the free send buffer or pipe space), or -1 when it is
+/// blocking (see `write_room` in the deputy), or -1 when it is
 /// not a blocking stream socket or pipe. See `WRITE_BEHIND`.
 pub const WRITE_ROOM: u32 = 1 << 18;
 /// A write the supervisor has already answered (it fit in the room the

@@ -212,6 +212,31 @@ impl Cluster {
             .expect("om-exec")
     }
 
+    /// Start `prog` under om-exec on node `id` with its stdin and stdout
+    /// piped to the test, and read its first line (a fixture's `ready`).
+    /// Returns the child (its stdin still set), its stdout and that line.
+    pub fn om_exec_piped(
+        &self,
+        id: u32,
+        prog: &Path,
+        args: &[&str],
+    ) -> (Child, std::io::BufReader<std::process::ChildStdout>, String) {
+        use std::io::BufRead;
+        let mut p = Command::new(bin("om-exec"))
+            .env("OM_SOCKET", self.socket(id))
+            .arg("--")
+            .arg(prog)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("om-exec");
+        let mut out = std::io::BufReader::new(p.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("first line");
+        (p, out, line.trim().to_string())
+    }
+
     pub fn omctl(&self, id: u32, args: &[&str]) -> Output {
         Command::new(bin("omctl")).env("OM_SOCKET", self.socket(id)).args(args).output().expect("omctl")
     }

@@ -221,7 +221,7 @@ fn every_case_behaves_away_and_bounced_as_natively() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} cases differ:\n{}\n{}",
+        "{} runs differ ({} cases):\n{}\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n"),

@@ -168,21 +168,10 @@ fn dirty_kb(pid: u32, addr: u64) -> (u64, u64) {
 fn pages_shared_with_a_child_stay_shared_after_a_move_out_and_back() {
     use std::io::{BufRead, Write};
     let c = Cluster::start(3);
-    let mut p = std::process::Command::new(bin("om-exec"))
-        .env("OM_SOCKET", c.socket(1))
-        .arg("--")
-        .arg(bin("cowshare"))
-        .arg("32")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("om-exec");
+    let (mut p, mut out, line) = c.om_exec_piped(1, &bin("cowshare"), &["32"]);
     let pid = p.id();
-    let mut out = std::io::BufReader::new(p.stdout.take().expect("out"));
     let mut stdin = p.stdin.take().expect("in");
-    let mut line = String::new();
-    out.read_line(&mut line).expect("ready");
-    let addr = u64::from_str_radix(line.trim().strip_prefix("ready ").expect("ready ADDR"), 16).expect("addr");
+    let addr = u64::from_str_radix(line.strip_prefix("ready ").expect("ready ADDR"), 16).expect("addr");
     let (shared, private) = dirty_kb(pid, addr);
     assert!(shared >= 32 * 1024 - 64 && private < 64, "before any move: shared {shared} kB, private {private} kB");
     let mut say = |what: &str| -> String {

@@ -838,19 +838,8 @@ fn sigpipe_reaches_a_writer_away_as_natively() {
     use std::io::{BufRead, Write};
     let c = Cluster::start(2);
     let run = |mode: &str, away: bool| -> (Vec<String>, std::process::ExitStatus) {
-        let mut p = Command::new(bin("om-exec"))
-            .env("OM_SOCKET", c.socket(1))
-            .arg("--")
-            .arg(bin("sigpipe"))
-            .arg(mode)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("om-exec");
-        let mut out = std::io::BufReader::new(p.stdout.take().expect("out"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("ready");
-        assert_eq!(line.trim(), "ready");
+        let (mut p, out, line) = c.om_exec_piped(1, &bin("sigpipe"), &[mode]);
+        assert_eq!(line, "ready");
         if away {
             c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
         }
@@ -875,22 +864,12 @@ fn sigpipe_reaches_a_writer_away_as_natively() {
 /// in order, before the exit status.
 #[test]
 fn small_writes_just_before_an_exit_all_arrive() {
-    use std::io::{BufRead, Read, Write};
+    use std::io::{Read, Write};
     let c = Cluster::start(2);
     for (kib, chunk) in [(4096usize, 512usize), (1024, 8192)] {
-        let mut p = Command::new(bin("om-exec"))
-            .env("OM_SOCKET", c.socket(1))
-            .arg("--")
-            .arg(bin("sysbench"))
-            .args(["out", &kib.to_string(), &chunk.to_string(), "7"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("om-exec");
-        let mut out = std::io::BufReader::new(p.stdout.take().expect("out"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("ready");
-        assert_eq!(line.trim(), "ready");
+        let (mut p, mut out, line) =
+            c.om_exec_piped(1, &bin("sysbench"), &["out", &kib.to_string(), &chunk.to_string(), "7"]);
+        assert_eq!(line, "ready");
         c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
         p.stdin.as_mut().expect("in").write_all(b"go\n").expect("go");
         let mut got = Vec::new();

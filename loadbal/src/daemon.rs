@@ -133,7 +133,8 @@ impl Proc {
             // Demand smoothed over two rounds; calls the higher of the last
             // two intervals (a program's start-up may compute before it
             // streams, or read many files before it computes for hours).
-            self.demand = if self.rated > 0 { (self.demand + d.min(1.0)) / 2.0 } else { d.min(1.0) };
+            // All its threads count: four busy threads are four cores of demand.
+            self.demand = if self.rated > 0 { (self.demand + d) / 2.0 } else { d };
             self.calls_per_cpu_s = c.max(self.prev_io.0);
             self.bytes_per_cpu_s = b.max(self.prev_io.1);
             self.prev_io = (c, b);
@@ -227,7 +228,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             }
         })?;
     }
-    if node.cfg.balance {
+    {
+        // With balancing off the processes' figures are still measured (for
+        // `omctl ps` and `omctl mon`); nothing is decided.
         let n = node.clone();
         std::thread::Builder::new().name("balancer".into()).spawn(move || loop {
             // A little jitter, so nodes do not decide in step.
@@ -235,7 +238,11 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
                     % 100;
             std::thread::sleep(Duration::from_millis(450 + u64::from(jitter)));
-            n.balance_round();
+            if n.cfg.balance {
+                n.balance_round();
+            } else {
+                n.measure_round();
+            }
         })?;
     }
     match crate::sys::ProcEvents::open() {
@@ -601,6 +608,14 @@ impl Node {
 
     /// One round of the balancer: measure this node's processes, take the
     /// others' figures from membership, decide, and start the moves.
+    /// Refresh every process's figures (demand, calls, memory) without deciding.
+    fn measure_round(self: &Arc<Self>) {
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        for (&pid, p) in procs.iter_mut().filter(|(_, p)| p.state == "home" || p.state == "away") {
+            p.refresh(pid);
+        }
+    }
+
     fn balance_round(self: &Arc<Self>) {
         let me = self.cfg.node_id;
         let jobs: Vec<JobLoad> = {

@@ -78,7 +78,7 @@ pub fn rates(old: &Counters, new: &Counters) -> Option<(f64, f64, f64)> {
 
 /// Counters of a process running here.
 pub fn home_counters(pid: i32) -> Option<Counters> {
-    let (run_ns, wait_ns) = procfs::schedstat(pid)?;
+    let (run_ns, wait_ns) = procfs::process_schedstat(pid)?;
     let (calls, bytes) = io(pid).unwrap_or((0, 0));
     Some(Counters { at: Instant::now(), cpu_ns: run_ns + wait_ns, run_ns, calls, bytes, away: false })
 }

@@ -224,7 +224,7 @@ fn mem_room(p: &Params, n: &NodeLoad, rss: u64, margin: f64) -> bool {
 
 /// The saving of taking job `j` off `from` (its cost there).
 fn cost_off(p: &Params, from: &NodeLoad, j: &JobLoad) -> f64 {
-    let d = j.demand.clamp(0.0, 1.0);
+    let d = j.demand.max(0.0);
     let cpu = cpu_cost(p, from, from.demand) - cpu_cost(p, from, (from.demand - d).max(0.0));
     let used = mem_used(from);
     cpu + mem_cost(p, from, used) - mem_cost(p, from, (used - j.rss as f64).max(0.0))
@@ -232,7 +232,7 @@ fn cost_off(p: &Params, from: &NodeLoad, j: &JobLoad) -> f64 {
 
 /// The cost of adding job `j` to `to`.
 fn cost_on(p: &Params, to: &NodeLoad, j: &JobLoad) -> f64 {
-    let d = j.demand.clamp(0.0, 1.0);
+    let d = j.demand.max(0.0);
     let cpu = cpu_cost(p, to, to.demand + d) - cpu_cost(p, to, to.demand);
     let used = mem_used(to);
     cpu + mem_cost(p, to, used + j.rss as f64) - mem_cost(p, to, used)
@@ -381,7 +381,7 @@ pub fn decide(home: u32, nodes: &[NodeLoad], jobs: &[JobLoad], p: &Params) -> De
 
 /// Update the figures as if job `j` had moved from `nodes[si]` to `nodes[ti]`.
 fn apply(nodes: &mut [NodeLoad], si: usize, ti: usize, j: &JobLoad, home: u32) {
-    let d = j.demand.clamp(0.0, 1.0);
+    let d = j.demand.max(0.0);
     nodes[si].demand = (nodes[si].demand - d).max(0.0);
     nodes[si].mem_free = nodes[si].mem_free.saturating_add(j.rss).min(nodes[si].mem_total.max(nodes[si].mem_free));
     if nodes[si].id != home {
@@ -538,6 +538,18 @@ mod tests {
         let nodes = [node(1, 1.0, 2.0, 2.0), node(2, 1.0, 2.0, 0.0)];
         let jobs: Vec<JobLoad> = (0..2).map(|i| job(100 + i, 1)).collect();
         assert!(decide(1, &nodes, &jobs, &p).moves.is_empty());
+    }
+
+    /// A job's demand counts all its threads: a 4-thread job goes to the
+    /// idle 4-core node, not the idle 1-core one.
+    #[test]
+    fn a_job_of_four_threads_goes_where_four_cores_are_free() {
+        let p = Params::default();
+        let nodes = [node(1, 1.0, 2.0, 6.0), node(2, 1.0, 1.0, 0.0), node(3, 1.0, 4.0, 0.0)];
+        let mut j = job(100, 1);
+        j.demand = 4.0;
+        let d = decide(1, &nodes, &[j], &p);
+        assert_eq!(targets(&d), vec![3], "{d:?}");
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub fn expel() -> usize {
 /// What the guest uses: run plus run-queue wait and run alone (ns), and
 /// resident bytes.
 fn usage(gpid: i32) -> Option<(u64, u64, u64)> {
-    let (run, wait) = procfs::schedstat(gpid)?;
+    let (run, wait) = procfs::process_schedstat(gpid)?;
     Some((run + wait, run, procfs::rss(gpid)?))
 }
 

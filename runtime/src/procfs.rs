@@ -93,6 +93,23 @@ pub fn schedstat(id: i32) -> Option<(u64, u64)> {
     Some((it.next()??, it.next()??))
 }
 
+/// Time all threads of process `pid` ran and waited to run, ns: a process
+/// with four busy threads counts as four cores of demand. (A thread that
+/// ended takes its time with it: readings may go down.)
+pub fn process_schedstat(pid: i32) -> Option<(u64, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return schedstat(pid) };
+    let (mut run, mut wait, mut any) = (0u64, 0u64, false);
+    for t in tasks.flatten() {
+        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if let Some((r, w)) = schedstat(tid) {
+            run += r;
+            wait += w;
+            any = true;
+        }
+    }
+    any.then_some((run, wait))
+}
+
 /// Resident bytes of a process (`/proc/PID/statm`).
 pub fn rss(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;

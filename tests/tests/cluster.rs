@@ -176,3 +176,31 @@ fn home_node_death_kills_the_guest_within_5s() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A process's demand is measured over all its threads: four busy threads
+/// read as about four cores in `omctl ps` (run plus run-queue wait, so the
+/// figure holds on a machine with fewer cores).
+#[test]
+fn a_process_with_four_busy_threads_counts_as_four_cores_of_demand() {
+    let c = Cluster::start(1);
+    let mut p = c.om_exec(1, &bin("threads"), &["10", "4"], "busy.out");
+    wait_lines(&c.path("busy.out"), 1, T);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut seen = Vec::new();
+    loop {
+        let d = c
+            .ps(1)
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["pid"] == p.id()).cloned())
+            .map(|x| x["demand"].clone());
+        let d = d.and_then(|v| v.as_f64()).unwrap_or(0.0);
+        seen.push(d);
+        if d >= 3.2 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = p.kill();
+    let _ = p.wait();
+    assert!(seen.last().is_some_and(|&d| (3.2..=4.8).contains(&d)), "demand readings over 8 s: {seen:?}");
+}

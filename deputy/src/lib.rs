@@ -6,6 +6,7 @@
 //! back, and ends the placeholder with the process's exit status. A deputy
 //! thread ([`serve`]) serves the forwarded calls.
 
+mod ahead;
 pub mod process;
 pub mod serve;
 pub mod sys;
@@ -251,7 +252,8 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     let shared = Arc::new(Shared::new(plan.usage.clone()));
     let (ev_tx, ev_rx) = channel::unbounded();
     let (rel_tx, rel_rx) = channel::bounded(1);
-    let setup = Setup::from_image(&cap.image);
+    let mut setup = Setup::from_image(&cap.image);
+    setup.sole = om_runtime::procfs::sole_readers(pid);
     read_control_link(&ctl_link, pid, ev_tx.clone(), plan.usage.clone())
         .map_err(|e| err("deputy", format!("cannot clone the control link: {e}")))?;
     let events_tx = ev_tx.clone();

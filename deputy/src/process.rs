@@ -58,6 +58,7 @@ enum Up {
 struct SetupMsg {
     pid: i32,
     fds: Vec<(i32, bool)>,
+    sole: Vec<i32>,
     umask: u32,
     res: i32,
     keys: SessionKeys,
@@ -149,6 +150,7 @@ pub fn start(
     let msg = SetupMsg {
         pid,
         fds: setup.fds.clone(),
+        sole: setup.sole.clone(),
         umask: setup.umask,
         res: serve::reserved_base(),
         keys: link.cipher().session_keys(),
@@ -335,10 +337,18 @@ fn child(log: RawFd) -> Result<(), String> {
         return Err(e.to_string());
     }
     send(ctl, &Up::Ready, &[]).map_err(|e| e.to_string())?;
-    serve_loop(ctl, r1, s.keys, s.pid, res, &page)
+    serve_loop(ctl, r1, s.keys, s.pid, res, &page, &s.sole)
 }
 
-fn serve_loop(ctl: RawFd, r1: RawFd, keys: SessionKeys, pid: i32, res: i32, page: &dsys::Page) -> Result<(), String> {
+fn serve_loop(
+    ctl: RawFd,
+    r1: RawFd,
+    keys: SessionKeys,
+    pid: i32,
+    res: i32,
+    page: &dsys::Page,
+    sole: &[i32],
+) -> Result<(), String> {
     let live = Live { busy: page.counter(0), calls: page.counter(1), bytes: page.counter(2) };
     let up = |m: &Up| {
         if let Err(e) = send(ctl, m, &[]) {
@@ -350,7 +360,7 @@ fn serve_loop(ctl: RawFd, r1: RawFd, keys: SessionKeys, pid: i32, res: i32, page
         Event::Lost(why) => up(&Up::Lost(why)),
         Event::Stopped(_) | Event::GoingHome(_) => {}
     };
-    let mut bufs = Buffers::default();
+    let mut bufs = Buffers::with_sole(sole);
     let mut cipher: Option<Arc<Cipher>> = None;
     let mut first = Vec::new();
     loop {

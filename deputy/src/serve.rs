@@ -65,6 +65,8 @@ pub fn reserved_base() -> i32 {
 pub struct Setup {
     pub pid: i32,
     pub fds: Vec<(i32, bool)>,
+    /// The fds nobody else reads from (`procfs::sole_readers`, taken while frozen).
+    pub sole: Vec<i32>,
     pub umask: u32,
     pub uids: [u32; 3],
     pub gids: [u32; 3],
@@ -76,6 +78,7 @@ impl Setup {
         Setup {
             pid: img.pid,
             fds: img.fds.clone(),
+            sole: Vec::new(),
             umask: img.umask,
             uids: img.creds.uids,
             gids: img.creds.gids,
@@ -99,6 +102,13 @@ pub(crate) fn serve_round<R: std::io::Read>(
             Ok(Frame::Msg(Msg::Sys(mut req))) => {
                 let flags = req.nr & !marshal::NR_MASK;
                 req.nr &= marshal::NR_MASK;
+                if flags & marshal::READ_TAKE != 0 {
+                    let fd = req.args[0] as i32;
+                    if (0..res).contains(&fd) {
+                        bufs.ahead.take(fd, (req.args[2] as usize).min(marshal::AHEAD_MAX));
+                    }
+                    continue;
+                }
                 // Bulk input follows as data frames.
                 let want = spec_for(&req).map_or(0, |sp| marshal::input_len(&req, &sp));
                 let input_is_separate = req.data.is_empty() && want > 0;
@@ -137,7 +147,8 @@ pub(crate) fn serve_round<R: std::io::Read>(
                 // supervisor computes the same way.
                 let upper = spec_for(&req).map_or(0, |sp| {
                     sp.iter().enumerate().map(|(i, a)| marshal::out_valid_len(*a, req.lens[i], ret)).sum::<usize>()
-                }) + if ret >= 0 { marshal::msg_trailer(req.nr) } else { 0 };
+                }) + if ret >= 0 { marshal::msg_trailer(req.nr) } else { 0 }
+                    + marshal::ahead_trailer_max(req.nr | flags, &req.args, ret);
                 let inline = upper.max(bufs.answer.len()) <= marshal::INLINE_MAX;
                 let data = if inline { bufs.answer.clone() } else { Vec::new() };
                 let mut r = wire::send(link, &Msg::SysRet(SysRet { id: req.id, ret, data }));
@@ -195,6 +206,14 @@ pub struct Buffers {
     input: Vec<u8>,
     args: [dsys::Guarded; 6],
     answer: Vec<u8>,
+    ahead: crate::ahead::Ahead,
+}
+
+impl Buffers {
+    /// Buffers of a deputy whose process alone reads fds `sole`.
+    pub fn with_sole(sole: &[i32]) -> Buffers {
+        Buffers { ahead: crate::ahead::Ahead::new(sole), ..Buffers::default() }
+    }
 }
 
 /// kill(-1, sig) as the process itself would make it: every process this
@@ -424,6 +443,10 @@ pub fn serve(req: &SysReq, flags: u32, input: &[u8], pid: i32, res: i32, b: &mut
     }
     if ret >= 0 {
         b.answer.extend_from_slice(&trailer);
+    }
+    b.ahead.after_call(req.nr, &req.args, ret, req.nr == 46 && req.lens[3] > 0);
+    if marshal::ahead_trailer_max(req.nr | flags, &req.args, ret) > 0 {
+        b.ahead.trailer(req.args[0] as i32, res, &mut b.answer);
     }
     ret
 }

@@ -569,3 +569,92 @@ pub fn write_room(fd: RawFd) -> i64 {
         }
     }
 }
+
+/// Up to `buf.len()` bytes that follow in stream socket or pipe `fd`, left
+/// there: MSG_PEEK for a stream socket, tee(2) through the private pipe
+/// `tee` (its read end, write end; empty, non-blocking) for a pipe. 0 for
+/// anything else or when nothing is waiting.
+pub fn peek(fd: RawFd, buf: &mut [u8], tee: Option<(RawFd, RawFd)>) -> usize {
+    // SAFETY: st is plain data filled by fstat; recv, tee and read write at
+    // most buf.len() bytes into buf, which we own.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return 0;
+        }
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFSOCK => {
+                let mut kind: libc::c_int = 0;
+                let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                let ok = libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_TYPE,
+                    (&mut kind as *mut libc::c_int).cast(),
+                    &mut l,
+                );
+                if ok != 0 || kind != libc::SOCK_STREAM {
+                    return 0;
+                }
+                // A low-water mark above one byte makes a read wait for more
+                // than what may be there: no reading ahead then.
+                let mut lowat: libc::c_int = 0;
+                let ok = libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVLOWAT,
+                    (&mut lowat as *mut libc::c_int).cast(),
+                    &mut l,
+                );
+                if ok != 0 || lowat > 1 {
+                    return 0;
+                }
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT);
+                n.max(0) as usize
+            }
+            libc::S_IFIFO => {
+                let Some((r, w)) = tee else { return 0 };
+                let n = libc::tee(fd, w, buf.len(), libc::SPLICE_F_NONBLOCK);
+                if n <= 0 {
+                    return 0;
+                }
+                let mut got = 0usize;
+                while got < n as usize {
+                    let k = libc::read(r, buf[got..].as_mut_ptr().cast(), n as usize - got);
+                    if k <= 0 {
+                        break;
+                    }
+                    got += k as usize;
+                }
+                got
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// A private pipe for [`peek`]: (read end, write end), non-blocking and
+/// close-on-exec, at numbers `min` and up, as large as allowed up to `size`.
+pub fn tee_pipe(min: RawFd, size: usize) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut p = [0; 2];
+    // SAFETY: p receives two fresh fds we then own.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just made by pipe2 and are ours alone.
+    let (r0, w0) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    let r = dup_cloexec_above(r0.as_raw_fd(), min)?;
+    // SAFETY: r was just made by F_DUPFD_CLOEXEC and is ours alone.
+    let r = unsafe { OwnedFd::from_raw_fd(r) };
+    let w = dup_cloexec_above(w0.as_raw_fd(), min)?;
+    // SAFETY: as above.
+    let w = unsafe { OwnedFd::from_raw_fd(w) };
+    // SAFETY: fcntl on our own pipe with integer arguments (failure leaves it as it was).
+    unsafe {
+        libc::fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+        libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+        libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int);
+    }
+    Ok((r, w))
+}

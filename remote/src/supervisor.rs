@@ -56,6 +56,20 @@ pub struct Supervisor {
     /// fd that follows it, with nothing else forwarded or delivered between,
     /// may go behind, and only as far as that room (less what is behind).
     write_run: Option<(i32, i64)>,
+    /// What the last read of an fd only this process reads peeked after its
+    /// bytes (`marshal::READ_AHEAD`): the next reads of that fd are answered
+    /// from it, with nothing else forwarded or delivered between.
+    ahead: Option<ReadAhead>,
+}
+
+/// Bytes that follow in a stream, peeked at home and still there.
+struct ReadAhead {
+    fd: i32,
+    data: Vec<u8>,
+    /// How much of it the guest has read (and the deputy was told to take).
+    pos: usize,
+    /// Whether it was all the stream held then (less than `AHEAD_MAX`).
+    whole: bool,
 }
 
 /// State shared with the helper thread.
@@ -163,6 +177,7 @@ impl Supervisor {
             behind: std::collections::VecDeque::new(),
             behind_bytes: 0,
             write_run: None,
+            ahead: None,
         })
     }
 
@@ -220,6 +235,7 @@ impl Supervisor {
     }
 
     fn send(&mut self, m: &Msg) -> Result<(), wire::WireError> {
+        self.ahead = None;
         if !self.settle_behind() {
             return Err(wire::WireError::Closed);
         }
@@ -240,6 +256,7 @@ impl Supervisor {
     /// then reads as this node's daemon.)
     fn send_signals_plainly(&mut self) {
         self.write_run = None;
+        self.ahead = None;
         let queued = std::mem::take(&mut *self.flags.signals.lock().unwrap_or_else(|p| p.into_inner()));
         for (sig, _) in queued {
             let _ = sys::kill(self.gpid, sig);
@@ -256,6 +273,7 @@ impl Supervisor {
         let queued = std::mem::take(&mut *self.flags.signals.lock().unwrap_or_else(|p| p.into_inner()));
         if !queued.is_empty() {
             self.write_run = None;
+            self.ahead = None;
         }
         if queued.is_empty() {
             if let Some(id) = pending {
@@ -507,6 +525,7 @@ impl Supervisor {
     /// a signal to oneself), so a handler or signalfd reads the same siginfo.
     fn self_signal(&mut self, id: u64, sig: i32, code: i32) -> Flow {
         self.write_run = None;
+        self.ahead = None;
         if !(0..=64).contains(&sig) {
             self.reply(id, -libc::EINVAL as i64);
             return Flow::Go;
@@ -686,6 +705,16 @@ impl Supervisor {
             },
         };
 
+        // A read answered from what the last one peeked.
+        let read_fd = (iov.is_none() && marshal::may_read_ahead(fnr, &args)).then_some(args[0] as i32);
+        if let Some(fd) = read_fd {
+            if let Some(n) = self.read_from_ahead(fd, args[1], args[2] as usize) {
+                self.reply(id, n);
+                return Flow::Go;
+            }
+        }
+        self.ahead = None;
+
         // Gather the input buffers.
         let mut lens = [0u32; 6];
         let mut readonly_from: [Option<usize>; 6] = [None; 6];
@@ -797,14 +826,20 @@ impl Supervisor {
             }
             req.nr |= marshal::WRITE_ROOM;
         }
+        if read_fd.is_some() {
+            req.nr |= marshal::READ_AHEAD;
+        }
         self.write_run = None;
-        let SysRet { ret, data, .. } = match self.call_with_job_control(&req, &input, &spec, id) {
+        let SysRet { ret, mut data, .. } = match self.call_with_job_control(&req, &input, &spec, id) {
             Ok(r) => r,
             Err(flow) => {
                 self.inbuf = input;
                 return flow;
             }
         };
+        if let (Some(fd), true) = (read_fd, ret >= 0) {
+            self.keep_ahead(fd, ret as usize, &mut data);
+        }
         if let Some(fd) = write_fd {
             let room = room_of(&data);
             if ret == input.len() as i64 && room >= 0 {
@@ -1034,6 +1069,53 @@ impl Supervisor {
         true
     }
 
+    /// Answer a read of `count` bytes into `buf` of `fd` from what the last
+    /// read peeked, and have the deputy take those bytes. None: it cannot
+    /// be (another fd, nothing peeked, or more wanted than was peeked while
+    /// more may be there); the read goes to the deputy.
+    fn read_from_ahead(&mut self, fd: i32, buf: u64, count: usize) -> Option<i64> {
+        let a = self.ahead.as_mut()?;
+        let left = a.data.len() - a.pos;
+        if a.fd != fd || count == 0 || count > left && !a.whole {
+            return None;
+        }
+        let n = count.min(left);
+        if !matches!(sys::process_vm_writev(self.gpid, &a.data[a.pos..a.pos + n], &[(buf, n)]), Ok(w) if w == n) {
+            return None;
+        }
+        a.pos += n;
+        if a.pos == a.data.len() {
+            self.ahead = None;
+        }
+        let take = SysReq {
+            id: 0,
+            nr: marshal::READ_TAKE,
+            args: [fd as u64, 0, n as u64, 0, 0, 0],
+            lens: [0; 6],
+            data: Vec::new(),
+        };
+        let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = wire::send(&mut self.stream, &Msg::Sys(take)) {
+            tracing::warn!(%e, "cannot reach the deputy");
+            let _ = sys::kill(self.gpid, libc::SIGKILL);
+        }
+        Some(n as i64)
+    }
+
+    /// After a read of `fd` that returned `n` bytes: keep what the deputy
+    /// peeked after them (the trailer of `data`, which is cut off).
+    fn keep_ahead(&mut self, fd: i32, n: usize, data: &mut Vec<u8>) {
+        if data.len() < n + 4 {
+            return;
+        }
+        let t = data.len() - 4;
+        let k = u32::from_le_bytes([data[t], data[t + 1], data[t + 2], data[t + 3]]) as usize;
+        if k > 0 && n + k == t {
+            self.ahead = Some(ReadAhead { fd, data: data[n..t].to_vec(), pos: 0, whole: k < marshal::AHEAD_MAX });
+        }
+        data.truncate(n.min(data.len()));
+    }
+
     /// Take the deputy's acknowledgement of the oldest write behind. One
     /// that did not write everything ends the run: the peer went away after
     /// the writes the guest was told of, and the next write (sent as usual)
@@ -1079,13 +1161,14 @@ impl Supervisor {
     /// Bulk input (over INLINE_MAX) follows the request as a data frame, and
     /// bulk output follows the answer the same way: no serialisation copies.
     fn call_deputy(&mut self, req: &SysReq, input: &[u8], spec: &[Arg]) -> Option<SysRet> {
+        // Whatever runs at home may read the stream that was peeked.
+        self.ahead = None;
         if !self.settle_behind() {
             return None;
         }
         let rid = self.next_id;
         self.next_id += 1;
-        let lens = req.lens;
-        let req_nr = req.nr;
+        let (lens, req_nr, req_args) = (req.lens, req.nr, req.args);
         let inline = input.len() <= marshal::INLINE_MAX;
         let req = SysReq { id: rid, data: if inline { input.to_vec() } else { Vec::new() }, ..req.clone() };
         let sent = {
@@ -1115,7 +1198,8 @@ impl Supervisor {
         // The deputy answers with exactly the valid bytes of the outputs.
         let out_len: usize =
             spec.iter().enumerate().map(|(i, a)| marshal::out_valid_len(*a, lens[i], r.ret)).sum::<usize>()
-                + if r.ret >= 0 { marshal::msg_trailer(req_nr) } else { 0 };
+                + if r.ret >= 0 { marshal::msg_trailer(req_nr & marshal::NR_MASK) } else { 0 }
+                + marshal::ahead_trailer_max(req_nr, &req_args, r.ret);
         if out_len > marshal::INLINE_MAX {
             match wire::recv_into(&mut self.reader, &mut self.outbuf) {
                 Ok(None) => r.data = std::mem::take(&mut self.outbuf),

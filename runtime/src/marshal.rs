@@ -46,8 +46,38 @@ pub const WRITE_ROOM: u32 = 1 << 18;
 /// previous write reported): the deputy finishes it whatever EINTR, EAGAIN
 /// or a short count say, and its answer only acknowledges it.
 pub const WRITE_BEHIND: u32 = 1 << 19;
+/// A read (read, or recvfrom with no address and no flags) of an fd only
+/// this process reads: the answer carries, after the bytes read, what
+/// follows them in the stream, peeked and left there (at most
+/// [`AHEAD_MAX`] bytes), then that length as a u32. The supervisor answers
+/// the next reads from it, and has the deputy take what it served
+/// ([`READ_TAKE`]).
+pub const READ_AHEAD: u32 = 1 << 20;
+/// Take (read and drop) `args[2]` bytes of fd `args[0]` that the supervisor
+/// served from what was peeked; no answer.
+pub const READ_TAKE: u32 = 1 << 21;
+/// The most a read peeks ahead.
+pub const AHEAD_MAX: usize = 256 << 10;
 /// The call number without those flags.
 pub const NR_MASK: u32 = 0xffff;
+
+/// Whether call `nr` with `args` may read ahead: read, or recvfrom with no
+/// address and no flags.
+pub fn may_read_ahead(nr: u32, args: &[u64; 6]) -> bool {
+    nr == 0 || nr == 45 && args[3] == 0 && args[4] == 0 && args[5] == 0
+}
+
+/// The most a read-ahead trailer adds to the answer of call `nr_flags`
+/// (number and flags) with `args` that returned `ret`: both sides size the
+/// answer's frame by it.
+pub fn ahead_trailer_max(nr_flags: u32, args: &[u64; 6], ret: i64) -> usize {
+    let ahead = nr_flags & READ_AHEAD != 0 && may_read_ahead(nr_flags & NR_MASK, args) && ret >= 0;
+    if ahead {
+        AHEAD_MAX + 4
+    } else {
+        0
+    }
+}
 
 /// Whether call `nr` with `args` may be a write-behind: write, or send on
 /// a connected socket (no address) with no flag but MSG_NOSIGNAL.

@@ -139,6 +139,48 @@ pub fn pgrp_orphaned(pid: i32) -> bool {
     true
 }
 
+/// The fds of process `pid` that nobody else reads from: a socket no other
+/// process holds, or the read end of a pipe no other process holds a
+/// readable fd on. (Reading ahead of such an fd cannot take data another
+/// reader would have had.)
+pub fn sole_readers(pid: i32) -> Vec<i32> {
+    let readable = |p: &str, fd: &str| {
+        let info = std::fs::read_to_string(format!("/proc/{p}/fdinfo/{fd}")).unwrap_or_default();
+        let flags = status_field_in(&info, "flags").and_then(|f| u32::from_str_radix(&f, 8).ok()).unwrap_or(0);
+        flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32
+    };
+    let links = |p: &str| -> Vec<(String, String)> {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{p}/fd")) else { return Vec::new() };
+        dir.flatten()
+            .filter_map(|e| {
+                let fd = e.file_name().to_str()?.to_string();
+                let to = std::fs::read_link(e.path()).ok()?.to_string_lossy().into_owned();
+                (to.starts_with("socket:[") || to.starts_with("pipe:[")).then_some((fd, to))
+            })
+            .collect()
+    };
+    let me = pid.to_string();
+    let mut mine: Vec<(String, String)> = links(&me);
+    mine.retain(|(fd, to)| to.starts_with("socket:[") || readable(&me, fd));
+    if mine.is_empty() {
+        return Vec::new();
+    }
+    let mut shared = std::collections::HashSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().map(str::to_string) else { continue };
+        if p == me || p.parse::<i32>().is_err() {
+            continue;
+        }
+        for (fd, to) in links(&p) {
+            if mine.iter().any(|(_, t)| *t == to) && (to.starts_with("socket:[") || readable(&p, &fd)) {
+                shared.insert(to);
+            }
+        }
+    }
+    mine.iter().filter(|(_, to)| !shared.contains(to)).filter_map(|(fd, _)| fd.parse().ok()).collect()
+}
+
 /// The processes of process group `pgrp`.
 pub fn group_members(pgrp: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -248,6 +290,36 @@ mod limits_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pipe's read end is ours alone until another process holds it
+    /// readable; its write end held elsewhere does not count.
+    #[test]
+    fn sole_readers_sees_other_holders_of_a_read_end() {
+        use std::os::fd::AsRawFd;
+        let (r, w) = std::io::pipe().expect("pipe");
+        let fd = r.as_raw_fd();
+        let me = std::process::id() as i32;
+        // Other tests fork too: their children hold our fds for a moment
+        // before they exec (close-on-exec).
+        let sole = || (0..100).any(|_| sole_readers(me).contains(&fd) || !sleep_ms(10));
+        assert!(sole(), "a fresh pipe's read end");
+        let mut writer =
+            std::process::Command::new("sleep").arg("30").stdout(w.try_clone().expect("dup")).spawn().expect("sleep");
+        assert!(sole(), "another process holds only the write end");
+        let mut reader =
+            std::process::Command::new("sleep").arg("30").stdin(r.try_clone().expect("dup")).spawn().expect("sleep");
+        assert!(!sole_readers(me).contains(&fd), "another process holds the read end");
+        for c in [&mut reader, &mut writer] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(sole(), "the other holder is gone");
+    }
+
+    fn sleep_ms(ms: u64) -> bool {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        true
+    }
 
     #[test]
     fn maps_line() {

@@ -751,6 +751,7 @@ pub const FEATURES: &[Feature] = &[
     Feature { name: "terminal hangup (SIGHUP when the terminal closes)", fate: Fwd, why: "the kernel signals the placeholder, which hands it on", checked_by: &["case tty_hangup", "case tty_hangup_siginfo"] },
     Feature { name: "job control on the controlling terminal (SIGTTIN, SIGTTOU, EIO, tcgetpgrp)", fate: Emu, why: "the deputy checks the terminal's foreground group; the supervisor signals or fails the call as the kernel would", checked_by: &["case tty_background", "test ctrl_z_stops_a_migrated_process_and_fg_resumes_it"] },
     Feature { name: "writes to stream sockets and pipes", fate: Fwd, why: "run at home; one that fits the room home reported goes behind (answered at once, run in order)", checked_by: &["case stream_writes", "test small_writes_just_before_an_exit_all_arrive"] },
+    Feature { name: "reads of stream sockets and pipes", fate: Fwd, why: "run at home; where only this process reads the fd, what follows is peeked (left in the stream) and the next reads are answered from it", checked_by: &["case stream_reads"] },
 ];
 
 /// The compatibility page's table of kernel features.

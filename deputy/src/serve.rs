@@ -145,10 +145,15 @@ pub(crate) fn serve_round<R: std::io::Read>(
                 bufs.input = input;
                 // Inline or not by the most the answer could carry, which the
                 // supervisor computes the same way.
-                let upper = spec_for(&req).map_or(0, |sp| {
-                    sp.iter().enumerate().map(|(i, a)| marshal::out_valid_len(*a, req.lens[i], ret)).sum::<usize>()
-                }) + if ret >= 0 { marshal::msg_trailer(req.nr) } else { 0 }
-                    + marshal::ahead_trailer_max(req.nr | flags, &req.args, ret);
+                // A read with what was read ahead goes by its real size (its
+                // inline answer is never empty, which tells the supervisor).
+                let upper = if marshal::ahead_trailer_max(req.nr | flags, &req.args, ret) > 0 {
+                    0
+                } else {
+                    spec_for(&req).map_or(0, |sp| {
+                        sp.iter().enumerate().map(|(i, a)| marshal::out_valid_len(*a, req.lens[i], ret)).sum::<usize>()
+                    }) + if ret >= 0 { marshal::msg_trailer(req.nr) } else { 0 }
+                };
                 let inline = upper.max(bufs.answer.len()) <= marshal::INLINE_MAX;
                 let data = if inline { bufs.answer.clone() } else { Vec::new() };
                 let mut r = wire::send(link, &Msg::SysRet(SysRet { id: req.id, ret, data }));

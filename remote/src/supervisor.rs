@@ -1200,7 +1200,9 @@ impl Supervisor {
             spec.iter().enumerate().map(|(i, a)| marshal::out_valid_len(*a, lens[i], r.ret)).sum::<usize>()
                 + if r.ret >= 0 { marshal::msg_trailer(req_nr & marshal::NR_MASK) } else { 0 }
                 + marshal::ahead_trailer_max(req_nr, &req_args, r.ret);
-        if out_len > marshal::INLINE_MAX {
+        // A separate frame leaves the inline answer empty (a read with what
+        // was read ahead may come either way).
+        if out_len > marshal::INLINE_MAX && r.data.is_empty() {
             match wire::recv_into(&mut self.reader, &mut self.outbuf) {
                 Ok(None) => r.data = std::mem::take(&mut self.outbuf),
                 _ => return None,

@@ -77,6 +77,11 @@ struct Proc {
     rss: u64,
 }
 
+/// What /proc says of a process at home: its counters and resident memory.
+fn home_reading(pid: i32) -> (Option<Counters>, Option<u64>) {
+    (measure::home_counters(pid), procfs::rss(pid))
+}
+
 impl Proc {
     fn new(cmd: String, where_: u32, locked: bool) -> Proc {
         Proc {
@@ -104,10 +109,17 @@ impl Proc {
     /// Read its counters (at home from /proc, away from the host's reports
     /// and the deputy) and update its rates.
     fn refresh(&mut self, pid: i32) {
+        self.refresh_from(pid, None);
+    }
+
+    /// [`Proc::refresh`], with a reading at home already taken (see
+    /// [`home_reading`]), so /proc is read without the table's lock.
+    fn refresh_from(&mut self, pid: i32, reading: Option<(Option<Counters>, Option<u64>)>) {
         let now = match self.state.as_str() {
             "home" => {
-                self.rss = procfs::rss(pid).unwrap_or(self.rss);
-                measure::home_counters(pid)
+                let (now, rss) = reading.unwrap_or_else(|| home_reading(pid));
+                self.rss = rss.unwrap_or(self.rss);
+                now
             }
             "away" => {
                 let u = &self.usage;
@@ -147,6 +159,10 @@ impl Proc {
 pub struct Node {
     cfg: Config,
     procs: Mutex<HashMap<i32, Proc>>,
+    /// Processes pruned lately (when, and whether pinned): a fork event of
+    /// one may still be queued (a subshell that forks and exits at once),
+    /// and its child is under om all the same.
+    ended: Mutex<HashMap<i32, (Instant, bool)>>,
     view: SharedView,
     /// Takes guests now (omctl block/unblock/expel).
     accepts: AtomicBool,
@@ -216,6 +232,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         params,
         cfg,
         procs: Mutex::new(HashMap::new()),
+        ended: Mutex::new(HashMap::new()),
         view,
     });
     {
@@ -343,11 +360,12 @@ impl Node {
             match events.next() {
                 Ok(evs) => {
                     let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+                    let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
                     for ev in evs {
                         if let crate::sys::ProcEvent::Fork { parent, child } = ev {
-                            if let (Some(locked), false) =
-                                (procs.get(&parent).map(|p| p.locked), procs.contains_key(&child))
-                            {
+                            let parent_locked =
+                                procs.get(&parent).map(|p| p.locked).or_else(|| ended.get(&parent).map(|e| e.1));
+                            if let (Some(locked), false) = (parent_locked, procs.contains_key(&child)) {
                                 // A pinned process's children are pinned too
                                 // (om-exec --lock make pins the whole build).
                                 let cmd = cmdline(child).unwrap_or_default();
@@ -371,9 +389,17 @@ impl Node {
     /// Forget processes that ended while at home.
     fn prune(&self) {
         let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
         procs.retain(|pid, p| {
-            p.state != "home" || procfs::stat(*pid).map(|s| s.state() != 'Z' && s.state() != 'X').unwrap_or(false)
+            let alive =
+                p.state != "home" || procfs::stat(*pid).map(|s| s.state() != 'Z' && s.state() != 'X').unwrap_or(false);
+            if !alive {
+                ended.insert(*pid, (now, p.locked));
+            }
+            alive
         });
+        ended.retain(|_, e| now.duration_since(e.0) < Duration::from_secs(5));
     }
 
     fn serve_control(self: Arc<Self>, mut s: UnixStream) {
@@ -609,10 +635,23 @@ impl Node {
     /// One round of the balancer: measure this node's processes, take the
     /// others' figures from membership, decide, and start the moves.
     /// Refresh every process's figures (demand, calls, memory) without deciding.
+    /// /proc is read without the table's lock: the process-event thread
+    /// must take it at once to put a new child under om before its parent
+    /// can exit.
     fn measure_round(self: &Arc<Self>) {
-        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-        for (&pid, p) in procs.iter_mut().filter(|(_, p)| p.state == "home" || p.state == "away") {
-            p.refresh(pid);
+        let pids: Vec<(i32, bool)> = {
+            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            procs
+                .iter()
+                .filter(|(_, p)| p.state == "home" || p.state == "away")
+                .map(|(&pid, p)| (pid, p.state == "home"))
+                .collect()
+        };
+        for (pid, home) in pids {
+            let reading = home.then(|| home_reading(pid));
+            if let Some(p) = self.procs.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&pid) {
+                p.refresh_from(pid, reading);
+            }
         }
     }
 

@@ -644,12 +644,12 @@ pub fn tee_pipe(min: RawFd, size: usize) -> std::io::Result<(OwnedFd, OwnedFd)> 
     }
     // SAFETY: both fds were just made by pipe2 and are ours alone.
     let (r0, w0) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-    let r = dup_cloexec_above(r0.as_raw_fd(), min)?;
-    // SAFETY: r was just made by F_DUPFD_CLOEXEC and is ours alone.
-    let r = unsafe { OwnedFd::from_raw_fd(r) };
-    let w = dup_cloexec_above(w0.as_raw_fd(), min)?;
-    // SAFETY: as above.
-    let w = unsafe { OwnedFd::from_raw_fd(w) };
+    let above = |f: &OwnedFd| -> std::io::Result<OwnedFd> {
+        let fd = dup_cloexec_above(f.as_raw_fd(), min)?;
+        // SAFETY: fd was just made by F_DUPFD_CLOEXEC and is ours alone.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let (r, w) = (above(&r0)?, above(&w0)?);
     // SAFETY: fcntl on our own pipe with integer arguments (failure leaves it as it was).
     unsafe {
         libc::fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);

@@ -1046,20 +1046,8 @@ impl Supervisor {
         }
         let rid = self.next_id;
         self.next_id += 1;
-        let inline = len <= marshal::INLINE_MAX;
         let nr = req.nr | marshal::WRITE_BEHIND | marshal::WRITE_ROOM;
-        let req = SysReq { id: rid, nr, data: if inline { input.to_vec() } else { Vec::new() }, ..req.clone() };
-        let sent = {
-            let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-            wire::send(&mut self.stream, &Msg::Sys(req)).and_then(|_| {
-                if inline {
-                    Ok(())
-                } else {
-                    wire::send_data(&mut self.stream, input)
-                }
-            })
-        };
-        if let Err(e) = sent {
+        if let Err(e) = self.send_call(SysReq { id: rid, nr, ..req.clone() }, input) {
             tracing::warn!(%e, "cannot reach the deputy");
             let _ = sys::kill(self.gpid, libc::SIGKILL);
             return false;
@@ -1094,8 +1082,7 @@ impl Supervisor {
             lens: [0; 6],
             data: Vec::new(),
         };
-        let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = wire::send(&mut self.stream, &Msg::Sys(take)) {
+        if let Err(e) = self.send_call(take, &[]) {
             tracing::warn!(%e, "cannot reach the deputy");
             let _ = sys::kill(self.gpid, libc::SIGKILL);
         }
@@ -1158,6 +1145,19 @@ impl Supervisor {
         true
     }
 
+    /// Send call `req` (its id set) with its input: inline up to INLINE_MAX,
+    /// else as a data frame after it (no serialisation copies).
+    fn send_call(&mut self, req: SysReq, input: &[u8]) -> Result<(), wire::WireError> {
+        let inline = input.len() <= marshal::INLINE_MAX;
+        let req = SysReq { data: if inline { input.to_vec() } else { Vec::new() }, ..req };
+        let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        wire::send(&mut self.stream, &Msg::Sys(req))?;
+        if !inline {
+            wire::send_data(&mut self.stream, input)?;
+        }
+        Ok(())
+    }
+
     /// Bulk input (over INLINE_MAX) follows the request as a data frame, and
     /// bulk output follows the answer the same way: no serialisation copies.
     fn call_deputy(&mut self, req: &SysReq, input: &[u8], spec: &[Arg]) -> Option<SysRet> {
@@ -1169,19 +1169,7 @@ impl Supervisor {
         let rid = self.next_id;
         self.next_id += 1;
         let (lens, req_nr, req_args) = (req.lens, req.nr, req.args);
-        let inline = input.len() <= marshal::INLINE_MAX;
-        let req = SysReq { id: rid, data: if inline { input.to_vec() } else { Vec::new() }, ..req.clone() };
-        let sent = {
-            let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-            wire::send(&mut self.stream, &Msg::Sys(req)).and_then(|_| {
-                if inline {
-                    Ok(())
-                } else {
-                    wire::send_data(&mut self.stream, input)
-                }
-            })
-        };
-        if let Err(e) = sent {
+        if let Err(e) = self.send_call(SysReq { id: rid, ..req.clone() }, input) {
             tracing::warn!(%e, "cannot reach the deputy");
             return None;
         }

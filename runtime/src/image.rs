@@ -1288,14 +1288,8 @@ pub fn restore_layout(
             }
             at = first + n;
         }
-        if !r.runs.is_empty() && r.prot & libc::PROT_WRITE as u32 == 0 {
-            let len = r.end - r.start;
-            t.syscall_ok(
-                "mprotect",
-                libc::SYS_mprotect,
-                [r.start, len, (r.prot | libc::PROT_WRITE as u32) as u64, 0, 0, 0],
-            )?;
-            made_writable.push((r.start, len, r.prot));
+        if r.prot & libc::PROT_WRITE as u32 == 0 {
+            make_writable(t, r, &mut made_writable)?;
         }
     }
     Ok(Restore { scratch, file_fds, made_writable, kept })
@@ -1377,6 +1371,18 @@ fn move_brk(t: &mut Tracee, img: &Image) -> Result<()> {
     Ok(())
 }
 
+/// Make region `r`, kept in place, writable while its pages are written
+/// (if any travel), and note it in `made` to be protected again.
+fn make_writable(t: &mut Tracee, r: &Region, made: &mut Vec<(u64, u64, u32)>) -> Result<()> {
+    if r.runs.is_empty() {
+        return Ok(());
+    }
+    let len = r.end - r.start;
+    t.syscall_ok("mprotect", libc::SYS_mprotect, [r.start, len, (r.prot | libc::PROT_WRITE as u32) as u64, 0, 0, 0])?;
+    made.push((r.start, len, r.prot));
+    Ok(())
+}
+
 /// Whether a region may stay in a parked placeholder: private anonymous or
 /// file memory, not locked (MADV_DONTNEED fails there) and without guards.
 fn keepable(r: &Region) -> bool {
@@ -1446,14 +1452,8 @@ pub fn restore_layout_again(
         match pre.regions.iter().find(|q| same_region(r, q)) {
             Some(q) => {
                 let was_writable = q.prot & libc::PROT_WRITE as u32 != 0 || !q.runs.is_empty();
-                if !r.runs.is_empty() && !was_writable {
-                    let len = r.end - r.start;
-                    t.syscall_ok(
-                        "mprotect",
-                        libc::SYS_mprotect,
-                        [r.start, len, (r.prot | libc::PROT_WRITE as u32) as u64, 0, 0, 0],
-                    )?;
-                    still_writable.push((r.start, len, r.prot));
+                if !was_writable {
+                    make_writable(t, r, &mut still_writable)?;
                 }
             }
             None => map_region(t, r, &mut file_fds, path_at, &mut still_writable, opener)?,

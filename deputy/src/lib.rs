@@ -109,6 +109,8 @@ struct Away {
     /// For new control-link readers after a move.
     events_tx: Sender<Event>,
     scratch: u64,
+    /// The placeholder's other threads (home tids), parked and traced.
+    threads: Vec<i32>,
     fds_res: i32,
     key: ClusterKey,
 }
@@ -128,13 +130,15 @@ pub struct MoveError {
 /// was (the scratch area removed once one was mapped, the restart state
 /// repaired); only [`Frozen::commit`] keeps it stopped for parking.
 struct Frozen {
-    t: Option<Tracee>,
+    /// Every thread, the leader first; empty once committed.
+    threads: Vec<Tracee>,
     scratch: Option<u64>,
 }
 
 impl Frozen {
-    fn tracee(&mut self) -> &mut Tracee {
-        self.t.as_mut().expect("a frozen process has its tracee until commit")
+    fn threads(&mut self) -> &mut [Tracee] {
+        assert!(!self.threads.is_empty(), "a frozen process has its threads until commit");
+        &mut self.threads
     }
 
     /// The capture mapped a scratch area: a rollback removes it.
@@ -142,24 +146,31 @@ impl Frozen {
         self.scratch = Some(scratch);
     }
 
-    /// The move is done: hand the stopped process over (it is parked next).
-    fn commit(mut self) -> Tracee {
-        self.t.take().expect("committed once")
+    /// The move is done: hand the stopped threads over (they are parked next).
+    fn commit(mut self) -> Vec<Tracee> {
+        std::mem::take(&mut self.threads)
     }
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        let Some(mut t) = self.t.take() else { return };
+        let mut threads = std::mem::take(&mut self.threads);
+        let Some(t) = threads.first_mut() else { return };
+        let pid = t.pid;
         if let Some(s) = self.scratch {
-            if let Err(e) = image::rollback(&mut t, s) {
-                tracing::error!(%e, pid = t.pid, "cannot remove the scratch area");
+            if let Err(e) = image::rollback(t, s) {
+                tracing::error!(%e, pid, "cannot remove the scratch area");
             }
         }
-        let pid = t.pid;
-        if let Err(e) = t.detach() {
-            tracing::error!(%e, pid, "cannot resume the process at home");
-        } else {
+        let mut resumed = true;
+        for t in threads {
+            let tid = t.pid;
+            if let Err(e) = t.detach() {
+                tracing::error!(%e, pid, tid, "cannot resume a thread of the process at home");
+                resumed = false;
+            }
+        }
+        if resumed {
             tracing::warn!(pid, "migration rolled back; the process runs at home");
         }
     }
@@ -209,7 +220,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
 
     // Freeze. From here every early return resumes the process at home.
     let freeze = std::time::Instant::now();
-    let t = Tracee::seize(pid, false).map_err(|e| {
+    let threads = om_runtime::ptrace::seize_all(pid, false).map_err(|e| {
         let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let f = |k| om_runtime::procfs::status_field_in(&st, k).unwrap_or_default();
         err(
@@ -221,7 +232,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
             },
         )
     })?;
-    let mut frozen = Frozen { t: Some(t), scratch: None };
+    let mut frozen = Frozen { threads, scratch: None };
     // Checked again now that it is frozen: it may have started a thread or
     // mapped shared memory during the pre-copy.
     if let Some(why) = image::cant_move_frozen(pid) {
@@ -235,7 +246,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
             format!("process {pid} started a new program during the migration; it stays at home (try again)"),
         ));
     }
-    let mut cap = image::capture(frozen.tracee(), &same)
+    let mut cap = image::capture(frozen.threads(), &same)
         .map_err(|e| err("capture", format!("cannot capture process {pid}: {e}")))?;
     frozen.captured(cap.scratch);
     match image::prune_unchanged(pid, &mut cap.image, &pre, &sent, image::ReadMode::Unpinned) {
@@ -299,9 +310,29 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
         }
     }
     // Commit: the placeholder keeps pid, parent, session and terminal, nothing else.
-    let mut t = frozen.commit();
-    let pending_signals = std::mem::take(&mut t.deferred);
-    if let Err(e) = image::park(&mut t, &cap.image, cap.scratch).and_then(|_| t.resume_traced()) {
+    let mut threads = frozen.commit();
+    let pending_signals: Vec<i32> = threads.iter_mut().flat_map(|t| std::mem::take(&mut t.deferred)).collect();
+    // Signals queued at home now moved with the image: the placeholder
+    // must not take them again. Any that arrived since the capture go on.
+    let mut taken = Vec::new();
+    for t in threads.iter_mut() {
+        t.syscall_ip = cap.scratch;
+        match image::take_queued(t, cap.scratch + 1024) {
+            Ok(q) => taken.extend(q),
+            Err(e) => tracing::warn!(%e, "cannot take the placeholder's queued signals"),
+        }
+    }
+    let arrived = image::arrived_since(&cap.image, taken);
+    let parked = image::park(&mut threads[0], &cap.image, cap.scratch)
+        .and_then(|_| {
+            threads
+                .iter_mut()
+                .zip(&cap.image.threads)
+                .skip(1)
+                .try_for_each(|(o, th)| image::park_thread(o, th, cap.scratch))
+        })
+        .and_then(|_| threads.iter().try_for_each(|t| t.resume_traced()));
+    if let Err(e) = parked {
         tracing::error!(%e, "parking the home placeholder failed");
     }
     let _ = rel_tx.send(Release::Serve);
@@ -313,11 +344,16 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
         release: rel_tx,
         events_tx,
         scratch: cap.scratch,
+        threads: cap.image.threads[1..].iter().map(|t| t.tid).collect(),
         fds_res: serve::reserved_base(),
         key: plan.key.clone(),
     };
     for sig in pending_signals {
         away.send(&Msg::Signal { sig, info: Vec::new() });
+    }
+    for info in arrived {
+        let sig = i32::from_le_bytes([info[0], info[1], info[2], info[3]]);
+        away.send(&Msg::Signal { sig, info });
     }
     Ok(away)
 }
@@ -491,6 +527,25 @@ impl Away {
                     return self.lose(pid, plan.home, state);
                 }
                 Err(_) => {}
+            }
+            // Signals to the placeholder's other threads (tgkill from home).
+            for &tid in &self.threads {
+                if let Ok((t, st)) = rsys::waitpid(tid, libc::__WALL | libc::WNOHANG) {
+                    if t == tid && libc::WIFSTOPPED(st) {
+                        let sig = libc::WSTOPSIG(st);
+                        if st >> 16 != 0 || sig == libc::SIGTRAP {
+                            let _ = rsys::ptrace_cont(tid, 0);
+                        } else {
+                            tracing::debug!(pid, tid, sig, "relaying a signal to a thread");
+                            let info = rsys::ptrace_get_siginfo(tid).map(|i| i.to_vec()).unwrap_or_default();
+                            self.send(&Msg::Signal { sig, info });
+                            if sig != libc::SIGCONT && !rsys::is_stop_signal(sig) {
+                                self.interrupt_deputy();
+                            }
+                            let _ = rsys::ptrace_cont(tid, 0);
+                        }
+                    }
+                }
             }
             // Signals sent to the home pid.
             match rsys::waitpid(pid, libc::__WALL | libc::WNOHANG) {
@@ -730,15 +785,24 @@ impl Away {
         let mut seen = 0;
         let mut final_seen = false;
         let mut t: Option<Tracee> = None;
+        let mut others: Vec<Tracee> = Vec::new();
         let mut rs: Option<image::Restore> = None;
         let mut img_kept: Option<image::Image> = None;
-        let r = self.rebuild_home(pid, &mut from, &mut t, &mut rs, &mut img_kept, &mut seen, &mut final_seen);
+        let r = self.rebuild_home(
+            pid,
+            &mut from,
+            (&mut t, &mut others),
+            &mut rs,
+            &mut img_kept,
+            &mut seen,
+            &mut final_seen,
+        );
         let step = match r {
             Ok(()) => return Ok(()),
             Err(Step::Link(step, e)) => return Err((link_err(step, e), Vec::new())),
             Err(Step::GaveUp(step, reason)) => {
                 let e = gave_up(step, reason);
-                self.unpark_failed(t, rs, img_kept.as_ref());
+                self.unpark_failed(t, others, rs, img_kept.as_ref());
                 return Err((e, left(from)));
             }
             Err(Step::Home(step, reason)) => (step, reason),
@@ -771,15 +835,42 @@ impl Away {
                 return Err((link_err(step, e), Vec::new()));
             }
         }
-        self.unpark_failed(t, rs, img_kept.as_ref());
+        self.unpark_failed(t, others, rs, img_kept.as_ref());
         Err((HomeError::Rebuild { pid, node, step, reason }, left(from)))
     }
 
     /// After a failed return: park the placeholder again and let it run
     /// (still traced); the scratch area it now uses is remembered.
-    fn unpark_failed(&mut self, t: Option<Tracee>, rs: Option<image::Restore>, img: Option<&image::Image>) {
+    fn unpark_failed(
+        &mut self,
+        t: Option<Tracee>,
+        others: Vec<Tracee>,
+        rs: Option<image::Restore>,
+        img: Option<&image::Image>,
+    ) {
         let Some(mut t) = t else { return };
         let scratch = rs.as_ref().map_or(self.scratch, |r| r.scratch);
+        // Other threads stopped for the rebuild are parked again (with the
+        // rseq area the image gave them, if it got that far).
+        for mut o in others {
+            let th = img.and_then(|i| i.threads.iter().find(|th| th.tid == o.pid)).cloned().unwrap_or_else(|| {
+                image::ThreadState {
+                    tid: o.pid,
+                    regs: image::regs_to_array(&o.saved),
+                    xstate: Vec::new(),
+                    sigmask: 0,
+                    rseq: (0, 0, 0),
+                    robust: (0, 0),
+                    altstack: (0, 0, libc::SS_DISABLE),
+                    clear_tid: 0,
+                    comm: String::new(),
+                    queued: Vec::new(),
+                }
+            });
+            if let Err(e) = image::park_thread(&mut o, &th, scratch).and_then(|_| o.resume_traced()) {
+                tracing::error!(%e, tid = o.pid, "cannot park a thread of the placeholder again");
+            }
+        }
         let empty;
         let img = match img {
             Some(i) => i,
@@ -809,7 +900,7 @@ impl Away {
         &self,
         pid: i32,
         link: &mut R,
-        t_out: &mut Option<Tracee>,
+        (t_out, others_out): (&mut Option<Tracee>, &mut Vec<Tracee>),
         rs_out: &mut Option<image::Restore>,
         img_out: &mut Option<image::Image>,
         seen: &mut usize,
@@ -909,10 +1000,32 @@ impl Away {
         *seen = usize::MAX;
         let rs = rs_out.as_ref().ok_or(Step::Home("finishing", "no layout".into()))?;
         image::restore_finish(t, &img, Target::Parked, rs, Some(&cwd)).map_err(home("finishing the rebuild"))?;
+        // Every other thread was parked here under its home tid.
+        for th in &img.threads[1..] {
+            if !self.threads.contains(&th.tid) {
+                return Err(Step::Home("restoring threads", format!("thread {} is not parked here", th.tid)));
+            }
+            let mut o = Tracee::interrupt(th.tid, rs.scratch).map_err(home("stopping a parked thread"))?;
+            let r = image::restore_thread(&mut o, th, rs.scratch + 1024);
+            others_out.push(o);
+            r.map_err(home("restoring a thread"))?;
+        }
         let fds = sys::take_process_fds(dep, self.fds_res)
             .map_err(|e| Step::Home("taking the deputy's fds", e.to_string()))?;
         sys::install_fds(t, rs.scratch, &fds).map_err(home("installing the fds"))?;
-        image::queue_pending(t, &img, rs.scratch + 1024).map_err(home("queueing its pending signals"))?;
+        let mut all: Vec<Tracee> = std::iter::once(t_out.take().ok_or(Step::Home("signals", "no tracee".into()))?)
+            .chain(others_out.drain(..))
+            .collect();
+        let queued = image::queue_pending(&mut all, &img, rs.scratch + 1024);
+        let mut rest = all.split_off(1);
+        *t_out = all.pop();
+        others_out.append(&mut rest);
+        queued.map_err(home("queueing its pending signals"))?;
+        // Threads that ended away end here too.
+        for &tid in self.threads.iter().filter(|t| img.threads.iter().all(|th| th.tid != **t)) {
+            end_thread(tid, rs.scratch);
+        }
+        let t = t_out.as_mut().ok_or(Step::Home("signals", "no tracee".into()))?;
         image::unmap_scratch(t, rs.scratch).map_err(home("removing the scratch area"))?;
         // Commit: from here the process is home.
         wire::send(&mut &self.link, &Msg::HomeOk).map_err(wire_step("commit"))?;
@@ -920,8 +1033,26 @@ impl Away {
         if let Err(e) = t.detach() {
             tracing::error!(%e, pid, "cannot let the process run at home");
         }
+        for o in others_out.drain(..) {
+            let tid = o.pid;
+            if let Err(e) = o.detach() {
+                tracing::error!(%e, pid, tid, "cannot let a thread run at home");
+            }
+        }
+
         tracing::info!(pid, "process is running at home again");
         Ok(())
+    }
+}
+
+/// End parked thread `tid` of a placeholder (its thread ended away): an
+/// injected exit, through the scratch area at `scratch`.
+fn end_thread(tid: i32, scratch: u64) {
+    match Tracee::interrupt(tid, scratch) {
+        Ok(mut t) => {
+            let _ = t.syscall(libc::SYS_exit, [0, 0, 0, 0, 0, 0]);
+        }
+        Err(e) => tracing::warn!(%e, tid, "cannot end a parked thread"),
     }
 }
 

@@ -35,17 +35,17 @@ const PR_SET_VMA: u64 = 0x5356_4d41;
 /// The BPF program (raw `sock_filter` array) for the guest `gpid`.
 pub fn program(gpid: i32) -> Result<Vec<u8>, FilterError> {
     let mut ctx = ScmpFilterContext::new(ScmpAction::Notify)?;
-    // A signal the guest queues to itself by its own pid here: only the
-    // supervisor knows that pid, and injects such a call so that a signal
-    // the process sends itself carries its home pid as the sender.
-    ctx.add_rule_conditional(
-        ScmpAction::Allow,
-        ScmpSyscall::from(libc::SYS_rt_tgsigqueueinfo as i32),
-        &[
-            ScmpArgCompare::new(0, ScmpCompareOp::Equal, gpid as u64),
-            ScmpArgCompare::new(1, ScmpCompareOp::Equal, gpid as u64),
-        ],
-    )?;
+    // A signal the guest queues to itself or one of its threads by its own
+    // pid here: only the supervisor knows that pid, and injects such a call
+    // so that a signal the process sends itself carries its home pid as the
+    // sender (and pending signals are queued again after a move).
+    for nr in [libc::SYS_rt_tgsigqueueinfo, libc::SYS_rt_sigqueueinfo] {
+        ctx.add_rule_conditional(
+            ScmpAction::Allow,
+            ScmpSyscall::from(nr as i32),
+            &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, gpid as u64)],
+        )?;
+    }
     for e in TABLE.iter().filter(|e| e.class == Class::Local) {
         let sc = ScmpSyscall::from(e.nr as i32);
         match e.nr {

@@ -166,8 +166,8 @@ pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), Guest
 /// Rebuild the process in the fresh stopped process `gpid`: from a pre-copy
 /// and then the final image, or from the image alone. Then drop to the
 /// process's credentials, install the filter, and let it run. Returns the
-/// listener and the final image.
-fn rebuild(stream: &mut Link, gpid: i32, first: Msg, host: &Host) -> Result<(OwnedFd, Image), GuestError> {
+/// listener of each thread (its guest tid, in image order) and the final image.
+fn rebuild(stream: &mut Link, gpid: i32, first: Msg, host: &Host) -> Result<(Vec<(i32, OwnedFd)>, Image), GuestError> {
     let t0 = std::time::Instant::now();
     let mut t = Tracee::adopt_traceme_child(gpid)?;
     let (img, rs) = match first {
@@ -198,12 +198,24 @@ fn rebuild(stream: &mut Link, gpid: i32, first: Msg, host: &Host) -> Result<(Own
         bytes,
         "rebuilt"
     );
+    // The mount namespace first: unshare refuses it once the fs is shared.
     enter_sandbox(&mut t, rs.scratch, &host.consistent_paths)?;
-    let listener = install_filter(&mut t, rs.scratch)?;
-    image::queue_pending(&mut t, &img, rs.scratch + 1024)?;
-    image::unmap_scratch(&mut t, rs.scratch)?;
-    t.detach()?;
-    Ok((listener, img))
+    let others = image::spawn_threads(&mut t, &img, rs.scratch + 1024)?;
+    let mut threads = vec![t];
+    threads.extend(others);
+    // Each thread drops its own credentials (they are per thread) and gets
+    // a filter, and so a listener, of its own.
+    let mut listeners = Vec::with_capacity(threads.len());
+    for t in threads.iter_mut() {
+        t.syscall_ip = rs.scratch;
+        listeners.push((t.pid, install_filter(t, gpid, rs.scratch)?));
+    }
+    image::queue_pending(&mut threads, &img, rs.scratch + 1024)?;
+    image::unmap_scratch(&mut threads[0], rs.scratch)?;
+    for t in threads {
+        t.detach()?;
+    }
+    Ok((listeners, img))
 }
 
 /// Injected into the guest while it still has root's rights here: a mount
@@ -272,14 +284,14 @@ fn enter_sandbox(t: &mut Tracee, scratch: u64, keep: &[std::path::PathBuf]) -> R
 /// process's credentials), no_new_privs, the seccomp filter with a listener
 /// (taken by us with pidfd_getfd), and closing the guest's copy of the
 /// listener (answered with CONTINUE as it traps).
-fn install_filter(t: &mut Tracee, scratch: u64) -> Result<OwnedFd, GuestError> {
-    let id = u64::from(GUEST_UID_BASE + (t.pid as u32 % GUEST_UIDS));
+fn install_filter(t: &mut Tracee, gpid: i32, scratch: u64) -> Result<OwnedFd, GuestError> {
+    let id = u64::from(GUEST_UID_BASE + (gpid as u32 % GUEST_UIDS));
     t.syscall_ok("setgroups", libc::SYS_setgroups, [0, 0, 0, 0, 0, 0])?;
     t.syscall_ok("setresgid", libc::SYS_setresgid, [id, id, id, 0, 0, 0])?;
     t.syscall_ok("setresuid", libc::SYS_setresuid, [id, id, id, 0, 0, 0])?;
     t.syscall_ok("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
 
-    let prog = filter::program(t.pid)?;
+    let prog = filter::program(gpid)?;
     let prog_at = scratch + 4096;
     let fprog_at = scratch + 1024;
     t.poke(prog_at, &prog)?;
@@ -295,7 +307,7 @@ fn install_filter(t: &mut Tracee, scratch: u64) -> Result<OwnedFd, GuestError> {
     const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: u64 = 32;
     let flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
     let lfd = t.syscall_ok("seccomp", libc::SYS_seccomp, [SECCOMP_SET_MODE_FILTER, flags, fprog_at, 0, 0, 0])?;
-    let pidfd = rsys::pidfd_open(t.pid, 0)?;
+    let pidfd = rsys::pidfd_open(gpid, 0)?;
     let listener = rsys::pidfd_getfd(pidfd.as_raw_fd(), lfd as i32)?;
     rsys::seccomp_set_sync_wakeup(listener.as_raw_fd())?;
     let lraw = listener.as_raw_fd();

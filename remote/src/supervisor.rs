@@ -30,7 +30,11 @@ pub struct Supervisor {
     /// Signals and requests from home, read by the helper thread.
     ctl: Option<Link>,
     gpid: i32,
-    listener: OwnedFd,
+    /// Each thread's listener with its guest and home thread ids (the
+    /// leader first); threads that ended are left out of the polling.
+    threads: Vec<Lane>,
+    /// The thread whose call is being served.
+    cur: usize,
     home_pid: i32,
     pgid: i32,
     sid: i32,
@@ -60,6 +64,14 @@ pub struct Supervisor {
     /// bytes (`marshal::READ_AHEAD`): the next reads of that fd are answered
     /// from it, with nothing else forwarded or delivered between.
     ahead: Option<ReadAhead>,
+}
+
+/// One thread of the guest: its own filter's listener, its id here and at home.
+struct Lane {
+    listener: OwnedFd,
+    tid: i32,
+    home_tid: i32,
+    ended: bool,
 }
 
 /// Bytes that follow in a stream, peeked at home and still there.
@@ -154,14 +166,27 @@ enum Flow {
 }
 
 impl Supervisor {
-    pub fn new(stream: Link, ctl: Link, gpid: i32, listener: OwnedFd, img: &Image) -> std::io::Result<Supervisor> {
+    /// `listeners`: each thread's (guest tid, listener), in image order.
+    pub fn new(
+        stream: Link,
+        ctl: Link,
+        gpid: i32,
+        listeners: Vec<(i32, OwnedFd)>,
+        img: &Image,
+    ) -> std::io::Result<Supervisor> {
         let reader = std::io::BufReader::with_capacity(1 << 16, stream.try_clone()?);
+        let threads = listeners
+            .into_iter()
+            .zip(&img.threads)
+            .map(|((tid, listener), th)| Lane { listener, tid, home_tid: th.tid, ended: false })
+            .collect();
         Ok(Supervisor {
             stream,
             reader,
             ctl: Some(ctl),
             gpid,
-            listener,
+            threads,
+            cur: 0,
             home_pid: img.pid,
             pgid: img.pgid,
             sid: img.sid,
@@ -197,7 +222,6 @@ impl Supervisor {
         {
             return self.lost("cannot start the helper thread");
         }
-        let lfd = self.listener.as_raw_fd();
         loop {
             if self.flags.exited.load(Ordering::SeqCst) {
                 break;
@@ -209,7 +233,9 @@ impl Supervisor {
                 continue;
             }
             self.deliver_signals(None);
-            match sys::seccomp_recv(lfd) {
+            let Some(cur) = self.next_ready() else { continue };
+            self.cur = cur;
+            match sys::seccomp_recv(self.lfd()) {
                 Ok(Some(n)) => {
                     if let Flow::Done = self.handle(&n) {
                         break;
@@ -226,6 +252,51 @@ impl Supervisor {
         // (home reads the guest's end only after them).
         self.settle_behind();
         self.flags.done.store(true, Ordering::SeqCst);
+    }
+
+    /// The listener of the thread being served.
+    fn lfd(&self) -> std::os::fd::RawFd {
+        self.threads[self.cur].listener.as_raw_fd()
+    }
+
+    /// The thread to serve next: with one thread, it (RECV blocks, the
+    /// cheapest wait); with several, one whose listener has a call (poll,
+    /// woken by the helper's signal like RECV). A thread that ended leaves
+    /// the polling. None: woken, look at the flags again.
+    fn next_ready(&mut self) -> Option<usize> {
+        let live: Vec<usize> = (0..self.threads.len()).filter(|&i| !self.threads[i].ended).collect();
+        if live.len() <= 1 {
+            return Some(live.first().copied().unwrap_or(0));
+        }
+        let fds: Vec<(i32, i16)> = live.iter().map(|&i| (self.threads[i].listener.as_raw_fd(), libc::POLLIN)).collect();
+        let rev = sys::poll(&fds, -1).ok()?;
+        let start = (self.cur + 1) % live.len();
+        let mut ready = None;
+        for k in 0..live.len() {
+            let j = (start + k) % live.len();
+            if rev[j] & libc::POLLIN != 0 {
+                ready = ready.or(Some(live[j]));
+            } else if rev[j] & (libc::POLLHUP | libc::POLLERR) != 0 {
+                self.threads[live[j]].ended = true;
+            }
+        }
+        ready
+    }
+
+    /// Whether several threads are served: writes behind and reads ahead
+    /// assume one stream of calls.
+    fn threaded(&self) -> bool {
+        self.threads.len() > 1
+    }
+
+    /// The home tid of the guest thread `tid` (the thread that made call `n`).
+    fn home_tid_of(&self, tid: i32) -> Option<i32> {
+        self.threads.iter().find(|l| l.tid == tid).map(|l| l.home_tid)
+    }
+
+    /// The guest tid of home thread id `home_tid` of this process.
+    fn guest_tid_of(&self, home_tid: i32) -> Option<i32> {
+        self.threads.iter().find(|l| l.home_tid == home_tid && !l.ended).map(|l| l.tid)
     }
 
     /// Home is unreachable: the guest cannot go on without its files.
@@ -285,7 +356,7 @@ impl Supervisor {
         let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
         let gpid = self.gpid;
         let mut sent = 0;
-        let lfd = self.listener.as_raw_fd();
+        let lfd = self.lfd();
         let mut answered = pending.is_none();
         let mut answer = || {
             if let Some(id) = pending {
@@ -324,7 +395,7 @@ impl Supervisor {
     }
 
     fn reply(&self, id: u64, val: i64) {
-        let _ = sys::seccomp_send(self.listener.as_raw_fd(), id, val, false);
+        let _ = sys::seccomp_send(self.lfd(), id, val, false);
     }
 
     fn handle(&mut self, n: &SeccompNotif) -> Flow {
@@ -335,14 +406,16 @@ impl Supervisor {
             return self.go_home("asked to come home", Some(n.id));
         }
         let (a, home) = (n.data.args, self.home_pid as u64);
+        // A signal to the process itself, or to one of its threads (by home ids).
+        let thread = |t: u64| i32::try_from(t).ok().and_then(|t| self.guest_tid_of(t));
         let own = match nr {
-            62 if a[0] == home => Some((a[1] as i32, SI_USER)),
-            200 if a[0] == home => Some((a[1] as i32, SI_TKILL)),
-            234 if a[0] == home && a[1] == home => Some((a[2] as i32, SI_TKILL)),
+            62 if a[0] == home => Some((a[1] as i32, SI_USER, None)),
+            200 => thread(a[0]).map(|t| (a[1] as i32, SI_TKILL, Some(t))),
+            234 if a[0] == home => thread(a[1]).map(|t| (a[2] as i32, SI_TKILL, Some(t))),
             _ => None,
         };
-        if let Some((sig, code)) = own {
-            return self.self_signal(n.id, sig, code);
+        if let Some((sig, code, to)) = own {
+            return self.self_signal(n.id, sig, code, to);
         }
         // /dev/tty is the controlling terminal of whoever opens it: only the
         // process itself, at home, has that terminal.
@@ -420,7 +493,7 @@ impl Supervisor {
             Ok(f) => f,
             Err(_) => return self.go_home("mapping a file this node cannot open runs at home", Some(n.id)),
         };
-        let lfd = self.listener.as_raw_fd();
+        let lfd = self.lfd();
         match sys::seccomp_addfd_at(lfd, n.id, local.as_raw_fd(), fd) {
             Ok(_) => {
                 let _ = sys::seccomp_send(lfd, n.id, 0, true);
@@ -437,7 +510,8 @@ impl Supervisor {
         let home = self.home_pid as u64;
         let c = &self.creds;
         Some(match nr {
-            39 | 186 => self.home_pid as i64,
+            39 => self.home_pid as i64,
+            186 => self.home_tid_of(n.pid as i32).unwrap_or(self.home_pid) as i64,
             102 => c.uids[0] as i64,
             107 => c.uids[1] as i64,
             104 => c.gids[0] as i64,
@@ -518,12 +592,14 @@ impl Supervisor {
         Flow::Go
     }
 
-    /// kill, tkill or tgkill of the process itself (call `id`). As natively,
-    /// the signal comes from the process: the call is answered, then the
-    /// process is stopped and made to queue the signal to itself with its
-    /// home pid and uid as the sender (the kernel allows any sender only for
-    /// a signal to oneself), so a handler or signalfd reads the same siginfo.
-    fn self_signal(&mut self, id: u64, sig: i32, code: i32) -> Flow {
+    /// kill, tkill or tgkill of the process itself (call `id`): to the
+    /// process, or to its thread `to` (a guest tid). As natively, the signal
+    /// comes from the process: the call is answered, then the leader is
+    /// stopped and made to queue the signal with its home pid and uid as the
+    /// sender (the kernel allows any sender only for a signal to one's own
+    /// thread group, from its leader), so a handler or signalfd reads the
+    /// same siginfo.
+    fn self_signal(&mut self, id: u64, sig: i32, code: i32, to: Option<i32>) -> Flow {
         self.write_run = None;
         self.ahead = None;
         if !(0..=64).contains(&sig) {
@@ -534,25 +610,31 @@ impl Supervisor {
             self.reply(id, 0);
             return Flow::Go;
         }
+        let plain = |gpid: i32, sig: i32| {
+            let r = match to {
+                Some(t) => sys::tgkill(gpid, t, sig),
+                None => sys::kill(gpid, sig),
+            };
+            match r {
+                Ok(()) => 0,
+                Err(e) => -(e.raw_os_error().unwrap_or(libc::EINVAL) as i64),
+            }
+        };
         // The guest is alone in an orphaned process group, where the kernel
         // drops TSTP/TTIN/TTOU with the default action: stop it for real.
         if stop_is_default(self.gpid, sig) {
-            let r = match sys::tgkill(self.gpid, self.gpid, libc::SIGSTOP) {
-                Ok(()) => 0,
-                Err(e) => -(e.raw_os_error().unwrap_or(libc::EINVAL) as i64),
-            };
-            self.reply(id, r);
+            self.reply(id, plain(self.gpid, libc::SIGSTOP));
             return Flow::Go;
         }
         let flags = self.flags.clone();
         let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let lfd = self.listener.as_raw_fd();
+        let lfd = self.lfd();
         let mut answered = false;
         let mut answer = || {
             answered = sys::seccomp_send(lfd, id, 0, false).is_ok();
         };
         let r = Tracee::seize_then(self.gpid, true, &mut answer).and_then(|mut t| {
-            let sent = self.queue_to_self(&mut t, sig, code);
+            let sent = self.queue_from_leader(&mut t, sig, code, to);
             let _ = t.detach();
             sent
         });
@@ -564,10 +646,7 @@ impl Supervisor {
                 if let Err(e) = &r {
                     tracing::debug!(%e, "could not have the guest signal itself");
                 }
-                let r = match sys::tgkill(self.gpid, self.gpid, sig) {
-                    Ok(()) => 0,
-                    Err(e) => -(e.raw_os_error().unwrap_or(libc::EINVAL) as i64),
-                };
+                let r = plain(self.gpid, sig);
                 if !answered {
                     self.reply(id, r);
                 }
@@ -576,15 +655,22 @@ impl Supervisor {
         Flow::Go
     }
 
-    /// In the stopped guest: rt_tgsigqueueinfo to itself, with the siginfo
-    /// of a kill (SI_USER) or tkill (SI_TKILL) from its home pid and uid.
-    fn queue_to_self(&self, t: &mut Tracee, sig: i32, code: i32) -> Result<bool, om_runtime::ptrace::TraceError> {
-        if !t.use_last_syscall()? {
+    /// In the stopped leader: queue `sig` to the process or its thread `to`,
+    /// with the siginfo of a kill (SI_USER) or tkill (SI_TKILL) from its
+    /// home pid and uid.
+    fn queue_from_leader(
+        &self,
+        t: &mut Tracee,
+        sig: i32,
+        code: i32,
+        to: Option<i32>,
+    ) -> Result<bool, om_runtime::ptrace::TraceError> {
+        if !t.use_last_syscall()? && !t.use_vdso_syscall()? {
             return Ok(false);
         }
         let info = siginfo(sig, code, Some((self.home_pid, self.creds.uids[0])));
         let at = below_red_zone(t);
-        Ok(t.queue_to_self(sig, &info, at)? == 0)
+        Ok(t.queue_signal(to, sig, &info, at)? == 0)
     }
 
     fn read_mem(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
@@ -706,7 +792,8 @@ impl Supervisor {
         };
 
         // A read answered from what the last one peeked.
-        let read_fd = (iov.is_none() && marshal::may_read_ahead(fnr, &args)).then_some(args[0] as i32);
+        let read_fd =
+            (iov.is_none() && !self.threaded() && marshal::may_read_ahead(fnr, &args)).then_some(args[0] as i32);
         if let Some(fd) = read_fd {
             if let Some(n) = self.read_from_ahead(fd, args[1], args[2] as usize) {
                 self.reply(id, n);
@@ -802,7 +889,7 @@ impl Supervisor {
                 return Flow::Go;
             }
         }
-        if !sys::seccomp_id_valid(self.listener.as_raw_fd(), id) {
+        if !sys::seccomp_id_valid(self.lfd(), id) {
             return Flow::Go;
         }
         // An in-out buffer with a read-only tail: its argument tells the
@@ -816,7 +903,7 @@ impl Supervisor {
         let mut req = SysReq { id: 0, nr: fnr, args: req_args, lens, data: Vec::new() };
         // A write: behind the previous one if it fits its room, else with
         // the room asked for, so the next may go behind.
-        let write_fd = marshal::may_write_behind(fnr, &req_args).then_some(req_args[0] as i32);
+        let write_fd = (!self.threaded() && marshal::may_write_behind(fnr, &req_args)).then_some(req_args[0] as i32);
         if let Some(fd) = write_fd {
             if self.write_behind(&req, &input, fd) {
                 let n = input.len() as i64;
@@ -1293,15 +1380,15 @@ impl Supervisor {
             let _g = flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             transfer::send_pre_image(&mut self.stream, self.gpid, &pre, image::ReadMode::Pinned)?
         };
-        let lfd = self.listener.as_raw_fd();
+        let lfd = self.lfd();
         let mut answer = || {
             if let Some(id) = pending {
                 let _ = sys::seccomp_send(lfd, id, ERESTARTNOINTR, false);
             }
         };
         let frozen = std::time::Instant::now();
-        let mut t = Tracee::seize_then(self.gpid, true, &mut answer)?;
-        let r = self.send_final(&mut t, &same, &pre, &sent);
+        let mut threads = om_runtime::ptrace::seize_all_then(self.gpid, true, &mut answer)?;
+        let r = self.send_final(&mut threads, &same, &pre, &sent);
         if matches!(r, Ok(true)) {
             tracing::info!(
                 home_freeze_ms = frozen.elapsed().as_secs_f64() * 1e3,
@@ -1310,19 +1397,35 @@ impl Supervisor {
             );
         }
         if !matches!(r, Ok(true)) {
-            let _ = t.detach();
+            for t in threads {
+                let _ = t.detach();
+            }
         }
         r
     }
 
     fn send_final(
         &mut self,
-        t: &mut Tracee,
+        threads: &mut [Tracee],
         same: &dyn Fn(&str) -> bool,
         pre: &Image,
         sent: &image::PageHashes,
     ) -> Result<bool, crate::GuestError> {
-        let mut cap = image::capture(t, same)?;
+        let mut cap = image::capture(threads, same)?;
+        // Home knows the threads by their home ids.
+        for th in cap.image.threads.iter_mut() {
+            match self.home_tid_of(th.tid) {
+                Some(h) => th.tid = h,
+                None => {
+                    let _ = image::rollback(&mut threads[0], cap.scratch);
+                    return Err(crate::GuestError::Refused(format!(
+                        "thread {} started away, which home does not know",
+                        th.tid
+                    )));
+                }
+            }
+        }
+        let t = &mut threads[0];
         cap.image.flags = cap.image.flags.with_identity_of(&self.proc_flags);
         let sent_ok = image::prune_unchanged(self.gpid, &mut cap.image, pre, sent, image::ReadMode::Pinned)
             .map_err(crate::GuestError::from)

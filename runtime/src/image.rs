@@ -251,26 +251,78 @@ fn capture_flags(t: &mut Tracee, out: u64, guest: bool) -> Result<ProcFlags> {
     })
 }
 
-/// Queue the image's pending signals again, each by the process to itself
-/// (rt_tgsigqueueinfo: the kernel takes any sender and code for a signal to
-/// oneself), through `data` (scratch memory). Signals are blocked meanwhile,
-/// so none is delivered to a tracer stop and lost; the process's own mask is
-/// set last. Call it last before letting the process go.
-pub fn queue_pending(t: &mut Tracee, img: &Image, data: u64) -> Result<()> {
-    let pid = t.pid;
-    let mask = |m| sys::ptrace_set_sigmask(pid, m).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e });
-    mask(!0)?;
-    for info in &img.queued {
-        let sig = info.get(..4).map_or(0, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        if info.len() != 128 || !(1..=64).contains(&sig) || sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        let r = t.queue_to_self(sig, info, data)?;
-        if r < 0 {
-            tracing::warn!(pid, sig, errno = -r, "a pending signal could not be queued again");
+/// Queue the image's pending signals again, each by the leader (the
+/// kernel takes any sender and code from a thread group's leader for a
+/// signal to its own group): the process's shared queue with
+/// rt_sigqueueinfo, each thread's own with rt_tgsigqueueinfo to it.
+/// `threads` are the rebuilt threads in image order, `data` scratch memory.
+/// Signals are blocked meanwhile, so none is delivered to a tracer stop and
+/// lost; each thread's own mask is set last. Call it last before letting the
+/// process go.
+pub fn queue_pending(threads: &mut [Tracee], img: &Image, data: u64) -> Result<()> {
+    let mask = |pid: i32, m| {
+        sys::ptrace_set_sigmask(pid, m).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e })
+    };
+    for t in threads.iter() {
+        mask(t.pid, !0)?;
+    }
+    let tids: Vec<i32> = threads.iter().map(|t| t.pid).collect();
+    let t = &mut threads[0];
+    let tgid = t.pid;
+    let queues = std::iter::once((None, &img.queued))
+        .chain(img.threads.iter().zip(&tids).map(|(th, &tid)| (Some(tid), &th.queued)));
+    for (to, queue) in queues {
+        for info in queue {
+            let sig = info.get(..4).map_or(0, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            if info.len() != 128 || !(1..=64).contains(&sig) || sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let r = t.queue_signal(to, sig, info, data)?;
+            if r < 0 {
+                tracing::warn!(pid = tgid, sig, errno = -r, "a pending signal could not be queued again");
+            }
         }
     }
-    mask(img.sigmask)
+    for (t, th) in threads.iter().zip(&img.threads) {
+        mask(t.pid, th.sigmask)?;
+    }
+    Ok(())
+}
+
+/// Take every signal queued for the stopped thread `t`, whole (siginfo_t,
+/// 128 bytes each): its own queue, and for the leader the process's shared
+/// one too (rt_sigtimedwait injected with a zero timeout, using 160 bytes
+/// of scratch memory at `at`). A parked placeholder must not take signals
+/// that moved with the image a second time.
+pub fn take_queued(t: &mut Tracee, at: u64) -> Result<Vec<Vec<u8>>> {
+    let all: u64 = !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
+    let mut args = all.to_le_bytes().to_vec();
+    args.extend_from_slice(&[0u8; 16]);
+    t.poke(at, &args)?;
+    let mut out = Vec::new();
+    for _ in 0..1 << 16 {
+        if t.syscall(libc::SYS_rt_sigtimedwait, [at, at + 32, at + 8, 8, 0, 0])? <= 0 {
+            break;
+        }
+        out.push(t.peek(at + 32, 128)?);
+    }
+    Ok(out)
+}
+
+/// The signals of `taken` that are not among those `img` carries (each
+/// carried one matches one taken one, whole): they arrived after the capture.
+pub fn arrived_since(img: &Image, taken: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut carried: Vec<&Vec<u8>> = img.queued.iter().chain(img.threads.iter().flat_map(|t| &t.queued)).collect();
+    taken
+        .into_iter()
+        .filter(|s| match carried.iter().position(|c| *c == s) {
+            Some(i) => {
+                carried.swap_remove(i);
+                false
+            }
+            None => true,
+        })
+        .collect()
 }
 
 /// Set the settings the process keeps wherever it runs (not its identity).
@@ -313,16 +365,39 @@ fn restore_flags(t: &mut Tracee, f: &ProcFlags) -> Result<()> {
     Ok(())
 }
 
-#[derive(Archive, Serialize, Deserialize, Clone)]
-pub struct Image {
-    pub pid: i32,
-    pub pgid: i32,
-    pub sid: i32,
+/// What each thread keeps of its own: registers, signal state, and the
+/// addresses the kernel writes to for it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug)]
+pub struct ThreadState {
+    /// Its thread id at home (the process's pid for the leader).
+    pub tid: i32,
     pub regs: [u64; 27],
     pub xstate: Vec<u8>,
     pub sigmask: u64,
     pub rseq: (u64, u32, u32),
     pub robust: (u64, u64),
+    /// sigaltstack: (ss_sp, ss_size, ss_flags as the kernel reported them).
+    pub altstack: (u64, u64, i32),
+    /// set_tid_address (clear_child_tid): zeroed and woken when it exits.
+    pub clear_tid: u64,
+    pub comm: String,
+    /// Signals queued for this thread alone, whole (siginfo_t, 128 bytes).
+    pub queued: Vec<Vec<u8>>,
+}
+
+impl ThreadState {
+    pub fn regs(&self) -> Regs {
+        regs_from_array(&self.regs)
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone)]
+pub struct Image {
+    pub pid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Every thread, the leader first.
+    pub threads: Vec<ThreadState>,
     pub mm: MmFields,
     pub auxv: Vec<u8>,
     pub exe: String,
@@ -334,17 +409,16 @@ pub struct Image {
     pub actions: Vec<SigAction>,
     pub ignored: u64,
     pub pending: u64,
-    /// Every queued signal, whole (siginfo_t, 128 bytes each): its own queue,
-    /// then the process's shared one. Queued again by the process itself at
-    /// each rebuild ([`queue_pending`]), so senders, codes and values, and
-    /// each queued instance of a real-time signal, arrive as they were.
+    /// The signals queued for the whole process, whole (siginfo_t, 128
+    /// bytes each; each thread's own are in [`ThreadState::queued`]). Queued
+    /// again by the process itself at each rebuild ([`queue_pending`]), so
+    /// senders, codes and values, and each queued instance of a real-time
+    /// signal, arrive as they were.
     pub queued: Vec<Vec<u8>>,
     /// ITIMER_REAL, _VIRTUAL, _PROF as (interval s, us, value s, us).
     pub itimers: Vec<[u64; 4]>,
     pub creds: Creds,
     pub flags: ProcFlags,
-    /// sigaltstack: (ss_sp, ss_size, ss_flags as the kernel reported them).
-    pub altstack: (u64, u64, i32),
     /// [vvar] start and the size of the vdso group, and a hash of the vdso text.
     pub vdso: (u64, u64, u64),
     pub regions: Vec<Region>,
@@ -380,8 +454,9 @@ impl Image {
         rkyv::to_bytes::<rkyv::rancor::Error>(self).map(|v| v.to_vec()).unwrap_or_default()
     }
 
-    pub fn regs(&self) -> Regs {
-        regs_from_array(&self.regs)
+    /// The leader's state (every image has one).
+    pub fn leader(&self) -> &ThreadState {
+        &self.threads[0]
     }
 }
 
@@ -396,12 +471,40 @@ pub fn cant_move(pid: i32) -> Option<String> {
     cant_move_frozen(pid)
 }
 
+/// Whether multi-threaded processes may move (`omd --experimental-threads`):
+/// their threads are captured and rebuilt, but the supervisor serves one
+/// thread's call at a time, so a blocking call home holds up the others.
+pub static THREADS_MOVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Why the threads of `pid` cannot move together: one runs with other
+/// credentials than the leader (they are per thread, and the deputy has one
+/// identity), or the leader has ended while others run.
+fn threads_differ(pid: i32) -> Option<String> {
+    let ids = |st: &str| ["Uid", "Gid", "Groups"].map(|k| procfs::status_field_in(st, k).unwrap_or_default());
+    let leader = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    if procfs::status_field_in(&leader, "State").is_some_and(|s| s.starts_with('Z')) {
+        return Some("its main thread has exited while other threads run".into());
+    }
+    for tid in crate::ptrace::thread_ids(pid) {
+        let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else { continue };
+        if ids(&st) != ids(&leader) {
+            return Some(format!("its thread {tid} runs with other credentials than the main thread"));
+        }
+    }
+    None
+}
+
 /// The same checks, for a process om itself holds stopped (the state is ours).
 pub fn cant_move_frozen(pid: i32) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let threads: u32 = procfs::status_field_in(&status, "Threads").and_then(|t| t.parse().ok()).unwrap_or(1);
-    if threads > 1 {
+    if threads > 1 && !THREADS_MOVE.load(std::sync::atomic::Ordering::SeqCst) {
         return Some(format!("it has {threads} threads; only single-threaded processes can migrate"));
+    }
+    if threads > 1 {
+        if let Some(why) = threads_differ(pid) {
+            return Some(why);
+        }
     }
     if procfs::status_field_in(&status, "Seccomp").is_some_and(|s| s != "0") {
         return Some("it installed its own seccomp filter".into());
@@ -649,11 +752,7 @@ pub fn pre_image(pid: i32, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Ima
         pid,
         pgid: 0,
         sid: 0,
-        regs: [0; 27],
-        xstate: Vec::new(),
-        sigmask: 0,
-        rseq: (0, 0, 0),
-        robust: (0, 0),
+        threads: Vec::new(),
         mm: MmFields::default(),
         auxv: Vec::new(),
         exe: String::new(),
@@ -669,7 +768,6 @@ pub fn pre_image(pid: i32, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Ima
         itimers: Vec::new(),
         creds: Creds::default(),
         flags: ProcFlags::default(),
-        altstack: (0, 0, libc::SS_DISABLE),
         vdso: vdso_of(pid, &maps)?,
         regions: capture_regions(pid, &maps, 0, &region_attrs(pid), reopen)?,
         fds: Vec::new(),
@@ -747,9 +845,12 @@ pub struct Captured {
     pub scratch: u64,
 }
 
-/// Capture a stopped process. `reopen` says which files the destination has
-/// identical (by path); other file mappings travel as anonymous memory.
-pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured> {
+/// Capture a stopped process: `threads` holds every thread stopped, the
+/// leader first ([`crate::ptrace::seize_all`]). `reopen` says which files
+/// the destination has identical (by path); other file mappings travel as
+/// anonymous memory.
+pub fn capture(threads: &mut [Tracee], reopen: &dyn Fn(&str) -> bool) -> Result<Captured> {
+    let (t, others) = threads.split_first_mut().expect("a process has a leader");
     let pid = t.pid;
     let ioe = |what: &'static str| move |e: std::io::Error| TraceError::Io { pid, what, source: e };
     let maps = procfs::maps(pid).map_err(ioe("maps"))?;
@@ -794,13 +895,11 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
     let rlimits = procfs::limits(pid).map_err(ioe("limits"))?;
     let guest = sf("Seccomp") == "2";
     let mut flags = capture_flags(t, scratch + 3584, guest)?;
-    let altstack = {
-        let out = scratch + 3840;
-        t.syscall_ok("sigaltstack", libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0])?;
-        let b = t.peek(out, 24)?;
-        let w = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-        (w(0), w(16), i32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4])))
-    };
+    let mut states = vec![capture_thread(t, scratch + 3840)?];
+    for o in others.iter_mut() {
+        o.syscall_ip = scratch;
+        states.push(capture_thread(o, scratch + 3840)?);
+    }
 
     let (vvar_start, vdso_len, vdso_hash) = vdso_of(pid, &maps).map_err(ioe("vdso"))?;
 
@@ -814,16 +913,11 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
     let regions = capture_regions(pid, &maps, scratch, &attrs, reopen).map_err(ioe("pagemap"))?;
     let exe =
         std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    let (rseq_ptr, rseq_len, rseq_sig) = sys::ptrace_get_rseq(pid).unwrap_or((0, 0, 0));
     let image = Image {
         pid,
         pgid: st.field(5) as i32,
         sid: st.field(6) as i32,
-        regs: regs_to_array(&t.saved),
-        xstate: sys::ptrace_get_xstate(pid).map_err(ioe("xstate"))?,
-        sigmask: sys::ptrace_get_sigmask(pid).map_err(ioe("sigmask"))?,
-        rseq: (rseq_ptr, rseq_len, rseq_sig),
-        robust: sys::get_robust_list(pid).unwrap_or((0, 0)),
+        threads: states,
         mm: MmFields {
             start_code: st.field(26),
             end_code: st.field(27),
@@ -849,24 +943,50 @@ pub fn capture(t: &mut Tracee, reopen: &dyn Fn(&str) -> bool) -> Result<Captured
         actions,
         ignored: procfs::hex_mask(&sf("SigIgn")),
         pending: procfs::hex_mask(&sf("SigPnd")) | procfs::hex_mask(&sf("ShdPnd")),
-        queued: [false, true]
-            .into_iter()
-            .map(|shared| sys::ptrace_peek_siginfo(pid, shared))
-            .collect::<std::io::Result<Vec<_>>>()
+        queued: sys::ptrace_peek_siginfo(pid, true)
             .map_err(ioe("queued signals"))?
-            .concat()
             .into_iter()
             .map(|i| i.to_vec())
             .collect(),
         itimers,
         creds,
         flags,
-        altstack,
         vdso: (vvar_start, vdso_len, vdso_hash),
         regions,
         fds: procfs::fds(pid).map_err(ioe("fds"))?,
     };
     Ok(Captured { image, scratch })
+}
+
+/// One stopped thread's own state, with calls injected into it (through
+/// its `syscall_ip`) using the scratch memory at `at` (64 bytes).
+fn capture_thread(t: &mut Tracee, at: u64) -> Result<ThreadState> {
+    let tid = t.pid;
+    let ioe = |what: &'static str| move |e: std::io::Error| TraceError::Io { pid: tid, what, source: e };
+    t.syscall_ok("sigaltstack", libc::SYS_sigaltstack, [0, at, 0, 0, 0, 0])?;
+    let b = t.peek(at, 24)?;
+    let w = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+    let altstack = (w(0), w(16), i32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4])));
+    const PR_GET_TID_ADDRESS: u64 = 40;
+    t.syscall_ok("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, [PR_GET_TID_ADDRESS, at + 32, 0, 0, 0, 0])?;
+    let clear_tid = u64::from_le_bytes(t.peek(at + 32, 8)?.try_into().unwrap_or([0; 8]));
+    let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).map_err(ioe("comm"))?;
+    Ok(ThreadState {
+        tid,
+        regs: regs_to_array(&t.saved),
+        xstate: sys::ptrace_get_xstate(tid).map_err(ioe("xstate"))?,
+        sigmask: sys::ptrace_get_sigmask(tid).map_err(ioe("sigmask"))?,
+        rseq: sys::ptrace_get_rseq(tid).unwrap_or((0, 0, 0)),
+        robust: sys::get_robust_list(tid).unwrap_or((0, 0)),
+        altstack,
+        clear_tid,
+        comm: comm.trim_end_matches('\n').to_string(),
+        queued: sys::ptrace_peek_siginfo(tid, false)
+            .map_err(ioe("queued signals"))?
+            .into_iter()
+            .map(|i| i.to_vec())
+            .collect(),
+    })
 }
 
 fn capture_regions(
@@ -1532,12 +1652,6 @@ pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore,
     for (_, fd) in &rs.file_fds {
         t.syscall(libc::SYS_close, [*fd, 0, 0, 0, 0, 0])?;
     }
-    let (rp, rl, rsig) = img.rseq;
-    if rp != 0 {
-        t.syscall_ok("rseq", libc::SYS_rseq, [rp, rl as u64, 0, rsig as u64, 0, 0])?;
-    }
-    t.syscall_ok("set_robust_list", libc::SYS_set_robust_list, [img.robust.0, img.robust.1, 0, 0, 0, 0])?;
-
     // Signal actions: handlers, ignored ones, and defaults for the rest the target had changed.
     let cur = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let cur_set = procfs::hex_mask(&procfs::status_field_in(&cur, "SigCgt").unwrap_or_default())
@@ -1575,16 +1689,6 @@ pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore,
         }
     }
     restore_flags(t, &img.flags)?;
-    let (sp, size, ss_flags) = img.altstack;
-    if ss_flags & libc::SS_DISABLE == 0 {
-        // stack_t: ss_sp, ss_flags (int, padded), ss_size. SS_ONSTACK only
-        // says the process was running on it; SS_AUTODISARM stays.
-        let mut b = sp.to_le_bytes().to_vec();
-        b.extend_from_slice(&((ss_flags & !libc::SS_ONSTACK) as u64).to_le_bytes());
-        b.extend_from_slice(&size.to_le_bytes());
-        t.poke(data, &b)?;
-        t.syscall_ok("sigaltstack", libc::SYS_sigaltstack, [data, 0, 0, 0, 0, 0])?;
-    }
     // Timers last: they start counting again from here.
     for (which, it) in img.itimers.iter().enumerate() {
         let b: Vec<u8> = it.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -1592,21 +1696,69 @@ pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore,
         t.syscall_ok("setitimer", libc::SYS_setitimer, [which as u64, data, 0, 0, 0, 0])?;
     }
     t.syscall(libc::SYS_umask, [img.umask as u64, 0, 0, 0, 0, 0])?;
-    let mut name = img.comm.as_bytes().to_vec();
-    name.truncate(15);
-    name.push(0);
-    t.poke(data, &name)?;
-    t.syscall(libc::SYS_prctl, [libc::PR_SET_NAME as u64, data, 0, 0, 0, 0])?;
     if let Some(dir) = cwd {
         let mut c = dir.as_bytes().to_vec();
         c.push(0);
         t.poke(data, &c)?;
         t.syscall(libc::SYS_chdir, [data, 0, 0, 0, 0, 0])?;
     }
-    sys::ptrace_set_sigmask(pid, img.sigmask).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e })?;
-    sys::ptrace_set_xstate(pid, &img.xstate).map_err(|e| TraceError::Io { pid, what: "setxstate", source: e })?;
-    t.saved = img.regs();
+    restore_thread(t, img.leader(), data)
+}
+
+/// Give the stopped thread `t` the state `th` (its calls injected through
+/// its `syscall_ip`, using scratch memory at `data`): rseq, robust list,
+/// sigaltstack, clear_child_tid, name, then mask, xstate and registers.
+pub fn restore_thread(t: &mut Tracee, th: &ThreadState, data: u64) -> Result<()> {
+    let pid = t.pid;
+    let (rp, rl, rsig) = th.rseq;
+    if rp != 0 {
+        t.syscall_ok("rseq", libc::SYS_rseq, [rp, rl as u64, 0, rsig as u64, 0, 0])?;
+    }
+    t.syscall_ok("set_robust_list", libc::SYS_set_robust_list, [th.robust.0, th.robust.1, 0, 0, 0, 0])?;
+    let (sp, size, ss_flags) = th.altstack;
+    if ss_flags & libc::SS_DISABLE == 0 {
+        // stack_t: ss_sp, ss_flags (int, padded), ss_size. SS_ONSTACK only
+        // says the thread was running on it; SS_AUTODISARM stays.
+        let mut b = sp.to_le_bytes().to_vec();
+        b.extend_from_slice(&((ss_flags & !libc::SS_ONSTACK) as u64).to_le_bytes());
+        b.extend_from_slice(&size.to_le_bytes());
+        t.poke(data, &b)?;
+        t.syscall_ok("sigaltstack", libc::SYS_sigaltstack, [data, 0, 0, 0, 0, 0])?;
+    }
+    t.syscall(libc::SYS_set_tid_address, [th.clear_tid, 0, 0, 0, 0, 0])?;
+    let mut name = th.comm.as_bytes().to_vec();
+    name.truncate(15);
+    name.push(0);
+    t.poke(data, &name)?;
+    t.syscall(libc::SYS_prctl, [libc::PR_SET_NAME as u64, data, 0, 0, 0, 0])?;
+    sys::ptrace_set_sigmask(pid, th.sigmask).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e })?;
+    sys::ptrace_set_xstate(pid, &th.xstate).map_err(|e| TraceError::Io { pid, what: "setxstate", source: e })?;
+    t.saved = th.regs();
     Ok(())
+}
+
+/// The clone flags of a thread as glibc and Rust's std make them (TLS,
+/// tid addresses and the stack come from the state restored after).
+const THREAD_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM) as u64;
+
+/// In a fresh rebuild, create the image's other threads: each by a clone
+/// injected into the leader `t` (which must trace clones, see
+/// [`Tracee::adopt_traceme_child`]), then given its state. Returns them
+/// stopped, in image order.
+pub fn spawn_threads(t: &mut Tracee, img: &Image, data: u64) -> Result<Vec<Tracee>> {
+    let mut out = Vec::with_capacity(img.threads.len().saturating_sub(1));
+    for th in img.threads.iter().skip(1) {
+        let tid = t.syscall_ok("clone a thread", libc::SYS_clone, [THREAD_FLAGS, 0, 0, 0, 0, 0])? as i32;
+        let mut n = Tracee::adopt_clone(tid, t.syscall_ip)?;
+        restore_thread(&mut n, th, data)?;
+        out.push(n);
+    }
+    Ok(out)
 }
 
 /// Remove the scratch area: the last injected call.
@@ -1620,7 +1772,7 @@ pub fn unmap_scratch(t: &mut Tracee, scratch: u64) -> Result<()> {
 pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     t.syscall_ip = scratch;
     t.syscall_ok("close_range", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
-    let (rp, rl, rsig) = img.rseq;
+    let (rp, rl, rsig) = img.leader().rseq;
     if rp != 0 {
         t.syscall_ok("rseq unregister", libc::SYS_rseq, [rp, rl as u64, 1, rsig as u64, 0, 0])?;
     }
@@ -1658,7 +1810,30 @@ pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
         t.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [a.sig as u64, scratch + 1024, 0, 8, 0, 0])?;
     }
     sys::ptrace_set_sigmask(t.pid, 0).map_err(|e| TraceError::Io { pid: t.pid, what: "setsigmask", source: e })?;
-    let mut regs = img.regs();
+    let mut regs = img.leader().regs();
+    regs.rip = scratch + PARK_OFFSET;
+    regs.orig_rax = u64::MAX;
+    t.saved = regs;
+    Ok(())
+}
+
+/// Park another thread of the placeholder (the leader's [`park`] did the
+/// process-wide part): no rseq or robust list, an empty mask, in the
+/// parking loop of the scratch area at `scratch`. The kernel must not
+/// write into memory that is gone: a clear_child_tid address is dropped
+/// too (its thread id stays taken here while the thread runs away).
+pub fn park_thread(t: &mut Tracee, th: &ThreadState, scratch: u64) -> Result<()> {
+    let pid = t.pid;
+    t.syscall_ip = scratch;
+    let (rp, rl, rsig) = th.rseq;
+    if rp != 0 {
+        // Unregistered already after a failed rebuild (EINVAL).
+        t.syscall(libc::SYS_rseq, [rp, rl as u64, 1, rsig as u64, 0, 0])?;
+    }
+    t.syscall_ok("set_robust_list", libc::SYS_set_robust_list, [0, 24, 0, 0, 0, 0])?;
+    t.syscall(libc::SYS_set_tid_address, [0, 0, 0, 0, 0, 0])?;
+    sys::ptrace_set_sigmask(pid, 0).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e })?;
+    let mut regs = th.regs();
     regs.rip = scratch + PARK_OFFSET;
     regs.orig_rax = u64::MAX;
     t.saved = regs;
@@ -1716,7 +1891,8 @@ pub fn repark(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     if lo < TASK_SIZE {
         t.syscall_ok("munmap", libc::SYS_munmap, [lo, TASK_SIZE - lo, 0, 0, 0, 0])?;
     }
-    let (rp, rl, rsig) = img.rseq;
+    // A pre-copy's image has no threads: nothing was registered then.
+    let (rp, rl, rsig) = img.threads.first().map_or((0, 0, 0), |l| l.rseq);
     if rp != 0 {
         // Registered by a rebuild that got that far, or not at all (EINVAL).
         t.syscall(libc::SYS_rseq, [rp, rl as u64, 1, rsig as u64, 0, 0])?;

@@ -22,6 +22,7 @@ pub type Result<T> = std::result::Result<T, TraceError>;
 
 const TRACESYSGOOD: u64 = libc::PTRACE_O_TRACESYSGOOD as u64;
 const EXITKILL: u64 = libc::PTRACE_O_EXITKILL as u64;
+const TRACECLONE: u64 = libc::PTRACE_O_TRACECLONE as u64;
 
 /// Restart codes a syscall interrupted by a stop leaves in rax.
 const ERESTARTSYS: i64 = -512;
@@ -111,10 +112,24 @@ impl Tracee {
         if !libc::WIFSTOPPED(status) {
             return Err(TraceError::Died { pid, status });
         }
-        sys::ptrace_setoptions(pid, TRACESYSGOOD | EXITKILL).map_err(io_err(pid, "setoptions"))?;
+        // Clones are traced: the rebuild creates the process's threads.
+        sys::ptrace_setoptions(pid, TRACESYSGOOD | EXITKILL | TRACECLONE).map_err(io_err(pid, "setoptions"))?;
         let mut saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
         saved.orig_rax = u64::MAX;
         Ok(Tracee { pid, syscall_ip: 0, deferred: Vec::new(), saved })
+    }
+
+    /// Adopt thread `tid`, just cloned by a tracee that traces clones: it
+    /// starts in a stop (SIGSTOP, suppressed here) before its first
+    /// instruction. Calls are injected through `syscall_ip`.
+    pub fn adopt_clone(tid: i32, syscall_ip: u64) -> Result<Tracee> {
+        let (_, status) = sys::waitpid(tid, libc::__WALL).map_err(io_err(tid, "wait"))?;
+        if !libc::WIFSTOPPED(status) {
+            return Err(TraceError::Died { pid: tid, status });
+        }
+        let mut saved = sys::ptrace_getregs(tid).map_err(io_err(tid, "getregs"))?;
+        saved.orig_rax = u64::MAX;
+        Ok(Tracee { pid: tid, syscall_ip, deferred: Vec::new(), saved })
     }
 
     /// Seize and stop a running process, keeping its registers exactly as
@@ -247,10 +262,21 @@ impl Tracee {
     /// only for a signal to oneself. `info` passes through memory at `at`,
     /// which is put back after. Returns the call's result (0 or -errno).
     pub fn queue_to_self(&mut self, sig: i32, info: &[u8], at: u64) -> Result<i64> {
+        self.queue_signal(Some(self.pid), sig, info, at)
+    }
+
+    /// Have the stopped leader queue signal `sig` with siginfo `info` to
+    /// its thread `to`, or to its whole process (None: a thread that does
+    /// not block it takes it, as for kill). The kernel takes any sender and
+    /// code from the leader for its own group. As [`Tracee::queue_to_self`].
+    pub fn queue_signal(&mut self, to: Option<i32>, sig: i32, info: &[u8], at: u64) -> Result<i64> {
         let keep = self.peek(at, info.len())?;
         self.poke(at, info)?;
         let p = self.pid as u64;
-        let r = self.syscall(libc::SYS_rt_tgsigqueueinfo, [p, p, sig as u64, at, 0, 0]);
+        let r = match to {
+            Some(tid) => self.syscall(libc::SYS_rt_tgsigqueueinfo, [p, tid as u64, sig as u64, at, 0, 0]),
+            None => self.syscall(libc::SYS_rt_sigqueueinfo, [p, sig as u64, at, 0, 0, 0]),
+        };
         self.poke(at, &keep)?;
         r
     }
@@ -343,6 +369,49 @@ impl Tracee {
     pub fn resume_traced(&self) -> Result<()> {
         self.set_regs(&self.saved)?;
         sys::ptrace_cont(self.pid, 0).map_err(io_err(self.pid, "cont"))
+    }
+}
+
+/// The thread ids of process `pid` (/proc/PID/task), the leader first.
+pub fn thread_ids(pid: i32) -> Vec<i32> {
+    let mut ids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    ids.sort_by_key(|&t| (t != pid, t));
+    ids
+}
+
+/// Seize and stop every thread of process `pid`, the leader first, each
+/// with its restart state repaired (as [`Tracee::seize`]). A thread started
+/// meanwhile is found by listing the threads again until every one listed
+/// is held (a held thread starts none); one that ended meanwhile is left
+/// out. On failure the threads already held are let go.
+pub fn seize_all(pid: i32, kill_on_exit: bool) -> Result<Vec<Tracee>> {
+    seize_all_then(pid, kill_on_exit, &mut || {})
+}
+
+/// [`seize_all`], running `before_wait` once the leader was asked to stop
+/// (e.g. answering a seccomp notification a thread waits in with a restart
+/// code: the call then waits again, where a stop can reach it).
+pub fn seize_all_then(pid: i32, kill_on_exit: bool, before_wait: &mut dyn FnMut()) -> Result<Vec<Tracee>> {
+    let mut held = vec![Tracee::seize_then(pid, kill_on_exit, before_wait)?];
+    loop {
+        let new: Vec<i32> = thread_ids(pid).into_iter().filter(|t| held.iter().all(|h| h.pid != *t)).collect();
+        if new.is_empty() {
+            return Ok(held);
+        }
+        for tid in new {
+            match Tracee::seize(tid, kill_on_exit) {
+                Ok(t) => held.push(t),
+                Err(TraceError::Died { .. }) => {}
+                Err(e) => {
+                    for t in held {
+                        let _ = t.detach();
+                    }
+                    return Err(e);
+                }
+            }
+        }
     }
 }
 

@@ -349,12 +349,27 @@ pub fn recv_append<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> Result<Option<Msg>,
             if checksum(&m) != sum {
                 return Err(WireError::Malformed("checksum mismatch".into()));
             }
-            rkyv::from_bytes::<Msg, rkyv::rancor::Error>(&m)
-                .map(Some)
-                .map_err(|e| WireError::Malformed(format!("invalid message: {e}")))
+            let m = rkyv::from_bytes::<Msg, rkyv::rancor::Error>(&m)
+                .map_err(|e| WireError::Malformed(format!("invalid message: {e}")))?;
+            check(&m)?;
+            Ok(Some(m))
         }
         k => Err(WireError::Malformed(format!("unknown frame kind {k}"))),
     }
+}
+
+/// The most threads an image may have.
+pub const MAX_THREADS: usize = 4096;
+
+/// What bytecheck cannot say about a message: an image has a leader and
+/// at most [`MAX_THREADS`] threads.
+fn check(m: &Msg) -> Result<(), WireError> {
+    if let Msg::Image(img) = m {
+        if !(1..=MAX_THREADS).contains(&img.threads.len()) {
+            return Err(WireError::Malformed(format!("an image with {} threads", img.threads.len())));
+        }
+    }
+    Ok(())
 }
 
 /// Read one frame that must be a message.

@@ -22,13 +22,16 @@ fn main() {
         },
         |set, seen| {
             let me = std::process::id() as i32;
-            for _ in 0..4 {
+            // One more than was queued: each arrives once.
+            for _ in 0..5 {
                 // SAFETY: plain data, then sigtimedwait fills it.
                 let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
                 let ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
                 // SAFETY: waits on our own set with a zero timeout.
                 let sig = unsafe { libc::sigtimedwait(&set, &mut si, &ts) };
-                if sig == libc::SIGWINCH {
+                if sig < 0 {
+                    seen.note("next", "none");
+                } else if sig == libc::SIGWINCH {
                     // SAFETY: a kill() siginfo carries pid and uid.
                     let from = unsafe { si.si_pid() };
                     seen.expect("SIGWINCH from ourselves", from == me, true);

@@ -1,0 +1,80 @@
+//! Multi-threaded processes (issue 11): every thread is frozen together and
+//! captured, with a thread started or ended meanwhile found.
+
+use om_runtime::{image, ptrace};
+use om_tests::{bin, require_root, wait_child};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Start the threads fixture with `args`; the child and its stdout, after `started`.
+fn start(args: &[&str]) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut c = Command::new(bin("threads")).args(args).stdout(Stdio::piped()).spawn().expect("threads fixture");
+    let mut out = BufReader::new(c.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("started");
+    assert_eq!(line.trim(), "started");
+    (c, out)
+}
+
+fn rest(out: BufReader<std::process::ChildStdout>) -> Vec<String> {
+    out.lines().map_while(Result::ok).collect()
+}
+
+/// Freeze every thread, capture, roll back and let go: what a move out that
+/// fails at its end does. Returns the captured image.
+fn freeze_capture_release(pid: i32) -> image::Image {
+    let mut threads = ptrace::seize_all(pid, false).expect("freeze every thread");
+    let mut listed = ptrace::thread_ids(pid);
+    let mut held: Vec<i32> = threads.iter().map(|t| t.pid).collect();
+    assert_eq!(held[0], pid, "the leader comes first");
+    listed.sort();
+    held.sort();
+    assert_eq!(held, listed, "every thread of the process is held, and only those");
+    let cap = image::capture(&mut threads, &|_| false).expect("capture");
+    image::rollback(&mut threads[0], cap.scratch).expect("rollback");
+    for t in threads {
+        t.detach().expect("let the thread go");
+    }
+    cap.image
+}
+
+#[test]
+fn every_thread_is_frozen_and_captured_with_its_own_state_and_the_process_runs_on() {
+    require_root();
+    let (mut c, out) = start(&["2", "3"]);
+    let pid = c.id() as i32;
+    let img = freeze_capture_release(pid);
+    assert_eq!(img.threads.len(), 4, "the leader and three busy threads");
+    assert_eq!(img.threads[0].tid, pid);
+    let mut names: Vec<&str> = img.threads[1..].iter().map(|t| t.comm.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["busy-0", "busy-1", "busy-2"]);
+    for t in &img.threads {
+        // glibc registers each thread's rseq, robust list and tid address.
+        assert_ne!(t.rseq.0, 0, "thread {} has its rseq area", t.tid);
+        assert_ne!(t.robust.0, 0, "thread {} has its robust list", t.tid);
+        assert_ne!(t.clear_tid, 0, "thread {} has its clear_child_tid address", t.tid);
+        assert!(!t.xstate.is_empty());
+    }
+    let stacks: std::collections::HashSet<u64> = img.threads.iter().map(|t| t.regs().rsp >> 16).collect();
+    assert_eq!(stacks.len(), 4, "each thread has its own stack");
+    let st = wait_child(&mut c, Duration::from_secs(20));
+    assert!(st.success(), "{st:?}");
+    assert_eq!(rest(out), ["done"]);
+}
+
+#[test]
+fn threads_started_and_ended_during_a_freeze_are_all_found_and_none_is_lost() {
+    require_root();
+    let (mut c, out) = start(&["churn", "2"]);
+    let pid = c.id() as i32;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(20));
+        let img = freeze_capture_release(pid);
+        assert!(img.threads.len() >= 3, "the leader, two spawners and maybe a churned thread");
+    }
+    let st = wait_child(&mut c, Duration::from_secs(60));
+    assert!(st.success(), "{st:?}");
+    assert_eq!(rest(out), ["churned: every thread ran once", "done"]);
+}

@@ -323,14 +323,15 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
         }
     }
     let arrived = image::arrived_since(&cap.image, taken);
-    let parked = image::park(&mut threads[0], &cap.image, cap.scratch)
-        .and_then(|_| {
-            threads
-                .iter_mut()
-                .zip(&cap.image.threads)
-                .skip(1)
-                .try_for_each(|(o, th)| image::park_thread(o, th, cap.scratch))
-        })
+    // The other threads first: the kernel writes each thread's rseq area
+    // whenever it returns to user space, so none may stay registered once
+    // the leader's park unmaps the memory.
+    let parked = threads
+        .iter_mut()
+        .zip(&cap.image.threads)
+        .skip(1)
+        .try_for_each(|(o, th)| image::park_thread(o, th, cap.scratch))
+        .and_then(|_| image::park(&mut threads[0], &cap.image, cap.scratch))
         .and_then(|_| threads.iter().try_for_each(|t| t.resume_traced()));
     if let Err(e) = parked {
         tracing::error!(%e, "parking the home placeholder failed");
@@ -851,7 +852,8 @@ impl Away {
         let Some(mut t) = t else { return };
         let scratch = rs.as_ref().map_or(self.scratch, |r| r.scratch);
         // Other threads stopped for the rebuild are parked again (with the
-        // rseq area the image gave them, if it got that far).
+        // rseq area the image gave them, if it got that far), before the
+        // leader's repark unmaps the memory their rseq areas are in.
         for mut o in others {
             let th = img.and_then(|i| i.threads.iter().find(|th| th.tid == o.pid)).cloned().unwrap_or_else(|| {
                 image::ThreadState {

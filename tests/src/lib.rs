@@ -154,7 +154,8 @@ impl Cluster {
             .args(peers)
             .args((!self.balance).then_some("--no-balance"))
             .args(&self.extra[(id - 1) as usize])
-            .env("RUST_LOG", "info")
+            // OM_TEST_LOG=debug for the daemons' debug logs.
+            .env("RUST_LOG", std::env::var("OM_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -78,3 +78,27 @@ fn threads_started_and_ended_during_a_freeze_are_all_found_and_none_is_lost() {
     assert!(st.success(), "{st:?}");
     assert_eq!(rest(out), ["churned: every thread ran once", "done"]);
 }
+
+/// A process of three busy threads moves 2 -> 3 -> home while they run,
+/// and finishes as natively (`omd --experimental-threads`: the threads'
+/// calls are served one at a time).
+#[test]
+fn busy_threads_move_out_across_and_home_and_finish() {
+    let c = om_tests::Cluster::start_with(3, |_| vec!["--experimental-threads".into()]);
+    // Long enough that the threads still run when it is home again.
+    let mut p = c.om_exec(1, &bin("threads"), &["8", "3"], "t.out");
+    om_tests::wait_lines(&c.path("t.out"), 1, Duration::from_secs(10));
+    let pid = p.id();
+    let tids = ptrace::thread_ids(pid as i32);
+    assert_eq!(tids.len(), 4);
+    for to in ["2", "3", "home"] {
+        c.migrate(1, pid, to).unwrap_or_else(|e| panic!("to {to}: {e}\n{}", c.logs()));
+        let want = if to == "home" { 1 } else { to.parse().unwrap_or(0) };
+        assert_eq!(c.where_is(1, pid), Some(want), "{}", c.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(ptrace::thread_ids(pid as i32), tids, "the same threads, with the same ids, at home");
+    let st = wait_child(&mut p, Duration::from_secs(30));
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+    assert_eq!(om_tests::wait_lines(&c.path("t.out"), 2, Duration::from_secs(5)), ["started", "done"], "{}", c.logs());
+}

@@ -451,7 +451,7 @@ impl Away {
             // Events from the deputy.
             match self.events.recv_timeout(Duration::from_millis(5)) {
                 Ok(Event::Exited { code, signal }) => {
-                    end_placeholder(pid, self.scratch, code, signal);
+                    end_placeholder(pid, &self.threads, self.scratch, code, signal);
                     let _ = self.release.send(Release::Stop);
                     state(pid, "exited", plan.home);
                     if let Some(r) = waiting_home {
@@ -1126,10 +1126,21 @@ fn random_token() -> u64 {
 
 /// End the placeholder the way the process ended away: same exit code, or
 /// death by the same signal.
-fn end_placeholder(pid: i32, scratch: u64, code: i32, signal: i32) {
+fn end_placeholder(pid: i32, threads: &[i32], scratch: u64, code: i32, signal: i32) {
     if signal == libc::SIGKILL || signal == 0 && code < 0 {
         let _ = rsys::kill(pid, libc::SIGKILL);
         return;
+    }
+    // The other parked threads are let go first: traced, each would have to
+    // be reaped here before the leader's end could be (and the parent's
+    // wait see it). They only wait in the parking loop.
+    for &tid in threads {
+        match Tracee::interrupt(tid, scratch) {
+            Ok(t) => {
+                let _ = t.detach();
+            }
+            Err(e) => tracing::warn!(%e, tid, "cannot let a parked thread go"),
+        }
     }
     let Ok(mut t) = Tracee::interrupt(pid, scratch) else {
         let _ = rsys::kill(pid, libc::SIGKILL);

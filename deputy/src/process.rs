@@ -59,6 +59,9 @@ struct SetupMsg {
     pid: i32,
     fds: Vec<(i32, bool)>,
     sole: Vec<i32>,
+    /// The process's threads: with more than one, each thread's calls run
+    /// on a worker of their own.
+    lanes: u32,
     umask: u32,
     res: i32,
     keys: SessionKeys,
@@ -93,16 +96,34 @@ impl Shared {
         Shared { pid: AtomicI32::new(0), page: Mutex::new(None), usage }
     }
 
-    /// Id of the call the deputy is serving (0: idle).
+    /// The calls the deputy is serving, as one number (0: idle; it changes
+    /// when any of them does).
     pub fn busy(&self) -> u64 {
-        self.page.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(0, |p| p.counter(0).load(Ordering::SeqCst))
+        let page = self.page.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(p) = page.as_ref() else { return 0 };
+        (0..dsys::MAX_LANES)
+            .map(|k| p.counter(dsys::LANE_SLOTS + 2 * k).load(Ordering::SeqCst))
+            .fold(p.counter(0).load(Ordering::SeqCst), |a, b| a ^ b)
     }
 
-    /// Wake the deputy out of a blocking call (it returns EINTR).
+    /// Wake the deputy out of its blocking calls (they return EINTR): its
+    /// main thread, and each lane worker that is serving a call.
     pub fn interrupt(&self) {
         let pid = self.pid.load(Ordering::SeqCst);
-        if pid > 0 {
-            let _ = sys::kill(pid, sys::wake_signal());
+        if pid <= 0 {
+            return;
+        }
+        let _ = sys::kill(pid, sys::wake_signal());
+        let page = self.page.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(p) = page.as_ref() else { return };
+        for k in 0..dsys::MAX_LANES {
+            let slot = dsys::LANE_SLOTS + 2 * k;
+            if p.counter(slot).load(Ordering::SeqCst) != 0 {
+                let tid = p.counter(slot + 1).load(Ordering::SeqCst) as i32;
+                if tid > 0 {
+                    let _ = sys::tgkill(pid, tid, sys::wake_signal());
+                }
+            }
         }
     }
 }
@@ -151,6 +172,7 @@ pub fn start(
         pid,
         fds: setup.fds.clone(),
         sole: setup.sole.clone(),
+        lanes: setup.lanes,
         umask: setup.umask,
         res: serve::reserved_base(),
         keys: link.cipher().session_keys(),
@@ -337,19 +359,18 @@ fn child(log: RawFd) -> Result<(), String> {
         return Err(e.to_string());
     }
     send(ctl, &Up::Ready, &[]).map_err(|e| e.to_string())?;
-    serve_loop(ctl, r1, s.keys, s.pid, res, &page, &s.sole)
+    serve_loop(ctl, r1, s.keys, (s.pid, res, s.lanes), &page, &s.sole)
 }
 
 fn serve_loop(
     ctl: RawFd,
     r1: RawFd,
     keys: SessionKeys,
-    pid: i32,
-    res: i32,
+    (pid, res, lanes): (i32, i32, u32),
     page: &dsys::Page,
     sole: &[i32],
 ) -> Result<(), String> {
-    let live = Live { busy: page.counter(0), calls: page.counter(1), bytes: page.counter(2) };
+    let live = Live { busy: page.counter(0), calls: page.counter(1), bytes: page.counter(2), page };
     let up = |m: &Up| {
         if let Err(e) = send(ctl, m, &[]) {
             tracing::warn!(%e, "cannot reach omd");
@@ -399,7 +420,11 @@ fn serve_loop(
         let chained =
             std::io::Read::chain(std::io::Cursor::new(std::mem::take(&mut first)), dsys::stream_from(r1, c.clone()));
         let mut rd = std::io::BufReader::with_capacity(1 << 16, chained);
-        let ended = serve::serve_round(&mut rd, &mut link, pid, res, &live, &events, &mut bufs);
+        let ended = if lanes > 1 {
+            serve::serve_lanes(&mut rd, &mut link, pid, res, &live, &events)
+        } else {
+            serve::serve_round(&mut rd, &mut link, pid, res, &live, &events, &mut bufs)
+        };
         let mut ahead = rd.buffer().to_vec();
         let (cursor, stream) = rd.into_inner().into_inner();
         ahead.extend_from_slice(&cursor.get_ref()[cursor.position() as usize..]);

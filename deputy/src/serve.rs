@@ -54,6 +54,8 @@ pub struct Live<'a> {
     pub busy: &'a AtomicU64,
     pub calls: &'a AtomicU64,
     pub bytes: &'a AtomicU64,
+    /// The lane workers' slots ([`dsys::LANE_SLOTS`]).
+    pub page: &'a dsys::Page,
 }
 
 /// fds at and above this number in the deputy's table are om's own.
@@ -67,6 +69,8 @@ pub struct Setup {
     pub fds: Vec<(i32, bool)>,
     /// The fds nobody else reads from (`procfs::sole_readers`, taken while frozen).
     pub sole: Vec<i32>,
+    /// How many threads the process has.
+    pub lanes: u32,
     pub umask: u32,
     pub uids: [u32; 3],
     pub gids: [u32; 3],
@@ -79,6 +83,7 @@ impl Setup {
             pid: img.pid,
             fds: img.fds.clone(),
             sole: Vec::new(),
+            lanes: img.threads.len() as u32,
             umask: img.umask,
             uids: img.creds.uids,
             gids: img.creds.gids,
@@ -113,22 +118,7 @@ pub(crate) fn serve_round<R: std::io::Read>(
                 let want = spec_for(&req).map_or(0, |sp| marshal::input_len(&req, &sp));
                 let input_is_separate = req.data.is_empty() && want > 0;
                 if input_is_separate {
-                    bufs.input.clear();
-                    let mut failed = None;
-                    while bufs.input.len() < want {
-                        match wire::recv_append(rd, &mut bufs.input) {
-                            Ok(None) => {}
-                            Ok(Some(m)) => failed = Some(format!("expected a call's data, got {m:?}")),
-                            Err(e) => failed = Some(e.to_string()),
-                        }
-                        if failed.is_some() {
-                            break;
-                        }
-                    }
-                    if failed.is_none() && bufs.input.len() != want {
-                        failed = Some(format!("{} data bytes for {want}", bufs.input.len()));
-                    }
-                    if let Some(why) = failed {
+                    if let Err(why) = read_input(rd, want, &mut bufs.input) {
                         tracing::warn!(why, "bad call data at the deputy");
                         events(Event::Lost(why));
                         return Ended::Over;
@@ -143,24 +133,7 @@ pub(crate) fn serve_round<R: std::io::Read>(
                 let moved = req.data.len() + input.len() + bufs.answer.len();
                 live.bytes.fetch_add(moved as u64, Ordering::Relaxed);
                 bufs.input = input;
-                // Inline or not by the most the answer could carry, which the
-                // supervisor computes the same way.
-                // A read with what was read ahead goes by its real size (its
-                // inline answer is never empty, which tells the supervisor).
-                let upper = if marshal::ahead_trailer_max(req.nr | flags, &req.args, ret) > 0 {
-                    0
-                } else {
-                    spec_for(&req).map_or(0, |sp| {
-                        sp.iter().enumerate().map(|(i, a)| marshal::out_valid_len(*a, req.lens[i], ret)).sum::<usize>()
-                    }) + if ret >= 0 { marshal::msg_trailer(req.nr) } else { 0 }
-                };
-                let inline = upper.max(bufs.answer.len()) <= marshal::INLINE_MAX;
-                let data = if inline { bufs.answer.clone() } else { Vec::new() };
-                let mut r = wire::send(link, &Msg::SysRet(SysRet { id: req.id, ret, data }));
-                if r.is_ok() && !inline {
-                    r = wire::send_data(link, &bufs.answer);
-                }
-                if let Err(e) = r {
+                if let Err(e) = send_answer(link, &req, flags, ret, &bufs.answer) {
                     events(Event::Lost(e.to_string()));
                     return Ended::Over;
                 }
@@ -188,6 +161,186 @@ pub(crate) fn serve_round<R: std::io::Read>(
             }
         }
     }
+}
+
+/// Send the answer to `req`: its result and output (`answer`), inline when
+/// the most it could carry fits a message, else as a data frame after it
+/// (`more`). A read with what was read ahead goes by its real size.
+fn send_answer<W: std::io::Write>(
+    link: &mut W,
+    req: &SysReq,
+    flags: u32,
+    ret: i64,
+    answer: &[u8],
+) -> Result<(), wire::WireError> {
+    let upper = if marshal::ahead_trailer_max(req.nr | flags, &req.args, ret) > 0 {
+        0
+    } else {
+        spec_for(req).map_or(0, |sp| {
+            sp.iter().enumerate().map(|(i, a)| marshal::out_valid_len(*a, req.lens[i], ret)).sum::<usize>()
+        }) + if ret >= 0 { marshal::msg_trailer(req.nr) } else { 0 }
+    };
+    let inline = upper.max(answer.len()) <= marshal::INLINE_MAX;
+    let data = if inline { answer.to_vec() } else { Vec::new() };
+    wire::send(link, &Msg::SysRet(SysRet { id: req.id, ret, data, more: !inline }))?;
+    if !inline {
+        wire::send_data(link, answer)?;
+    }
+    Ok(())
+}
+
+/// Read the data frames of a call's input (`want` bytes) into `input`.
+fn read_input<R: std::io::Read>(rd: &mut R, want: usize, input: &mut Vec<u8>) -> Result<(), String> {
+    input.clear();
+    while input.len() < want {
+        match wire::recv_append(rd, input) {
+            Ok(None) => {}
+            Ok(Some(m)) => return Err(format!("expected a call's data, got {m:?}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if input.len() != want {
+        return Err(format!("{} data bytes for {want}", input.len()));
+    }
+    Ok(())
+}
+
+/// A call for a lane worker: the request, its flags and its input.
+type LaneCall = (SysReq, u32, Vec<u8>);
+
+/// Serve calls of a process with several threads until the guest leaves or
+/// ends: each thread's calls (its lane, the home tid in the request) run in
+/// order on a worker thread of their own, so a call that blocks holds up
+/// only its own thread, as natively. Workers answer on the link themselves.
+/// Before the round ends, every worker is woken out of its call (it answers
+/// EINTR, and calls still queued are answered EINTR unrun), so the link
+/// goes back with no answer outstanding.
+pub(crate) fn serve_lanes<R: std::io::Read>(
+    rd: &mut R,
+    link: &mut Link,
+    pid: i32,
+    res: i32,
+    live: &Live,
+    events: &dyn Fn(Event),
+) -> Ended {
+    let link = std::sync::Mutex::new(link);
+    let stopping = std::sync::atomic::AtomicBool::new(false);
+    let lost = std::sync::atomic::AtomicBool::new(false);
+    let slot =
+        |k: usize| (live.page.counter(dsys::LANE_SLOTS + 2 * k), live.page.counter(dsys::LANE_SLOTS + 2 * k + 1));
+    let ended = std::thread::scope(|sc| {
+        let mut lanes: std::collections::HashMap<i32, crossbeam::channel::Sender<LaneCall>> =
+            std::collections::HashMap::new();
+        let ended = loop {
+            match wire::recv(rd) {
+                Ok(Frame::Msg(Msg::Sys(mut req))) => {
+                    let flags = req.nr & !marshal::NR_MASK;
+                    req.nr &= marshal::NR_MASK;
+                    if flags & (marshal::READ_TAKE | marshal::WRITE_BEHIND) != 0 {
+                        events(Event::Lost("a single-thread call from a thread of several".into()));
+                        break Ended::Over;
+                    }
+                    let want = spec_for(&req).map_or(0, |sp| marshal::input_len(&req, &sp));
+                    let mut input = std::mem::take(&mut req.data);
+                    if input.is_empty() && want > 0 {
+                        if let Err(why) = read_input(rd, want, &mut input) {
+                            tracing::warn!(why, "bad call data at the deputy");
+                            events(Event::Lost(why));
+                            break Ended::Over;
+                        }
+                    }
+                    let tx = match lanes.get(&req.lane) {
+                        Some(tx) => tx.clone(),
+                        None => {
+                            let k = lanes.len();
+                            if k >= dsys::MAX_LANES {
+                                events(Event::Lost(format!("more than {} threads", dsys::MAX_LANES)));
+                                break Ended::Over;
+                            }
+                            let (tx, rx) = crossbeam::channel::unbounded::<LaneCall>();
+                            let (busy, tid) = slot(k);
+                            let (link, stopping, lost) = (&link, &stopping, &lost);
+                            let (calls, bytes) = (live.calls, live.bytes);
+                            sc.spawn(move || {
+                                tid.store(sys::gettid() as u64, Ordering::SeqCst);
+                                let mut bufs = Buffers::with_sole(&[]);
+                                for (req, flags, input) in rx {
+                                    let ret = if stopping.load(Ordering::SeqCst) {
+                                        bufs.answer.clear();
+                                        -(libc::EINTR as i64)
+                                    } else {
+                                        busy.store(req.id, Ordering::SeqCst);
+                                        let r = serve(&req, flags, &input, pid, res, &mut bufs);
+                                        busy.store(0, Ordering::SeqCst);
+                                        r
+                                    };
+                                    calls.fetch_add(1, Ordering::Relaxed);
+                                    bytes.fetch_add((input.len() + bufs.answer.len()) as u64, Ordering::Relaxed);
+                                    let mut l = link.lock().unwrap_or_else(|p| p.into_inner());
+                                    if send_answer(&mut **l, &req, flags, ret, &bufs.answer).is_err() {
+                                        lost.store(true, Ordering::SeqCst);
+                                    }
+                                }
+                            });
+                            lanes.insert(req.lane, tx.clone());
+                            tx
+                        }
+                    };
+                    let _ = tx.send((req, flags, input));
+                }
+                Ok(Frame::Msg(Msg::FdIdent { id, fd })) => {
+                    let file = if fd >= 0 && fd < res { om_runtime::image::fd_file_id(fd) } else { None };
+                    let mut l = link.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = wire::send(&mut **l, &Msg::FdIdentRet { id, file }) {
+                        events(Event::Lost(e.to_string()));
+                        break Ended::Over;
+                    }
+                }
+                Ok(Frame::Msg(Msg::Exited { code, signal })) => {
+                    events(Event::Exited { code, signal });
+                    break Ended::Over;
+                }
+                Ok(Frame::Msg(Msg::GoingHome { reason })) => {
+                    tracing::info!(pid, reason, "process leaving its node");
+                    break Ended::GoingHome;
+                }
+                Ok(Frame::Msg(m)) => tracing::warn!(?m, "unexpected message at the deputy"),
+                Ok(Frame::Data(_)) => tracing::warn!("stray data frame at the deputy"),
+                Err(e) => {
+                    events(Event::Lost(e.to_string()));
+                    break Ended::Over;
+                }
+            }
+        };
+        // No call runs on past the round: wake the busy workers until each
+        // has answered (a wake-up just before a call blocks is lost, so
+        // again every 2 ms), then let them end.
+        stopping.store(true, Ordering::SeqCst);
+        drop(lanes);
+        let t0 = std::time::Instant::now();
+        loop {
+            let busy: Vec<u64> = (0..dsys::MAX_LANES)
+                .filter(|&k| slot(k).0.load(Ordering::SeqCst) != 0)
+                .map(|k| slot(k).1.load(Ordering::SeqCst))
+                .collect();
+            if busy.is_empty() {
+                break;
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(10) {
+                tracing::warn!(pid, "a forwarded call does not end; waiting for it");
+            }
+            for tid in busy {
+                let _ = sys::tgkill(sys::getpid(), tid as i32, sys::wake_signal());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        ended
+    });
+    if lost.load(Ordering::SeqCst) {
+        events(Event::Lost("the link broke while answering a call".into()));
+        return Ended::Over;
+    }
+    ended
 }
 
 /// The argument layout of a request, as the supervisor built it.

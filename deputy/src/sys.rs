@@ -356,7 +356,12 @@ pub fn recv_frame(sock: RawFd, max: usize) -> std::io::Result<(Vec<u8>, Vec<Owne
     Ok((buf, fds))
 }
 
-/// Three counters in a page shared between omd and a deputy process.
+/// Where the lane workers' slots (busy call, tid) start in the page.
+pub const LANE_SLOTS: usize = 8;
+/// The most lane workers a deputy has (threads of a process that moves).
+pub const MAX_LANES: usize = (512 - LANE_SLOTS) / 2;
+
+/// Counters in a page shared between omd and a deputy process.
 pub struct Page {
     map: memmap2::MmapMut,
 }
@@ -369,9 +374,10 @@ impl Page {
         Ok(Page { map })
     }
 
-    /// Counter `i` (0..3) of the page.
+    /// Counter `i` (0..512) of the page: 0 to 2 are the busy call, calls and
+    /// bytes; from [`LANE_SLOTS`] on, each lane worker's busy call and tid.
     pub fn counter(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
-        assert!(i < 3);
+        assert!(i < 512);
         // SAFETY: the mapping is 4096 bytes, page aligned, lives as long as
         // &self, and is only accessed through atomics (here and in the other
         // process).

@@ -3,6 +3,7 @@
 //! send the rest to the deputy at home.
 
 pub mod filter;
+mod lanes;
 pub mod supervisor;
 pub mod sys;
 

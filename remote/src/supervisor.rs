@@ -2,6 +2,7 @@
 //! emulated ones, forwards the rest to the deputy, relays signals from home,
 //! and sends the process home when a call can only run there.
 
+use crate::lanes;
 use om_runtime::image::{self, Creds, Image};
 use om_runtime::link::Link;
 use om_runtime::marshal::{self, GO_HOME, MAX_IO, MAX_PATH};
@@ -26,15 +27,25 @@ pub struct Supervisor {
     /// `reader`: this thread is the link's only reader, so a buffer is safe and
     /// saves a read per frame).
     stream: Link,
-    reader: std::io::BufReader<Link>,
+    /// None when the guest has several threads: the lanes' router reads.
+    reader: Option<std::io::BufReader<Link>>,
     /// Signals and requests from home, read by the helper thread.
     ctl: Option<Link>,
     gpid: i32,
-    /// Each thread's listener with its guest and home thread ids (the
-    /// leader first); threads that ended are left out of the polling.
-    threads: Vec<Lane>,
-    /// The thread whose call is being served.
-    cur: usize,
+    /// The thread this supervisor serves (its lane), and the other threads'
+    /// lanes until `run` starts them.
+    lane: Lane,
+    spare: Vec<Lane>,
+    /// Which lane this is (0: the leader's).
+    lane_no: usize,
+    /// Every thread: (guest tid, home tid).
+    tids: Arc<Vec<(i32, i32)>>,
+    /// With several threads: what the lanes share.
+    lanes: Option<Arc<lanes::Shared>>,
+    /// This lane is taking the process home.
+    moving: bool,
+    /// The last request was not sent: the process is going home.
+    held_now: bool,
     home_pid: i32,
     pgid: i32,
     sid: i32,
@@ -71,7 +82,6 @@ struct Lane {
     listener: OwnedFd,
     tid: i32,
     home_tid: i32,
-    ended: bool,
 }
 
 /// Bytes that follow in a stream, peeked at home and still there.
@@ -105,11 +115,25 @@ struct Flags {
     /// the helper to report as the stop's signal.
     stop_sig: Mutex<Option<i32>>,
     tid: AtomicI32,
+    /// Every lane's thread (they are all woken).
+    lane_tids: Mutex<Vec<i32>>,
     /// Whole frames on `stream` from either thread.
     write_lock: Mutex<()>,
     /// Held while the supervisor traces the guest, so the helper's waitid
     /// never takes a ptrace event meant for it.
     ptrace_lock: Mutex<()>,
+}
+
+impl Flags {
+    /// Wake every lane (out of RECV, poll or a wait) to look at the flags.
+    fn wake_lanes(&self) {
+        let me = sys::gettid();
+        for &tid in self.lane_tids.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if tid != me {
+                let _ = sys::tgkill(sys::getpid(), tid, sys::wake_signal());
+            }
+        }
+    }
 }
 
 /// Every guest this node hosts, for `expel`.
@@ -175,18 +199,28 @@ impl Supervisor {
         img: &Image,
     ) -> std::io::Result<Supervisor> {
         let reader = std::io::BufReader::with_capacity(1 << 16, stream.try_clone()?);
-        let threads = listeners
+        let mut spare: Vec<Lane> = listeners
             .into_iter()
             .zip(&img.threads)
-            .map(|((tid, listener), th)| Lane { listener, tid, home_tid: th.tid, ended: false })
+            .map(|((tid, listener), th)| Lane { listener, tid, home_tid: th.tid })
             .collect();
+        let tids = Arc::new(spare.iter().map(|l| (l.tid, l.home_tid)).collect());
+        if spare.is_empty() {
+            return Err(std::io::Error::other("a guest without threads"));
+        }
+        let lane = spare.remove(0);
         Ok(Supervisor {
             stream,
-            reader,
+            reader: Some(reader),
             ctl: Some(ctl),
             gpid,
-            threads,
-            cur: 0,
+            lane,
+            spare,
+            lane_no: 0,
+            tids,
+            lanes: None,
+            moving: false,
+            held_now: false,
             home_pid: img.pid,
             pgid: img.pgid,
             sid: img.sid,
@@ -211,6 +245,7 @@ impl Supervisor {
     /// for something or the guest ends.
     pub fn run(mut self) {
         self.flags.tid.store(sys::gettid(), Ordering::SeqCst);
+        self.flags.lane_tids.lock().unwrap_or_else(|p| p.into_inner()).push(sys::gettid());
         let (Some(ctl), Ok(out)) = (self.ctl.take(), self.stream.try_clone()) else {
             return self.lost("cannot set up the helper");
         };
@@ -222,9 +257,92 @@ impl Supervisor {
         {
             return self.lost("cannot start the helper thread");
         }
+        // Several threads: a lane each, and a router for the link.
+        let mut others = Vec::new();
+        if !self.spare.is_empty() {
+            let Some(reader) = self.reader.take() else { return self.lost("no link reader") };
+            let shared = match lanes::Shared::start(self.spare.len() + 1, reader, gpid) {
+                Ok(s) => s,
+                Err(_) => return self.lost("cannot start the lanes' router"),
+            };
+            self.lanes = Some(shared);
+            for (k, lane) in std::mem::take(&mut self.spare).into_iter().enumerate() {
+                let sib = match self.sibling(lane, k + 1) {
+                    Ok(s) => s,
+                    Err(_) => return self.lost("cannot start a lane"),
+                };
+                let spawned = std::thread::Builder::new().name(format!("lane-{gpid}-{}", k + 1)).spawn(move || {
+                    let mut sib = sib;
+                    sib.flags.lane_tids.lock().unwrap_or_else(|p| p.into_inner()).push(sys::gettid());
+                    sib.serve();
+                });
+                match spawned {
+                    Ok(h) => others.push(h),
+                    Err(_) => return self.lost("cannot start a lane"),
+                }
+            }
+        }
+        self.serve();
+        for h in others {
+            let _ = h.join();
+        }
+        // Writes the guest was told are done are done before the link goes
+        // (home reads the guest's end only after them).
+        self.settle_behind();
+        self.flags.done.store(true, Ordering::SeqCst);
+    }
+
+    /// A supervisor for another thread's lane, sharing this one's link,
+    /// flags and lanes.
+    fn sibling(&self, lane: Lane, lane_no: usize) -> std::io::Result<Supervisor> {
+        Ok(Supervisor {
+            stream: self.stream.try_clone()?,
+            reader: None,
+            ctl: None,
+            gpid: self.gpid,
+            lane,
+            spare: Vec::new(),
+            lane_no,
+            tids: self.tids.clone(),
+            lanes: self.lanes.clone(),
+            moving: false,
+            held_now: false,
+            home_pid: self.home_pid,
+            pgid: self.pgid,
+            sid: self.sid,
+            creds: self.creds.clone(),
+            proc_flags: self.proc_flags,
+            next_id: 1,
+            flags: self.flags.clone(),
+            images_sent: false,
+            home_failures: 0,
+            retry_at: None,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            behind: std::collections::VecDeque::new(),
+            behind_bytes: 0,
+            write_run: None,
+            ahead: None,
+        })
+    }
+
+    /// Serve this lane's thread until the guest is gone (or, for a lane of
+    /// several, until its thread ends). Alone, block in RECV (the fastest
+    /// wake-up, with SYNC_WAKE_UP); with other lanes, poll first, which
+    /// also tells when the thread has ended. The helper wakes every lane
+    /// with a signal when home asks for something or the guest ends.
+    fn serve(&mut self) {
         loop {
-            if self.flags.exited.load(Ordering::SeqCst) {
+            if self.flags.exited.load(Ordering::SeqCst)
+                || self.lanes.as_ref().is_some_and(|l| l.gone.load(Ordering::SeqCst))
+            {
                 break;
+            }
+            if self.lanes.as_ref().is_some_and(|l| l.hold.load(Ordering::SeqCst)) && !self.moving {
+                match self.park(None) {
+                    lanes::Parked::Done => break,
+                    _ => continue,
+                }
             }
             if self.flags.come_home.load(Ordering::SeqCst) {
                 if let Flow::Done = self.go_home("asked to come home", None) {
@@ -232,11 +350,25 @@ impl Supervisor {
                 }
                 continue;
             }
-            self.deliver_signals(None);
-            let Some(cur) = self.next_ready() else { continue };
-            self.cur = cur;
+            if self.lane_no == 0 {
+                self.deliver_signals(None);
+            }
+            if self.lanes.is_some() {
+                match sys::poll(&[(self.lfd(), libc::POLLIN)], -1) {
+                    Ok(r) if r[0] & libc::POLLIN != 0 => {}
+                    Ok(r) if r[0] & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 => break,
+                    _ => continue,
+                }
+            }
             match sys::seccomp_recv(self.lfd()) {
                 Ok(Some(n)) => {
+                    if self.lanes.as_ref().is_some_and(|l| l.hold.load(Ordering::SeqCst)) && !self.moving {
+                        match self.park(Some(n.id)) {
+                            lanes::Parked::Done => break,
+                            lanes::Parked::Answered => continue,
+                            lanes::Parked::Unanswered => {}
+                        }
+                    }
                     if let Flow::Done = self.handle(&n) {
                         break;
                     }
@@ -248,55 +380,38 @@ impl Supervisor {
                 }
             }
         }
-        // Writes the guest was told are done are done before the link goes
-        // (home reads the guest's end only after them).
-        self.settle_behind();
-        self.flags.done.store(true, Ordering::SeqCst);
+        if let Some(l) = &self.lanes {
+            l.leave();
+        }
     }
 
-    /// The listener of the thread being served.
+    /// Park this lane while another takes the process home, leaving it
+    /// notification `pending` to answer.
+    fn park(&mut self, pending: Option<u64>) -> lanes::Parked {
+        let Some(l) = self.lanes.clone() else { return lanes::Parked::Unanswered };
+        let flags = self.flags.clone();
+        l.park((self.lfd(), self.lane.tid), pending, &|| flags.exited.load(Ordering::SeqCst))
+    }
+
+    /// The listener of this lane's thread.
     fn lfd(&self) -> std::os::fd::RawFd {
-        self.threads[self.cur].listener.as_raw_fd()
+        self.lane.listener.as_raw_fd()
     }
 
-    /// The thread to serve next: with one thread, it (RECV blocks, the
-    /// cheapest wait); with several, one whose listener has a call (poll,
-    /// woken by the helper's signal like RECV). A thread that ended leaves
-    /// the polling. None: woken, look at the flags again.
-    fn next_ready(&mut self) -> Option<usize> {
-        let live: Vec<usize> = (0..self.threads.len()).filter(|&i| !self.threads[i].ended).collect();
-        if live.len() <= 1 {
-            return Some(live.first().copied().unwrap_or(0));
-        }
-        let fds: Vec<(i32, i16)> = live.iter().map(|&i| (self.threads[i].listener.as_raw_fd(), libc::POLLIN)).collect();
-        let rev = sys::poll(&fds, -1).ok()?;
-        let start = (self.cur + 1) % live.len();
-        let mut ready = None;
-        for k in 0..live.len() {
-            let j = (start + k) % live.len();
-            if rev[j] & libc::POLLIN != 0 {
-                ready = ready.or(Some(live[j]));
-            } else if rev[j] & (libc::POLLHUP | libc::POLLERR) != 0 {
-                self.threads[live[j]].ended = true;
-            }
-        }
-        ready
-    }
-
-    /// Whether several threads are served: writes behind and reads ahead
-    /// assume one stream of calls.
+    /// Whether the process has several threads: writes behind and reads
+    /// ahead assume one stream of calls.
     fn threaded(&self) -> bool {
-        self.threads.len() > 1
+        self.tids.len() > 1
     }
 
-    /// The home tid of the guest thread `tid` (the thread that made call `n`).
+    /// The home tid of the guest thread `tid`.
     fn home_tid_of(&self, tid: i32) -> Option<i32> {
-        self.threads.iter().find(|l| l.tid == tid).map(|l| l.home_tid)
+        self.tids.iter().find(|l| l.0 == tid).map(|l| l.1)
     }
 
     /// The guest tid of home thread id `home_tid` of this process.
     fn guest_tid_of(&self, home_tid: i32) -> Option<i32> {
-        self.threads.iter().find(|l| l.home_tid == home_tid && !l.ended).map(|l| l.tid)
+        self.tids.iter().find(|l| l.1 == home_tid).map(|l| l.0)
     }
 
     /// Home is unreachable: the guest cannot go on without its files.
@@ -316,7 +431,8 @@ impl Supervisor {
 
     /// Does the guest have a signal pending that it does not block?
     fn signal_pending(&self) -> bool {
-        let Ok(st) = std::fs::read_to_string(format!("/proc/{}/status", self.gpid)) else { return false };
+        let path = format!("/proc/{}/task/{}/status", self.gpid, self.lane.tid);
+        let Ok(st) = std::fs::read_to_string(path) else { return false };
         let f = |k: &str| procfs::hex_mask(&procfs::status_field_in(&st, k).unwrap_or_default());
         (f("SigPnd") | f("ShdPnd")) & !f("SigBlk") != 0
     }
@@ -466,18 +582,14 @@ impl Supervisor {
         if shared && a[2] & libc::PROT_WRITE as u64 != 0 {
             return self.go_home("writable shared file mappings run at home", Some(n.id));
         }
-        let rid = self.next_id;
-        self.next_id += 1;
-        if self.send(&Msg::FdIdent { id: rid, fd }).is_err() {
-            let _ = sys::kill(self.gpid, libc::SIGKILL);
-            return Flow::Go;
-        }
         let file = loop {
-            match wire::recv_msg(&mut self.reader) {
-                Ok(Msg::FdIdentRet { id, file }) if id == rid => break file,
-                Ok(m) => tracing::warn!(?m, "unexpected message while asking about an fd"),
-                Err(e) => {
-                    tracing::warn!(%e, "link to home lost");
+            match self.fd_ident(fd) {
+                Ok(f) => break f,
+                Err(true) => match self.park_or_home(n.id) {
+                    Some(flow) => return flow,
+                    None => continue,
+                },
+                Err(false) => {
                     let _ = sys::kill(self.gpid, libc::SIGKILL);
                     return Flow::Go;
                 }
@@ -564,7 +676,7 @@ impl Supervisor {
             _ => false,
         };
         if raises {
-            let _ = sys::tgkill(self.gpid, self.gpid, libc::SIGPIPE);
+            let _ = sys::tgkill(self.gpid, self.lane.tid, libc::SIGPIPE);
         }
     }
 
@@ -900,7 +1012,7 @@ impl Supervisor {
                 req_args[i] = *w as u64;
             }
         }
-        let mut req = SysReq { id: 0, nr: fnr, args: req_args, lens, data: Vec::new() };
+        let mut req = SysReq { id: 0, lane: 0, nr: fnr, args: req_args, lens, data: Vec::new() };
         // A write: behind the previous one if it fits its room, else with
         // the room asked for, so the next may go behind.
         let write_fd = (!self.threaded() && marshal::may_write_behind(fnr, &req_args)).then_some(req_args[0] as i32);
@@ -977,8 +1089,16 @@ impl Supervisor {
     /// go home if asked, let the guest's kernel restart or fail the call if a
     /// signal is pending for it, or else issue the call again.
     fn call_restartable(&mut self, req: &SysReq, input: &[u8], spec: &[Arg], id: u64) -> Result<SysRet, Flow> {
+        let _ = spec;
         loop {
-            let Some(r) = self.call_deputy(req, input, spec) else {
+            let r = self.call_deputy(req, input);
+            if self.held_now {
+                match self.park_or_home(id) {
+                    Some(flow) => return Err(flow),
+                    None => continue,
+                }
+            }
+            let Some(r) = r else {
                 let _ = sys::kill(self.gpid, libc::SIGKILL);
                 return Err(Flow::Go);
             };
@@ -988,12 +1108,18 @@ impl Supervisor {
             if self.flags.come_home.load(Ordering::SeqCst) {
                 return Err(self.go_home("asked to come home", Some(id)));
             }
+            if self.lanes.as_ref().is_some_and(|l| l.hold.load(Ordering::SeqCst)) && !self.moving {
+                match self.park_or_home(id) {
+                    Some(flow) => return Err(flow),
+                    None => continue,
+                }
+            }
             let mut pending = || {
                 self.send_signals_plainly();
                 self.signal_pending()
             };
             if (0..20).any(|_| pending() || !sleep_ms(1)) {
-                return Ok(SysRet { id: 0, ret: ERESTARTSYS, data: Vec::new() });
+                return Ok(SysRet { id: 0, ret: ERESTARTSYS, data: Vec::new(), more: false });
             }
         }
     }
@@ -1007,7 +1133,7 @@ impl Supervisor {
     fn call_with_job_control(&mut self, req: &SysReq, input: &[u8], spec: &[Arg], id: u64) -> Result<SysRet, Flow> {
         let r = self.call_restartable(req, input, spec, id)?;
         let Some((sig, orphaned)) = marshal::job_control_of(r.ret) else { return Ok(r) };
-        let fail = |errno: i32| SysRet { id: 0, ret: -(errno as i64), data: Vec::new() };
+        let fail = |errno: i32| SysRet { id: 0, ret: -(errno as i64), data: Vec::new(), more: false };
         let ignored = ignores_or_blocks(self.gpid, sig);
         if ignored && sig == libc::SIGTTIN || !ignored && orphaned {
             return Ok(fail(libc::EIO));
@@ -1067,7 +1193,8 @@ impl Supervisor {
         if nr == 47 && ctllen > 0 && read_into(self.gpid, ctl_at, ctllen as usize, &mut input) {
             lens[3] |= marshal::PREFILLED;
         }
-        let req = SysReq { id: 0, nr, args: [a[0], a[2], namelen, ctllen, total as u64, 0], lens, data: Vec::new() };
+        let req =
+            SysReq { id: 0, lane: 0, nr, args: [a[0], a[2], namelen, ctllen, total as u64, 0], lens, data: Vec::new() };
         if nr == 46 {
             let ok = read_into(self.gpid, name_at, namelen as usize, &mut input)
                 && read_into(self.gpid, ctl_at, ctllen as usize, &mut input)
@@ -1164,6 +1291,7 @@ impl Supervisor {
         }
         let take = SysReq {
             id: 0,
+            lane: 0,
             nr: marshal::READ_TAKE,
             args: [fd as u64, 0, n as u64, 0, 0, 0],
             lens: [0; 6],
@@ -1197,7 +1325,8 @@ impl Supervisor {
     fn settle_one(&mut self) -> bool {
         let Some(&(rid, fd, len)) = self.behind.front() else { return true };
         let r = loop {
-            match wire::recv_msg(&mut self.reader) {
+            let Some(reader) = self.reader.as_mut() else { return false };
+            match wire::recv_msg(reader) {
                 Ok(Msg::SysRet(r)) if r.id == rid => break r,
                 Ok(other) => tracing::warn!(kind = msg_kind(&other), "unexpected frame while settling writes"),
                 Err(e) => {
@@ -1236,8 +1365,13 @@ impl Supervisor {
     /// else as a data frame after it (no serialisation copies).
     fn send_call(&mut self, req: SysReq, input: &[u8]) -> Result<(), wire::WireError> {
         let inline = input.len() <= marshal::INLINE_MAX;
-        let req = SysReq { data: if inline { input.to_vec() } else { Vec::new() }, ..req };
+        let req = SysReq { lane: self.lane.home_tid, data: if inline { input.to_vec() } else { Vec::new() }, ..req };
         let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.lanes.as_ref().is_some_and(|l| l.hold.load(Ordering::SeqCst)) && !self.moving {
+            // Another lane takes the process home: nothing more goes out.
+            self.held_now = true;
+            return Err(wire::WireError::Closed);
+        }
         wire::send(&mut self.stream, &Msg::Sys(req))?;
         if !inline {
             wire::send_data(&mut self.stream, input)?;
@@ -1247,21 +1381,43 @@ impl Supervisor {
 
     /// Bulk input (over INLINE_MAX) follows the request as a data frame, and
     /// bulk output follows the answer the same way: no serialisation copies.
-    fn call_deputy(&mut self, req: &SysReq, input: &[u8], spec: &[Arg]) -> Option<SysRet> {
+    fn call_deputy(&mut self, req: &SysReq, input: &[u8]) -> Option<SysRet> {
         // Whatever runs at home may read the stream that was peeked.
         self.ahead = None;
         if !self.settle_behind() {
             return None;
         }
+        if let Some(l) = self.lanes.clone() {
+            let (rid, rx) = l.expect();
+            if let Err(e) = self.send_call(SysReq { id: rid, ..req.clone() }, input) {
+                l.forget(rid);
+                if !self.held_now {
+                    tracing::warn!(%e, "cannot reach the deputy");
+                }
+                return None;
+            }
+            return match rx.recv() {
+                Ok(lanes::Reply::Sys(mut r, data)) => {
+                    if r.more {
+                        r.data = data;
+                    }
+                    Some(r)
+                }
+                _ => {
+                    tracing::warn!("link to home lost during a forwarded call");
+                    None
+                }
+            };
+        }
         let rid = self.next_id;
         self.next_id += 1;
-        let (lens, req_nr, req_args) = (req.lens, req.nr, req.args);
         if let Err(e) = self.send_call(SysReq { id: rid, ..req.clone() }, input) {
             tracing::warn!(%e, "cannot reach the deputy");
             return None;
         }
+        let reader = self.reader.as_mut()?;
         let mut r = loop {
-            match wire::recv_into(&mut self.reader, &mut self.outbuf) {
+            match wire::recv_into(reader, &mut self.outbuf) {
                 Ok(Some(Msg::SysRet(r))) if r.id == rid => break r,
                 Ok(other) => tracing::warn!(?other, "unexpected frame while waiting for the deputy"),
                 Err(e) => {
@@ -1270,15 +1426,9 @@ impl Supervisor {
                 }
             }
         };
-        // The deputy answers with exactly the valid bytes of the outputs.
-        let out_len: usize =
-            spec.iter().enumerate().map(|(i, a)| marshal::out_valid_len(*a, lens[i], r.ret)).sum::<usize>()
-                + if r.ret >= 0 { marshal::msg_trailer(req_nr & marshal::NR_MASK) } else { 0 }
-                + marshal::ahead_trailer_max(req_nr, &req_args, r.ret);
-        // A separate frame leaves the inline answer empty (a read with what
-        // was read ahead may come either way).
-        if out_len > marshal::INLINE_MAX && r.data.is_empty() {
-            match wire::recv_into(&mut self.reader, &mut self.outbuf) {
+        // Bulk output follows as a data frame.
+        if r.more {
+            match wire::recv_into(reader, &mut self.outbuf) {
                 Ok(None) => r.data = std::mem::take(&mut self.outbuf),
                 _ => return None,
             }
@@ -1286,10 +1436,97 @@ impl Supervisor {
         Some(r)
     }
 
+    /// What home's fd `fd` is (path and identity), asked of the deputy.
+    /// Err(true): not asked, the process is going home; Err(false): home is gone.
+    #[allow(clippy::type_complexity)]
+    fn fd_ident(&mut self, fd: i32) -> Result<Option<(String, image::FileId)>, bool> {
+        if let Some(l) = self.lanes.clone() {
+            let (rid, rx) = l.expect();
+            let sent = {
+                let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                if l.hold.load(Ordering::SeqCst) && !self.moving {
+                    l.forget(rid);
+                    return Err(true);
+                }
+                wire::send(&mut self.stream, &Msg::FdIdent { id: rid, fd })
+            };
+            if sent.is_err() {
+                l.forget(rid);
+                return Err(false);
+            }
+            return match rx.recv() {
+                Ok(lanes::Reply::Fd(f)) => Ok(f),
+                _ => Err(false),
+            };
+        }
+        let rid = self.next_id;
+        self.next_id += 1;
+        if self.send(&Msg::FdIdent { id: rid, fd }).is_err() {
+            return Err(false);
+        }
+        let reader = self.reader.as_mut().ok_or(false)?;
+        loop {
+            match wire::recv_msg(reader) {
+                Ok(Msg::FdIdentRet { id, file }) if id == rid => return Ok(file),
+                Ok(m) => tracing::warn!(?m, "unexpected message while asking about an fd"),
+                Err(e) => {
+                    tracing::warn!(%e, "link to home lost");
+                    return Err(false);
+                }
+            }
+        }
+    }
+
+    /// The next message of a move home (not an answer to a call).
+    fn next_other(&mut self) -> Result<Msg, wire::WireError> {
+        match (&self.lanes, self.reader.as_mut()) {
+            (Some(l), _) => l.others.recv().map_err(|_| wire::WireError::Closed),
+            (None, Some(r)) => wire::recv_msg(r),
+            (None, None) => Err(wire::WireError::Closed),
+        }
+    }
+
+    /// A call that could not go out, or was woken, because another lane
+    /// takes the process home: park, leaving notification `id` to be
+    /// answered with a restart code (it then runs at home). None: the move
+    /// failed before it was answered; serve the call again.
+    fn park_or_home(&mut self, id: u64) -> Option<Flow> {
+        self.held_now = false;
+        match self.park(Some(id)) {
+            lanes::Parked::Done => Some(Flow::Done),
+            lanes::Parked::Answered => Some(Flow::Go),
+            lanes::Parked::Unanswered => None,
+        }
+    }
+
     /// Bring the process home. `pending` is the notification it waits in, if any:
     /// it is answered with a restart code once the stop is requested, so the
     /// call is issued again at home.
     fn go_home(&mut self, reason: &str, pending: Option<u64>) -> Flow {
+        // With several lanes, one takes the process home; the others park.
+        if let Some(l) = self.lanes.clone() {
+            if !l.claim(&self.flags.write_lock) {
+                return match pending {
+                    // Unanswered after a failed move: this call still needs
+                    // home; the next try takes it there.
+                    Some(id) => self.park_or_home(id).unwrap_or_else(|| self.go_home(reason, Some(id))),
+                    None => match self.park(None) {
+                        lanes::Parked::Done => Flow::Done,
+                        _ => Flow::Go,
+                    },
+                };
+            }
+            self.moving = true;
+            self.flags.wake_lanes();
+            let flow = self.go_home_now(reason, pending);
+            self.moving = false;
+            l.release(matches!(flow, Flow::Done));
+            return flow;
+        }
+        self.go_home_now(reason, pending)
+    }
+
+    fn go_home_now(&mut self, reason: &str, pending: Option<u64>) -> Flow {
         // After failed returns, wait a while before the next (the guest
         // waits in its call meanwhile): no pre-copy after pre-copy.
         if let Some(at) = self.retry_at {
@@ -1348,7 +1585,7 @@ impl Supervisor {
     fn send_home(&mut self, reason: &str, pending: Option<u64>) -> Result<bool, crate::GuestError> {
         self.send(&Msg::GoingHome { reason: reason.to_string() })?;
         self.send(&transfer::offer(self.gpid, 0, 0, -1.0))?;
-        let reopen = match wire::recv_msg(&mut self.reader)? {
+        let reopen = match self.next_other()? {
             Msg::OfferOk { reopen } => reopen,
             Msg::Refused { reason } => return Err(crate::GuestError::Refused(reason)),
             m => return Err(wire::WireError::Unexpected(format!("{m:?} instead of an answer to the offer")).into()),
@@ -1380,10 +1617,26 @@ impl Supervisor {
             let _g = flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             transfer::send_pre_image(&mut self.stream, self.gpid, &pre, image::ReadMode::Pinned)?
         };
-        let lfd = self.lfd();
-        let mut answer = || {
-            if let Some(id) = pending {
-                let _ = sys::seccomp_send(lfd, id, ERESTARTNOINTR, false);
+        // Every notification a thread waits in is answered with a restart
+        // code once that thread was asked to stop (only then does the kernel
+        // restart the call, and the thread stops): this lane's, and those
+        // the parked lanes left. The calls are issued again, and run at
+        // home, or here if the move fails.
+        if let Some(l) = self.lanes.clone() {
+            let flags = self.flags.clone();
+            let wake = || flags.wake_lanes();
+            let ended = || flags.exited.load(Ordering::SeqCst);
+            if !l.wait_parked(&wake, &ended) {
+                return Err(crate::GuestError::Refused("the process ended on its way".into()));
+            }
+        }
+        let (own_lfd, own_tid, lanes) = (self.lfd(), self.lane.tid, self.lanes.clone());
+        let mut answer = |tid: i32| {
+            if let (Some(id), true) = (pending, tid == own_tid) {
+                let _ = sys::seccomp_send(own_lfd, id, ERESTARTNOINTR, false);
+            }
+            if let Some(l) = &lanes {
+                l.answer_held(tid, ERESTARTNOINTR);
             }
         };
         let frozen = std::time::Instant::now();
@@ -1441,7 +1694,7 @@ impl Supervisor {
             return Err(e);
         }
         loop {
-            match wire::recv_msg(&mut self.reader)? {
+            match self.next_other()? {
                 Msg::HomeOk => return Ok(true),
                 Msg::RestoreFailed { reason } => {
                     tracing::warn!(reason, "home failed to rebuild the process");
@@ -1636,6 +1889,7 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
         if tid != 0 {
             let _ = sys::tgkill(sys::getpid(), tid, sys::wake_signal());
         }
+        flags.wake_lanes();
     };
     let pidfd = sys::pidfd_open(gpid, 0).ok();
     let pfd = pidfd.as_ref().map_or(-1, |p| p.as_raw_fd());

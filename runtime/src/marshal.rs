@@ -222,7 +222,7 @@ mod tests {
     fn validation_rejects_inconsistent_requests() {
         let s = spec(1).unwrap(); // write
         let mut req =
-            SysReq { id: 1, nr: 1, args: [1, 0, 3, 0, 0, 0], lens: [0, 3, 0, 0, 0, 0], data: b"abc".to_vec() };
+            SysReq { id: 1, lane: 0, nr: 1, args: [1, 0, 3, 0, 0, 0], lens: [0, 3, 0, 0, 0, 0], data: b"abc".to_vec() };
         assert!(validate(&req, s, req.data.len()).is_ok());
         req.data.push(0);
         assert!(validate(&req, s, req.data.len()).is_err());

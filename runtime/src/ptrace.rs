@@ -387,21 +387,22 @@ pub fn thread_ids(pid: i32) -> Vec<i32> {
 /// is held (a held thread starts none); one that ended meanwhile is left
 /// out. On failure the threads already held are let go.
 pub fn seize_all(pid: i32, kill_on_exit: bool) -> Result<Vec<Tracee>> {
-    seize_all_then(pid, kill_on_exit, &mut || {})
+    seize_all_then(pid, kill_on_exit, &mut |_| {})
 }
 
-/// [`seize_all`], running `before_wait` once the leader was asked to stop
-/// (e.g. answering a seccomp notification a thread waits in with a restart
-/// code: the call then waits again, where a stop can reach it).
-pub fn seize_all_then(pid: i32, kill_on_exit: bool, before_wait: &mut dyn FnMut()) -> Result<Vec<Tracee>> {
-    let mut held = vec![Tracee::seize_then(pid, kill_on_exit, before_wait)?];
+/// [`seize_all`], running `before_wait(tid)` once each thread was asked to
+/// stop, before waiting for it (e.g. answering a seccomp notification the
+/// thread waits in with a restart code: only with the stop pending does the
+/// kernel restart the call, and the thread then stops).
+pub fn seize_all_then(pid: i32, kill_on_exit: bool, before_wait: &mut dyn FnMut(i32)) -> Result<Vec<Tracee>> {
+    let mut held = vec![Tracee::seize_then(pid, kill_on_exit, &mut || before_wait(pid))?];
     loop {
         let new: Vec<i32> = thread_ids(pid).into_iter().filter(|t| held.iter().all(|h| h.pid != *t)).collect();
         if new.is_empty() {
             return Ok(held);
         }
         for tid in new {
-            match Tracee::seize(tid, kill_on_exit) {
+            match Tracee::seize_then(tid, kill_on_exit, &mut || before_wait(tid)) {
                 Ok(t) => held.push(t),
                 Err(TraceError::Died { .. }) => {}
                 Err(e) => {

@@ -72,6 +72,9 @@ pub struct NodeInfo {
 #[derive(Archive, Serialize, Deserialize, Clone, PartialEq)]
 pub struct SysReq {
     pub id: u64,
+    /// The calling thread's home tid: calls of one thread run in order,
+    /// those of different threads side by side.
+    pub lane: i32,
     pub nr: u32,
     pub args: [u64; 6],
     pub lens: [u32; 6],
@@ -84,6 +87,8 @@ pub struct SysRet {
     pub id: u64,
     pub ret: i64,
     pub data: Vec<u8>,
+    /// The output follows as a data frame (`data` is then empty).
+    pub more: bool,
 }
 
 // Logs and errors name a call and its sizes, never its data.

@@ -102,3 +102,66 @@ fn busy_threads_move_out_across_and_home_and_finish() {
     assert!(st.success(), "{st:?}\n{}", c.logs());
     assert_eq!(om_tests::wait_lines(&c.path("t.out"), 2, Duration::from_secs(5)), ["started", "done"], "{}", c.logs());
 }
+
+/// Eight threads each wait in a read of their own pipe (run at home), and
+/// the main thread in a read of stdin, while the process moves 2 -> 3 ->
+/// home -> 2: no thread's wait holds up another's, every thread keeps its
+/// id, and each reads its own byte once it is written.
+#[test]
+fn eight_threads_waiting_at_home_each_move_and_read_their_own_pipe() {
+    use std::io::{BufRead, Write};
+    let c = om_tests::Cluster::start_with(3, |_| vec!["--experimental-threads".into()]);
+    let (mut p, mut out, first) = c.om_exec_piped(1, &bin("threads"), &["pipes", "8"]);
+    let pid = p.id();
+    let mut before = vec![first];
+    while before.len() < 9 {
+        let mut l = String::new();
+        out.read_line(&mut l).expect("a line");
+        before.push(l.trim().to_string());
+    }
+    assert_eq!(before.last().map(String::as_str), Some("ready"), "{before:?}");
+    let tids = ptrace::thread_ids(pid as i32);
+    assert_eq!(tids.len(), 9);
+    let go = |p: &mut std::process::Child| p.stdin.as_mut().expect("stdin").write_all(b"go\n").expect("go");
+    for to in ["2", "3", "home", "2"] {
+        c.migrate(1, pid, to).unwrap_or_else(|e| panic!("to {to}: {e}\n{}", c.logs()));
+        let want = if to == "home" { 1 } else { to.parse().unwrap_or(0) };
+        assert_eq!(c.where_is(1, pid), Some(want), "{}", c.logs());
+        if to == "home" {
+            assert_eq!(ptrace::thread_ids(pid as i32), tids, "the same threads, with the same ids, at home");
+        }
+    }
+    // Away on node 2 again, every thread waits at home; the writes wake them all.
+    go(&mut p);
+    let mut after = Vec::new();
+    while after.last().map(String::as_str) != Some("done") {
+        let mut l = String::new();
+        if out.read_line(&mut l).expect("a line") == 0 {
+            break;
+        }
+        after.push(l.trim().to_string());
+    }
+    let t0 = std::time::Instant::now();
+    let st = loop {
+        if let Some(st) = p.try_wait().expect("try_wait") {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = p.kill();
+            panic!("the process did not end; it printed {after:?}\n{}", c.logs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+    for k in 0..8 {
+        let tid = before
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("thread {k} tid ")))
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("thread {k} printed no tid: {before:?}"));
+        assert!(tids.iter().any(|t| t.to_string() == tid), "thread {k}'s tid {tid} is one of {tids:?}");
+        let want = format!("thread {k} read 1 byte {} tid {tid}", k + 1);
+        assert!(after.contains(&want), "{want:?} missing from {after:?}\n{}", c.logs());
+    }
+    assert_eq!(after.last().map(String::as_str), Some("done"));
+}

@@ -314,15 +314,20 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     let pending_signals: Vec<i32> = threads.iter_mut().flat_map(|t| std::mem::take(&mut t.deferred)).collect();
     // Signals queued at home now moved with the image: the placeholder
     // must not take them again. Any that arrived since the capture go on.
-    let mut taken = Vec::new();
+    let mut arrived = Vec::new();
     for t in threads.iter_mut() {
         t.syscall_ip = cap.scratch;
         match image::take_queued(t, cap.scratch + 1024) {
-            Ok(q) => taken.extend(q),
+            Ok(q) => arrived.extend(q.into_iter().map(|i| (t.pid, i))),
             Err(e) => tracing::warn!(%e, "cannot take the placeholder's queued signals"),
         }
     }
-    let arrived = image::arrived_since(&cap.image, taken);
+    // The leader takes the process's queue too: a signal there is for the
+    // process unless it was sent to the leader (tkill or tgkill).
+    let arrived: Vec<(i32, Vec<u8>)> = image::arrived_since(&cap.image, arrived)
+        .into_iter()
+        .map(|(tid, info)| (if tid == pid && !rsys::siginfo_is_tkill(&info) { 0 } else { tid }, info))
+        .collect();
     // The other threads first: the kernel writes each thread's rseq area
     // whenever it returns to user space, so none may stay registered once
     // the leader's park unmaps the memory.
@@ -350,11 +355,11 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
         key: plan.key.clone(),
     };
     for sig in pending_signals {
-        away.send(&Msg::Signal { sig, info: Vec::new() });
+        away.send(&Msg::Signal { sig, info: Vec::new(), tid: 0 });
     }
-    for info in arrived {
+    for (tid, info) in arrived {
         let sig = i32::from_le_bytes([info[0], info[1], info[2], info[3]]);
-        away.send(&Msg::Signal { sig, info });
+        away.send(&Msg::Signal { sig, info, tid });
     }
     Ok(away)
 }
@@ -539,7 +544,7 @@ impl Away {
                         } else {
                             tracing::debug!(pid, tid, sig, "relaying a signal to a thread");
                             let info = rsys::ptrace_get_siginfo(tid).map(|i| i.to_vec()).unwrap_or_default();
-                            self.send(&Msg::Signal { sig, info });
+                            self.send(&Msg::Signal { sig, info, tid });
                             if sig != libc::SIGCONT && !rsys::is_stop_signal(sig) {
                                 self.interrupt_deputy();
                             }
@@ -574,7 +579,9 @@ impl Away {
                         let sig = if tty_stop && om_runtime::procfs::pgrp_orphaned(pid) { -sig } else { sig };
                         // Its siginfo too: sender, code and value arrive as sent.
                         let info = rsys::ptrace_get_siginfo(pid).map(|i| i.to_vec()).unwrap_or_default();
-                        self.send(&Msg::Signal { sig, info });
+                        // To the leader alone (tkill, tgkill), or to the process.
+                        let tid = if rsys::siginfo_is_tkill(&info) { pid } else { 0 };
+                        self.send(&Msg::Signal { sig, info, tid });
                         if sig != libc::SIGCONT && !rsys::is_stop_signal(sig) {
                             self.interrupt_deputy();
                         }

@@ -31,6 +31,11 @@ const IDENTITY_PRCTL: [u64; 13] = [
     libc::PR_GET_NO_NEW_PRIVS as u64,
 ];
 const PR_SET_VMA: u64 = 0x5356_4d41;
+/// futex operations that do not name a thread: WAIT, WAKE, FD, REQUEUE,
+/// CMP_REQUEUE, WAKE_OP, WAIT_BITSET, WAKE_BITSET.
+const FUTEX_PLAIN_OPS: [u64; 8] = [0, 1, 2, 3, 4, 5, 9, 10];
+/// The operation part of a futex op (without PRIVATE and CLOCK_REALTIME).
+const FUTEX_CMD_MASK: u64 = 0x7f;
 
 /// The BPF program (raw `sock_filter` array) for the guest `gpid`.
 pub fn program(gpid: i32) -> Result<Vec<u8>, FilterError> {
@@ -50,20 +55,40 @@ pub fn program(gpid: i32) -> Result<Vec<u8>, FilterError> {
         let sc = ScmpSyscall::from(e.nr as i32);
         match e.nr {
             // Private anonymous mappings only; file and shared mappings trap.
-            9 => ctx.add_rule_conditional(
-                ScmpAction::Allow,
-                sc,
-                &[ScmpArgCompare::new(
-                    3,
-                    ScmpCompareOp::MaskedEqual((libc::MAP_ANONYMOUS | 0x0f) as u64),
-                    (libc::MAP_ANONYMOUS | libc::MAP_PRIVATE) as u64,
-                )],
-            )?,
+            9 => ctx
+                .add_rule_conditional(
+                    ScmpAction::Allow,
+                    sc,
+                    &[ScmpArgCompare::new(
+                        3,
+                        ScmpCompareOp::MaskedEqual((libc::MAP_ANONYMOUS | 0x0f) as u64),
+                        (libc::MAP_ANONYMOUS | libc::MAP_PRIVATE) as u64,
+                    )],
+                )
+                .map(drop)?,
             // Own limits only.
-            302 => {
-                ctx.add_rule_conditional(ScmpAction::Allow, sc, &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, 0)])?
+            // Own limits only; the calling thread's own CPU placement (for a
+            // thread named by its home tid, the supervisor translates).
+            302 | 203 | 204 => {
+                ctx.add_rule_conditional(ScmpAction::Allow, sc, &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, 0)])?;
             }
-            _ => ctx.add_rule(ScmpAction::Allow, sc)?,
+            // A thread's end traps: with several threads it ends at home,
+            // where the kernel finds its home tid in its robust futexes.
+            60 => (),
+            // Futexes whose word holds a tid (priority inheritance) trap:
+            // the word holds home tids. The others run here.
+            202 => {
+                for op in FUTEX_PLAIN_OPS {
+                    ctx.add_rule_conditional(
+                        ScmpAction::Allow,
+                        sc,
+                        &[ScmpArgCompare::new(1, ScmpCompareOp::MaskedEqual(FUTEX_CMD_MASK), op)],
+                    )?;
+                }
+            }
+            _ => {
+                ctx.add_rule(ScmpAction::Allow, sc)?;
+            }
         };
     }
     // prctl runs in the guest, except for the settings that are part of the

@@ -109,7 +109,7 @@ struct Flags {
     reaped: Mutex<Option<i32>>,
     /// Signals from home with their siginfo, for the supervisor to have the
     /// guest queue to itself (only then does the siginfo arrive whole).
-    signals: Mutex<Vec<(i32, Vec<u8>)>>,
+    signals: Mutex<Vec<(i32, Vec<u8>, i32)>>,
     /// The stop signal the guest was stopped for with SIGSTOP (its default
     /// action, which the kernel drops in the guest's orphaned group), for
     /// the helper to report as the stop's signal.
@@ -249,10 +249,10 @@ impl Supervisor {
         let (Some(ctl), Ok(out)) = (self.ctl.take(), self.stream.try_clone()) else {
             return self.lost("cannot set up the helper");
         };
-        let (flags, gpid) = (self.flags.clone(), self.gpid);
+        let (flags, gpid, tids) = (self.flags.clone(), self.gpid, self.tids.clone());
         if std::thread::Builder::new()
             .name(format!("guest-{gpid}"))
-            .spawn(move || helper(ctl, out, gpid, flags))
+            .spawn(move || helper(ctl, out, gpid, flags, tids))
             .is_err()
         {
             return self.lost("cannot start the helper thread");
@@ -445,8 +445,18 @@ impl Supervisor {
         self.write_run = None;
         self.ahead = None;
         let queued = std::mem::take(&mut *self.flags.signals.lock().unwrap_or_else(|p| p.into_inner()));
-        for (sig, _) in queued {
+        for (sig, _, tid) in queued {
+            self.send_plainly(sig, tid);
+        }
+    }
+
+    /// Send `sig` from here to the process, or to its thread of home tid
+    /// `tid` (a thread that has ended gets nothing).
+    fn send_plainly(&self, sig: i32, tid: i32) {
+        if tid == 0 {
             let _ = sys::kill(self.gpid, sig);
+        } else if let Some(t) = self.guest_tid_of(tid) {
+            let _ = sys::tgkill(self.gpid, t, sig);
         }
     }
 
@@ -468,6 +478,19 @@ impl Supervisor {
             }
             return;
         }
+        // Another thread than the leader waits in call `pending`: only the
+        // leader could queue the signals with their siginfo, and it may be
+        // in a call of its own, where it cannot be stopped. They go plainly,
+        // a process's to this thread (one that does not block it, which the
+        // kernel could pick), so it is pending here before the answer: the
+        // kernel then restarts the call or fails it with EINTR.
+        if let (Some(id), true) = (pending, self.lane_no != 0) {
+            for (sig, _, tid) in queued {
+                self.send_plainly(sig, if tid == 0 { self.lane.home_tid } else { tid });
+            }
+            self.reply(id, ERESTARTSYS);
+            return;
+        }
         let flags = self.flags.clone();
         let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
         let gpid = self.gpid;
@@ -487,8 +510,19 @@ impl Supervisor {
                 let mask = sys::ptrace_get_sigmask(gpid).unwrap_or(0);
                 let _ = sys::ptrace_set_sigmask(gpid, !0);
                 let at = below_red_zone(&t);
-                for (sig, info) in &queued {
-                    if t.queue_to_self(*sig, info, at)? != 0 {
+                for (sig, info, tid) in &queued {
+                    let to = match *tid {
+                        0 => None,
+                        h => match self.guest_tid_of(h) {
+                            Some(g) => Some(g),
+                            // Its thread has ended: nobody takes it.
+                            None => {
+                                sent += 1;
+                                continue;
+                            }
+                        },
+                    };
+                    if t.queue_signal(to, *sig, info, at)? != 0 {
                         break;
                     }
                     sent += 1;
@@ -502,8 +536,8 @@ impl Supervisor {
         if let Err(e) = r {
             tracing::debug!(%e, "could not have the guest queue its signals");
         }
-        for (sig, _) in &queued[sent..] {
-            let _ = sys::kill(gpid, *sig);
+        for (sig, _, tid) in &queued[sent..] {
+            self.send_plainly(*sig, *tid);
         }
         if let (false, Some(id)) = (answered, pending) {
             self.reply(id, ERESTARTSYS);
@@ -555,6 +589,22 @@ impl Supervisor {
             Class::Forward if nr == 46 || nr == 47 => self.forward_msg(n),
             Class::Forward => self.forward(n),
             Class::Local if nr == libc::SYS_mmap as u32 => self.mmap_file(n),
+            Class::Local if nr == libc::SYS_exit as u32 || nr == libc::SYS_futex as u32 => {
+                if self.threaded() {
+                    let why = if nr == libc::SYS_exit as u32 {
+                        "a thread ends at home (its robust futexes name its home tid)"
+                    } else {
+                        "priority-inheritance futexes run at home (their words hold home tids)"
+                    };
+                    self.go_home(why, Some(n.id))
+                } else {
+                    let _ = sys::seccomp_send(self.lfd(), n.id, 0, true);
+                    Flow::Go
+                }
+            }
+            Class::Local if nr == libc::SYS_sched_getaffinity as u32 || nr == libc::SYS_sched_setaffinity as u32 => {
+                self.affinity(n)
+            }
             Class::Local | Class::Home => self.go_home(&format!("{} runs at home", syscalls::name(nr)), Some(n.id)),
         }
     }
@@ -680,6 +730,36 @@ impl Supervisor {
         }
     }
 
+    /// sched_getaffinity or sched_setaffinity of a thread named by its home
+    /// tid (or the home pid: the leader): done here on the guest's thread,
+    /// which the process may do natively. Another process's goes home.
+    fn affinity(&mut self, n: &SeccompNotif) -> Flow {
+        let (nr, a) = (n.data.nr as u32, n.data.args);
+        let Some(tid) = i32::try_from(a[0]).ok().and_then(|t| self.guest_tid_of(t)) else {
+            return self.go_home("the CPU placement of another process runs at home", Some(n.id));
+        };
+        let len = (a[1] as usize).min(1 << 16);
+        let r = if nr == libc::SYS_sched_getaffinity as u32 {
+            match sys::sched_getaffinity(tid, len) {
+                Ok(mask) => match sys::process_vm_writev(self.gpid, &mask, &[(a[2], mask.len())]) {
+                    Ok(w) if w == mask.len() => mask.len() as i64,
+                    _ => -(libc::EFAULT as i64),
+                },
+                Err(e) => -(e.raw_os_error().unwrap_or(libc::EINVAL) as i64),
+            }
+        } else {
+            match self.read_mem(a[2], len) {
+                Some(mask) => match sys::sched_setaffinity(tid, &mask) {
+                    Ok(()) => 0,
+                    Err(e) => -(e.raw_os_error().unwrap_or(libc::EINVAL) as i64),
+                },
+                None => -(libc::EFAULT as i64),
+            }
+        };
+        self.reply(n.id, r);
+        Flow::Go
+    }
+
     /// The prctl settings that are part of the process's identity (the
     /// filter lets the others run in the guest): read from what home had;
     /// changed only at home.
@@ -736,6 +816,14 @@ impl Supervisor {
         // drops TSTP/TTIN/TTOU with the default action: stop it for real.
         if stop_is_default(self.gpid, sig) {
             self.reply(id, plain(self.gpid, libc::SIGSTOP));
+            return Flow::Go;
+        }
+        // From another thread than the leader: only the leader can queue a
+        // signal with the process's own siginfo, and it may wait in a call
+        // of its own, where it cannot be stopped; sent from here (its
+        // sender then reads as this node's daemon).
+        if self.lane_no != 0 {
+            self.reply(id, plain(self.gpid, sig));
             return Flow::Go;
         }
         let flags = self.flags.clone();
@@ -1156,7 +1244,7 @@ impl Supervisor {
                     self.reply(id, ERESTARTSYS);
                 } else {
                     let info = siginfo(sig, libc::SI_KERNEL, None).to_vec();
-                    self.flags.signals.lock().unwrap_or_else(|p| p.into_inner()).push((sig, info));
+                    self.flags.signals.lock().unwrap_or_else(|p| p.into_inner()).push((sig, info, 0));
                     self.deliver_signals(Some(id));
                 }
                 Err(Flow::Go)
@@ -1883,7 +1971,7 @@ fn frame_kind(f: &Frame) -> String {
 /// The helper of one guest: applies signals and requests from home (second
 /// link), and reports the guest's end. It wakes the supervisor out of RECV
 /// with the wake-up signal when it needs it.
-fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
+fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>, tids: Arc<Vec<(i32, i32)>>) {
     let wake = || {
         let tid = flags.tid.load(Ordering::SeqCst);
         if tid != 0 {
@@ -1963,7 +2051,7 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
                         let _ = sys::kill(gpid, -sig);
                     }
                 }
-                Ok(Frame::Msg(Msg::Signal { sig, info })) => {
+                Ok(Frame::Msg(Msg::Signal { sig, info, tid })) => {
                     if stop_is_default(gpid, sig) {
                         tracing::info!(guest = gpid, sig, "stop signal from home; stopping the guest");
                         stop_as(&flags, gpid, sig);
@@ -1973,10 +2061,17 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>) {
                         && sig != libc::SIGCONT
                         && !flags.going_home.load(Ordering::SeqCst)
                     {
-                        flags.signals.lock().unwrap_or_else(|p| p.into_inner()).push((sig, info));
+                        flags.signals.lock().unwrap_or_else(|p| p.into_inner()).push((sig, info, tid));
                         wake();
                     } else {
-                        let _ = sys::kill(gpid, sig);
+                        match tids.iter().find(|t| t.1 == tid && tid != 0) {
+                            Some(&(g, _)) => {
+                                let _ = sys::tgkill(gpid, g, sig);
+                            }
+                            None => {
+                                let _ = sys::kill(gpid, sig);
+                            }
+                        }
                     }
                 }
                 Ok(Frame::Msg(Msg::Kill)) => {

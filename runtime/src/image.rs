@@ -309,13 +309,14 @@ pub fn take_queued(t: &mut Tracee, at: u64) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-/// The signals of `taken` that are not among those `img` carries (each
-/// carried one matches one taken one, whole): they arrived after the capture.
-pub fn arrived_since(img: &Image, taken: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+/// The signals of `taken` (each with what it was taken from) that are not
+/// among those `img` carries (each carried one matches one taken one,
+/// whole): they arrived after the capture.
+pub fn arrived_since<T>(img: &Image, taken: Vec<(T, Vec<u8>)>) -> Vec<(T, Vec<u8>)> {
     let mut carried: Vec<&Vec<u8>> = img.queued.iter().chain(img.threads.iter().flat_map(|t| &t.queued)).collect();
     taken
         .into_iter()
-        .filter(|s| match carried.iter().position(|c| *c == s) {
+        .filter(|(_, s)| match carried.iter().position(|c| *c == s) {
             Some(i) => {
                 carried.swap_remove(i);
                 false

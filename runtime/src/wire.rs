@@ -207,6 +207,9 @@ pub enum Msg {
         /// The signal's siginfo as home's kernel made it (128 bytes), or
         /// empty when unknown.
         info: Vec<u8>,
+        /// The home tid of the thread it was sent to (tkill, tgkill), or 0
+        /// for the whole process.
+        tid: i32,
     },
     ComeHome,
     /// What the guest uses, from its host once a second: CPU run plus

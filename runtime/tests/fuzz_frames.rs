@@ -93,7 +93,7 @@ proptest! {
     /// Frames that are made by `send` come back the same.
     #[test]
     fn round_trip(sig in any::<i32>(), data in proptest::collection::vec(any::<u8>(), 0..10000), text in ".{0,200}") {
-        let mut v = frames_of(&[Msg::Signal { sig, info: Vec::new() }, Msg::Error { message: text.clone() }]);
+        let mut v = frames_of(&[Msg::Signal { sig, info: Vec::new(), tid: 0 }, Msg::Error { message: text.clone() }]);
         wire::send_data(&mut v, &data).expect("data");
         let mut r = std::io::Cursor::new(&v[..]);
         let a = matches!(wire::recv(&mut r), Ok(Frame::Msg(Msg::Signal { sig: s, .. })) if s == sig);
@@ -119,7 +119,10 @@ fn seed_corpus_is_current() {
         }
     };
     w("ok-hello-attach", &frames_of(&[Msg::Hello { node: 3 }, Msg::Attach { token: 42 }]));
-    w("ok-signal-exited", &frames_of(&[Msg::Signal { sig: 10, info: Vec::new() }, Msg::Exited { code: 7, signal: 0 }]));
+    w(
+        "ok-signal-exited",
+        &frames_of(&[Msg::Signal { sig: 10, info: Vec::new(), tid: 0 }, Msg::Exited { code: 7, signal: 0 }]),
+    );
     w("ok-nodes-error", &frames_of(&[Msg::Nodes, Msg::Error { message: "node 3 is down".into() }]));
     let mut data = Vec::new();
     wire::send_data(&mut data, &[7u8; 5000]).expect("data");

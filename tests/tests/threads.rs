@@ -165,3 +165,47 @@ fn eight_threads_waiting_at_home_each_move_and_read_their_own_pipe() {
     }
     assert_eq!(after.last().map(String::as_str), Some("done"));
 }
+
+/// Away, a signal sent to the process from outside goes to the one thread
+/// that does not block it, and pthread_kill reaches the thread it names;
+/// the process then comes home and ends as natively.
+#[test]
+fn signals_away_reach_the_thread_the_kernel_would_pick() {
+    use std::io::{BufRead, Write};
+    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let (mut p, mut out, first) = c.om_exec_piped(1, &bin("threads"), &["signals"]);
+    let pid = p.id();
+    let mut lines = vec![first];
+    while lines.last().map(String::as_str) != Some("ready") {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).expect("a line") > 0, "{lines:?}");
+        lines.push(l.trim().to_string());
+    }
+    let tid = |k: usize| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("thread {k} tid ")))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no tid of thread {k}: {lines:?}"))
+    };
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
+    assert_eq!(c.where_is(1, pid), Some(2), "{}", c.logs());
+    om_runtime::sys::kill(pid as i32, libc::SIGUSR1).expect("kill");
+    std::thread::sleep(Duration::from_millis(300));
+    p.stdin.as_mut().expect("stdin").write_all(b"go\n").expect("go");
+    let mut after = Vec::new();
+    for _ in 0..2 {
+        let mut l = String::new();
+        out.read_line(&mut l).expect("a line");
+        after.push(l.trim().to_string());
+    }
+    assert_eq!(
+        after,
+        [format!("SIGUSR1 ran on tid {}", tid(2)), format!("SIGUSR2 ran on tid {}", tid(1))],
+        "{}",
+        c.logs()
+    );
+    c.migrate(1, pid, "home").unwrap_or_else(|e| panic!("home: {e}\n{}", c.logs()));
+    let st = wait_child(&mut p, Duration::from_secs(20));
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+}

@@ -98,6 +98,12 @@ pub fn ptrace_set_sigmask(pid: i32, mask: u64) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_SETSIGMASK, pid, 8, (&raw mut m) as usize).map(drop)
 }
 
+/// Whether a siginfo is that of tkill or tgkill (si_code SI_TKILL): sent to
+/// one thread, not to its process.
+pub fn siginfo_is_tkill(info: &[u8]) -> bool {
+    info.get(8..12).is_some_and(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) == libc::SI_TKILL)
+}
+
 /// The siginfo of the signal a tracee is stopped for (`PTRACE_GETSIGINFO`).
 pub fn ptrace_get_siginfo(pid: i32) -> io::Result<[u8; 128]> {
     let mut info = [0u8; 128];
@@ -226,6 +232,22 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
 pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: tgkill has no memory arguments.
     cvt(unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) }).map(drop)
+}
+
+/// `sched_getaffinity(tid)` into a buffer of `len` bytes: the mask the
+/// kernel wrote (its length is what the call returns).
+pub fn sched_getaffinity(tid: i32, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    // SAFETY: buf is a live buffer of `len` bytes.
+    let n = cvt(unsafe { libc::syscall(libc::SYS_sched_getaffinity, tid, len, buf.as_mut_ptr()) })?;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// `sched_setaffinity(tid, mask)`.
+pub fn sched_setaffinity(tid: i32, mask: &[u8]) -> io::Result<()> {
+    // SAFETY: mask is a live buffer of its length, which the kernel only reads.
+    cvt(unsafe { libc::syscall(libc::SYS_sched_setaffinity, tid, mask.len(), mask.as_ptr()) }).map(drop)
 }
 
 pub fn gettid() -> i32 {

@@ -110,7 +110,7 @@ fn frame_rtt_us(secure: bool, n: u32) -> f64 {
     });
     let t = Instant::now();
     for i in 0..n {
-        wire::send(&mut c, &Msg::Signal { sig: i as i32, info: Vec::new() }).expect("send");
+        wire::send(&mut c, &Msg::Signal { sig: i as i32, info: Vec::new(), tid: 0 }).expect("send");
         wire::recv_msg(&mut c).expect("recv");
     }
     let us = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);

@@ -206,6 +206,7 @@ fn signals_away_reach_the_thread_the_kernel_would_pick() {
         c.logs()
     );
     c.migrate(1, pid, "home").unwrap_or_else(|e| panic!("home: {e}\n{}", c.logs()));
+    p.stdin.as_mut().expect("stdin").write_all(b"end\n").expect("end");
     let st = wait_child(&mut p, Duration::from_secs(20));
     assert!(st.success(), "{st:?}\n{}", c.logs());
 }

@@ -210,3 +210,31 @@ fn signals_away_reach_the_thread_the_kernel_would_pick() {
     let st = wait_child(&mut p, Duration::from_secs(20));
     assert!(st.success(), "{st:?}\n{}", c.logs());
 }
+
+/// A process that starts and ends threads all the time moves: the freeze
+/// finds the threads started during the pre-copy, and leaves out those that
+/// ended. Away, starting or ending a thread brings it home, where it runs
+/// on; every thread runs exactly once.
+#[test]
+fn threads_started_and_ended_during_a_migration() {
+    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let mut p = c.om_exec(1, &bin("threads"), &["churn", "3"], "churn.out");
+    om_tests::wait_lines(&c.path("churn.out"), 1, Duration::from_secs(10));
+    let pid = p.id();
+    let mut moved = 0;
+    for _ in 0..5 {
+        if c.migrate(1, pid, "2").is_ok() {
+            moved += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let st = wait_child(&mut p, Duration::from_secs(60));
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+    assert_eq!(
+        om_tests::wait_lines(&c.path("churn.out"), 3, Duration::from_secs(5)),
+        ["started", "churned: every thread ran once", "done"],
+        "{}",
+        c.logs()
+    );
+    assert!(moved >= 1, "it never moved:\n{}", c.logs());
+}

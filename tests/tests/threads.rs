@@ -238,3 +238,60 @@ fn threads_started_and_ended_during_a_migration() {
     );
     assert!(moved >= 1, "it never moved:\n{}", c.logs());
 }
+
+/// The C fixture of the issue (fixtures/c/threads8.c, built here with gcc):
+/// eight threads compute, print with their tid, wait on a futex, then block
+/// in a read of their own pipe; the process moves 2 -> 3 -> home while they
+/// do. Every thread keeps its tid and gets its result right, and the exit
+/// status says so (16).
+#[test]
+fn eight_c_threads_move_out_across_and_home_and_exit_as_natively() {
+    use std::io::{BufRead, Write};
+    let c = om_tests::Cluster::start_with(3, |_| vec!["--experimental-threads".into()]);
+    let prog = c.path("threads8");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/c/threads8.c");
+    let cc = Command::new("gcc").args(["-O1", "-pthread", "-o"]).arg(&prog).arg(&src).output();
+    let cc = cc.expect("gcc is needed to build the C fixture (apt-get install gcc)");
+    assert!(cc.status.success(), "gcc: {}", String::from_utf8_lossy(&cc.stderr));
+    let (mut p, mut out, first) = c.om_exec_piped(1, &prog, &[]);
+    let pid = p.id();
+    let mut lines = vec![first];
+    while lines.last().map(String::as_str) != Some("ready") {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).expect("a line") > 0, "{lines:?}");
+        lines.push(l.trim().to_string());
+    }
+    let tids = ptrace::thread_ids(pid as i32);
+    assert_eq!(tids.len(), 9);
+    let go = |p: &mut std::process::Child| p.stdin.as_mut().expect("stdin").write_all(b"go\n").expect("go");
+    // On node 2 the threads wait on their futex (here), are woken, and block
+    // in their reads (at home); they move on to 3 and home doing so.
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
+    go(&mut p);
+    std::thread::sleep(Duration::from_millis(300));
+    for to in ["3", "home"] {
+        c.migrate(1, pid, to).unwrap_or_else(|e| panic!("to {to}: {e}\n{}", c.logs()));
+    }
+    assert_eq!(c.where_is(1, pid), Some(1));
+    assert_eq!(ptrace::thread_ids(pid as i32), tids, "the same threads, with the same ids, at home");
+    go(&mut p);
+    let mut after = Vec::new();
+    while after.last().map(String::as_str) != Some("done") {
+        let mut l = String::new();
+        if out.read_line(&mut l).expect("a line") == 0 {
+            break;
+        }
+        after.push(l.trim().to_string());
+    }
+    let st = wait_child(&mut p, Duration::from_secs(30));
+    assert_eq!(st.code(), Some(16), "every thread's result right: {after:?}\n{}", c.logs());
+    for k in 0..8 {
+        let tid = lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("thread {k} tid ")))
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("thread {k} printed no tid: {lines:?}"));
+        let want = format!("thread {k} read 1 byte {} tid {tid}", k + 1);
+        assert!(after.contains(&want), "{want:?} missing from {after:?}");
+    }
+}

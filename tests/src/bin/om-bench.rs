@@ -197,8 +197,14 @@ fn native_sysbench(args: &[&str]) -> f64 {
 /// Freeze times (ms) of `rounds` tours home -> 2 -> 3 -> home of a counter
 /// with `mib` MiB: (out, across, back).
 fn freeze_ms(c: &Cluster, mib: usize, rounds: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let out = format!("freeze{mib}.out");
-    let mut p = c.om_exec(1, &bin("counter"), &[&mib.to_string(), "0", "200"], &out);
+    freeze_ms_of(c, "counter", &[&mib.to_string(), "0", "200"], rounds)
+}
+
+/// Freeze times (ms) of `rounds` tours home -> 2 -> 3 -> home of fixture
+/// `prog` with `args` (which prints two lines once it is ready).
+fn freeze_ms_of(c: &Cluster, prog: &str, args: &[&str], rounds: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let out = format!("freeze-{prog}-{}.out", args.join("-"));
+    let mut p = c.om_exec(1, &bin(prog), args, &out);
     wait_lines(&c.path(&out), 2, Duration::from_secs(120));
     let before = c.log(1).matches(" freeze_ms=").count();
     let before_across = c.log(2).matches("home_freeze_ms=").count();
@@ -273,6 +279,10 @@ fn main() {
         return;
     }
     let n: u64 = if quick { 20_000 } else { 200_000 };
+    if std::env::args().any(|a| a == "--threads") {
+        let c = Cluster::start_with(3, |_| vec!["--experimental-threads".into()]);
+        return threads(&c, quick);
+    }
     let c = Cluster::start(3);
     if std::env::args().any(|a| a == "--sockets") {
         return sockets(&c, quick);
@@ -383,6 +393,33 @@ fn sockets(c: &Cluster, quick: bool) {
             );
         }
     }
+}
+
+/// Issue 11's numbers: the freeze of a 16-thread process against a
+/// single-threaded one of the same size, and forwarded calls from 8 threads
+/// at once against one thread.
+fn threads(c: &Cluster, quick: bool) {
+    println!("| what | measured | baseline (same run) | ratio | target | met |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let rounds = if quick { 1 } else { 3 };
+    let one = freeze_ms_of(c, "threads", &["hold", "256", "1"], rounds);
+    let many = freeze_ms_of(c, "threads", &["hold", "256", "16"], rounds);
+    for (what, a, b) in [("out", one.0, many.0), ("2 -> 3", one.1, many.1), ("home", one.2, many.2)] {
+        let (a, b) = (median(a), median(b));
+        println!(
+            "| freeze of 256 MiB with 16 threads, {what} | {b:.0} ms | one thread {a:.0} ms | {:.2}x | <= 1.5x | {} |",
+            b / a,
+            yes(b / a <= 1.5)
+        );
+    }
+    let n = if quick { "5000" } else { "20000" };
+    let one = median((0..3).map(|_| sysbench(c, &["read1t", n, "/dev/zero", "1"], true)).collect());
+    let eight = median((0..3).map(|_| sysbench(c, &["read1t", n, "/dev/zero", "8"], true)).collect());
+    println!(
+        "| forwarded 1-byte reads away, 8 threads at once | {eight:.0} calls/s | one thread {one:.0} calls/s | {:.2}x | >= 4x | {} |",
+        eight / one,
+        yes(eight / one >= 4.0)
+    );
 }
 
 fn yes(b: bool) -> &'static str {

@@ -281,6 +281,17 @@ impl Tracee {
         r
     }
 
+    /// Have this stopped thread of process `tgid` queue `sig` with siginfo
+    /// `info` to itself (the kernel takes any sender and code for a signal a
+    /// thread sends itself). As [`Tracee::queue_to_self`].
+    pub fn queue_to_own_thread(&mut self, tgid: i32, sig: i32, info: &[u8], at: u64) -> Result<i64> {
+        let keep = self.peek(at, info.len())?;
+        self.poke(at, info)?;
+        let r = self.syscall(libc::SYS_rt_tgsigqueueinfo, [tgid as u64, self.pid as u64, sig as u64, at, 0, 0]);
+        self.poke(at, &keep)?;
+        r
+    }
+
     /// Like [`Tracee::syscall`], calling `between` after the tracee was let go
     /// from its entry stop and before waiting for the exit stop (to answer a
     /// seccomp notification the call raises).

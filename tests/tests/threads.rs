@@ -167,8 +167,9 @@ fn eight_threads_waiting_at_home_each_move_and_read_their_own_pipe() {
 }
 
 /// Away, a signal sent to the process from outside goes to the one thread
-/// that does not block it, and pthread_kill reaches the thread it names;
-/// the process then comes home and ends as natively.
+/// that does not block it, pthread_kill reaches the thread it names, and a
+/// thread's raise() runs its handler with the process as the sender; the
+/// process then comes home and ends as natively.
 #[test]
 fn signals_away_reach_the_thread_the_kernel_would_pick() {
     use std::io::{BufRead, Write};
@@ -194,14 +195,18 @@ fn signals_away_reach_the_thread_the_kernel_would_pick() {
     std::thread::sleep(Duration::from_millis(300));
     p.stdin.as_mut().expect("stdin").write_all(b"go\n").expect("go");
     let mut after = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let mut l = String::new();
         out.read_line(&mut l).expect("a line");
         after.push(l.trim().to_string());
     }
     assert_eq!(
         after,
-        [format!("SIGUSR1 ran on tid {}", tid(2)), format!("SIGUSR2 ran on tid {}", tid(1))],
+        [
+            format!("SIGUSR1 ran on tid {}", tid(2)),
+            format!("SIGUSR2 ran on tid {}", tid(1)),
+            format!("SIGWINCH ran on tid {} from this process: true", tid(0)),
+        ],
         "{}",
         c.logs()
     );

@@ -229,7 +229,8 @@ pub(crate) fn serve_lanes<R: std::io::Read>(
     let slot =
         |k: usize| (live.page.counter(dsys::LANE_SLOTS + 2 * k), live.page.counter(dsys::LANE_SLOTS + 2 * k + 1));
     let ended = std::thread::scope(|sc| {
-        let mut lanes: std::collections::HashMap<i32, crossbeam::channel::Sender<LaneCall>> =
+        // Each lane's worker: its channel and its slot in the page.
+        let mut lanes: std::collections::HashMap<i32, (crossbeam::channel::Sender<LaneCall>, usize)> =
             std::collections::HashMap::new();
         let ended = loop {
             match wire::recv(rd) {
@@ -250,7 +251,7 @@ pub(crate) fn serve_lanes<R: std::io::Read>(
                         }
                     }
                     let tx = match lanes.get(&req.lane) {
-                        Some(tx) => tx.clone(),
+                        Some((tx, _)) => tx.clone(),
                         None => {
                             let k = lanes.len();
                             if k >= dsys::MAX_LANES {
@@ -282,7 +283,7 @@ pub(crate) fn serve_lanes<R: std::io::Read>(
                                     }
                                 }
                             });
-                            lanes.insert(req.lane, tx.clone());
+                            lanes.insert(req.lane, (tx.clone(), k));
                             tx
                         }
                     };
@@ -294,6 +295,34 @@ pub(crate) fn serve_lanes<R: std::io::Read>(
                     if let Err(e) = wire::send(&mut **l, &Msg::FdIdentRet { id, file }) {
                         events(Event::Lost(e.to_string()));
                         break Ended::Over;
+                    }
+                }
+                Ok(Frame::Msg(Msg::Wake { lane })) => {
+                    // Its worker, if it is in a call: woken every 2 ms while
+                    // that call lasts, up to a second (a wake-up just before
+                    // a call blocks is lost).
+                    let ks: Vec<usize> = match lane {
+                        0 => (0..lanes.len()).collect(),
+                        l => lanes.get(&l).map(|&(_, k)| k).into_iter().collect(),
+                    };
+                    for k in ks {
+                        let (busy, tid) = slot(k);
+                        let id = busy.load(Ordering::SeqCst);
+                        if id != 0 {
+                            sc.spawn(move || {
+                                for _ in 0..500 {
+                                    if busy.load(Ordering::SeqCst) != id {
+                                        break;
+                                    }
+                                    let _ = sys::tgkill(
+                                        sys::getpid(),
+                                        tid.load(Ordering::SeqCst) as i32,
+                                        sys::wake_signal(),
+                                    );
+                                    std::thread::sleep(std::time::Duration::from_millis(2));
+                                }
+                            });
+                        }
                     }
                 }
                 Ok(Frame::Msg(Msg::Exited { code, signal })) => {

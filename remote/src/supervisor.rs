@@ -385,6 +385,27 @@ impl Supervisor {
         }
     }
 
+    /// A signal is now pending for thread `to` (a guest tid; None: the
+    /// process): if its lane waits in a call at home, the deputy wakes it,
+    /// so the call restarts or fails as the kernel decides, as natively.
+    fn wake_lane(&mut self, to: Option<i32>) {
+        if self.lanes.is_none() {
+            return;
+        }
+        let lane = match to {
+            Some(t) => match self.home_tid_of(t) {
+                Some(h) => h,
+                None => return,
+            },
+            None => 0,
+        };
+        let _g = self.flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.lanes.as_ref().is_some_and(|l| l.hold.load(Ordering::SeqCst)) {
+            return;
+        }
+        let _ = wire::send(&mut self.stream, &Msg::Wake { lane });
+    }
+
     /// Park this lane while another takes the process home, leaving it
     /// notification `pending` to answer.
     fn park(&mut self, pending: Option<u64>) -> lanes::Parked {
@@ -565,7 +586,11 @@ impl Supervisor {
             _ => None,
         };
         if let Some((sig, code, to)) = own {
-            return self.self_signal(n.id, sig, code, to);
+            let flow = self.self_signal(n.id, sig, code, to);
+            if sig != 0 && to != Some(self.lane.tid) {
+                self.wake_lane(to);
+            }
+            return flow;
         }
         // /dev/tty is the controlling terminal of whoever opens it: only the
         // process itself, at home, has that terminal.

@@ -233,6 +233,12 @@ pub enum Msg {
         signal: i32,
     },
     Kill,
+    /// A signal is pending away for the thread of home tid `lane` (0: any
+    /// thread): the deputy wakes that lane's worker out of a call it waits
+    /// in, so the thread sees the signal as it would at home.
+    Wake {
+        lane: i32,
+    },
 }
 
 /// Write one message frame.

@@ -300,3 +300,30 @@ fn eight_c_threads_move_out_across_and_home_and_exit_as_natively() {
         assert!(after.contains(&want), "{want:?} missing from {after:?}");
     }
 }
+
+/// Away, pthread_kill of a thread that waits in a read at home wakes it:
+/// its handler runs on it and, without SA_RESTART, the read fails with
+/// EINTR, as natively.
+#[test]
+fn pthread_kill_interrupts_a_read_waiting_at_home() {
+    use std::io::{BufRead, Write};
+    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let (mut p, mut out, first) = c.om_exec_piped(1, &bin("threads"), &["interrupt"]);
+    let pid = p.id();
+    let tid = first.strip_prefix("reader tid ").map(str::to_string).unwrap_or_else(|| panic!("{first:?}"));
+    let mut l = String::new();
+    out.read_line(&mut l).expect("ready");
+    assert_eq!(l.trim(), "ready");
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
+    p.stdin.as_mut().expect("stdin").write_all(b"go\n").expect("go");
+    l.clear();
+    out.read_line(&mut l).expect("a line");
+    assert_eq!(
+        l.trim(),
+        format!("read returned -1 (Interrupted system call (os error 4)), handler ran on tid {tid}"),
+        "{}",
+        c.logs()
+    );
+    let st = wait_child(&mut p, Duration::from_secs(20));
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+}

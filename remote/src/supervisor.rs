@@ -117,6 +117,9 @@ struct Flags {
     tid: AtomicI32,
     /// Every lane's thread (they are all woken).
     lane_tids: Mutex<Vec<i32>>,
+    /// Signals the process sends its own threads, for the lane that queues
+    /// each (see [`Supervisor::deliver_own`]).
+    lane_signals: Mutex<Vec<LaneSignal>>,
     /// Whole frames on `stream` from either thread.
     write_lock: Mutex<()>,
     /// Held while the supervisor traces the guest, so the helper's waitid
@@ -134,6 +137,16 @@ impl Flags {
             }
         }
     }
+}
+
+/// A signal one thread sends its process or another thread, waiting for
+/// the lane of thread `by` (home tid) to queue it with the process's own
+/// siginfo: to its own thread, or (the leader) to the process (`to` None).
+struct LaneSignal {
+    by: i32,
+    to: Option<i32>,
+    sig: i32,
+    info: Vec<u8>,
 }
 
 /// Every guest this node hosts, for `expel`.
@@ -353,6 +366,9 @@ impl Supervisor {
             if self.lane_no == 0 {
                 self.deliver_signals(None);
             }
+            if self.has_own_signals() {
+                self.deliver_own(None);
+            }
             if self.lanes.is_some() {
                 match sys::poll(&[(self.lfd(), libc::POLLIN)], -1) {
                     Ok(r) if r[0] & libc::POLLIN != 0 => {}
@@ -471,6 +487,87 @@ impl Supervisor {
         }
     }
 
+    /// Whether a signal waits for this lane to queue it.
+    fn has_own_signals(&self) -> bool {
+        self.lanes.is_some()
+            && self
+                .flags
+                .lane_signals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|s| s.by == self.lane.home_tid)
+    }
+
+    /// Queue the signals waiting for this lane (see [`LaneSignal`]): its
+    /// thread, stopped between two calls with its registers untouched,
+    /// queues each to itself (or, the leader, to its process). `pending`
+    /// is the call it waits in at home, woken for them: answered with a
+    /// restart code as the thread is stopped, so the kernel restarts it or
+    /// fails it with EINTR as it delivers them. What cannot be queued so is
+    /// sent plainly.
+    fn deliver_own(&mut self, pending: Option<u64>) {
+        let me = self.lane.home_tid;
+        let mine: Vec<LaneSignal> = {
+            let mut all = self.flags.lane_signals.lock().unwrap_or_else(|p| p.into_inner());
+            let (mine, rest) = std::mem::take(&mut *all).into_iter().partition(|s| s.by == me);
+            *all = rest;
+            mine
+        };
+        if mine.is_empty() {
+            if let Some(id) = pending {
+                self.reply(id, ERESTARTSYS);
+            }
+            return;
+        }
+        let flags = self.flags.clone();
+        let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (lfd, tid, gpid) = (self.lfd(), self.lane.tid, self.gpid);
+        let mut answered = pending.is_none();
+        let mut answer = || {
+            if let Some(id) = pending {
+                answered = sys::seccomp_send(lfd, id, ERESTARTSYS, false).is_ok();
+            }
+        };
+        let mut sent = 0;
+        let r = Tracee::seize_exact_then(tid, true, &mut answer).and_then(|mut t| {
+            let r = (|| {
+                if !t.use_last_syscall()? && !t.use_vdso_syscall()? {
+                    return Ok(());
+                }
+                let mask = sys::ptrace_get_sigmask(tid).unwrap_or(0);
+                let _ = sys::ptrace_set_sigmask(tid, !0);
+                let at = below_red_zone(&t);
+                for s in &mine {
+                    let r = match s.to {
+                        Some(_) => t.queue_to_own_thread(gpid, s.sig, &s.info, at)?,
+                        None => t.queue_signal(None, s.sig, &s.info, at)?,
+                    };
+                    if r != 0 {
+                        break;
+                    }
+                    sent += 1;
+                }
+                let _ = sys::ptrace_set_sigmask(tid, mask);
+                Ok(())
+            })();
+            let _ = t.detach();
+            r
+        });
+        if let Err(e) = r {
+            tracing::debug!(%e, "a thread could not queue its signals");
+        }
+        for s in &mine[sent..] {
+            let _ = match s.to {
+                Some(t) => sys::tgkill(gpid, t, s.sig),
+                None => sys::kill(gpid, s.sig),
+            };
+        }
+        if let (false, Some(id)) = (answered, pending) {
+            self.reply(id, ERESTARTSYS);
+        }
+    }
+
     /// Send `sig` from here to the process, or to its thread of home tid
     /// `tid` (a thread that has ended gets nothing).
     fn send_plainly(&self, sig: i32, tid: i32) {
@@ -499,17 +596,24 @@ impl Supervisor {
             }
             return;
         }
-        // Another thread than the leader waits in call `pending`: only the
-        // leader could queue the signals with their siginfo, and it may be
-        // in a call of its own, where it cannot be stopped. They go plainly,
-        // a process's to this thread (one that does not block it, which the
-        // kernel could pick), so it is pending here before the answer: the
-        // kernel then restarts the call or fails it with EINTR.
+        // Another thread than the leader waits in call `pending` (job
+        // control): this thread queues them to itself (a process's signal
+        // goes to a thread that does not block it, as this one), as it is
+        // stopped and the call answered with a restart code.
         if let (Some(id), true) = (pending, self.lane_no != 0) {
-            for (sig, _, tid) in queued {
-                self.send_plainly(sig, if tid == 0 { self.lane.home_tid } else { tid });
+            let me = (self.lane.home_tid, self.lane.tid);
+            let mut own = self.flags.lane_signals.lock().unwrap_or_else(|p| p.into_inner());
+            for (sig, info, tid) in queued {
+                if tid == 0 || tid == me.0 {
+                    own.push(LaneSignal { by: me.0, to: Some(me.1), sig, info });
+                } else {
+                    drop(own);
+                    self.send_plainly(sig, tid);
+                    own = self.flags.lane_signals.lock().unwrap_or_else(|p| p.into_inner());
+                }
             }
-            self.reply(id, ERESTARTSYS);
+            drop(own);
+            self.deliver_own(Some(id));
             return;
         }
         let flags = self.flags.clone();
@@ -877,6 +981,23 @@ impl Supervisor {
                 }
                 return Flow::Go;
             }
+        }
+        // With several threads, a signal for another thread is queued by
+        // that thread, and one for the process by the leader (the kernel
+        // takes the process's own siginfo only from them), each between two
+        // of its calls, or as its lane's call at home is woken for it.
+        if self.lanes.is_some() && to != Some(self.lane.tid) && !(to.is_none() && self.lane_no == 0) {
+            let by = match to {
+                Some(t) => self.home_tid_of(t).unwrap_or(0),
+                None => self.home_pid,
+            };
+            let info = siginfo(sig, code, Some((self.home_pid, self.creds.uids[0]))).to_vec();
+            self.flags.lane_signals.lock().unwrap_or_else(|p| p.into_inner()).push(LaneSignal { by, to, sig, info });
+            self.reply(id, 0);
+            self.flags.wake_lanes();
+            return Flow::Go;
+        }
+        if self.lane_no != 0 {
             self.reply(id, plain(self.gpid, sig));
             return Flow::Go;
         }
@@ -1256,11 +1377,20 @@ impl Supervisor {
                     None => continue,
                 }
             }
+            // Woken for a signal: one for this thread alone is queued by it
+            // (it may arrive just after the wake-up); one for the process,
+            // sent plainly, is seen pending.
+            let mut own = false;
             let mut pending = || {
+                own = self.has_own_signals();
                 self.send_signals_plainly();
-                self.signal_pending()
+                own || self.signal_pending()
             };
             if (0..20).any(|_| pending() || !sleep_ms(1)) {
+                if own {
+                    self.deliver_own(Some(id));
+                    return Err(Flow::Go);
+                }
                 return Ok(SysRet { id: 0, ret: ERESTARTSYS, data: Vec::new(), more: false });
             }
         }
@@ -2115,7 +2245,26 @@ fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>, tids: Arc<
                         && sig != libc::SIGCONT
                         && !flags.going_home.load(Ordering::SeqCst)
                     {
-                        flags.signals.lock().unwrap_or_else(|p| p.into_inner()).push((sig, info, tid));
+                        match tids.iter().find(|t| t.1 == tid && tid != 0 && tids.len() > 1) {
+                            // For one thread of several: that thread's lane
+                            // queues it (see Supervisor::deliver_own); home
+                            // woke the call it may wait in.
+                            Some(&(g, _)) => {
+                                flags.lane_signals.lock().unwrap_or_else(|p| p.into_inner()).push(LaneSignal {
+                                    by: tid,
+                                    to: Some(g),
+                                    sig,
+                                    info,
+                                });
+                                // Its call at home, if any, is woken again now
+                                // the signal waits here.
+                                let _g = flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                                if !flags.going_home.load(Ordering::SeqCst) {
+                                    let _ = wire::send(&mut out, &Msg::Wake { lane: tid });
+                                }
+                            }
+                            None => flags.signals.lock().unwrap_or_else(|p| p.into_inner()).push((sig, info, tid)),
+                        }
                         wake();
                     } else {
                         match tids.iter().find(|t| t.1 == tid && tid != 0) {

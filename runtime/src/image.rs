@@ -251,10 +251,9 @@ fn capture_flags(t: &mut Tracee, out: u64, guest: bool) -> Result<ProcFlags> {
     })
 }
 
-/// Queue the image's pending signals again, each by the leader (the
-/// kernel takes any sender and code from a thread group's leader for a
-/// signal to its own group): the process's shared queue with
-/// rt_sigqueueinfo, each thread's own with rt_tgsigqueueinfo to it.
+/// Queue the image's pending signals again, with their siginfo: the
+/// process's shared queue by the leader with rt_sigqueueinfo, each thread's
+/// own by that thread with rt_tgsigqueueinfo to itself.
 /// `threads` are the rebuilt threads in image order, `data` scratch memory.
 /// Signals are blocked meanwhile, so none is delivered to a tracer stop and
 /// lost; each thread's own mask is set last. Call it last before letting the
@@ -266,20 +265,26 @@ pub fn queue_pending(threads: &mut [Tracee], img: &Image, data: u64) -> Result<(
     for t in threads.iter() {
         mask(t.pid, !0)?;
     }
-    let tids: Vec<i32> = threads.iter().map(|t| t.pid).collect();
-    let t = &mut threads[0];
-    let tgid = t.pid;
-    let queues = std::iter::once((None, &img.queued))
-        .chain(img.threads.iter().zip(&tids).map(|(th, &tid)| (Some(tid), &th.queued)));
-    for (to, queue) in queues {
-        for info in queue {
-            let sig = info.get(..4).map_or(0, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            if info.len() != 128 || !(1..=64).contains(&sig) || sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
-            }
-            let r = t.queue_signal(to, sig, info, data)?;
+    let tgid = threads[0].pid;
+    let valid = |info: &Vec<u8>| -> Option<i32> {
+        let sig = info.get(..4).map_or(0, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        (info.len() == 128 && (1..=64).contains(&sig) && sig != libc::SIGKILL && sig != libc::SIGSTOP).then_some(sig)
+    };
+    // The process's queue by the leader; each thread's own by that thread
+    // (the kernel takes another sender's siginfo only from the thread the
+    // signal is for, or from the leader for its process).
+    for (i, (t, th)) in threads.iter_mut().zip(&img.threads).enumerate() {
+        let tid = t.pid;
+        let own = th.queued.iter().map(move |q| (Some(tid), q));
+        let shared = img.queued.iter().filter(|_| i == 0).map(|q| (None, q));
+        for (to, info) in shared.chain(own) {
+            let Some(sig) = valid(info) else { continue };
+            let r = match to {
+                None => t.queue_signal(None, sig, info, data)?,
+                Some(_) => t.queue_to_own_thread(tgid, sig, info, data)?,
+            };
             if r < 0 {
-                tracing::warn!(pid = tgid, sig, errno = -r, "a pending signal could not be queued again");
+                tracing::warn!(pid = tgid, tid = t.pid, sig, errno = -r, "a pending signal could not be queued again");
             }
         }
     }

@@ -204,7 +204,7 @@ fn signals_away_reach_the_thread_the_kernel_would_pick() {
         after,
         [
             format!("SIGUSR1 ran on tid {}", tid(2)),
-            format!("SIGUSR2 ran on tid {}", tid(1)),
+            format!("SIGUSR2 ran on tid {} from this process: true", tid(1)),
             format!("SIGWINCH ran on tid {} from this process: true", tid(0)),
         ],
         "{}",
@@ -316,6 +316,33 @@ fn pthread_kill_interrupts_a_read_waiting_at_home() {
     assert_eq!(l.trim(), "ready");
     c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
     p.stdin.as_mut().expect("stdin").write_all(b"go\n").expect("go");
+    l.clear();
+    out.read_line(&mut l).expect("a line");
+    assert_eq!(
+        l.trim(),
+        format!("read returned -1 (Interrupted system call (os error 4)), handler ran on tid {tid}"),
+        "{}",
+        c.logs()
+    );
+    let st = wait_child(&mut p, Duration::from_secs(20));
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+}
+
+/// Away, a signal another process sends one thread (tgkill to its home tid)
+/// reaches that thread, and wakes the read it waits in at home: the handler
+/// runs on it and the read fails with EINTR, as natively.
+#[test]
+fn a_signal_from_outside_to_one_thread_reaches_it_and_interrupts_its_read() {
+    use std::io::BufRead;
+    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let (mut p, mut out, first) = c.om_exec_piped(1, &bin("threads"), &["interrupt", "outside"]);
+    let pid = p.id();
+    let tid = first.strip_prefix("reader tid ").map(str::to_string).unwrap_or_else(|| panic!("{first:?}"));
+    let mut l = String::new();
+    out.read_line(&mut l).expect("ready");
+    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
+    let t: i32 = tid.parse().expect("tid");
+    om_runtime::sys::tgkill(pid as i32, t, libc::SIGUSR2).expect("tgkill");
     l.clear();
     out.read_line(&mut l).expect("a line");
     assert_eq!(

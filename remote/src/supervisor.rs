@@ -947,40 +947,37 @@ impl Supervisor {
             self.reply(id, plain(self.gpid, libc::SIGSTOP));
             return Flow::Go;
         }
-        // From another thread than the leader. To itself (raise): the
-        // thread, stopped as its call is answered, queues it to itself with
-        // the process's own siginfo. Otherwise only the leader could, and it
-        // may wait in a call of its own, where it cannot be stopped: sent
-        // from here (its sender then reads as this node's daemon).
-        if self.lane_no != 0 {
-            if to == Some(self.lane.tid) {
-                let flags = self.flags.clone();
-                let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
-                let (lfd, gpid, tid) = (self.lfd(), self.gpid, self.lane.tid);
-                let mut answered = false;
-                let mut answer = || {
-                    answered = sys::seccomp_send(lfd, id, 0, false).is_ok();
-                };
-                let info = siginfo(sig, code, Some((self.home_pid, self.creds.uids[0])));
-                let r = Tracee::seize_then(tid, true, &mut answer).and_then(|mut t| {
-                    let sent = (|| {
-                        if !t.use_last_syscall()? && !t.use_vdso_syscall()? {
-                            return Ok(false);
-                        }
-                        let at = below_red_zone(&t);
-                        Ok(t.queue_to_own_thread(gpid, sig, &info, at)? == 0)
-                    })();
-                    let _ = t.detach();
-                    sent
-                });
-                if !matches!(r, Ok(true)) {
-                    let r = plain(gpid, sig);
-                    if !answered {
-                        self.reply(id, r);
+        // raise() in another thread than the leader: the thread, stopped as
+        // its call is answered, queues it to itself with the process's own
+        // siginfo (the kernel takes another sender only for a signal to
+        // oneself, or from the leader for its process).
+        if self.lane_no != 0 && to == Some(self.lane.tid) {
+            let flags = self.flags.clone();
+            let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let (lfd, gpid, tid) = (self.lfd(), self.gpid, self.lane.tid);
+            let mut answered = false;
+            let mut answer = || {
+                answered = sys::seccomp_send(lfd, id, 0, false).is_ok();
+            };
+            let info = siginfo(sig, code, Some((self.home_pid, self.creds.uids[0])));
+            let r = Tracee::seize_then(tid, true, &mut answer).and_then(|mut t| {
+                let sent = (|| {
+                    if !t.use_last_syscall()? && !t.use_vdso_syscall()? {
+                        return Ok(false);
                     }
+                    let at = below_red_zone(&t);
+                    Ok(t.queue_to_own_thread(gpid, sig, &info, at)? == 0)
+                })();
+                let _ = t.detach();
+                sent
+            });
+            if !matches!(r, Ok(true)) {
+                let r = plain(gpid, sig);
+                if !answered {
+                    self.reply(id, r);
                 }
-                return Flow::Go;
             }
+            return Flow::Go;
         }
         // With several threads, a signal for another thread is queued by
         // that thread, and one for the process by the leader (the kernel
@@ -995,10 +992,6 @@ impl Supervisor {
             self.flags.lane_signals.lock().unwrap_or_else(|p| p.into_inner()).push(LaneSignal { by, to, sig, info });
             self.reply(id, 0);
             self.flags.wake_lanes();
-            return Flow::Go;
-        }
-        if self.lane_no != 0 {
-            self.reply(id, plain(self.gpid, sig));
             return Flow::Go;
         }
         let flags = self.flags.clone();

@@ -290,6 +290,15 @@ fn install_filter(t: &mut Tracee, gpid: i32, scratch: u64) -> Result<OwnedFd, Gu
     t.syscall_ok("setgroups", libc::SYS_setgroups, [0, 0, 0, 0, 0, 0])?;
     t.syscall_ok("setresgid", libc::SYS_setresgid, [id, id, id, 0, 0, 0])?;
     t.syscall_ok("setresuid", libc::SYS_setresuid, [id, id, id, 0, 0, 0])?;
+    // The guest dies with the daemon thread that made it (a change of
+    // credentials clears this, so it comes after): without its supervisor,
+    // its calls could only fail. The process's own setting is answered
+    // from home's.
+    t.syscall_ok(
+        "prctl(PR_SET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64, 0, 0, 0, 0],
+    )?;
     t.syscall_ok("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
 
     let prog = filter::program(gpid)?;

@@ -204,3 +204,32 @@ fn a_process_with_four_busy_threads_counts_as_four_cores_of_demand() {
     let _ = p.wait();
     assert!(seen.last().is_some_and(|&d| (3.2..=4.8).contains(&d)), "demand readings over 8 s: {seen:?}");
 }
+
+/// A guest that makes no calls (pure CPU) dies with the daemon that hosts
+/// it: without its supervisor it could never reach home again.
+#[test]
+fn a_guest_dies_with_the_daemon_that_hosts_it() {
+    let mut c = Cluster::start(2);
+    let mut p = c.om_exec(1, &bin("spin"), &["100000"], "s.out");
+    std::thread::sleep(Duration::from_millis(300));
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    // The guest: a child of one of omd 2's threads.
+    let omd2 = c.node_pid(2).expect("omd 2");
+    let guest: i32 = std::fs::read_dir(format!("/proc/{omd2}/task"))
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .iter()
+        .find_map(|t| std::fs::read_to_string(t.path().join("children")).ok()?.split_whitespace().next()?.parse().ok())
+        .expect("a guest under omd 2");
+    c.kill_node(2);
+    let t0 = Instant::now();
+    while !om_runtime::ptrace::has_ended(guest) {
+        if t0.elapsed() > DOWN_WITHIN {
+            let _ = om_runtime::sys::kill(guest, libc::SIGKILL);
+            panic!("guest {guest} outlived its host daemon by {DOWN_WITHIN:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = p.kill();
+    let _ = p.wait();
+}

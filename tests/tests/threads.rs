@@ -354,3 +354,80 @@ fn a_signal_from_outside_to_one_thread_reaches_it_and_interrupts_its_read() {
     let st = wait_child(&mut p, Duration::from_secs(20));
     assert!(st.success(), "{st:?}\n{}", c.logs());
 }
+
+/// Real programs with threads: CPython with four threads, and xz -T2,
+/// moved out and back while they work, give the native result.
+#[test]
+fn python_threads_and_xz_move_and_finish_as_natively() {
+    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let py = "import threading\n\
+              def w(k, out):\n  s = 0\n  for i in range(2000000 * (k + 1)): s += i % 7\n  out[k] = s\n\
+              out = [0] * 4\nts = [threading.Thread(target=w, args=(k, out)) for k in range(4)]\n\
+              [t.start() for t in ts]\nprint('started', flush=True)\n[t.join() for t in ts]\nprint(out)\n";
+    let native = Command::new("python3").args(["-c", py]).output().expect("python3");
+    let mut p = c.om_exec(1, std::path::Path::new("/usr/bin/env"), &["python3", "-c", py], "py.out");
+    om_tests::wait_lines(&c.path("py.out"), 1, Duration::from_secs(20));
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("python to 2: {e}\n{}", c.logs()));
+    std::thread::sleep(Duration::from_millis(200));
+    // A thread that ends away brings the process home by itself.
+    come_home(&c, p.id());
+    let st = wait_child(&mut p, Duration::from_secs(120));
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+    assert_eq!(
+        std::fs::read_to_string(c.path("py.out")).expect("output"),
+        String::from_utf8_lossy(&native.stdout),
+        "{}",
+        c.logs()
+    );
+
+    // xz with two threads compresses a file while it moves; the result
+    // decompresses to the input.
+    let input = c.path("xz.in");
+    // Six bits of noise a byte: slow enough to compress that it moves midway.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..24u32 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x & 0x3f) as u8
+        })
+        .collect();
+    std::fs::write(&input, &data).expect("input");
+    let xz = which("xz");
+    let mut p = c.om_exec(1, &xz, &["-T2", "-k", "-f", "-6", &input.to_string_lossy()], "xz.log");
+    std::thread::sleep(Duration::from_millis(300));
+    let moved = c.migrate(1, p.id(), "2");
+    assert!(moved.is_ok(), "xz did not move: {moved:?}\n{}", c.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    come_home(&c, p.id());
+    let st = wait_child(&mut p, Duration::from_secs(300));
+    assert!(st.success(), "xz: {st:?} (moved: {moved:?})\n{}", c.logs());
+    let back = Command::new(&xz).args(["-d", "-c"]).arg(c.path("xz.in.xz")).output().expect("xz -d");
+    assert!(back.stdout == data, "xz's output does not decompress to its input\n{}", c.logs());
+}
+
+/// Have process `pid` home (it may be on its way by itself, or ended).
+fn come_home(c: &om_tests::Cluster, pid: u32) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        match c.where_is(1, pid) {
+            Some(1) | None => return,
+            _ => match c.migrate(1, pid, "home") {
+                Ok(()) => return,
+                Err(e) if e.contains("returning") || e.contains("moving") => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) if e.contains("exited") || e.contains("no process") => return,
+                Err(e) => panic!("home: {e}\n{}", c.logs()),
+            },
+        }
+    }
+    panic!("process {pid} did not come home\n{}", c.logs());
+}
+
+fn which(prog: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(prog)).find(|f| f.exists()))
+        .unwrap_or_else(|| panic!("{prog} is needed for this test (apt-get install xz-utils)"))
+}

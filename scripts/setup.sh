@@ -7,6 +7,8 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 # The C fixtures (fixtures/c) are built by their tests.
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# A real multi-threaded program the thread tests move.
+command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 # omctl sim: ip (netns, veth, bridge); nsenter, unshare, mount, setpriv.
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)

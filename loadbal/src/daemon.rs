@@ -838,14 +838,20 @@ impl Node {
                 let (tx, rx) = channel::bounded(1);
                 ctl.send(Ctl::MoveTo { dest: n, addr, assumed, reply: tx })
                     .map_err(|_| "the process's controller is gone".to_string())?;
-                rx.recv_timeout(Duration::from_secs(120)).map_err(|_| "the move did not finish in 120 s".to_string())?
+                rx.recv_timeout(Duration::from_secs(120)).map_err(|e| match e {
+                    channel::RecvTimeoutError::Timeout => "the move did not finish in 120 s".to_string(),
+                    channel::RecvTimeoutError::Disconnected => format!("process {pid} ended before it could move"),
+                })?
             }
             ("away", None) => {
                 let ctl = ctl.ok_or("the process is between nodes; try again")?;
                 let (tx, rx) = channel::bounded(1);
                 ctl.send(Ctl::ComeHome(tx)).map_err(|_| "the process's controller is gone".to_string())?;
-                rx.recv_timeout(Duration::from_secs(60))
-                    .map_err(|_| "the process did not come home in 60 s".to_string())??;
+                rx.recv_timeout(Duration::from_secs(60)).map_err(|e| match e {
+                    channel::RecvTimeoutError::Timeout => "the process did not come home in 60 s".to_string(),
+                    // Its controller ended without an answer: so did the process.
+                    channel::RecvTimeoutError::Disconnected => format!("process {pid} ended before it came home"),
+                })??;
                 match (to, addr) {
                     (Some(n), Some(a)) => self.migrate_out(pid, n, a, assumed),
                     _ => Ok(()),

@@ -418,7 +418,7 @@ fn come_home(c: &om_tests::Cluster, pid: u32) {
                 Err(e) if e.contains("returning") || e.contains("moving") => {
                     std::thread::sleep(Duration::from_millis(100))
                 }
-                Err(e) if e.contains("exited") || e.contains("no process") => return,
+                Err(e) if e.contains("exited") || e.contains("ended") || e.contains("no process") => return,
                 Err(e) => panic!("home: {e}\n{}", c.logs()),
             },
         }

@@ -15,7 +15,7 @@ mod tty;
 use crossbeam::channel::{self, Receiver, Sender};
 use om_runtime::image::{self, Target};
 use om_runtime::link::{ClusterKey, Link};
-use om_runtime::ptrace::Tracee;
+use om_runtime::ptrace::{Running, Stop, Tracee};
 use om_runtime::sys as rsys;
 use om_runtime::transfer;
 use om_runtime::wire::{self, Msg};
@@ -536,59 +536,50 @@ impl Away {
             }
             // Signals to the placeholder's other threads (tgkill from home).
             for &tid in &self.threads {
-                if let Ok((t, st)) = rsys::waitpid(tid, libc::__WALL | libc::WNOHANG) {
-                    if t == tid && libc::WIFSTOPPED(st) {
-                        let sig = libc::WSTOPSIG(st);
-                        if st >> 16 != 0 || sig == libc::SIGTRAP {
-                            let _ = rsys::ptrace_cont(tid, 0);
-                        } else {
-                            tracing::debug!(pid, tid, sig, "relaying a signal to a thread");
-                            let info = rsys::ptrace_get_siginfo(tid).map(|i| i.to_vec()).unwrap_or_default();
-                            self.send(&Msg::Signal { sig, info, tid });
-                            if sig != libc::SIGCONT && !rsys::is_stop_signal(sig) {
-                                self.interrupt_deputy();
-                            }
-                            let _ = rsys::ptrace_cont(tid, 0);
-                        }
-                    }
-                }
-            }
-            // Signals sent to the home pid.
-            match rsys::waitpid(pid, libc::__WALL | libc::WNOHANG) {
-                Ok((0, _)) => {}
-                Ok((_, st)) if libc::WIFSTOPPED(st) => {
-                    let sig = libc::WSTOPSIG(st);
-                    if st >> 16 == libc::PTRACE_EVENT_STOP {
-                        // Group-stop: stay stopped (the parent was told) until SIGCONT.
-                        if rsys::is_stop_signal(sig) {
-                            let _ = rsys::ptrace_listen(pid);
-                        } else {
-                            let _ = rsys::ptrace_cont(pid, 0);
-                        }
-                    } else if sig == libc::SIGTRAP {
-                        let _ = rsys::ptrace_cont(pid, 0);
-                    } else if injected_stop == Some(sig) {
-                        injected_stop = None;
-                        let _ = rsys::ptrace_cont(pid, sig);
-                    } else {
-                        tracing::debug!(pid, sig, "relaying a signal");
-                        // A terminal stop signal to an orphaned process group
-                        // is dropped natively unless handled; the remote,
-                        // which knows the handlers, decides (negative number).
-                        let tty_stop = matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU);
-                        let sig = if tty_stop && om_runtime::procfs::pgrp_orphaned(pid) { -sig } else { sig };
-                        // Its siginfo too: sender, code and value arrive as sent.
-                        let info = rsys::ptrace_get_siginfo(pid).map(|i| i.to_vec()).unwrap_or_default();
-                        // To the leader alone (tkill, tgkill), or to the process.
-                        let tid = if rsys::siginfo_is_tkill(&info) { pid } else { 0 };
+                let t = Running { tid };
+                match t.poll() {
+                    Some(Stop::Signal { sig, info }) => {
+                        tracing::debug!(pid, tid, sig, "relaying a signal to a thread");
                         self.send(&Msg::Signal { sig, info, tid });
                         if sig != libc::SIGCONT && !rsys::is_stop_signal(sig) {
                             self.interrupt_deputy();
                         }
-                        let _ = rsys::ptrace_cont(pid, 0);
+                        t.resume(0);
                     }
+                    // With the leader, until SIGCONT.
+                    Some(Stop::Group(sig)) if rsys::is_stop_signal(sig) => t.listen(),
+                    Some(Stop::Group(_) | Stop::Trap) => t.resume(0),
+                    Some(Stop::Ended(_)) | None => {}
                 }
-                Ok(_) | Err(_) => {
+            }
+            // Signals sent to the home pid.
+            let leader = Running { tid: pid };
+            match leader.poll() {
+                None => {}
+                // Group-stop: stay stopped (the parent was told) until SIGCONT.
+                Some(Stop::Group(sig)) if rsys::is_stop_signal(sig) => leader.listen(),
+                Some(Stop::Group(_) | Stop::Trap) => leader.resume(0),
+                Some(Stop::Signal { sig, .. }) if injected_stop == Some(sig) => {
+                    injected_stop = None;
+                    leader.resume(sig);
+                }
+                Some(Stop::Signal { sig, info }) => {
+                    tracing::debug!(pid, sig, "relaying a signal");
+                    // A terminal stop signal to an orphaned process group
+                    // is dropped natively unless handled; the remote,
+                    // which knows the handlers, decides (negative number).
+                    let tty_stop = matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU);
+                    let sig = if tty_stop && om_runtime::procfs::pgrp_orphaned(pid) { -sig } else { sig };
+                    // Its siginfo too: sender, code and value arrive as sent;
+                    // to the leader alone (tkill, tgkill), or to the process.
+                    let tid = if rsys::siginfo_is_tkill(&info) { pid } else { 0 };
+                    self.send(&Msg::Signal { sig, info, tid });
+                    if sig != libc::SIGCONT && !rsys::is_stop_signal(sig) {
+                        self.interrupt_deputy();
+                    }
+                    leader.resume(0);
+                }
+                Some(Stop::Ended(_)) => {
                     // The placeholder died (SIGKILL at home): the process dies with it.
                     self.send(&Msg::Kill);
                     self.interrupt_deputy();
@@ -1162,16 +1153,14 @@ fn end_placeholder(pid: i32, threads: &[i32], scratch: u64, code: i32, signal: i
     let at = scratch + 1024;
     let _ = t.poke(at, &dfl);
     let _ = t.syscall(libc::SYS_rt_sigaction, [signal as u64, at, 0, 8, 0, 0]);
-    let _ = rsys::ptrace_set_sigmask(pid, 0);
+    let _ = t.set_sigmask(0);
     let _ = rsys::kill(pid, signal);
-    let _ = rsys::ptrace_cont(pid, 0);
+    let Ok(running) = t.run_on() else { return };
     for _ in 0..1000 {
-        match rsys::waitpid(pid, libc::__WALL) {
-            Ok((_, st)) if libc::WIFSTOPPED(st) => {
-                let s = libc::WSTOPSIG(st);
-                let _ = rsys::ptrace_cont(pid, if s == signal { signal } else { 0 });
-            }
-            _ => return,
+        match running.wait() {
+            Stop::Signal { sig, .. } if sig == signal => running.resume(signal),
+            Stop::Signal { .. } | Stop::Group(_) | Stop::Trap => running.resume(0),
+            Stop::Ended(_) => return,
         }
     }
 }

@@ -535,8 +535,8 @@ impl Supervisor {
                 if !t.use_last_syscall()? && !t.use_vdso_syscall()? {
                     return Ok(());
                 }
-                let mask = sys::ptrace_get_sigmask(tid).unwrap_or(0);
-                let _ = sys::ptrace_set_sigmask(tid, !0);
+                let mask = t.sigmask().unwrap_or(0);
+                let _ = t.set_sigmask(!0);
                 let at = below_red_zone(&t);
                 for s in &mine {
                     let r = match s.to {
@@ -548,7 +548,7 @@ impl Supervisor {
                     }
                     sent += 1;
                 }
-                let _ = sys::ptrace_set_sigmask(tid, mask);
+                let _ = t.set_sigmask(mask);
                 Ok(())
             })();
             let _ = t.detach();
@@ -632,8 +632,8 @@ impl Supervisor {
                 if !t.use_last_syscall()? && !t.use_vdso_syscall()? {
                     return Ok(());
                 }
-                let mask = sys::ptrace_get_sigmask(gpid).unwrap_or(0);
-                let _ = sys::ptrace_set_sigmask(gpid, !0);
+                let mask = t.sigmask().unwrap_or(0);
+                let _ = t.set_sigmask(!0);
                 let at = below_red_zone(&t);
                 for (sig, info, tid) in &queued {
                     let to = match *tid {
@@ -652,7 +652,7 @@ impl Supervisor {
                     }
                     sent += 1;
                 }
-                let _ = sys::ptrace_set_sigmask(gpid, mask);
+                let _ = t.set_sigmask(mask);
                 Ok(())
             })();
             let _ = t.detach();

@@ -376,10 +376,90 @@ impl Tracee {
         Ok(())
     }
 
+    /// Its blocked signals (PTRACE_GETSIGMASK).
+    pub fn sigmask(&self) -> Result<u64> {
+        sys::ptrace_get_sigmask(self.pid).map_err(io_err(self.pid, "getsigmask"))
+    }
+
+    /// Set its blocked signals (PTRACE_SETSIGMASK).
+    pub fn set_sigmask(&self, mask: u64) -> Result<()> {
+        sys::ptrace_set_sigmask(self.pid, mask).map_err(io_err(self.pid, "setsigmask"))
+    }
+
+    /// Let it run on, still traced, with the saved registers: the running side.
+    pub fn run_on(self) -> Result<Running> {
+        self.resume_traced()?;
+        Ok(Running { tid: self.pid })
+    }
+
     /// Resume under trace (PTRACE_CONT) with the saved registers.
     pub fn resume_traced(&self) -> Result<()> {
         self.set_regs(&self.saved)?;
         sys::ptrace_cont(self.pid, 0).map_err(io_err(self.pid, "cont"))
+    }
+}
+
+/// A task this thread traces while it runs (a parked placeholder thread):
+/// it can only be polled for a stop, and let go on from one (the `Running`
+/// side of the typestate; [`Tracee`] is the stopped side, reached with
+/// [`Tracee::interrupt`]).
+pub struct Running {
+    pub tid: i32,
+}
+
+/// What a [`Running`] task stopped for.
+pub enum Stop {
+    /// Signal-delivery-stop: the signal, with its siginfo (128 bytes, or
+    /// empty if it could not be read).
+    Signal { sig: i32, info: Vec<u8> },
+    /// Group-stop for this signal (PTRACE_EVENT_STOP).
+    Group(i32),
+    /// A trap or another ptrace event.
+    Trap,
+    /// It has ended (or cannot be waited for): the raw wait status, -1 if none.
+    Ended(i32),
+}
+
+impl Running {
+    /// The stop it is in, if it stopped since it was last let go.
+    pub fn poll(&self) -> Option<Stop> {
+        match sys::waitpid(self.tid, libc::__WALL | libc::WNOHANG) {
+            Ok((0, _)) => None,
+            Ok((_, st)) => Some(self.stop_of(st)),
+            Err(_) => Some(Stop::Ended(-1)),
+        }
+    }
+
+    fn stop_of(&self, st: i32) -> Stop {
+        if !libc::WIFSTOPPED(st) {
+            return Stop::Ended(st);
+        }
+        let sig = libc::WSTOPSIG(st);
+        if st >> 16 == libc::PTRACE_EVENT_STOP {
+            Stop::Group(sig)
+        } else if st >> 16 != 0 || sig == libc::SIGTRAP {
+            Stop::Trap
+        } else {
+            Stop::Signal { sig, info: sys::ptrace_get_siginfo(self.tid).map(|i| i.to_vec()).unwrap_or_default() }
+        }
+    }
+
+    /// Wait for its next stop or its end.
+    pub fn wait(&self) -> Stop {
+        match sys::waitpid(self.tid, libc::__WALL) {
+            Ok((_, st)) => self.stop_of(st),
+            Err(_) => Stop::Ended(-1),
+        }
+    }
+
+    /// Let it go on from its stop, delivering `sig` (0: none).
+    pub fn resume(&self, sig: i32) {
+        let _ = sys::ptrace_cont(self.tid, sig);
+    }
+
+    /// Keep it in its group-stop, told of later events (PTRACE_LISTEN).
+    pub fn listen(&self) {
+        let _ = sys::ptrace_listen(self.tid);
     }
 }
 

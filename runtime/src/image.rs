@@ -259,11 +259,8 @@ fn capture_flags(t: &mut Tracee, out: u64, guest: bool) -> Result<ProcFlags> {
 /// lost; each thread's own mask is set last. Call it last before letting the
 /// process go.
 pub fn queue_pending(threads: &mut [Tracee], img: &Image, data: u64) -> Result<()> {
-    let mask = |pid: i32, m| {
-        sys::ptrace_set_sigmask(pid, m).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e })
-    };
     for t in threads.iter() {
-        mask(t.pid, !0)?;
+        t.set_sigmask(!0)?;
     }
     let tgid = threads[0].pid;
     let valid = |info: &Vec<u8>| -> Option<i32> {
@@ -289,7 +286,7 @@ pub fn queue_pending(threads: &mut [Tracee], img: &Image, data: u64) -> Result<(
         }
     }
     for (t, th) in threads.iter().zip(&img.threads) {
-        mask(t.pid, th.sigmask)?;
+        t.set_sigmask(th.sigmask)?;
     }
     Ok(())
 }
@@ -949,11 +946,7 @@ pub fn capture(threads: &mut [Tracee], reopen: &dyn Fn(&str) -> bool) -> Result<
         actions,
         ignored: procfs::hex_mask(&sf("SigIgn")),
         pending: procfs::hex_mask(&sf("SigPnd")) | procfs::hex_mask(&sf("ShdPnd")),
-        queued: sys::ptrace_peek_siginfo(pid, true)
-            .map_err(ioe("queued signals"))?
-            .into_iter()
-            .map(|i| i.to_vec())
-            .collect(),
+        queued: t.queued_signals(true)?,
         itimers,
         creds,
         flags,
@@ -980,18 +973,14 @@ fn capture_thread(t: &mut Tracee, at: u64) -> Result<ThreadState> {
     Ok(ThreadState {
         tid,
         regs: regs_to_array(&t.saved),
-        xstate: sys::ptrace_get_xstate(tid).map_err(ioe("xstate"))?,
-        sigmask: sys::ptrace_get_sigmask(tid).map_err(ioe("sigmask"))?,
-        rseq: sys::ptrace_get_rseq(tid).unwrap_or((0, 0, 0)),
+        xstate: t.xstate()?,
+        sigmask: t.sigmask()?,
+        rseq: t.rseq(),
         robust: sys::get_robust_list(tid).unwrap_or((0, 0)),
         altstack,
         clear_tid,
         comm: comm.trim_end_matches('\n').to_string(),
-        queued: sys::ptrace_peek_siginfo(tid, false)
-            .map_err(ioe("queued signals"))?
-            .into_iter()
-            .map(|i| i.to_vec())
-            .collect(),
+        queued: t.queued_signals(false)?,
     })
 }
 
@@ -1715,7 +1704,6 @@ pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore,
 /// its `syscall_ip`, using scratch memory at `data`): rseq, robust list,
 /// sigaltstack, clear_child_tid, name, then mask, xstate and registers.
 pub fn restore_thread(t: &mut Tracee, th: &ThreadState, data: u64) -> Result<()> {
-    let pid = t.pid;
     let (rp, rl, rsig) = th.rseq;
     if rp != 0 {
         t.syscall_ok("rseq", libc::SYS_rseq, [rp, rl as u64, 0, rsig as u64, 0, 0])?;
@@ -1737,8 +1725,8 @@ pub fn restore_thread(t: &mut Tracee, th: &ThreadState, data: u64) -> Result<()>
     name.push(0);
     t.poke(data, &name)?;
     t.syscall(libc::SYS_prctl, [libc::PR_SET_NAME as u64, data, 0, 0, 0, 0])?;
-    sys::ptrace_set_sigmask(pid, th.sigmask).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e })?;
-    sys::ptrace_set_xstate(pid, &th.xstate).map_err(|e| TraceError::Io { pid, what: "setxstate", source: e })?;
+    t.set_sigmask(th.sigmask)?;
+    t.set_xstate(&th.xstate)?;
     t.saved = th.regs();
     Ok(())
 }
@@ -1815,7 +1803,7 @@ pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     for a in &img.actions {
         t.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [a.sig as u64, scratch + 1024, 0, 8, 0, 0])?;
     }
-    sys::ptrace_set_sigmask(t.pid, 0).map_err(|e| TraceError::Io { pid: t.pid, what: "setsigmask", source: e })?;
+    t.set_sigmask(0)?;
     let mut regs = img.leader().regs();
     regs.rip = scratch + PARK_OFFSET;
     regs.orig_rax = u64::MAX;
@@ -1829,7 +1817,6 @@ pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
 /// write into memory that is gone: a clear_child_tid address is dropped
 /// too (its thread id stays taken here while the thread runs away).
 pub fn park_thread(t: &mut Tracee, th: &ThreadState, scratch: u64) -> Result<()> {
-    let pid = t.pid;
     t.syscall_ip = scratch;
     let (rp, rl, rsig) = th.rseq;
     if rp != 0 {
@@ -1838,7 +1825,7 @@ pub fn park_thread(t: &mut Tracee, th: &ThreadState, scratch: u64) -> Result<()>
     }
     t.syscall_ok("set_robust_list", libc::SYS_set_robust_list, [0, 24, 0, 0, 0, 0])?;
     t.syscall(libc::SYS_set_tid_address, [0, 0, 0, 0, 0, 0])?;
-    sys::ptrace_set_sigmask(pid, 0).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e })?;
+    t.set_sigmask(0)?;
     let mut regs = th.regs();
     regs.rip = scratch + PARK_OFFSET;
     regs.orig_rax = u64::MAX;
@@ -1912,7 +1899,7 @@ pub fn repark(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     for a in &img.actions {
         t.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [a.sig as u64, scratch + 1024, 0, 8, 0, 0])?;
     }
-    sys::ptrace_set_sigmask(pid, 0).map_err(|e| TraceError::Io { pid, what: "setsigmask", source: e })?;
+    t.set_sigmask(0)?;
     // The registers it was parked with, in the loop of this scratch area.
     t.saved.rip = scratch + PARK_OFFSET;
     t.saved.orig_rax = u64::MAX;

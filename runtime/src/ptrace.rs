@@ -386,6 +386,26 @@ impl Tracee {
         sys::ptrace_set_sigmask(self.pid, mask).map_err(io_err(self.pid, "setsigmask"))
     }
 
+    /// Its FPU/SSE/AVX state (NT_X86_XSTATE).
+    pub fn xstate(&self) -> Result<Vec<u8>> {
+        sys::ptrace_get_xstate(self.pid).map_err(io_err(self.pid, "xstate"))
+    }
+
+    pub fn set_xstate(&self, xstate: &[u8]) -> Result<()> {
+        sys::ptrace_set_xstate(self.pid, xstate).map_err(io_err(self.pid, "setxstate"))
+    }
+
+    /// Its rseq registration (area, length, signature), zeroes if none.
+    pub fn rseq(&self) -> (u64, u32, u32) {
+        sys::ptrace_get_rseq(self.pid).unwrap_or((0, 0, 0))
+    }
+
+    /// The signals queued for it, whole: its own queue, or its process's.
+    pub fn queued_signals(&self, shared: bool) -> Result<Vec<Vec<u8>>> {
+        let q = sys::ptrace_peek_siginfo(self.pid, shared).map_err(io_err(self.pid, "queued signals"))?;
+        Ok(q.into_iter().map(|i| i.to_vec()).collect())
+    }
+
     /// Let it run on, still traced, with the saved registers: the running side.
     pub fn run_on(self) -> Result<Running> {
         self.resume_traced()?;

@@ -170,6 +170,8 @@ pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), Guest
 /// listener of each thread (its guest tid, in image order) and the final image.
 fn rebuild(stream: &mut Link, gpid: i32, first: Msg, host: &Host) -> Result<(Vec<(i32, OwnedFd)>, Image), GuestError> {
     let t0 = std::time::Instant::now();
+    // The filter is built once, before the freeze: every thread gets it.
+    let prog = filter::program(gpid)?;
     let mut t = Tracee::adopt_traceme_child(gpid)?;
     let (img, rs) = match first {
         Msg::PreImage(pre) => {
@@ -209,7 +211,7 @@ fn rebuild(stream: &mut Link, gpid: i32, first: Msg, host: &Host) -> Result<(Vec
     let mut listeners = Vec::with_capacity(threads.len());
     for t in threads.iter_mut() {
         t.syscall_ip = rs.scratch;
-        listeners.push((t.pid, install_filter(t, gpid, rs.scratch)?));
+        listeners.push((t.pid, install_filter(t, gpid, &prog, rs.scratch)?));
     }
     image::queue_pending(&mut threads, &img, rs.scratch + 1024)?;
     image::unmap_scratch(&mut threads[0], rs.scratch)?;
@@ -285,7 +287,7 @@ fn enter_sandbox(t: &mut Tracee, scratch: u64, keep: &[std::path::PathBuf]) -> R
 /// process's credentials), no_new_privs, the seccomp filter with a listener
 /// (taken by us with pidfd_getfd), and closing the guest's copy of the
 /// listener (answered with CONTINUE as it traps).
-fn install_filter(t: &mut Tracee, gpid: i32, scratch: u64) -> Result<OwnedFd, GuestError> {
+fn install_filter(t: &mut Tracee, gpid: i32, prog: &[u8], scratch: u64) -> Result<OwnedFd, GuestError> {
     let id = u64::from(GUEST_UID_BASE + (gpid as u32 % GUEST_UIDS));
     t.syscall_ok("setgroups", libc::SYS_setgroups, [0, 0, 0, 0, 0, 0])?;
     t.syscall_ok("setresgid", libc::SYS_setresgid, [id, id, id, 0, 0, 0])?;
@@ -301,10 +303,9 @@ fn install_filter(t: &mut Tracee, gpid: i32, scratch: u64) -> Result<OwnedFd, Gu
     )?;
     t.syscall_ok("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
 
-    let prog = filter::program(gpid)?;
     let prog_at = scratch + 4096;
     let fprog_at = scratch + 1024;
-    t.poke(prog_at, &prog)?;
+    t.poke(prog_at, prog)?;
     let mut fprog = Vec::with_capacity(16);
     fprog.extend_from_slice(&((prog.len() / 8) as u16).to_le_bytes());
     fprog.extend_from_slice(&[0u8; 6]);

@@ -139,8 +139,7 @@ pub(crate) fn serve_round<R: std::io::Read>(
                 }
             }
             Ok(Frame::Msg(Msg::FdIdent { id, fd })) => {
-                let file = if fd >= 0 && fd < res { om_runtime::image::fd_file_id(fd) } else { None };
-                if let Err(e) = wire::send(link, &Msg::FdIdentRet { id, file }) {
+                if let Err(e) = wire::send(link, &fd_ident(id, fd, res)) {
                     events(Event::Lost(e.to_string()));
                     return Ended::Over;
                 }
@@ -187,6 +186,13 @@ fn send_answer<W: std::io::Write>(
         wire::send_data(link, answer)?;
     }
     Ok(())
+}
+
+/// The answer to FdIdent: which file the process's fd `fd` is (none for
+/// om's own fds, at and above `res`, or anything but a regular file).
+fn fd_ident(id: u64, fd: i32, res: i32) -> Msg {
+    let file = if fd >= 0 && fd < res { om_runtime::image::fd_file_id(fd) } else { None };
+    Msg::FdIdentRet { id, file }
 }
 
 /// Read the data frames of a call's input (`want` bytes) into `input`.
@@ -290,9 +296,9 @@ pub(crate) fn serve_lanes<R: std::io::Read>(
                     let _ = tx.send((req, flags, input));
                 }
                 Ok(Frame::Msg(Msg::FdIdent { id, fd })) => {
-                    let file = if fd >= 0 && fd < res { om_runtime::image::fd_file_id(fd) } else { None };
+                    let answer = fd_ident(id, fd, res);
                     let mut l = link.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Err(e) = wire::send(&mut **l, &Msg::FdIdentRet { id, file }) {
+                    if let Err(e) = wire::send(&mut **l, &answer) {
                         events(Event::Lost(e.to_string()));
                         break Ended::Over;
                     }

@@ -547,19 +547,14 @@ pub fn write_room(fd: RawFd) -> i64 {
                 libc::fcntl(fd, libc::F_GETPIPE_SZ)
             }
             libc::S_IFSOCK => {
-                let (mut kind, mut sndbuf): (libc::c_int, libc::c_int) = (0, 0);
-                let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                let int = |opt, v: &mut libc::c_int, l: &mut libc::socklen_t| {
-                    libc::getsockopt(fd, libc::SOL_SOCKET, opt, (v as *mut libc::c_int).cast(), l)
-                };
-                if int(libc::SO_TYPE, &mut kind, &mut l) != 0 || kind != libc::SOCK_STREAM {
+                if sock_int(fd, libc::SO_TYPE) != Some(libc::SOCK_STREAM) {
                     return -1;
                 }
-                if int(libc::SO_SNDBUF, &mut sndbuf, &mut l) != 0 || libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) != 0 {
+                let Some(sndbuf) = sock_int(fd, libc::SO_SNDBUF) else { return -1 };
+                if libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) != 0 {
                     return -1;
                 }
-                let mut domain: libc::c_int = 0;
-                exact = int(libc::SO_DOMAIN, &mut domain, &mut l) == 0 && domain == libc::AF_UNIX;
+                exact = sock_int(fd, libc::SO_DOMAIN) == Some(libc::AF_UNIX);
                 sndbuf
             }
             _ => return -1,
@@ -576,6 +571,15 @@ pub fn write_room(fd: RawFd) -> i64 {
     }
 }
 
+/// An int-valued SOL_SOCKET option of socket `fd`.
+fn sock_int(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and l are live locals of the sizes getsockopt is told.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&raw mut v).cast(), &mut l) };
+    (r == 0).then_some(v)
+}
+
 /// Up to `buf.len()` bytes that follow in stream socket or pipe `fd`, left
 /// there: MSG_PEEK for a stream socket, tee(2) through the private pipe
 /// `tee` (its read end, write end; empty, non-blocking) for a pipe. 0 for
@@ -590,29 +594,12 @@ pub fn peek(fd: RawFd, buf: &mut [u8], tee: Option<(RawFd, RawFd)>) -> usize {
         }
         match st.st_mode & libc::S_IFMT {
             libc::S_IFSOCK => {
-                let mut kind: libc::c_int = 0;
-                let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                let ok = libc::getsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_TYPE,
-                    (&mut kind as *mut libc::c_int).cast(),
-                    &mut l,
-                );
-                if ok != 0 || kind != libc::SOCK_STREAM {
+                if sock_int(fd, libc::SO_TYPE) != Some(libc::SOCK_STREAM) {
                     return 0;
                 }
                 // A low-water mark above one byte makes a read wait for more
                 // than what may be there: no reading ahead then.
-                let mut lowat: libc::c_int = 0;
-                let ok = libc::getsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVLOWAT,
-                    (&mut lowat as *mut libc::c_int).cast(),
-                    &mut l,
-                );
-                if ok != 0 || lowat > 1 {
+                if sock_int(fd, libc::SO_RCVLOWAT).is_none_or(|l| l > 1) {
                     return 0;
                 }
                 let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT);

@@ -520,9 +520,21 @@ impl Supervisor {
             }
             return;
         }
+        let items: Vec<(Option<i32>, i32, Vec<u8>)> = mine.into_iter().map(|s| (s.to, s.sig, s.info)).collect();
+        self.queue_in_thread(self.lane.tid, pending, &items);
+    }
+
+    /// Stop thread `tid` between two of its calls, its registers untouched
+    /// (`pending`, the call it waits in at home, is answered with a restart
+    /// code as it is asked to stop: only an answer ends that wait), have it
+    /// queue each signal (to itself, or with `to` None, the leader, to its
+    /// process) with its siginfo, all signals blocked meanwhile, and let it
+    /// go. The kernel then restarts that call or fails it with EINTR as it
+    /// delivers them. What cannot be queued so is sent plainly.
+    fn queue_in_thread(&mut self, tid: i32, pending: Option<u64>, items: &[(Option<i32>, i32, Vec<u8>)]) {
         let flags = self.flags.clone();
         let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (lfd, tid, gpid) = (self.lfd(), self.lane.tid, self.gpid);
+        let (lfd, gpid) = (self.lfd(), self.gpid);
         let mut answered = pending.is_none();
         let mut answer = || {
             if let Some(id) = pending {
@@ -538,10 +550,10 @@ impl Supervisor {
                 let mask = t.sigmask().unwrap_or(0);
                 let _ = t.set_sigmask(!0);
                 let at = below_red_zone(&t);
-                for s in &mine {
-                    let r = match s.to {
-                        Some(_) => t.queue_to_own_thread(gpid, s.sig, &s.info, at)?,
-                        None => t.queue_signal(None, s.sig, &s.info, at)?,
+                for (to, sig, info) in items {
+                    let r = match to {
+                        Some(_) => t.queue_to_own_thread(gpid, *sig, info, at)?,
+                        None => t.queue_signal(None, *sig, info, at)?,
                     };
                     if r != 0 {
                         break;
@@ -555,12 +567,12 @@ impl Supervisor {
             r
         });
         if let Err(e) = r {
-            tracing::debug!(%e, "a thread could not queue its signals");
+            tracing::debug!(%e, tid, "a thread could not queue its signals");
         }
-        for s in &mine[sent..] {
-            let _ = match s.to {
-                Some(t) => sys::tgkill(gpid, t, s.sig),
-                None => sys::kill(gpid, s.sig),
+        for (to, sig, _) in &items[sent..] {
+            let _ = match to {
+                Some(t) => sys::tgkill(gpid, *t, *sig),
+                None => sys::kill(gpid, *sig),
             };
         }
         if let (false, Some(id)) = (answered, pending) {
@@ -616,57 +628,16 @@ impl Supervisor {
             self.deliver_own(Some(id));
             return;
         }
-        let flags = self.flags.clone();
-        let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let gpid = self.gpid;
-        let mut sent = 0;
-        let lfd = self.lfd();
-        let mut answered = pending.is_none();
-        let mut answer = || {
-            if let Some(id) = pending {
-                answered = sys::seccomp_send(lfd, id, ERESTARTSYS, false).is_ok();
+        // The leader queues them: a process's, or its own.
+        let mut items = Vec::with_capacity(queued.len());
+        for (sig, info, tid) in queued {
+            match tid {
+                0 => items.push((None, sig, info)),
+                h if h == self.home_pid => items.push((Some(self.gpid), sig, info)),
+                h => self.send_plainly(sig, h),
             }
-        };
-        let r = Tracee::seize_exact_then(gpid, true, &mut answer).and_then(|mut t| {
-            let r = (|| {
-                if !t.use_last_syscall()? && !t.use_vdso_syscall()? {
-                    return Ok(());
-                }
-                let mask = t.sigmask().unwrap_or(0);
-                let _ = t.set_sigmask(!0);
-                let at = below_red_zone(&t);
-                for (sig, info, tid) in &queued {
-                    let to = match *tid {
-                        0 => None,
-                        h => match self.guest_tid_of(h) {
-                            Some(g) => Some(g),
-                            // Its thread has ended: nobody takes it.
-                            None => {
-                                sent += 1;
-                                continue;
-                            }
-                        },
-                    };
-                    if t.queue_signal(to, *sig, info, at)? != 0 {
-                        break;
-                    }
-                    sent += 1;
-                }
-                let _ = t.set_sigmask(mask);
-                Ok(())
-            })();
-            let _ = t.detach();
-            r
-        });
-        if let Err(e) = r {
-            tracing::debug!(%e, "could not have the guest queue its signals");
         }
-        for (sig, _, tid) in &queued[sent..] {
-            self.send_plainly(*sig, *tid);
-        }
-        if let (false, Some(id)) = (answered, pending) {
-            self.reply(id, ERESTARTSYS);
-        }
+        self.queue_in_thread(self.gpid, pending, &items);
     }
 
     fn reply(&self, id: u64, val: i64) {

@@ -301,21 +301,21 @@ fn eight_c_threads_move_out_across_and_home_and_exit_as_natively() {
     }
 }
 
-/// Away, pthread_kill of a thread that waits in a read at home wakes it:
-/// its handler runs on it and, without SA_RESTART, the read fails with
-/// EINTR, as natively.
-#[test]
-fn pthread_kill_interrupts_a_read_waiting_at_home() {
-    use std::io::{BufRead, Write};
+/// The `threads interrupt` fixture (with `args`) moved to node 2 with its
+/// reader waiting in a read at home; `signal` then sends the signal (given
+/// the process and the home handle of its stdin, and the reader's tid).
+/// The handler must run on the reader and its read fail with EINTR.
+fn read_interrupted_away(args: &[&str], signal: &dyn Fn(u32, &mut std::process::ChildStdin, i32)) {
+    use std::io::BufRead;
     let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
-    let (mut p, mut out, first) = c.om_exec_piped(1, &bin("threads"), &["interrupt"]);
+    let (mut p, mut out, first) = c.om_exec_piped(1, &bin("threads"), args);
     let pid = p.id();
     let tid = first.strip_prefix("reader tid ").map(str::to_string).unwrap_or_else(|| panic!("{first:?}"));
     let mut l = String::new();
     out.read_line(&mut l).expect("ready");
     assert_eq!(l.trim(), "ready");
     c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
-    p.stdin.as_mut().expect("stdin").write_all(b"go\n").expect("go");
+    signal(pid, p.stdin.as_mut().expect("stdin"), tid.parse().expect("tid"));
     l.clear();
     out.read_line(&mut l).expect("a line");
     assert_eq!(
@@ -328,31 +328,25 @@ fn pthread_kill_interrupts_a_read_waiting_at_home() {
     assert!(st.success(), "{st:?}\n{}", c.logs());
 }
 
+/// Away, pthread_kill of a thread that waits in a read at home wakes it:
+/// its handler runs on it and, without SA_RESTART, the read fails with
+/// EINTR, as natively.
+#[test]
+fn pthread_kill_interrupts_a_read_waiting_at_home() {
+    // The fixture's main thread sends it once it reads a line.
+    read_interrupted_away(&["interrupt"], &|_, stdin, _| {
+        std::io::Write::write_all(stdin, b"go\n").expect("go");
+    });
+}
+
 /// Away, a signal another process sends one thread (tgkill to its home tid)
 /// reaches that thread, and wakes the read it waits in at home: the handler
 /// runs on it and the read fails with EINTR, as natively.
 #[test]
 fn a_signal_from_outside_to_one_thread_reaches_it_and_interrupts_its_read() {
-    use std::io::BufRead;
-    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
-    let (mut p, mut out, first) = c.om_exec_piped(1, &bin("threads"), &["interrupt", "outside"]);
-    let pid = p.id();
-    let tid = first.strip_prefix("reader tid ").map(str::to_string).unwrap_or_else(|| panic!("{first:?}"));
-    let mut l = String::new();
-    out.read_line(&mut l).expect("ready");
-    c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
-    let t: i32 = tid.parse().expect("tid");
-    om_runtime::sys::tgkill(pid as i32, t, libc::SIGUSR2).expect("tgkill");
-    l.clear();
-    out.read_line(&mut l).expect("a line");
-    assert_eq!(
-        l.trim(),
-        format!("read returned -1 (Interrupted system call (os error 4)), handler ran on tid {tid}"),
-        "{}",
-        c.logs()
-    );
-    let st = wait_child(&mut p, Duration::from_secs(20));
-    assert!(st.success(), "{st:?}\n{}", c.logs());
+    read_interrupted_away(&["interrupt", "outside"], &|pid, _, tid| {
+        om_runtime::sys::tgkill(pid as i32, tid, libc::SIGUSR2).expect("tgkill");
+    });
 }
 
 /// Real programs with threads: CPython with four threads, and xz -T2,

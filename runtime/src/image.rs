@@ -544,8 +544,15 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
             } else {
                 "a shared writable mapping"
             };
+            // The JVM maps its perf counters shared from /tmp; the flag
+            // that keeps them private is the fix a user needs.
+            let hint = if m.path.contains("/hsperfdata_") {
+                "; a JVM can move when started with -XX:+PerfDisableSharedMem"
+            } else {
+                ""
+            };
             return Some(format!(
-                "it has {what} at {:#x} ({})",
+                "it has {what} at {:#x} ({}){hint}",
                 m.start,
                 if m.path.is_empty() { "anon" } else { &m.path }
             ));

@@ -253,11 +253,7 @@ fn threads_started_and_ended_during_a_migration() {
 fn eight_c_threads_move_out_across_and_home_and_exit_as_natively() {
     use std::io::{BufRead, Write};
     let c = om_tests::Cluster::start_with(3, |_| vec!["--experimental-threads".into()]);
-    let prog = c.path("threads8");
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/c/threads8.c");
-    let cc = Command::new("gcc").args(["-O1", "-pthread", "-o"]).arg(&prog).arg(&src).output();
-    let cc = cc.expect("gcc is needed to build the C fixture (apt-get install gcc)");
-    assert!(cc.status.success(), "gcc: {}", String::from_utf8_lossy(&cc.stderr));
+    let prog = build_c(&c, "threads8");
     let (mut p, mut out, first) = c.om_exec_piped(1, &prog, &[]);
     let pid = p.id();
     let mut lines = vec![first];
@@ -424,4 +420,109 @@ fn which(prog: &str) -> std::path::PathBuf {
     std::env::var_os("PATH")
         .and_then(|p| std::env::split_paths(&p).map(|d| d.join(prog)).find(|f| f.exists()))
         .unwrap_or_else(|| panic!("{prog} is needed for this test (apt-get install xz-utils)"))
+}
+
+/// Node computing, and Java computing: each moved out and home while it
+/// works gives the native output.
+#[test]
+fn node_and_java_move_and_finish_as_natively() {
+    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let js = "let s = 0; console.log('started');\n\
+              for (let i = 0; i < 3e8; i++) { s = (s + i % 7) % 1000003; }\nconsole.log(s);\n";
+    let native = Command::new("node").args(["-e", js]).output().expect("node");
+    let node = which("node");
+    let mut p = c.om_exec(1, &node, &["-e", js], "node.out");
+    om_tests::wait_lines(&c.path("node.out"), 1, Duration::from_secs(20));
+    let moved = c.migrate(1, p.id(), "2");
+    std::thread::sleep(Duration::from_millis(500));
+    come_home(&c, p.id());
+    let st = wait_child(&mut p, Duration::from_secs(120));
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+    assert_eq!(
+        std::fs::read_to_string(c.path("node.out")).expect("output"),
+        String::from_utf8_lossy(&native.stdout),
+        "{}",
+        c.logs()
+    );
+    assert!(moved.is_ok(), "node did not move: {moved:?}\n{}", c.logs());
+
+    // The JVM: some twenty threads (compiler, GC, signal dispatcher), and
+    // two of ours computing.
+    let src = c.path("Spin.java");
+    std::fs::write(
+        &src,
+        "public class Spin {\n\
+         static long run(long n) { long s = 0; for (long i = 0; i < n; i++) s = (s + i % 7) % 1000003; return s; }\n\
+         public static void main(String[] a) throws Exception {\n\
+           long[] r = new long[2];\n\
+           Thread t = new Thread(() -> r[1] = run(700_000_000L)); t.start();\n\
+           System.out.println(\"started\");\n\
+           r[0] = run(900_000_000L); t.join();\n\
+           System.out.println(r[0] + \" \" + r[1]);\n\
+         }\n}\n",
+    )
+    .expect("java source");
+    let java = which("java");
+    // Without the flag the JVM maps its perf counters shared from /tmp,
+    // which om refuses to move, naming the flag.
+    let native = Command::new(&java).arg(&src).output().expect("java");
+    let mut p = c.om_exec(1, &java, &["-XX:+PerfDisableSharedMem", &src.to_string_lossy()], "java.out");
+    om_tests::wait_lines(&c.path("java.out"), 1, Duration::from_secs(60));
+    let moved = c.migrate(1, p.id(), "2");
+    std::thread::sleep(Duration::from_millis(500));
+    come_home(&c, p.id());
+    let st = wait_child(&mut p, Duration::from_secs(120));
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+    assert_eq!(
+        std::fs::read_to_string(c.path("java.out")).expect("output"),
+        String::from_utf8_lossy(&native.stdout),
+        "{}",
+        c.logs()
+    );
+    assert!(moved.is_ok(), "java did not move: {moved:?}\n{}", c.logs());
+}
+
+/// Build the C fixture `name` (fixtures/c/NAME.c) into the cluster's folder.
+fn build_c(c: &om_tests::Cluster, name: &str) -> std::path::PathBuf {
+    let prog = c.path(name);
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../fixtures/c/{name}.c"));
+    let cc = Command::new("gcc").args(["-O1", "-pthread", "-o"]).arg(&prog).arg(&src).output();
+    let cc = cc.expect("gcc is needed to build the C fixture (apt-get install gcc)");
+    assert!(cc.status.success(), "gcc: {}", String::from_utf8_lossy(&cc.stderr));
+    prog
+}
+
+/// Four threads contending on a mutex, a robust mutex and a condition
+/// variable move 2 -> 3 -> home while contended, and every count is exact;
+/// a thread that dies holding the robust mutex leaves it EOWNERDEAD. With a
+/// PI mutex too, the counts are as exact (a PI lock names its owner by tid
+/// in memory, which the kernel away cannot resolve: the process comes home
+/// for it).
+#[test]
+fn threads_contending_on_mutexes_and_condvars_move_while_contended() {
+    let c = om_tests::Cluster::start_with(3, |_| vec!["--experimental-threads".into()]);
+    let prog = build_c(&c, "contend");
+    let iters = "1500000";
+    for mode in ["plain", "pi"] {
+        let want = format!(
+            "started\nmutex 6000000 robust 6000000 pi {} turns 93748 ownerdead 1\n",
+            if mode == "pi" { 6000000 } else { 0 }
+        );
+        let out = format!("contend.{mode}");
+        let mut p = c.om_exec(1, &prog, &[iters, mode], &out);
+        om_tests::wait_lines(&c.path(&out), 1, Duration::from_secs(20));
+        let pid = p.id();
+        c.migrate(1, pid, "2").unwrap_or_else(|e| panic!("{mode} to 2: {e}\n{}", c.logs()));
+        std::thread::sleep(Duration::from_millis(300));
+        if mode == "plain" {
+            assert_eq!(c.where_is(1, pid), Some(2), "contended locks keep it away\n{}", c.logs());
+            c.migrate(1, pid, "3").unwrap_or_else(|e| panic!("{mode} to 3: {e}\n{}", c.logs()));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        come_home(&c, pid);
+        let st = wait_child(&mut p, Duration::from_secs(120));
+        assert!(st.success(), "{mode}: {st:?}\n{}", c.logs());
+        let got = std::fs::read_to_string(c.path(&out)).expect("output");
+        assert_eq!(got, want, "{mode}\n{}", c.logs());
+    }
 }

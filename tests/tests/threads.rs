@@ -466,6 +466,12 @@ fn node_and_java_move_and_finish_as_natively() {
     // Without the flag the JVM maps its perf counters shared from /tmp,
     // which om refuses to move, naming the flag.
     let native = Command::new(&java).arg(&src).output().expect("java");
+    let mut p = c.om_exec(1, &java, &[&src.to_string_lossy()], "java.shared");
+    om_tests::wait_lines(&c.path("java.shared"), 1, Duration::from_secs(60));
+    let refused = c.migrate(1, p.id(), "2").expect_err("a JVM with shared perf counters is refused");
+    assert!(refused.contains("-XX:+PerfDisableSharedMem"), "{refused}");
+    p.kill().expect("kill");
+    let _ = p.wait();
     let mut p = c.om_exec(1, &java, &["-XX:+PerfDisableSharedMem", &src.to_string_lossy()], "java.out");
     om_tests::wait_lines(&c.path("java.out"), 1, Duration::from_secs(60));
     let moved = c.migrate(1, p.id(), "2");

@@ -132,7 +132,8 @@ pub struct MoveError {
 struct Frozen {
     /// Every thread, the leader first; empty once committed.
     threads: Vec<Tracee>,
-    scratch: Option<u64>,
+    /// The capture's scratch area, and the timers it stopped.
+    scratch: Option<(u64, om_runtime::timers::Timers)>,
 }
 
 impl Frozen {
@@ -142,8 +143,8 @@ impl Frozen {
     }
 
     /// The capture mapped a scratch area: a rollback removes it.
-    fn captured(&mut self, scratch: u64) {
-        self.scratch = Some(scratch);
+    fn captured(&mut self, scratch: u64, timers: &om_runtime::timers::Timers) {
+        self.scratch = Some((scratch, timers.clone()));
     }
 
     /// The move is done: hand the stopped threads over (they are parked next).
@@ -157,8 +158,8 @@ impl Drop for Frozen {
         let mut threads = std::mem::take(&mut self.threads);
         let Some(t) = threads.first_mut() else { return };
         let pid = t.pid;
-        if let Some(s) = self.scratch {
-            if let Err(e) = image::rollback(t, s) {
+        if let Some((s, timers)) = self.scratch.take() {
+            if let Err(e) = image::rollback(t, s, &timers) {
                 tracing::error!(%e, pid, "cannot remove the scratch area");
             }
         }
@@ -248,7 +249,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     }
     let mut cap = image::capture(frozen.threads(), &same)
         .map_err(|e| err("capture", format!("cannot capture process {pid}: {e}")))?;
-    frozen.captured(cap.scratch);
+    frozen.captured(cap.scratch, &cap.image.timers);
     match image::prune_unchanged(pid, &mut cap.image, &pre, &sent, image::ReadMode::Unpinned) {
         Ok(skipped) => tracing::info!(
             capture_ms = freeze.elapsed().as_secs_f64() * 1e3,
@@ -1010,6 +1011,8 @@ impl Away {
             others_out.push(o);
             r.map_err(home("restoring a thread"))?;
         }
+        let tids: Vec<i32> = img.threads.iter().map(|th| th.tid).collect();
+        om_runtime::timers::restore(t, &img.timers, &tids, rs.scratch + 1024).map_err(home("restoring the timers"))?;
         let fds = sys::take_process_fds(dep, self.fds_res)
             .map_err(|e| Step::Home("taking the deputy's fds", e.to_string()))?;
         sys::install_fds(t, rs.scratch, &fds).map_err(home("installing the fds"))?;

@@ -144,6 +144,10 @@ fn block_go_signal(go: i32) -> libc::sigset_t {
     }
 }
 
+/// How often the wait for the go signal ended early (EINTR): a move must
+/// not cut it short where nothing natively would.
+pub static GO_WAIT_INTERRUPTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn wait_go(set: &libc::sigset_t, go: i32) -> libc::siginfo_t {
     loop {
         // SAFETY: plain data, filled by sigwaitinfo.
@@ -152,6 +156,9 @@ fn wait_go(set: &libc::sigset_t, go: i32) -> libc::siginfo_t {
         let r = unsafe { libc::sigwaitinfo(set, &mut info) };
         if r == go {
             return info;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            GO_WAIT_INTERRUPTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }

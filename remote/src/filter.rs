@@ -75,6 +75,9 @@ pub fn program(gpid: i32) -> Result<Vec<u8>, FilterError> {
             // A thread's end traps: with several threads it ends at home,
             // where the kernel finds its home tid in its robust futexes.
             60 => (),
+            // A timer that signals one thread names it by tid: the
+            // supervisor sends those home.
+            222 => (),
             // Futexes whose word holds a tid (priority inheritance) trap:
             // the word holds home tids. The others run here.
             202 => {

@@ -206,6 +206,8 @@ fn rebuild(stream: &mut Link, gpid: i32, first: Msg, host: &Host) -> Result<(Vec
     let others = image::spawn_threads(&mut t, &img, rs.scratch + 1024)?;
     let mut threads = vec![t];
     threads.extend(others);
+    let tids: Vec<i32> = threads.iter().map(|t| t.pid).collect();
+    om_runtime::timers::restore(&mut threads[0], &img.timers, &tids, rs.scratch + 1024)?;
     // Each thread drops its own credentials (they are per thread) and gets
     // a filter, and so a listener, of its own.
     let mut listeners = Vec::with_capacity(threads.len());

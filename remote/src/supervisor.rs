@@ -563,6 +563,7 @@ impl Supervisor {
                 let _ = t.set_sigmask(mask);
                 Ok(())
             })();
+            t.repair_sigwait();
             let _ = t.detach();
             r
         });
@@ -700,6 +701,18 @@ impl Supervisor {
                 } else {
                     let _ = sys::seccomp_send(self.lfd(), n.id, 0, true);
                     Flow::Go
+                }
+            }
+            Class::Local if nr == libc::SYS_timer_create as u32 => {
+                let ev = if a[1] == 0 { None } else { self.read_mem(a[1], 16) };
+                let threads = if self.threaded() { 2 } else { 1 };
+                // An unreadable sigevent: the kernel here answers EFAULT as home's would.
+                match om_runtime::timers::made_at_home(a[0] as i32, ev.as_deref(), threads) {
+                    Some(why) if a[1] == 0 || ev.is_some() => self.go_home(&why, Some(n.id)),
+                    _ => {
+                        let _ = sys::seccomp_send(self.lfd(), n.id, 0, true);
+                        Flow::Go
+                    }
                 }
             }
             Class::Local if nr == libc::SYS_sched_getaffinity as u32 || nr == libc::SYS_sched_setaffinity as u32 => {
@@ -1906,7 +1919,7 @@ impl Supervisor {
             match self.home_tid_of(th.tid) {
                 Some(h) => th.tid = h,
                 None => {
-                    let _ = image::rollback(&mut threads[0], cap.scratch);
+                    let _ = image::rollback(&mut threads[0], cap.scratch, &cap.image.timers);
                     return Err(crate::GuestError::Refused(format!(
                         "thread {} started away, which home does not know",
                         th.tid
@@ -1926,7 +1939,7 @@ impl Supervisor {
             });
         self.images_sent = sent_ok.is_ok();
         if let Err(e) = sent_ok {
-            let _ = image::rollback(t, cap.scratch);
+            let _ = image::rollback(t, cap.scratch, &cap.image.timers);
             return Err(e);
         }
         loop {
@@ -1934,7 +1947,7 @@ impl Supervisor {
                 Msg::HomeOk => return Ok(true),
                 Msg::RestoreFailed { reason } => {
                     tracing::warn!(reason, "home failed to rebuild the process");
-                    image::rollback(t, cap.scratch)?;
+                    image::rollback(t, cap.scratch, &cap.image.timers)?;
                     return Ok(false);
                 }
                 _ => {}

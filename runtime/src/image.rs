@@ -418,8 +418,8 @@ pub struct Image {
     /// senders, codes and values, and each queued instance of a real-time
     /// signal, arrive as they were.
     pub queued: Vec<Vec<u8>>,
-    /// ITIMER_REAL, _VIRTUAL, _PROF as (interval s, us, value s, us).
-    pub itimers: Vec<[u64; 4]>,
+    /// Interval and POSIX timers, stopped at capture ([`crate::timers`]).
+    pub timers: crate::timers::Timers,
     pub creds: Creds,
     pub flags: ProcFlags,
     /// [vvar] start and the size of the vdso group, and a hash of the vdso text.
@@ -512,8 +512,11 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
     if procfs::status_field_in(&status, "Seccomp").is_some_and(|s| s != "0") {
         return Some("it installed its own seccomp filter".into());
     }
-    if std::fs::read_to_string(format!("/proc/{pid}/timers")).is_ok_and(|t| t.contains("ID:")) {
-        return Some("it has POSIX timers (timer_create), which cannot move yet".into());
+    if let Some(why) = crate::timers::cant_move(pid, threads as usize) {
+        return Some(why);
+    }
+    if let Some(why) = crate::timers::signal_pending(pid) {
+        return Some(why);
     }
     if let Some(why) = shares_with_another(pid) {
         return Some(why);
@@ -775,7 +778,7 @@ pub fn pre_image(pid: i32, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Ima
         ignored: 0,
         pending: 0,
         queued: Vec::new(),
-        itimers: Vec::new(),
+        timers: Default::default(),
         creds: Creds::default(),
         flags: ProcFlags::default(),
         vdso: vdso_of(pid, &maps)?,
@@ -883,15 +886,6 @@ pub fn capture(threads: &mut [Tracee], reopen: &dyn Fn(&str) -> bool) -> Result<
         actions.push(SigAction { sig, handler: w(0), flags: w(1), restorer: w(2), mask: w(3) });
     }
 
-    let mut itimers = Vec::new();
-    for which in 0..3u64 {
-        let out = scratch + 3072;
-        t.syscall_ok("getitimer", libc::SYS_getitimer, [which, out, 0, 0, 0, 0])?;
-        let b = t.peek(out, 32)?;
-        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-        itimers.push([w(0), w(1), w(2), w(3)]);
-    }
-
     let ids = |k: &str| -> [u32; 3] {
         let v: Vec<u32> = sf(k).split_whitespace().filter_map(|x| x.parse().ok()).collect();
         [v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0), v.get(2).copied().unwrap_or(0)]
@@ -921,6 +915,9 @@ pub fn capture(threads: &mut [Tracee], reopen: &dyn Fn(&str) -> bool) -> Result<
         _ => 0,
     };
     let regions = capture_regions(pid, &maps, scratch, &attrs, reopen).map_err(ioe("pagemap"))?;
+    // Last: from here a failure is the caller's, whose rollback arms them again.
+    let tids: Vec<i32> = std::iter::once(pid).chain(others.iter().map(|o| o.pid)).collect();
+    let timers = crate::timers::capture(t, &tids, scratch + 3072)?;
     let exe =
         std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let image = Image {
@@ -954,7 +951,7 @@ pub fn capture(threads: &mut [Tracee], reopen: &dyn Fn(&str) -> bool) -> Result<
         ignored: procfs::hex_mask(&sf("SigIgn")),
         pending: procfs::hex_mask(&sf("SigPnd")) | procfs::hex_mask(&sf("ShdPnd")),
         queued: t.queued_signals(true)?,
-        itimers,
+        timers,
         creds,
         flags,
         vdso: (vvar_start, vdso_len, vdso_hash),
@@ -1691,12 +1688,6 @@ pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore,
         }
     }
     restore_flags(t, &img.flags)?;
-    // Timers last: they start counting again from here.
-    for (which, it) in img.itimers.iter().enumerate() {
-        let b: Vec<u8> = it.iter().flat_map(|v| v.to_le_bytes()).collect();
-        t.poke(data, &b)?;
-        t.syscall_ok("setitimer", libc::SYS_setitimer, [which as u64, data, 0, 0, 0, 0])?;
-    }
     t.syscall(libc::SYS_umask, [img.umask as u64, 0, 0, 0, 0, 0])?;
     if let Some(dir) = cwd {
         let mut c = dir.as_bytes().to_vec();
@@ -1798,11 +1789,9 @@ pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
             }
         }
     }
-    // The timers run on in the guest; here they would fire a second time.
-    t.poke(scratch + 1024, &[0u8; 32])?;
-    for which in 0..3u64 {
-        t.syscall_ok("setitimer", libc::SYS_setitimer, [which, scratch + 1024, 0, 0, 0, 0])?;
-    }
+    // The timers run on in the guest (they were stopped here at capture);
+    // their ids must be free when it comes home.
+    crate::timers::remove(t, &img.timers, scratch + 1024)?;
     // Signals the controller lets through (stops) must take their default
     // action here: the handlers' code is no longer mapped.
     let dfl = [0u8; 32];
@@ -1899,10 +1888,9 @@ pub fn repark(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     }
     t.syscall_ok("close_range", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
     t.syscall_ok("set_robust_list", libc::SYS_set_robust_list, [0, 24, 0, 0, 0, 0])?;
+    // Timers a rebuild may have created.
+    crate::timers::remove(t, &img.timers, scratch + 1024)?;
     t.poke(scratch + 1024, &[0u8; 32])?;
-    for which in 0..3u64 {
-        t.syscall_ok("setitimer", libc::SYS_setitimer, [which, scratch + 1024, 0, 0, 0, 0])?;
-    }
     for a in &img.actions {
         t.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [a.sig as u64, scratch + 1024, 0, 8, 0, 0])?;
     }
@@ -1913,10 +1901,12 @@ pub fn repark(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     Ok(())
 }
 
-/// Undo [`capture`]'s changes when a migration fails: drop the scratch area.
-pub fn rollback(t: &mut Tracee, scratch: u64) -> Result<()> {
+/// Undo [`capture`]'s changes when a migration fails: arm the timers it
+/// stopped again, and drop the scratch area.
+pub fn rollback(t: &mut Tracee, scratch: u64, timers: &crate::timers::Timers) -> Result<()> {
     let keep = t.saved;
-    let r = unmap_scratch(t, scratch);
+    t.syscall_ip = scratch;
+    let r = crate::timers::rearm(t, timers, scratch + 1024).and_then(|_| unmap_scratch(t, scratch));
     t.saved = keep;
     r
 }

@@ -16,5 +16,6 @@ pub mod ptrace;
 pub mod sim;
 pub mod sys;
 pub mod syscalls;
+pub mod timers;
 pub mod transfer;
 pub mod wire;

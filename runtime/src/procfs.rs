@@ -197,6 +197,15 @@ pub fn status_field_in(text: &str, key: &str) -> Option<String> {
     })
 }
 
+/// Whether a signal is pending for thread `tid` that it neither blocks nor
+/// ignores (one that would run a handler or act now). True when its status
+/// cannot be read.
+pub fn signal_deliverable(tid: i32) -> bool {
+    let Ok(st) = std::fs::read_to_string(format!("/proc/{tid}/status")) else { return true };
+    let m = |k: &str| hex_mask(&status_field_in(&st, k).unwrap_or_default());
+    (m("SigPnd") | m("ShdPnd")) & !m("SigBlk") & !m("SigIgn") != 0
+}
+
 pub fn hex_mask(s: &str) -> u64 {
     u64::from_str_radix(s.trim(), 16).unwrap_or(0)
 }

@@ -48,6 +48,24 @@ pub fn repair_restart(regs: &mut Regs) {
     regs.orig_rax = u64::MAX;
 }
 
+/// rt_sigtimedwait ends with EINTR when its thread is stopped by ptrace
+/// (signal(7) lists it among the calls a stop interrupts), which without
+/// om's freeze it would not. A wait with no timeout is rewound to wait on,
+/// unless a signal that would interrupt it natively is pending for thread
+/// `tid`. (A timed wait keeps its EINTR: restarted, it would wait its full
+/// time again.) Runs before [`repair_restart`], which clears orig_rax.
+fn repair_sigwait(tid: i32, regs: &mut Regs) {
+    let eintr = -(libc::EINTR as i64);
+    if regs.orig_rax as i64 == libc::SYS_rt_sigtimedwait
+        && regs.rax as i64 == eintr
+        && regs.rdx == 0
+        && !crate::procfs::signal_deliverable(tid)
+    {
+        regs.rip -= 2;
+        regs.rax = regs.orig_rax;
+    }
+}
+
 /// A process held in a ptrace-stop by the calling thread.
 pub struct Tracee {
     pub pid: i32,
@@ -101,6 +119,7 @@ impl Tracee {
         let mut t = Tracee { pid, syscall_ip: 0, deferred: Vec::new(), saved: zero_regs() };
         t.wait_first_stop()?;
         t.saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
+        repair_sigwait(pid, &mut t.saved);
         repair_restart(&mut t.saved);
         Ok(t)
     }
@@ -153,6 +172,14 @@ impl Tracee {
         Ok(t)
     }
 
+    /// For a tracee held with its registers exact ([`Tracee::seize_exact`]):
+    /// if the stop cut a wait in rt_sigtimedwait short, wait on, unless a
+    /// signal pending now would have cut it short natively. Call it last,
+    /// after queueing any signals, before letting the thread go.
+    pub fn repair_sigwait(&mut self) {
+        repair_sigwait(self.pid, &mut self.saved);
+    }
+
     /// Inject calls through a `syscall` instruction of the vdso (its
     /// fallback paths have them). False if none is found.
     pub fn use_vdso_syscall(&mut self) -> Result<bool> {
@@ -190,6 +217,7 @@ impl Tracee {
         let mut t = Tracee { pid, syscall_ip, deferred: Vec::new(), saved: zero_regs() };
         t.wait_stop()?;
         t.saved = sys::ptrace_getregs(pid).map_err(io_err(pid, "getregs"))?;
+        repair_sigwait(pid, &mut t.saved);
         repair_restart(&mut t.saved);
         Ok(t)
     }

@@ -287,11 +287,11 @@ pub const TABLE: &[Entry] = t! {
     219, "restart_syscall", Local, "restarts a local call";
     220, "semtimedop", Home, "SysV IPC lives at home";
     221, "fadvise64", Forward, "fds live at home";
-    222, "timer_create", Home, "POSIX timers cannot move yet: they live at home";
-    223, "timer_settime", Home, "POSIX timers cannot move yet: they live at home";
-    224, "timer_gettime", Home, "POSIX timers cannot move yet: they live at home";
-    225, "timer_getoverrun", Home, "POSIX timers cannot move yet: they live at home";
-    226, "timer_delete", Home, "POSIX timers cannot move yet: they live at home";
+    222, "timer_create", Local, "POSIX timers run in the guest and move with it, under their ids; one that signals a thread by tid (SIGEV_THREAD_ID) or counts another thread's CPU time is made at home";
+    223, "timer_settime", Local, "POSIX timers run in the guest and move with it";
+    224, "timer_gettime", Local, "POSIX timers run in the guest and move with it";
+    225, "timer_getoverrun", Local, "POSIX timers run in the guest and move with it";
+    226, "timer_delete", Local, "POSIX timers run in the guest and move with it";
     227, "clock_settime", Home, "clock of the home node";
     228, "clock_gettime", Local, "time is local (vdso)";
     229, "clock_getres", Local, "time is local";
@@ -745,7 +745,9 @@ pub const FEATURES: &[Feature] = &[
     Feature { name: "signals a process sends itself (kill, tkill, tgkill)", fate: Emu, why: "queued by the process to itself with its home pid and uid, before the call returns", checked_by: &["case signal_self_handler", "case signalfd_self"] },
     Feature { name: "signals from other processes", fate: Fwd, why: "caught at the placeholder at home and handed on with their siginfo", checked_by: &["case signal_from_parent"] },
     Feature { name: "alternate signal stack (sigaltstack)", fate: Moves, why: "captured and set again", checked_by: &["case sigaltstack"] },
-    Feature { name: "interval timers and alarm", fate: Moves, why: "read at the capture, armed again in the guest (stopped in the placeholder)", checked_by: &["test an_alarm_armed_at_home_fires_once_away"] },
+    Feature { name: "interval timers and alarm", fate: Moves, why: "read and stopped in one call at the capture (so they cannot also fire at the source), armed again where the process runs", checked_by: &["test an_alarm_armed_at_home_fires_once_away"] },
+    Feature { name: "POSIX timers (timer_create), SIGEV_THREAD_ID and glibc SIGEV_THREAD included", fate: Moves, why: "read and stopped at the capture, made again under their ids (PR_TIMER_CREATE_RESTORE_IDS), a thread's timer aimed at the same thread; made away, one that names a thread by tid is made at home. Refused: a timer on another thread's or process's CPU clock or an alarm clock, or one whose signal is pending when the process freezes (its overrun count could not be kept)", checked_by: &["case posix_timers", "test timers_that_signal_a_thread_move_with_the_process"] },
+    Feature { name: "waits in sigwaitinfo during a move", fate: Moves, why: "the freeze's ptrace stop cuts the wait short (EINTR); with no signal pending that would have, the wait is rewound and waits on", checked_by: &["case sigwaitinfo_wait"] },
     Feature { name: "its own /proc files (/proc/self, /proc/PID)", fate: AtHome, why: "only home has the process's own pid, status and maps", checked_by: &["case proc_self"] },
     Feature { name: "/dev/tty", fate: AtHome, why: "it is the controlling terminal of whoever opens it: only the process itself, at home", checked_by: &["case dev_tty"] },
     Feature { name: "terminal hangup (SIGHUP when the terminal closes)", fate: Fwd, why: "the kernel signals the placeholder, which hands it on", checked_by: &["case tty_hangup"] },

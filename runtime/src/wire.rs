@@ -382,6 +382,8 @@ fn check(m: &Msg) -> Result<(), WireError> {
         if !(1..=MAX_THREADS).contains(&img.threads.len()) {
             return Err(WireError::Malformed(format!("an image with {} threads", img.threads.len())));
         }
+        crate::timers::check(&img.timers, img.threads.len())
+            .map_err(|why| WireError::Malformed(format!("an image's timers: {why}")))?;
     }
     Ok(())
 }

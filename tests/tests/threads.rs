@@ -32,7 +32,7 @@ fn freeze_capture_release(pid: i32) -> image::Image {
     held.sort();
     assert_eq!(held, listed, "every thread of the process is held, and only those");
     let cap = image::capture(&mut threads, &|_| false).expect("capture");
-    image::rollback(&mut threads[0], cap.scratch).expect("rollback");
+    image::rollback(&mut threads[0], cap.scratch, &cap.image.timers).expect("rollback");
     for t in threads {
         t.detach().expect("let the thread go");
     }
@@ -531,4 +531,24 @@ fn threads_contending_on_mutexes_and_condvars_move_while_contended() {
         let got = std::fs::read_to_string(c.path(&out)).expect("output");
         assert_eq!(got, want, "{mode}\n{}", c.logs());
     }
+}
+
+/// POSIX timers in a threaded process move: one that signals the worker
+/// thread by tid signals it away, and a glibc SIGEV_THREAD timer (whose
+/// helper thread is signalled by tid) runs its callback; the output is
+/// the native one.
+#[test]
+fn timers_that_signal_a_thread_move_with_the_process() {
+    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let prog = build_c(&c, "timers");
+    let native = Command::new(&prog).output().expect("timers fixture");
+    let mut p = c.om_exec(1, &prog, &[], "timers.out");
+    om_tests::wait_lines(&c.path("timers.out"), 1, Duration::from_secs(20));
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
+    let st = wait_child(&mut p, Duration::from_secs(30));
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+    let got = std::fs::read_to_string(c.path("timers.out")).expect("output");
+    assert_eq!(got, String::from_utf8_lossy(&native.stdout), "{}", c.logs());
+    // The worker took its signal away, and its end brought the process home.
+    assert!(c.log(2).contains("a thread ends at home"), "{}", c.logs());
 }

@@ -474,11 +474,6 @@ pub fn cant_move(pid: i32) -> Option<String> {
     cant_move_frozen(pid)
 }
 
-/// Whether multi-threaded processes may move (`omd --experimental-threads`):
-/// their threads are captured and rebuilt, but the supervisor serves one
-/// thread's call at a time, so a blocking call home holds up the others.
-pub static THREADS_MOVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// Why the threads of `pid` cannot move together: one runs with other
 /// credentials than the leader (they are per thread, and the deputy has one
 /// identity), or the leader has ended while others run.
@@ -501,9 +496,6 @@ fn threads_differ(pid: i32) -> Option<String> {
 pub fn cant_move_frozen(pid: i32) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let threads: u32 = procfs::status_field_in(&status, "Threads").and_then(|t| t.parse().ok()).unwrap_or(1);
-    if threads > 1 && !THREADS_MOVE.load(std::sync::atomic::Ordering::SeqCst) {
-        return Some(format!("it has {threads} threads; only single-threaded processes can migrate"));
-    }
     if threads > 1 {
         if let Some(why) = threads_differ(pid) {
             return Some(why);

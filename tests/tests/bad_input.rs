@@ -43,15 +43,15 @@ fn bad_pid_unmanaged_process_unknown_node_and_dead_node_are_clear_errors() {
 }
 
 #[test]
-fn a_process_with_threads_is_refused_with_its_reason_and_keeps_running() {
+fn a_process_whose_threads_differ_in_credentials_is_refused_and_keeps_running() {
     let c = Cluster::start(2);
-    let mut p = c.om_exec(1, &bin("threads"), &["2"], "t.out");
+    let mut p = c.om_exec(1, &bin("threads"), &["creds", "2"], "t.out");
     wait_lines(&c.path("t.out"), 1, T);
     let ps = c.ps(1);
     let me = ps.as_array().expect("array").iter().find(|x| x["pid"] == p.id()).expect("listed").clone();
-    assert!(me["cant_move"].as_str().unwrap_or("").contains("threads"), "{me}");
+    assert!(me["cant_move"].as_str().unwrap_or("").contains("other credentials"), "{me}");
     let e = err_text(c.migrate(1, p.id(), "2"));
-    assert!(e.contains("cannot migrate") && e.contains("2 threads"), "{e}");
+    assert!(e.contains("cannot migrate") && e.contains("runs with other credentials than the main thread"), "{e}");
     assert!(wait_child(&mut p, T).success());
     assert_eq!(std::fs::read_to_string(c.path("t.out")).expect("out"), "started\ndone\n");
 }

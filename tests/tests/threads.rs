@@ -80,11 +80,10 @@ fn threads_started_and_ended_during_a_freeze_are_all_found_and_none_is_lost() {
 }
 
 /// A process of three busy threads moves 2 -> 3 -> home while they run,
-/// and finishes as natively (`omd --experimental-threads`: the threads'
-/// calls are served one at a time).
+/// and finishes as natively.
 #[test]
 fn busy_threads_move_out_across_and_home_and_finish() {
-    let c = om_tests::Cluster::start_with(3, |_| vec!["--experimental-threads".into()]);
+    let c = om_tests::Cluster::start(3);
     // Long enough that the threads still run when it is home again.
     let mut p = c.om_exec(1, &bin("threads"), &["8", "3"], "t.out");
     om_tests::wait_lines(&c.path("t.out"), 1, Duration::from_secs(10));
@@ -110,7 +109,7 @@ fn busy_threads_move_out_across_and_home_and_finish() {
 #[test]
 fn eight_threads_waiting_at_home_each_move_and_read_their_own_pipe() {
     use std::io::{BufRead, Write};
-    let c = om_tests::Cluster::start_with(3, |_| vec!["--experimental-threads".into()]);
+    let c = om_tests::Cluster::start(3);
     let (mut p, mut out, first) = c.om_exec_piped(1, &bin("threads"), &["pipes", "8"]);
     let pid = p.id();
     let mut before = vec![first];
@@ -173,7 +172,7 @@ fn eight_threads_waiting_at_home_each_move_and_read_their_own_pipe() {
 #[test]
 fn signals_away_reach_the_thread_the_kernel_would_pick() {
     use std::io::{BufRead, Write};
-    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let c = om_tests::Cluster::start(2);
     let (mut p, mut out, first) = c.om_exec_piped(1, &bin("threads"), &["signals"]);
     let pid = p.id();
     let mut lines = vec![first];
@@ -222,7 +221,7 @@ fn signals_away_reach_the_thread_the_kernel_would_pick() {
 /// on; every thread runs exactly once.
 #[test]
 fn threads_started_and_ended_during_a_migration() {
-    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let c = om_tests::Cluster::start(2);
     let mut p = c.om_exec(1, &bin("threads"), &["churn", "3"], "churn.out");
     om_tests::wait_lines(&c.path("churn.out"), 1, Duration::from_secs(10));
     let pid = p.id();
@@ -252,7 +251,7 @@ fn threads_started_and_ended_during_a_migration() {
 #[test]
 fn eight_c_threads_move_out_across_and_home_and_exit_as_natively() {
     use std::io::{BufRead, Write};
-    let c = om_tests::Cluster::start_with(3, |_| vec!["--experimental-threads".into()]);
+    let c = om_tests::Cluster::start(3);
     let prog = build_c(&c, "threads8");
     let (mut p, mut out, first) = c.om_exec_piped(1, &prog, &[]);
     let pid = p.id();
@@ -303,7 +302,7 @@ fn eight_c_threads_move_out_across_and_home_and_exit_as_natively() {
 /// The handler must run on the reader and its read fail with EINTR.
 fn read_interrupted_away(args: &[&str], signal: &dyn Fn(u32, &mut std::process::ChildStdin, i32)) {
     use std::io::BufRead;
-    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let c = om_tests::Cluster::start(2);
     let (mut p, mut out, first) = c.om_exec_piped(1, &bin("threads"), args);
     let pid = p.id();
     let tid = first.strip_prefix("reader tid ").map(str::to_string).unwrap_or_else(|| panic!("{first:?}"));
@@ -349,7 +348,7 @@ fn a_signal_from_outside_to_one_thread_reaches_it_and_interrupts_its_read() {
 /// moved out and back while they work, give the native result.
 #[test]
 fn python_threads_and_xz_move_and_finish_as_natively() {
-    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let c = om_tests::Cluster::start(2);
     let py = "import threading\n\
               def w(k, out):\n  s = 0\n  for i in range(2000000 * (k + 1)): s += i % 7\n  out[k] = s\n\
               out = [0] * 4\nts = [threading.Thread(target=w, args=(k, out)) for k in range(4)]\n\
@@ -426,7 +425,7 @@ fn which(prog: &str) -> std::path::PathBuf {
 /// works gives the native output.
 #[test]
 fn node_and_java_move_and_finish_as_natively() {
-    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let c = om_tests::Cluster::start(2);
     let js = "let s = 0; console.log('started');\n\
               for (let i = 0; i < 3e8; i++) { s = (s + i % 7) % 1000003; }\nconsole.log(s);\n";
     let native = Command::new("node").args(["-e", js]).output().expect("node");
@@ -506,7 +505,7 @@ fn build_c(c: &om_tests::Cluster, name: &str) -> std::path::PathBuf {
 /// for it).
 #[test]
 fn threads_contending_on_mutexes_and_condvars_move_while_contended() {
-    let c = om_tests::Cluster::start_with(3, |_| vec!["--experimental-threads".into()]);
+    let c = om_tests::Cluster::start(3);
     let prog = build_c(&c, "contend");
     let iters = "1500000";
     for mode in ["plain", "pi"] {
@@ -539,7 +538,7 @@ fn threads_contending_on_mutexes_and_condvars_move_while_contended() {
 /// the native one.
 #[test]
 fn timers_that_signal_a_thread_move_with_the_process() {
-    let c = om_tests::Cluster::start_with(2, |_| vec!["--experimental-threads".into()]);
+    let c = om_tests::Cluster::start(2);
     let prog = build_c(&c, "timers");
     let native = Command::new(&prog).output().expect("timers fixture");
     let mut p = c.om_exec(1, &prog, &[], "timers.out");

@@ -54,10 +54,6 @@ struct Args {
     /// Cores to count for this node [default: all it has].
     #[arg(long)]
     cpus: Option<u32>,
-    /// Let multi-threaded processes move (unfinished: a blocking call of one
-    /// thread away holds up the others' calls home). For om's own tests.
-    #[arg(long, hide = true)]
-    experimental_threads: bool,
 }
 
 fn parse_peer(s: &str) -> Result<SocketAddr, String> {
@@ -103,9 +99,6 @@ fn main() -> anyhow::Result<()> {
     let mem_low = f.mem_low.unwrap_or(0.1);
     if !(0.0..0.9).contains(&mem_low) {
         bail!("mem_low must be a share of memory between 0 and 0.9");
-    }
-    if a.experimental_threads {
-        om_runtime::image::THREADS_MOVE.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     let key_file = a.key.or(f.key_file).unwrap_or_else(ClusterKey::default_path);
     let key = ClusterKey::load(&key_file)?;

@@ -280,7 +280,7 @@ fn main() {
     }
     let n: u64 = if quick { 20_000 } else { 200_000 };
     if std::env::args().any(|a| a == "--threads") {
-        let c = Cluster::start_with(3, |_| vec!["--experimental-threads".into()]);
+        let c = Cluster::start(3);
         return threads(&c, quick);
     }
     let c = Cluster::start(3);

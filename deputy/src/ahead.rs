@@ -26,15 +26,15 @@ impl Ahead {
         Ahead { sole: sole.iter().copied().collect(), ..Ahead::default() }
     }
 
-    /// After forwarded call `nr` with `args` returned `ret`: keep track of
-    /// which fds stay read by this process alone.
-    pub fn after_call(&mut self, nr: u32, args: &[u64; 6], ret: i64, sends_control: bool) {
+    /// After forwarded call `name` with `args` returned `ret`: keep track
+    /// of which fds stay read by this process alone.
+    pub fn after_call(&mut self, name: &str, args: &[u64; 6], ret: i64, sends_control: bool) {
         let fd = args[0] as i32;
-        match nr {
+        match name {
             // close, close_range: those numbers are free (a later file
             // there is another).
-            3 if ret == 0 => self.forget(fd),
-            436 if ret == 0 && args[2] & libc::CLOSE_RANGE_CLOEXEC as u64 == 0 => {
+            "close" if ret == 0 => self.forget(fd),
+            "close_range" if ret == 0 && args[2] & libc::CLOSE_RANGE_CLOEXEC as u64 == 0 => {
                 let gone: Vec<i32> =
                     self.sole.iter().copied().filter(|&f| f as u64 >= args[0] && f as u64 <= args[1]).collect();
                 for f in gone {
@@ -42,7 +42,7 @@ impl Ahead {
                 }
             }
             // dup2, dup3: the target is replaced.
-            33 | 292 if ret >= 0 => {
+            "dup2" | "dup3" if ret >= 0 => {
                 let to = args[1] as i32;
                 let sole = self.sole.contains(&fd);
                 self.forget(to);
@@ -51,15 +51,17 @@ impl Ahead {
                 }
             }
             // dup, F_DUPFD, F_DUPFD_CLOEXEC.
-            32 | 72 if ret >= 0 && (nr == 32 || matches!(args[1], 0 | 1030)) && self.sole.contains(&fd) => {
+            "dup" | "fcntl"
+                if ret >= 0 && (name == "dup" || matches!(args[1], 0 | 1030)) && self.sole.contains(&fd) =>
+            {
                 self.sole.insert(ret as i32);
             }
             // socket, accept, accept4: new, held here alone.
-            41 | 43 | 288 if ret >= 0 => {
+            "socket" | "accept" | "accept4" if ret >= 0 => {
                 self.sole.insert(ret as i32);
             }
             // An fd sent to another process may be read there.
-            46 if sends_control => {
+            "sendmsg" if sends_control => {
                 self.sole.clear();
                 self.peeked = None;
             }

@@ -380,15 +380,15 @@ pub(crate) fn serve_lanes<R: std::io::Read>(
 
 /// The argument layout of a request, as the supervisor built it.
 fn spec_for(req: &SysReq) -> Option<Vec<Arg>> {
-    Some(match req.nr {
-        16 => match syscalls::ioctl_spec(req.args[1])? {
+    Some(match syscalls::name(req.nr) {
+        "ioctl" => match syscalls::ioctl_spec(req.args[1])? {
             (0, _) => vec![Arg::Fd, Arg::V, Arg::V],
             (n, false) => vec![Arg::Fd, Arg::V, Arg::In(Len::Const(n))],
             (n, true) => vec![Arg::Fd, Arg::V, Arg::Out(Len::Const(n))],
         },
-        72 => vec![Arg::Fd, Arg::V, Arg::V],
-        62 => vec![Arg::V, Arg::V],
-        nr => syscalls::spec(nr)?.to_vec(),
+        "fcntl" => vec![Arg::Fd, Arg::V, Arg::V],
+        "kill" => vec![Arg::V, Arg::V],
+        _ => syscalls::spec(req.nr)?.to_vec(),
     })
 }
 
@@ -516,28 +516,29 @@ pub fn serve(req: &SysReq, flags: u32, input: &[u8], pid: i32, res: i32, b: &mut
         return 0;
     }
     let mut args = req.args;
-    match req.nr {
-        110 => return procfs::stat(pid).map(|s| s.field(4) as i64).unwrap_or(1),
-        61 | 247 => {
+    let name = syscalls::name(req.nr);
+    match name {
+        "getppid" => return procfs::stat(pid).map(|s| s.field(4) as i64).unwrap_or(1),
+        "wait4" | "waitid" => {
             return if procfs::children(pid).is_empty() { -(libc::ECHILD as i64) } else { GO_HOME };
         }
         // kill(-1): every process it may signal but itself and init. Run by
         // the deputy, the kernel would skip the deputy and hit the process's
         // own placeholder (which hands the signal on to it).
-        62 if args[0] as i32 == -1 => return kill_all_but(pid, args[1] as i32),
-        62 if args[0] == 0 => {
+        "kill" if args[0] as i32 == -1 => return kill_all_but(pid, args[1] as i32),
+        "kill" if args[0] == 0 => {
             let pgid = procfs::stat(pid).map(|s| s.field(5) as i64).unwrap_or(pid as i64);
             args[0] = (-pgid) as u64;
         }
-        436 => args[1] = args[1].min((res - 1) as u64),
+        "close_range" => args[1] = args[1].min((res - 1) as u64),
         // Only options whose size the table knows exactly.
-        54 | 55 if syscalls::sockopt_unit(req.nr, args[1], args[2]).is_none() => return GO_HOME,
+        "setsockopt" | "getsockopt" if syscalls::sockopt_unit(req.nr, args[1], args[2]).is_none() => return GO_HOME,
         // Signal-mask pointers: the supervisor forwards these calls only
         // without one (with one they run at home); never trust the link for a
         // pointer into this process.
-        270 => args[5] = 0,
-        271 => args[3] = 0,
-        281 => args[4] = 0,
+        "pselect6" => args[5] = 0,
+        "ppoll" => args[3] = 0,
+        "epoll_pwait" => args[4] = 0,
         _ => {}
     }
     // Every pointer argument gets a buffer of its own, flush against a guard
@@ -581,18 +582,18 @@ pub fn serve(req: &SysReq, flags: u32, input: &[u8], pid: i32, res: i32, b: &mut
             }
         }
     }
-    if req.nr == 46 && req.lens[3] > 0 {
+    if name == "sendmsg" && req.lens[3] > 0 {
         // The control bytes as sent: after the name, before the data.
         let (name, ctl) = (marshal::len_of(req.lens[2]), marshal::len_of(req.lens[3]));
         if let Err(e) = check_rights(input.get(name..name + ctl).unwrap_or(&[]), res) {
             return e;
         }
     }
-    let (ret, trailer) = match req.nr {
-        46 | 47 => {
+    let (ret, trailer) = match name {
+        "sendmsg" | "recvmsg" => {
             let l = |i: usize| req.lens[i] as usize;
             let (ret, namelen, ctllen, flags) = crate::sys::msg_call(
-                req.nr,
+                name == "sendmsg",
                 args[0] as i32,
                 args[1],
                 (args[2], l(2)),
@@ -600,17 +601,17 @@ pub fn serve(req: &SysReq, flags: u32, input: &[u8], pid: i32, res: i32, b: &mut
                 (args[4], l(4)),
             );
             let mut t = Vec::new();
-            if req.nr == 47 {
+            if name == "recvmsg" {
                 t.extend_from_slice(&namelen.to_le_bytes());
                 t.extend_from_slice(&(ctllen as u32).to_le_bytes());
                 t.extend_from_slice(&flags.to_le_bytes());
             }
             (ret, t)
         }
-        nr if flags & marshal::WRITE_BEHIND != 0 && marshal::may_write_behind(nr, &args) => {
-            (finish_write(nr, args), Vec::new())
+        _ if flags & marshal::WRITE_BEHIND != 0 && marshal::may_write_behind(req.nr, &args) => {
+            (finish_write(req.nr, args), Vec::new())
         }
-        nr => (sys::raw_syscall(nr as i64, args), Vec::new()),
+        _ => (sys::raw_syscall(req.nr as i64, args), Vec::new()),
     };
     if flags & marshal::WRITE_ROOM != 0 && marshal::may_write_behind(req.nr, &req.args) {
         b.answer.extend_from_slice(&dsys::write_room(req.args[0] as i32).to_le_bytes());
@@ -637,7 +638,7 @@ pub fn serve(req: &SysReq, flags: u32, input: &[u8], pid: i32, res: i32, b: &mut
     if ret >= 0 {
         b.answer.extend_from_slice(&trailer);
     }
-    b.ahead.after_call(req.nr, &req.args, ret, req.nr == 46 && req.lens[3] > 0);
+    b.ahead.after_call(name, &req.args, ret, name == "sendmsg" && req.lens[3] > 0);
     if marshal::ahead_trailer_max(req.nr | flags, &req.args, ret) > 0 {
         b.ahead.trailer(req.args[0] as i32, res, &mut b.answer);
     }

@@ -100,12 +100,12 @@ fn send_fd(conn: &std::os::unix::net::UnixStream, fd: RawFd) -> std::io::Result<
     Ok(())
 }
 
-/// sendmsg (46) or recvmsg (47) on `fd` with one data buffer and optional
+/// sendmsg (`send`) or recvmsg on `fd` with one data buffer and optional
 /// name and control buffers, all owned by the caller. Returns the result and,
 /// for recvmsg, the name length, control length and flags the kernel set.
 #[allow(clippy::too_many_arguments)]
 pub fn msg_call(
-    nr: u32,
+    send: bool,
     fd: i32,
     flags: u64,
     name: (u64, usize),
@@ -122,7 +122,7 @@ pub fn msg_call(
     mh.msg_control = if control.1 == 0 { std::ptr::null_mut() } else { control.0 as *mut libc::c_void };
     mh.msg_controllen = control.1;
     let ret = sys::raw_syscall(
-        if nr == 46 { libc::SYS_sendmsg } else { libc::SYS_recvmsg },
+        if send { libc::SYS_sendmsg } else { libc::SYS_recvmsg },
         [fd as u64, (&raw mut mh) as u64, flags, 0, 0, 0],
     );
     (ret, mh.msg_namelen, mh.msg_controllen as u64, mh.msg_flags)

@@ -32,15 +32,16 @@ fn changes_terminal(req: u64) -> bool {
 /// other members (the process itself is the supervisor's) get the signal,
 /// as the kernel's kill of the group would give it to them.
 pub fn job_control(nr: u32, args: &[u64; 6], pid: i32, signal_group: bool) -> Option<i64> {
-    let sig = match nr {
-        0 => libc::SIGTTIN,
-        1 => libc::SIGTTOU,
-        16 if changes_terminal(args[1]) => libc::SIGTTOU,
+    let name = om_runtime::syscalls::name(nr);
+    let sig = match name {
+        "read" => libc::SIGTTIN,
+        "write" => libc::SIGTTOU,
+        "ioctl" if changes_terminal(args[1]) => libc::SIGTTOU,
         _ => return None,
     };
     let fd = args[0] as i32;
     let (pgrp, _, fg) = ctty_of(fd, pid)?;
-    if fg <= 0 || fg == pgrp || (nr == 1 && dsys::tostop(fd) != Some(true)) {
+    if fg <= 0 || fg == pgrp || (name == "write" && dsys::tostop(fd) != Some(true)) {
         return None;
     }
     let orphaned = procfs::pgrp_orphaned(pid);
@@ -59,7 +60,7 @@ pub fn job_control(nr: u32, args: &[u64; 6], pid: i32, signal_group: bool) -> Op
 /// None for any other call (the kernel answers those for the deputy as
 /// it would for the process: on another terminal, ENOTTY).
 pub fn ask(nr: u32, args: &[u64; 6], pid: i32) -> Option<i64> {
-    if nr != 16 || !matches!(args[1], TIOCGPGRP | TIOCGSID) {
+    if om_runtime::syscalls::name(nr) != "ioctl" || !matches!(args[1], TIOCGPGRP | TIOCGSID) {
         return None;
     }
     let (_, sid, fg) = ctty_of(args[0] as i32, pid)?;

@@ -53,9 +53,9 @@ pub fn program(gpid: i32) -> Result<Vec<u8>, FilterError> {
     }
     for e in TABLE.iter().filter(|e| e.class == Class::Local) {
         let sc = ScmpSyscall::from(e.nr as i32);
-        match e.nr {
+        match e.name {
             // Private anonymous mappings only; file and shared mappings trap.
-            9 => ctx
+            "mmap" => ctx
                 .add_rule_conditional(
                     ScmpAction::Allow,
                     sc,
@@ -66,21 +66,20 @@ pub fn program(gpid: i32) -> Result<Vec<u8>, FilterError> {
                     )],
                 )
                 .map(drop)?,
-            // Own limits only.
             // Own limits only; the calling thread's own CPU placement (for a
             // thread named by its home tid, the supervisor translates).
-            302 | 203 | 204 => {
+            "prlimit64" | "sched_setaffinity" | "sched_getaffinity" => {
                 ctx.add_rule_conditional(ScmpAction::Allow, sc, &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, 0)])?;
             }
             // A thread's end traps: with several threads it ends at home,
             // where the kernel finds its home tid in its robust futexes.
-            60 => (),
+            "exit" => (),
             // A timer that signals one thread names it by tid: the
             // supervisor sends those home.
-            222 => (),
+            "timer_create" => (),
             // Futexes whose word holds a tid (priority inheritance) trap:
             // the word holds home tids. The others run here.
-            202 => {
+            "futex" => {
                 for op in FUTEX_PLAIN_OPS {
                     ctx.add_rule_conditional(
                         ScmpAction::Allow,

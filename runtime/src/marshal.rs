@@ -64,7 +64,8 @@ pub const NR_MASK: u32 = 0xffff;
 /// Whether call `nr` with `args` may read ahead: read, or recvfrom with no
 /// address and no flags.
 pub fn may_read_ahead(nr: u32, args: &[u64; 6]) -> bool {
-    nr == 0 || nr == 45 && args[3] == 0 && args[4] == 0 && args[5] == 0
+    let nr = nr as i64;
+    nr == libc::SYS_read || nr == libc::SYS_recvfrom && args[3] == 0 && args[4] == 0 && args[5] == 0
 }
 
 /// The most a read-ahead trailer adds to the answer of call `nr_flags`
@@ -82,7 +83,8 @@ pub fn ahead_trailer_max(nr_flags: u32, args: &[u64; 6], ret: i64) -> usize {
 /// Whether call `nr` with `args` may be a write-behind: write, or send on
 /// a connected socket (no address) with no flag but MSG_NOSIGNAL.
 pub fn may_write_behind(nr: u32, args: &[u64; 6]) -> bool {
-    nr == 1 || nr == 44 && args[4] == 0 && args[3] & !(libc::MSG_NOSIGNAL as u64) == 0
+    let nr = nr as i64;
+    nr == libc::SYS_write || nr == libc::SYS_sendto && args[4] == 0 && args[3] & !(libc::MSG_NOSIGNAL as u64) == 0
 }
 
 /// Does this argument carry bytes from the process to home?
@@ -156,7 +158,7 @@ pub fn socklen_valid(len: usize, post: u32, unit: usize, ret: i64) -> usize {
 
 /// Unit of a call's socklen-sized output (see [`crate::syscalls::sockopt_unit`]).
 pub fn socklen_unit(nr: u32, args: &[u64; 6]) -> usize {
-    if nr == 55 {
+    if nr as i64 == libc::SYS_getsockopt {
         crate::syscalls::sockopt_unit(nr, args[1], args[2]).unwrap_or(1)
     } else {
         1
@@ -194,7 +196,7 @@ pub fn input_len(req: &SysReq, spec: &[Arg]) -> usize {
 /// Bytes a call's answer carries after its outputs: recvmsg returns the
 /// name and control lengths and the flags (u32, u32, i32).
 pub fn msg_trailer(nr: u32) -> usize {
-    if nr == 47 {
+    if nr as i64 == libc::SYS_recvmsg {
         12
     } else {
         0

@@ -612,7 +612,7 @@ pub fn sockopt_plain(level: u64, opt: u64) -> bool {
 /// of the option length, in bytes (1 for plain options; 8 for SO_GET_FILTER,
 /// whose length counts filter blocks), or None when the call must run at home.
 pub fn sockopt_unit(nr: u32, level: u64, opt: u64) -> Option<usize> {
-    if nr == 55 && level == 1 && opt == 26 {
+    if nr as i64 == libc::SYS_getsockopt && level == libc::SOL_SOCKET as u64 && opt == libc::SO_ATTACH_FILTER as u64 {
         return Some(8);
     }
     sockopt_plain(level, opt).then_some(1)

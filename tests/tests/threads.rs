@@ -551,3 +551,38 @@ fn timers_that_signal_a_thread_move_with_the_process() {
     // The worker took its signal away, and its end brought the process home.
     assert!(c.log(2).contains("a thread ends at home"), "{}", c.logs());
 }
+
+/// The balancer counts every thread: a process of four busy threads is four
+/// cores of demand (run plus wait time over wall time, so it counts four
+/// even on a node with fewer cores), at home and away.
+#[test]
+fn four_busy_threads_are_four_cores_of_demand_at_home_and_away() {
+    let c = om_tests::Cluster::start(2);
+    let mut p = c.om_exec(1, &bin("threads"), &["12", "4"], "busy.out");
+    om_tests::wait_lines(&c.path("busy.out"), 1, Duration::from_secs(20));
+    let demand = |c: &om_tests::Cluster, pid: u32| {
+        let ps = c.ps(1);
+        let me = ps.as_array().and_then(|a| a.iter().find(|x| x["pid"] == pid).cloned());
+        me.and_then(|m| m["demand"].as_f64()).unwrap_or(0.0)
+    };
+    let settled = |c: &om_tests::Cluster, pid: u32| {
+        // Smoothed over two rounds: wait until it has risen past three.
+        let t0 = std::time::Instant::now();
+        let mut d = demand(c, pid);
+        while d < 3.3 && t0.elapsed() < Duration::from_secs(8) {
+            std::thread::sleep(Duration::from_millis(250));
+            d = demand(c, pid);
+        }
+        d
+    };
+    let home = settled(&c, p.id());
+    assert!((3.3..4.7).contains(&home), "demand at home {home}\n{}", c.logs());
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
+    // Readings away replace those from home (smoothed over two rounds).
+    std::thread::sleep(Duration::from_secs(3));
+    let away = settled(&c, p.id());
+    assert!((3.3..4.7).contains(&away), "demand away {away}\n{}", c.logs());
+    assert_eq!(c.where_is(1, p.id()), Some(2));
+    let _ = p.kill();
+    let _ = p.wait();
+}

@@ -586,3 +586,29 @@ fn four_busy_threads_are_four_cores_of_demand_at_home_and_away() {
     let _ = p.kill();
     let _ = p.wait();
 }
+
+/// Signal-driven I/O aimed at one thread by its tid (F_SETOWN_EX with
+/// F_OWNER_TID, F_SETSIG): the pipe lives at home, so the kernel signals the
+/// thread's parked placeholder there; away, the signal reaches the same
+/// thread with its siginfo (si_fd, si_code), and F_GETOWN_EX still names the
+/// thread by its home tid.
+#[test]
+fn sigio_owned_by_one_thread_reaches_it_away() {
+    use std::io::{BufRead, Write};
+    let c = om_tests::Cluster::start(2);
+    let prog = build_c(&c, "sigio");
+    let mut native = Command::new(&prog).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("sigio");
+    native.stdin.as_mut().expect("stdin").write_all(b"go\n").expect("go");
+    let native = native.wait_with_output().expect("native run");
+    let (mut p, mut out, first) = c.om_exec_piped(1, &prog, &[]);
+    assert_eq!(first, "ready");
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
+    p.stdin.as_mut().expect("stdin").write_all(b"go\n").expect("go");
+    let mut l = String::new();
+    out.read_line(&mut l).expect("a line");
+    let st = wait_child(&mut p, Duration::from_secs(20));
+    assert!(st.success(), "{st:?}\n{}", c.logs());
+    assert_eq!(format!("ready\n{l}"), String::from_utf8_lossy(&native.stdout), "{}", c.logs());
+    // The handler ran away: only F_GETOWN_EX, after it, took the process home.
+    assert!(c.log(2).contains("fcntl command 16 runs at home"), "{}", c.logs());
+}

@@ -77,7 +77,8 @@ impl Supervisor {
             },
             "fcntl" => match args[1] {
                 0..=4 | 8..=11 | 1024..=1026 | 1030..=1034 => (nr, vec![Arg::Fd, Arg::V, Arg::V], None),
-                _ => return self.go_home("fcntl record locks run at home", Some(id)),
+                // Record locks, and owners named by tid (F_SETOWN_EX).
+                cmd => return self.go_home(&format!("fcntl command {cmd} runs at home"), Some(id)),
             },
             "kill" => (nr, vec![Arg::V, Arg::V], None),
             "setsockopt" | "getsockopt" if syscalls::sockopt_unit(nr, args[1], args[2]).is_none() => {

@@ -2,7 +2,7 @@
 
 use om_tests::{bin, wait_child, wait_lines, Cluster};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -981,4 +981,33 @@ fn a_process_that_ends_while_coming_home_is_reported_as_it_ended() {
         let status = wait_child(&mut p, Duration::from_secs(20));
         assert_eq!(status.signal(), Some(libc::SIGTERM), "round {round}: {status:?}\n{}", c.logs());
     }
+}
+
+/// Identity answers stay home's after a move straight from one node to
+/// another (the image node 2 sends is captured from its guest, which runs
+/// under a uid of its own).
+#[test]
+fn ids_read_after_a_move_across_are_home_ones() {
+    use std::io::{BufRead, Write};
+    let c = Cluster::start(3);
+    let py = "import os, sys\nprint('ready', flush=True)\nfor line in sys.stdin:\n    print(os.getuid(), os.geteuid(), os.getgid(), os.getgroups(), os.getresuid(), os.getresgid(), os.getpgrp(), os.getsid(0), os.getppid(), flush=True)\n";
+    let mut native =
+        Command::new("python3").args(["-c", py]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python3");
+    native.stdin.take().expect("stdin").write_all(b"x\n").expect("line");
+    let out = native.wait_with_output().expect("python").stdout;
+    let want = String::from_utf8_lossy(&out).lines().nth(1).unwrap_or_default().to_string();
+    let (child, out, first) = c.om_exec_piped(1, &which("python3"), &["-c", py]);
+    assert_eq!(first, "ready");
+    let mut p = (child, out);
+    let pid = p.0.id();
+    for to in ["2", "3"] {
+        c.migrate(1, pid, to).unwrap_or_else(|e| panic!("to {to}: {e}\n{}", c.logs()));
+        p.0.stdin.as_mut().expect("stdin").write_all(b"x\n").expect("line");
+        let mut l = String::new();
+        p.1.read_line(&mut l).expect("a line");
+        assert_eq!(l.trim(), want, "on node {to}\n{}", c.logs());
+    }
+    drop(p.0.stdin.take());
+    let st = wait_child(&mut p.0, Duration::from_secs(20));
+    assert!(st.success(), "{st:?}");
 }

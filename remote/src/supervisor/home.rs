@@ -206,7 +206,11 @@ impl Supervisor {
             }
         }
         let t = &mut threads[0];
+        // The guest runs under a uid, group and session of its own: the
+        // identity the next node answers with is home's.
         cap.image.flags = cap.image.flags.with_identity_of(&self.proc_flags);
+        cap.image.creds = self.creds.clone();
+        (cap.image.pgid, cap.image.sid) = (self.pgid, self.sid);
         let sent_ok = image::prune_unchanged(self.gpid, &mut cap.image, pre, sent, image::ReadMode::Pinned)
             .map_err(crate::GuestError::from)
             .and_then(|_| {

@@ -1,7 +1,7 @@
 //! The fidelity suite: every program in `fidelity/src/bin/` is run natively,
-//! away (moved to node 2 and checked there) and bounced (2 -> 3 -> home,
-//! then checked), and must print the same lines and end the same way in all
-//! three. A case marked `refused` must be refused by om with a reason, and
+//! away (moved to node 2 and checked there), across (2 -> 3, checked on
+//! node 3) and bounced (2 -> 3 -> home, then checked), and must print the
+//! same lines and end the same way in all four. A case marked `refused` must be refused by om with a reason, and
 //! then pass at home; a `terminal` case runs in a session of its own with a
 //! pty as its controlling terminal. See `fidelity/src/lib.rs` for how a case
 //! is written.
@@ -59,6 +59,8 @@ fn cases() -> Vec<Case> {
 enum Mode {
     Native,
     Away,
+    /// 2 -> 3, checked on node 3 (the image comes from a guest).
+    Across,
     Bounced,
 }
 
@@ -159,6 +161,7 @@ fn drive(c: &Cluster, case: &Case, mode: Mode, pid: u32, rx: &mpsc::Receiver<Str
     let moves: &[&str] = match mode {
         Mode::Native => &[],
         Mode::Away => &["2"],
+        Mode::Across => &["2", "3"],
         Mode::Bounced => &["2", "3", "home"],
     };
     for to in moves {
@@ -179,6 +182,9 @@ fn drive(c: &Cluster, case: &Case, mode: Mode, pid: u32, rx: &mpsc::Receiver<Str
     }
     if mode == Mode::Away && c.where_is(1, pid) != Some(2) {
         return Err(format!("not on node 2 when checked: {:?}", c.where_is(1, pid)));
+    }
+    if mode == Mode::Across && c.where_is(1, pid) != Some(3) {
+        return Err(format!("not on node 3 when checked: {:?}", c.where_is(1, pid)));
     }
     Ok(())
 }
@@ -204,7 +210,7 @@ fn every_case_behaves_away_and_bounced_as_natively() {
                 continue;
             }
         };
-        for mode in [Mode::Away, Mode::Bounced] {
+        for mode in [Mode::Away, Mode::Across, Mode::Bounced] {
             match run(&c, &dir, case, mode) {
                 Ok(o) if o == native => {}
                 Ok(o) => failures.push(format!(

@@ -1011,3 +1011,29 @@ fn ids_read_after_a_move_across_are_home_ones() {
     let st = wait_child(&mut p.0, Duration::from_secs(20));
     assert!(st.success(), "{st:?}");
 }
+
+/// A process that ends while a signal from home is being handed to it keeps
+/// its exit status: the wait that stops it to queue the signal may be the
+/// one that sees it end (it was lost once: the parent saw SIGKILL).
+#[test]
+fn an_exit_during_a_signal_hand_over_keeps_its_status() {
+    let c = Cluster::start(2);
+    let py = "import signal, time, os\nsignal.signal(signal.SIGUSR1, lambda *a: None)\nprint('ready', flush=True)\n\
+              t = time.time()\nwhile time.time() - t < 0.4: pass\nos._exit(7)\n";
+    for round in 0..12 {
+        let (mut p, _out, first) = c.om_exec_piped(1, &which("python3"), &["-c", py]);
+        assert_eq!(first, "ready");
+        let pid = p.id() as i32;
+        c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
+        // Signals until it has ended, the last ones racing its exit.
+        let st = loop {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGUSR1) };
+            std::thread::sleep(Duration::from_micros(300));
+            if let Some(st) = p.try_wait().expect("wait") {
+                break st;
+            }
+        };
+        assert_eq!((st.code(), st.signal()), (Some(7), None), "round {round}\n{}", c.logs());
+    }
+}

@@ -127,6 +127,7 @@ impl Supervisor {
             r
         });
         if let Err(e) = r {
+            keep_exit_status(&self.flags, gpid, &e);
             tracing::debug!(%e, tid, "a thread could not queue its signals");
         }
         for (to, sig, _) in &items[sent..] {
@@ -258,6 +259,9 @@ impl Supervisor {
                 let _ = t.detach();
                 sent
             });
+            if let Err(e) = &r {
+                keep_exit_status(&self.flags, gpid, e);
+            }
             if !matches!(r, Ok(true)) {
                 let r = plain(gpid, sig);
                 if !answered {
@@ -299,6 +303,7 @@ impl Supervisor {
             // reads as this node's daemon).
             Ok(false) | Err(_) => {
                 if let Err(e) = &r {
+                    keep_exit_status(&self.flags, self.gpid, e);
                     tracing::debug!(%e, "could not have the guest signal itself");
                 }
                 let r = plain(self.gpid, sig);
@@ -541,6 +546,17 @@ pub(super) fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>,
                     }
                 }
             }
+        }
+    }
+}
+
+/// A wait of ours on the guest's leader (the stop after a seize, or an
+/// injected call) may have taken its exit status: kept for the helper,
+/// which reports it home. Lost, the parent would see a SIGKILL.
+pub(super) fn keep_exit_status(flags: &Flags, gpid: i32, e: &om_runtime::ptrace::TraceError) {
+    if let om_runtime::ptrace::TraceError::Died { pid, status } = *e {
+        if pid == gpid && status >= 0 {
+            *flags.reaped.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
         }
     }
 }

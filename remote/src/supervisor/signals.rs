@@ -452,9 +452,14 @@ pub(super) fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>,
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 continue;
             }
-            let status = match sys::waitpid(gpid, libc::__WALL) {
-                Ok((_, st)) => Some(st),
-                Err(_) => flags.reaped.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            // A thread that holds the guest traced may have taken its end
+            // in its own wait: it keeps the status before it lets go.
+            let status = {
+                let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
+                match sys::waitpid(gpid, libc::__WALL) {
+                    Ok((_, st)) => Some(st),
+                    Err(_) => flags.reaped.lock().unwrap_or_else(|p| p.into_inner()).take(),
+                }
             };
             let (code, signal) = match status {
                 Some(st) if libc::WIFEXITED(st) => (libc::WEXITSTATUS(st), 0),

@@ -70,6 +70,8 @@ struct SetupMsg {
     groups: Vec<u32>,
     /// Effective, permitted and inheritable capabilities, for a root process.
     caps: Option<[u64; 3]>,
+    /// Threads that run with other credentials than the leader.
+    threads: Vec<dsys::ThreadIdentity>,
 }
 
 fn send<T: Serialize>(sock: RawFd, m: &T, fds: &[RawFd]) -> std::io::Result<()> {
@@ -130,7 +132,12 @@ impl Shared {
 
 /// The credentials and capabilities of `pid`, from /proc.
 fn process_caps(pid: i32) -> Option<[u64; 3]> {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    thread_caps(pid, pid)
+}
+
+/// Effective, permitted and inheritable capabilities of thread `tid`.
+fn thread_caps(pid: i32, tid: i32) -> Option<[u64; 3]> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
     let f = |k: &str| om_runtime::procfs::status_field_in(&st, k).and_then(|v| u64::from_str_radix(&v, 16).ok());
     Some([f("CapEff")?, f("CapPrm")?, f("CapInh")?])
 }
@@ -180,6 +187,17 @@ pub fn start(
         gids: setup.gids,
         groups: setup.groups.clone(),
         caps: if setup.uids[1] == 0 { process_caps(pid) } else { None },
+        threads: setup
+            .thread_creds
+            .iter()
+            .map(|t| dsys::ThreadIdentity {
+                tid: t.tid,
+                uids: t.creds.uids,
+                gids: t.creds.gids,
+                groups: t.creds.groups.clone(),
+                caps: thread_caps(pid, t.tid).unwrap_or([0; 3]),
+            })
+            .collect(),
     };
     send(sock, &Down::Setup(msg), &[link.as_raw_fd(), cwd.as_raw_fd(), page_fd.as_raw_fd()])
         .map_err(|err| fail(format!("deputy setup: {err}")))?;
@@ -359,7 +377,8 @@ fn child(log: RawFd) -> Result<(), String> {
         return Err(e.to_string());
     }
     send(ctl, &Up::Ready, &[]).map_err(|e| e.to_string())?;
-    serve_loop(ctl, r1, s.keys, (s.pid, res, s.lanes), &page, &s.sole)
+    let own: std::collections::HashMap<i32, dsys::ThreadIdentity> = s.threads.into_iter().map(|t| (t.tid, t)).collect();
+    serve_loop(ctl, r1, s.keys, (s.pid, res, s.lanes), (&page, &own), &s.sole)
 }
 
 fn serve_loop(
@@ -367,10 +386,10 @@ fn serve_loop(
     r1: RawFd,
     keys: SessionKeys,
     (pid, res, lanes): (i32, i32, u32),
-    page: &dsys::Page,
+    (page, thread_creds): (&dsys::Page, &std::collections::HashMap<i32, dsys::ThreadIdentity>),
     sole: &[i32],
 ) -> Result<(), String> {
-    let live = Live { busy: page.counter(0), calls: page.counter(1), bytes: page.counter(2), page };
+    let live = Live { busy: page.counter(0), calls: page.counter(1), bytes: page.counter(2), page, thread_creds };
     let up = |m: &Up| {
         if let Err(e) = send(ctl, m, &[]) {
             tracing::warn!(%e, "cannot reach omd");

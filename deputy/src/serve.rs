@@ -56,6 +56,8 @@ pub struct Live<'a> {
     pub bytes: &'a AtomicU64,
     /// The lane workers' slots ([`dsys::LANE_SLOTS`]).
     pub page: &'a dsys::Page,
+    /// The threads whose calls run with their own credentials, by home tid.
+    pub thread_creds: &'a std::collections::HashMap<i32, dsys::ThreadIdentity>,
 }
 
 /// fds at and above this number in the deputy's table are om's own.
@@ -75,6 +77,8 @@ pub struct Setup {
     pub uids: [u32; 3],
     pub gids: [u32; 3],
     pub groups: Vec<u32>,
+    /// Threads that run with other ids than the leader.
+    pub thread_creds: Vec<om_runtime::image::ThreadCreds>,
 }
 
 impl Setup {
@@ -88,6 +92,7 @@ impl Setup {
             uids: img.creds.uids,
             gids: img.creds.gids,
             groups: img.creds.groups.clone(),
+            thread_creds: img.thread_creds.clone(),
         }
     }
 }
@@ -268,11 +273,25 @@ pub(crate) fn serve_lanes<R: std::io::Read>(
                             let (busy, tid) = slot(k);
                             let (link, stopping, lost) = (&link, &stopping, &lost);
                             let (calls, bytes) = (live.calls, live.bytes);
+                            let own = live.thread_creds.get(&req.lane);
                             sc.spawn(move || {
                                 tid.store(sys::gettid() as u64, Ordering::SeqCst);
+                                // A thread with ids of its own: its calls run
+                                // with them (credentials are per thread). If
+                                // they cannot be taken, its calls run at home.
+                                let own_ok = own.is_none_or(|c| match dsys::become_thread(c) {
+                                    Ok(()) => true,
+                                    Err(e) => {
+                                        tracing::error!(%e, tid = c.tid, "cannot take a thread's credentials");
+                                        false
+                                    }
+                                });
                                 let mut bufs = Buffers::with_sole(&[]);
                                 for (req, flags, input) in rx {
-                                    let ret = if stopping.load(Ordering::SeqCst) {
+                                    let ret = if !own_ok {
+                                        bufs.answer.clear();
+                                        GO_HOME
+                                    } else if stopping.load(Ordering::SeqCst) {
                                         bufs.answer.clear();
                                         -(libc::EINTR as i64)
                                     } else {

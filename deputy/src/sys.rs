@@ -406,36 +406,71 @@ pub fn take_process_fds(pid: i32, res: i32) -> std::io::Result<Vec<(i32, bool, O
     Ok(out)
 }
 
+/// The credentials of one thread of the process, for the deputy's worker
+/// that runs its calls.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+pub struct ThreadIdentity {
+    pub tid: i32,
+    pub uids: [u32; 3],
+    pub gids: [u32; 3],
+    pub groups: Vec<u32>,
+    /// Effective, permitted and inheritable capabilities.
+    pub caps: [u64; 3],
+}
+
+/// Give the calling thread alone (credentials are per thread) the ids and
+/// capabilities of `t`. Only ever downwards: the deputy holds the leader's,
+/// and om moves such a process only when the leader is root with
+/// CAP_SETUID and CAP_SETGID and the thread has no capability it lacks.
+pub fn become_thread(t: &ThreadIdentity) -> std::io::Result<()> {
+    // Keep the permitted set across the change of uid, then set all three.
+    // SAFETY: plain integer arguments; PR_SET_KEEPCAPS is per thread.
+    if unsafe { libc::syscall(libc::SYS_prctl, libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    sys::thread_set_creds(t.uids, t.gids, &t.groups)?;
+    capset_thread(t.caps)?;
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_prctl, libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    Ok(())
+}
+
+/// capset(2) of the calling thread: effective, permitted, inheritable.
+fn capset_thread([eff, prm, inh]: [u64; 3]) -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let hdr = Header { version: 0x2008_0522, pid: 0 };
+    let lo = |v: u64| v as u32;
+    let hi = |v: u64| (v >> 32) as u32;
+    let data = [
+        Data { effective: lo(eff), permitted: lo(prm), inheritable: lo(inh) },
+        Data { effective: hi(eff), permitted: hi(prm), inheritable: hi(inh) },
+    ];
+    // SAFETY: a v3 header and two data structs, as capset(2) expects.
+    if unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Give the calling process exactly the given credentials: groups, gids,
 /// uids, and for root the given capability sets (effective, permitted,
 /// inheritable); then make it undumpable, so the user it runs as cannot trace
 /// it (it holds its link's session keys).
 pub fn become_process(uids: [u32; 3], gids: [u32; 3], groups: &[u32], caps: Option<[u64; 3]>) -> std::io::Result<()> {
     sys::thread_set_creds(uids, gids, groups)?;
-    if let Some([eff, prm, inh]) = caps {
-        #[repr(C)]
-        struct Header {
-            version: u32,
-            pid: i32,
-        }
-        #[repr(C)]
-        #[derive(Clone, Copy)]
-        struct Data {
-            effective: u32,
-            permitted: u32,
-            inheritable: u32,
-        }
-        let hdr = Header { version: 0x2008_0522, pid: 0 };
-        let lo = |v: u64| v as u32;
-        let hi = |v: u64| (v >> 32) as u32;
-        let data = [
-            Data { effective: lo(eff), permitted: lo(prm), inheritable: lo(inh) },
-            Data { effective: hi(eff), permitted: hi(prm), inheritable: hi(inh) },
-        ];
-        // SAFETY: a v3 header and two data structs, as capset(2) expects.
-        if unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    if let Some(caps) = caps {
+        capset_thread(caps)?;
     }
     // SAFETY: plain integer arguments.
     unsafe {

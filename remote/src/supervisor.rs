@@ -58,7 +58,11 @@ pub struct Supervisor {
     home_pid: i32,
     pgid: i32,
     sid: i32,
+    /// This lane's thread's ids at home (the process's, unless the thread
+    /// runs with its own).
     creds: Creds,
+    /// The process's ids, and those of threads that run with their own.
+    all_creds: Arc<(Creds, Vec<image::ThreadCreds>)>,
     /// prctl settings as home had them (the identity part is answered from here).
     proc_flags: om_runtime::image::ProcFlags,
     next_id: u64,
@@ -247,6 +251,7 @@ impl Supervisor {
             pgid: img.pgid,
             sid: img.sid,
             creds: img.creds.clone(),
+            all_creds: Arc::new((img.creds.clone(), img.thread_creds.clone())),
             proc_flags: img.flags,
             next_id: 1,
             flags: register(),
@@ -317,6 +322,8 @@ impl Supervisor {
     /// A supervisor for another thread's lane, sharing this one's link,
     /// flags and lanes.
     fn sibling(&self, lane: Lane, lane_no: usize) -> std::io::Result<Supervisor> {
+        let own = self.all_creds.1.iter().find(|t| t.tid == lane.home_tid);
+        let creds = own.map_or_else(|| self.all_creds.0.clone(), |t| t.creds.clone());
         Ok(Supervisor {
             stream: self.stream.try_clone()?,
             reader: None,
@@ -332,7 +339,8 @@ impl Supervisor {
             home_pid: self.home_pid,
             pgid: self.pgid,
             sid: self.sid,
-            creds: self.creds.clone(),
+            creds,
+            all_creds: self.all_creds.clone(),
             proc_flags: self.proc_flags,
             next_id: 1,
             flags: self.flags.clone(),

@@ -157,11 +157,35 @@ pub struct SigAction {
     pub mask: u64,
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Creds {
     pub uids: [u32; 3],
     pub gids: [u32; 3],
     pub groups: Vec<u32>,
+}
+
+impl Creds {
+    /// The ids a /proc status file (of a process or a thread) lists.
+    pub fn from_status(status: &str) -> Creds {
+        let sf = |k: &str| procfs::status_field_in(status, k).unwrap_or_default();
+        let ids = |k: &str| -> [u32; 3] {
+            let v: Vec<u32> = sf(k).split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            [v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0), v.get(2).copied().unwrap_or(0)]
+        };
+        Creds {
+            uids: ids("Uid"),
+            gids: ids("Gid"),
+            groups: sf("Groups").split_whitespace().filter_map(|x| x.parse().ok()).collect(),
+        }
+    }
+}
+
+/// A thread that runs with other ids than the leader (credentials are per
+/// thread): its home tid and its ids.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ThreadCreds {
+    pub tid: i32,
+    pub creds: Creds,
 }
 
 /// Per-process settings made with prctl and membarrier.
@@ -421,6 +445,8 @@ pub struct Image {
     /// Interval and POSIX timers, stopped at capture ([`crate::timers`]).
     pub timers: crate::timers::Timers,
     pub creds: Creds,
+    /// The threads whose ids differ from the leader's.
+    pub thread_creds: Vec<ThreadCreds>,
     pub flags: ProcFlags,
     /// [vvar] start and the size of the vdso group, and a hash of the vdso text.
     pub vdso: (u64, u64, u64),
@@ -474,19 +500,43 @@ pub fn cant_move(pid: i32) -> Option<String> {
     cant_move_frozen(pid)
 }
 
-/// Why the threads of `pid` cannot move together: one runs with other
-/// credentials than the leader (they are per thread, and the deputy has one
-/// identity), or the leader has ended while others run.
+/// Why the threads of `pid` cannot move together, or None. Credentials
+/// are per thread: a thread may run with other ids and capabilities than
+/// the leader, and its calls home must run with them. The deputy takes the
+/// leader's, and switches a worker to such a thread's only downwards: the
+/// leader must be root with CAP_SETUID and CAP_SETGID, and the thread hold
+/// no capability the leader lacks (with the same bounding and ambient sets
+/// and no_new_privs). Also refused: a leader that has ended while others run.
 fn threads_differ(pid: i32) -> Option<String> {
-    let ids = |st: &str| ["Uid", "Gid", "Groups"].map(|k| procfs::status_field_in(st, k).unwrap_or_default());
     let leader = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     if procfs::status_field_in(&leader, "State").is_some_and(|s| s.starts_with('Z')) {
         return Some("its main thread has exited while other threads run".into());
     }
-    for tid in crate::ptrace::thread_ids(pid) {
+    let caps = |st: &str| {
+        ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"]
+            .map(|k| procfs::hex_mask(&procfs::status_field_in(st, k).unwrap_or_default()))
+    };
+    let (lids, lcaps) = (Creds::from_status(&leader), caps(&leader));
+    // CAP_SETGID (6) and CAP_SETUID (7).
+    const SETID: u64 = 1 << 6 | 1 << 7;
+    let can_switch = lids.uids[1] == 0 && lcaps[2] & SETID == SETID;
+    for tid in crate::ptrace::thread_ids(pid).into_iter().filter(|&t| t != pid) {
         let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else { continue };
-        if ids(&st) != ids(&leader) {
-            return Some(format!("its thread {tid} runs with other credentials than the main thread"));
+        let (ids, c) = (Creds::from_status(&st), caps(&st));
+        if ids == lids && c == lcaps {
+            continue;
+        }
+        if !can_switch {
+            return Some(format!(
+                "its thread {tid} runs with other credentials than the main thread, which the deputy can serve \
+                 only when the main thread is root with CAP_SETUID and CAP_SETGID"
+            ));
+        }
+        if c[0] & !lcaps[0] != 0 || c[1] & !lcaps[1] != 0 || c[3..] != lcaps[3..] {
+            return Some(format!(
+                "its thread {tid} has capabilities (or a bounding set, ambient set or no_new_privs) \
+                 the main thread has not"
+            ));
         }
     }
     None
@@ -772,6 +822,7 @@ pub fn pre_image(pid: i32, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Ima
         queued: Vec::new(),
         timers: Default::default(),
         creds: Creds::default(),
+        thread_creds: Vec::new(),
         flags: ProcFlags::default(),
         vdso: vdso_of(pid, &maps)?,
         regions: capture_regions(pid, &maps, 0, &region_attrs(pid), reopen)?,
@@ -878,15 +929,15 @@ pub fn capture(threads: &mut [Tracee], reopen: &dyn Fn(&str) -> bool) -> Result<
         actions.push(SigAction { sig, handler: w(0), flags: w(1), restorer: w(2), mask: w(3) });
     }
 
-    let ids = |k: &str| -> [u32; 3] {
-        let v: Vec<u32> = sf(k).split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        [v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0), v.get(2).copied().unwrap_or(0)]
-    };
-    let creds = Creds {
-        uids: ids("Uid"),
-        gids: ids("Gid"),
-        groups: sf("Groups").split_whitespace().filter_map(|x| x.parse().ok()).collect(),
-    };
+    let creds = Creds::from_status(&status);
+    let thread_creds: Vec<ThreadCreds> = others
+        .iter()
+        .filter_map(|o| {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/task/{}/status", o.pid)).ok()?;
+            let c = Creds::from_status(&st);
+            (c != creds).then_some(ThreadCreds { tid: o.pid, creds: c })
+        })
+        .collect();
     // From /proc: prlimit on another user's process needs CAP_SYS_RESOURCE.
     let rlimits = procfs::limits(pid).map_err(ioe("limits"))?;
     let guest = sf("Seccomp") == "2";
@@ -945,6 +996,7 @@ pub fn capture(threads: &mut [Tracee], reopen: &dyn Fn(&str) -> bool) -> Result<
         queued: t.queued_signals(true)?,
         timers,
         creds,
+        thread_creds,
         flags,
         vdso: (vvar_start, vdso_len, vdso_hash),
         regions,

@@ -382,6 +382,14 @@ fn check(m: &Msg) -> Result<(), WireError> {
         if !(1..=MAX_THREADS).contains(&img.threads.len()) {
             return Err(WireError::Malformed(format!("an image with {} threads", img.threads.len())));
         }
+        for tc in &img.thread_creds {
+            if !img.threads.iter().any(|t| t.tid == tc.tid) || tc.creds.groups.len() > 65536 {
+                return Err(WireError::Malformed(format!("credentials for thread {} of none", tc.tid)));
+            }
+        }
+        if img.creds.groups.len() > 65536 {
+            return Err(WireError::Malformed(format!("{} supplementary groups", img.creds.groups.len())));
+        }
         crate::timers::check(&img.timers, img.threads.len())
             .map_err(|why| WireError::Malformed(format!("an image's timers: {why}")))?;
     }

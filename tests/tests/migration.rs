@@ -1018,13 +1018,16 @@ fn ids_read_after_a_move_across_are_home_ones() {
 #[test]
 fn an_exit_during_a_signal_hand_over_keeps_its_status() {
     let c = Cluster::start(2);
-    let py = "import signal, time, os\nsignal.signal(signal.SIGUSR1, lambda *a: None)\nprint('ready', flush=True)\n\
-              t = time.time()\nwhile time.time() - t < 0.4: pass\nos._exit(7)\n";
+    // It ends 0.3 s after a line on stdin, which it is sent once away.
+    let py =
+        "import signal, time, os, sys\nsignal.signal(signal.SIGUSR1, lambda *a: None)\nprint('ready', flush=True)\n\
+              sys.stdin.readline()\nt = time.time()\nwhile time.time() - t < 0.3: pass\nos._exit(7)\n";
     for round in 0..12 {
         let (mut p, _out, first) = c.om_exec_piped(1, &which("python3"), &["-c", py]);
         assert_eq!(first, "ready");
         let pid = p.id() as i32;
         c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
+        std::io::Write::write_all(p.stdin.as_mut().expect("stdin"), b"go\n").expect("go");
         // Signals until it has ended, the last ones racing its exit.
         let st = loop {
             // SAFETY: signalling our own child.

@@ -612,3 +612,42 @@ fn sigio_owned_by_one_thread_reaches_it_away() {
     // The handler ran away: only F_GETOWN_EX, after it, took the process home.
     assert!(c.log(2).contains("fcntl command 16 runs at home"), "{}", c.logs());
 }
+
+/// Credentials are per thread: a thread that gave root away for itself
+/// moves with the process, and away (on 2, then 3) and back home its calls
+/// run with its own ids, the main thread's with root's: it may not open a
+/// file only root may read, the main thread may.
+#[test]
+fn a_thread_with_its_own_credentials_keeps_them_away() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let c = om_tests::Cluster::start(3);
+    let secret = c.path("secret");
+    std::fs::write(&secret, "root only\n").expect("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let file = secret.to_string_lossy().to_string();
+    let run = |moves: &[&str]| -> Vec<String> {
+        let (mut p, mut out, first) = c.om_exec_piped(1, &bin("threads"), &["creds-io", &file]);
+        assert_eq!(first, "ready");
+        for to in moves {
+            c.migrate(1, p.id(), to).unwrap_or_else(|e| panic!("to {to}: {e}\n{}", c.logs()));
+        }
+        p.stdin.as_mut().expect("stdin").write_all(b"go\n").expect("go");
+        let lines: Vec<String> = (0..2)
+            .map(|_| {
+                let mut l = String::new();
+                out.read_line(&mut l).expect("a line");
+                l.trim().to_string()
+            })
+            .collect();
+        let st = wait_child(&mut p, Duration::from_secs(20));
+        assert!(st.success(), "{st:?}\n{}", c.logs());
+        lines
+    };
+    let native = run(&[]);
+    assert_eq!(native[0], format!("thread: uid 65534 gid 65534, {file}: refused (13)"));
+    assert_eq!(native[1], format!("main: uid 0 gid 0, {file}: opened"));
+    for moves in [&["2"][..], &["2", "3"], &["2", "3", "home"]] {
+        assert_eq!(run(moves), native, "after {moves:?}\n{}", c.logs());
+    }
+}

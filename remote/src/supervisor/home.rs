@@ -209,7 +209,9 @@ impl Supervisor {
         // The guest runs under a uid, group and session of its own: the
         // identity the next node answers with is home's.
         cap.image.flags = cap.image.flags.with_identity_of(&self.proc_flags);
-        cap.image.creds = self.creds.clone();
+        cap.image.creds = self.all_creds.0.clone();
+        cap.image.thread_creds =
+            self.all_creds.1.iter().filter(|t| cap.image.threads.iter().any(|th| th.tid == t.tid)).cloned().collect();
         (cap.image.pgid, cap.image.sid) = (self.pgid, self.sid);
         let sent_ok = image::prune_unchanged(self.gpid, &mut cap.image, pre, sent, image::ReadMode::Pinned)
             .map_err(crate::GuestError::from)

@@ -10,6 +10,7 @@
 //! accept_guests = true
 //! consistent_paths = ["/home", "/srv/data"]
 //! balance = true
+//! shell = "/bin/bash"   # what om-shell starts
 //! ```
 
 use serde::Deserialize;
@@ -44,6 +45,8 @@ pub struct File {
     pub cpus: Option<u32>,
     /// Share of memory to keep free: below it, processes are ushered out [default: 0.1].
     pub mem_low: Option<f64>,
+    /// The real shell `om-shell` starts when $OM_SHELL is not set [default: /bin/bash].
+    pub shell: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,10 @@
 //! om-exec: run a program under om. It registers with the local omd and then
 //! becomes the program (same pid, same parent), so its exit status is the program's.
+//!
+//! `no_main`: Rust's usual entry would ignore SIGPIPE before `main`, and an
+//! ignored signal stays ignored across exec; the program must start with the
+//! dispositions om-exec was given (`yes | head` ends `yes` by SIGPIPE).
+#![no_main]
 
 use clap::Parser;
 use om_runtime::client::{socket_path, Client};
@@ -22,7 +27,8 @@ struct Args {
     command: Vec<String>,
 }
 
-fn main() {
+#[no_mangle]
+extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     let a = Args::parse();
     let path = socket_path(a.socket.as_deref());
     let me = std::process::id() as i32;
@@ -33,5 +39,9 @@ fn main() {
     }
     let err = om_runtime::sys::execvp(&a.command[0], &a.command);
     eprintln!("om-exec: cannot run {}: {err}", a.command[0]);
-    std::process::exit(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+    if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
 }

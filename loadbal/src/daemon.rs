@@ -312,12 +312,13 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     }
 }
 
-/// The command line of a process, arguments joined by spaces.
+/// The command line of a process as a person reads it: program name and
+/// arguments ([`om_runtime::client::display_command`]).
 fn cmdline(pid: i32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let s: Vec<String> =
         raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    (!s.is_empty()).then(|| s.join(" "))
+    (!s.is_empty()).then(|| om_runtime::client::display_command(&s))
 }
 
 fn peer_uid(s: &UnixStream) -> Option<u32> {

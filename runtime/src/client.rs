@@ -6,6 +6,15 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_SOCKET: &str = "/run/om/omd.sock";
 
+/// A command as a person reads it: the program's name (not its path) and
+/// its arguments, `spin 1000000` for `/home/me/build/spin 1000000`.
+pub fn display_command<S: AsRef<str>>(argv: &[S]) -> String {
+    let mut words = argv.iter().map(|a| a.as_ref());
+    let Some(prog) = words.next() else { return String::new() };
+    let name = prog.rsplit('/').find(|p| !p.is_empty()).unwrap_or(prog);
+    std::iter::once(name).chain(words).collect::<Vec<_>>().join(" ")
+}
+
 /// The control socket: `--socket`, else `$OM_SOCKET`, else `/run/om/omd.sock`.
 pub fn socket_path(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {
@@ -93,5 +102,18 @@ impl Client {
             Msg::NodesReply(v) => Ok(v),
             m => Err(ClientError::Daemon(format!("unexpected reply {m:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_command;
+
+    #[test]
+    fn commands_read_as_program_name_and_arguments() {
+        assert_eq!(display_command(&["/home/me/build/target/release/spin", "1000000"]), "spin 1000000");
+        assert_eq!(display_command(&["python3", "-c", "loop"]), "python3 -c loop");
+        assert_eq!(display_command(&["./a.out"]), "a.out");
+        assert_eq!(display_command::<&str>(&[]), "");
     }
 }

@@ -111,8 +111,8 @@ pub fn draw(f: &mut Frame, v: &View) {
             Constraint::Min(6),
         ],
     )
-    .header(Row::new(vec!["NODE", "STATE", "LOAD (2 = full bar)", "", "SPEED", "MEMORY", "", "GUESTS"]))
-    .block(Block::new().borders(Borders::TOP).title(" nodes "));
+    .header(Row::new(NODE_LABELS.to_vec()))
+    .block(Block::new().borders(Borders::TOP).title(" nodes (the load bar is full at 2) "));
     f.render_widget(t, nodes);
 
     let rows = v.procs.iter().map(|p| {
@@ -138,7 +138,7 @@ pub fn draw(f: &mut Frame, v: &View) {
             Constraint::Min(10),
         ],
     )
-    .header(Row::new(vec!["PID", "WHERE", "CPU", "RSS", "COMMAND", "WHY IT STAYS"]))
+    .header(Row::new(PROC_LABELS.to_vec()))
     .block(Block::new().borders(Borders::TOP).title(" processes (home → where) "));
     f.render_widget(t, procs);
 
@@ -154,6 +154,10 @@ pub fn draw(f: &mut Frame, v: &View) {
     let p = Paragraph::new(lines).block(Block::new().borders(Borders::TOP).title(" migrations "));
     f.render_widget(p, moves);
 }
+
+/// The tables' column labels: each fits its column at 80 columns.
+const NODE_LABELS: [&str; 8] = ["NODE", "STATE", "LOAD", "", "SPEED", "MEMORY", "", "GUESTS"];
+const PROC_LABELS: [&str; 6] = ["PID", "WHERE", "CPU", "RSS", "COMMAND", "WHY IT STAYS"];
 
 fn clock() -> String {
     let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -260,5 +264,9 @@ mod tests {
         assert!(text.contains("alive") && text.contains("1/16"), "{text}");
         assert!(text.contains("101") && text.contains("1→2"), "{text}");
         assert!(text.contains("process 101  node 1 → node 2"), "{text}");
+        // Every label whole at 80 columns.
+        for label in NODE_LABELS.iter().chain(&PROC_LABELS) {
+            assert!(text.contains(label), "{label} cut off:\n{text}");
+        }
     }
 }

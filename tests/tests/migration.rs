@@ -333,7 +333,7 @@ fn descendants_and_double_forked_daemons_are_under_om_and_migrate() {
         .as_array()
         .expect("array")
         .iter()
-        .filter(|p| p["cmd"].as_str().unwrap_or("").starts_with(counter.to_str().expect("path")))
+        .filter(|p| p["cmd"].as_str().unwrap_or("").starts_with("counter "))
         .map(|p| p["pid"].as_u64().expect("pid") as u32)
         .collect();
     assert_eq!(counters.len(), 2, "both the child and the daemon are under om: {ps}");
@@ -1039,4 +1039,24 @@ fn an_exit_during_a_signal_hand_over_keeps_its_status() {
         };
         assert_eq!((st.code(), st.signal()), (Some(7), None), "round {round}\n{}", c.logs());
     }
+}
+
+/// `omctl ps` names a process by its program and arguments, not its path,
+/// at home and away.
+#[test]
+fn ps_shows_the_program_name_and_its_arguments() {
+    let c = Cluster::start(2);
+    let mut p = c.om_exec(1, &bin("counter"), &["4", "40", "50"], "ps.out");
+    wait_lines(&c.path("ps.out"), 2, Duration::from_secs(20));
+    let cmd = |c: &Cluster| {
+        let ps = c.ps(1);
+        ps.as_array().and_then(|a| a.iter().find(|x| x["pid"] == p.id()).map(|x| x["cmd"].clone())).expect("listed")
+    };
+    assert_eq!(cmd(&c), "counter 4 40 50");
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
+    assert_eq!(cmd(&c), "counter 4 40 50");
+    let out = c.omctl(1, &["ps"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("counter 4 40 50"), "{}", om_tests::output_text(&out));
+    let _ = p.kill();
+    let _ = p.wait();
 }

@@ -7,7 +7,7 @@
 #![no_main]
 
 use clap::Parser;
-use om_runtime::client::{socket_path, Client};
+use om_runtime::client::{display_command, socket_path, Client};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -32,7 +32,8 @@ extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     let a = Args::parse();
     let path = socket_path(a.socket.as_deref());
     let me = std::process::id() as i32;
-    let result = Client::connect(&path).and_then(|mut c| c.register_with(me, &a.command.join(" "), a.lock, a.node));
+    let result =
+        Client::connect(&path).and_then(|mut c| c.register_with(me, &display_command(&a.command), a.lock, a.node));
     if let Err(e) = result {
         eprintln!("om-exec: {e}");
         std::process::exit(125);

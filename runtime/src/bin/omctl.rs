@@ -134,7 +134,7 @@ fn main() {
                         p.home,
                         p.where_,
                         p.state,
-                        trunc(&p.cmd, 30),
+                        trunc(&p.cmd.replace(char::is_control, " "), 30),
                         why
                     );
                 }

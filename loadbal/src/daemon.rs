@@ -55,6 +55,8 @@ struct Proc {
     cmd: String,
     state: String,
     where_: u32,
+    /// The last node it ran on away (the `from` of its coming home).
+    away_on: u32,
     locked: bool,
     ctl: Option<Sender<Ctl>>,
     started: Instant,
@@ -88,6 +90,7 @@ impl Proc {
             cmd,
             state: "home".into(),
             where_,
+            away_on: where_,
             locked,
             ctl: None,
             started: Instant::now(),
@@ -163,6 +166,8 @@ pub struct Node {
     /// one may still be queued (a subshell that forks and exits at once),
     /// and its child is under om all the same.
     ended: Mutex<HashMap<i32, (Instant, bool)>>,
+    /// `omctl events` and the library's event streams.
+    subscribers: Mutex<Vec<Sender<wire::ProcEvent>>>,
     view: SharedView,
     /// Takes guests now (omctl block/unblock/expel).
     accepts: AtomicBool,
@@ -233,6 +238,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg,
         procs: Mutex::new(HashMap::new()),
         ended: Mutex::new(HashMap::new()),
+        subscribers: Mutex::new(Vec::new()),
         view,
     });
     {
@@ -331,14 +337,39 @@ fn owner_uid(pid: i32) -> Option<u32> {
 }
 
 impl Node {
+    /// Tell every subscriber (`omctl events`) what happened to a process.
+    fn emit(&self, e: wire::ProcEvent) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        // A subscriber that has gone is dropped; one that lags loses events.
+        subs.retain(|s| !matches!(s.try_send(e.clone()), Err(channel::TrySendError::Disconnected(_))));
+    }
+
+    fn event(pid: i32, kind: &str) -> wire::ProcEvent {
+        wire::ProcEvent { pid, kind: kind.into(), from: 0, to: 0, reason: String::new(), code: 0, signal: 0 }
+    }
+
     fn state_fn(self: &Arc<Self>) -> StateFn {
         let n = Arc::downgrade(self);
         Arc::new(move |pid, state, where_| {
             if let Some(n) = n.upgrade() {
                 let mut procs = n.procs.lock().unwrap_or_else(|p| p.into_inner());
                 if state == "exited" {
-                    procs.remove(&pid);
+                    if let Some(p) = procs.remove(&pid) {
+                        // Its exit (with its status) comes from the kernel's
+                        // process events, which may be read after this.
+                        n.ended.lock().unwrap_or_else(|p| p.into_inner()).insert(pid, (Instant::now(), p.locked));
+                    }
                 } else if let Some(p) = procs.get_mut(&pid) {
+                    if state == "away" && p.where_ != where_ {
+                        n.emit(wire::ProcEvent { from: p.where_, to: where_, ..Node::event(pid, "moved") });
+                    }
+                    // Back from a node (not a move out that failed).
+                    if state == "home" && p.away_on != where_ {
+                        n.emit(wire::ProcEvent { from: p.away_on, to: where_, ..Node::event(pid, "home") });
+                    }
+                    if state == "away" || state == "home" {
+                        p.away_on = where_;
+                    }
                     if p.where_ != where_ {
                         p.last_move = Some(Instant::now());
                         p.last = None;
@@ -363,6 +394,14 @@ impl Node {
                     let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
                     let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
                     for ev in evs {
+                        if let crate::sys::ProcEvent::Exit { pid, status } = ev {
+                            if procs.contains_key(&pid) || ended.contains_key(&pid) {
+                                let (code, signal) =
+                                    if status & 0x7f == 0 { ((status >> 8) & 0xff, 0) } else { (0, status & 0x7f) };
+                                self.emit(wire::ProcEvent { code, signal, ..Node::event(pid, "exited") });
+                            }
+                            continue;
+                        }
                         if let crate::sys::ProcEvent::Fork { parent, child } = ev {
                             let parent_locked =
                                 procs.get(&parent).map(|p| p.locked).or_else(|| ended.get(&parent).map(|e| e.1));
@@ -415,9 +454,41 @@ impl Node {
                     return;
                 }
             };
+            if matches!(msg, Msg::Events) {
+                return self.stream_events(s);
+            }
             let reply = self.control(msg, uid);
             if wire::send(&mut s, &reply).is_err() {
                 return;
+            }
+        }
+    }
+
+    /// A subscriber: every event from now on, until it hangs up.
+    fn stream_events(self: Arc<Self>, mut s: UnixStream) {
+        let (tx, rx) = channel::bounded(4096);
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        if wire::send(&mut s, &Msg::Ok).is_err() {
+            return;
+        }
+        loop {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(e) => {
+                    if wire::send(&mut s, &Msg::Event(e)).is_err() {
+                        return;
+                    }
+                }
+                Err(channel::RecvTimeoutError::Timeout) => {
+                    // Gone quiet: has the subscriber hung up?
+                    let mut b = [0u8; 1];
+                    let _ = s.set_nonblocking(true);
+                    let gone = matches!(std::io::Read::read(&mut s, &mut b), Ok(0));
+                    let _ = s.set_nonblocking(false);
+                    if gone {
+                        return;
+                    }
+                }
+                Err(channel::RecvTimeoutError::Disconnected) => return,
             }
         }
     }
@@ -807,6 +878,18 @@ impl Node {
     /// Move `pid` to node `to` (None: home). `assumed` is the load the
     /// balancer believed `to` had (negative for a manual move: no check).
     fn migrate(self: &Arc<Self>, pid: i32, to: Option<u32>, uid: Option<u32>, assumed: f64) -> Result<(), String> {
+        let r = self.try_migrate(pid, to, uid, assumed);
+        if let Err(reason) = &r {
+            let under_om = self.procs.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&pid);
+            if under_om {
+                let to = to.unwrap_or(self.cfg.node_id);
+                self.emit(wire::ProcEvent { to, reason: reason.clone(), ..Node::event(pid, "refused") });
+            }
+        }
+        r
+    }
+
+    fn try_migrate(self: &Arc<Self>, pid: i32, to: Option<u32>, uid: Option<u32>, assumed: f64) -> Result<(), String> {
         let me = self.cfg.node_id;
         let to = to.filter(|&n| n != me);
         let (state, where_, ctl, locked) = {

@@ -42,8 +42,15 @@ pub struct ProcEvents {
 /// One event: `Fork { parent, child }` for new processes (not threads), `Exit`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ProcEvent {
-    Fork { parent: i32, child: i32 },
-    Exit { pid: i32 },
+    Fork {
+        parent: i32,
+        child: i32,
+    },
+    /// A process ended, with its wait status.
+    Exit {
+        pid: i32,
+        status: i32,
+    },
 }
 
 const NETLINK_CONNECTOR: i32 = 11;
@@ -132,7 +139,8 @@ pub fn parse_events(mut b: &[u8]) -> Vec<ProcEvent> {
                 0x8000_0000 => {
                     if let (Some(pid), Some(tgid)) = (u32_at(p, 0), u32_at(p, 4)) {
                         if pid == tgid {
-                            out.push(ProcEvent::Exit { pid: tgid as i32 });
+                            let status = u32_at(p, 8).unwrap_or(0) as i32;
+                            out.push(ProcEvent::Exit { pid: tgid as i32, status });
                         }
                     }
                 }
@@ -170,8 +178,12 @@ mod tests {
     fn fork_of_a_process_and_not_of_a_thread() {
         let mut b = event(1, [10, 10, 11, 11]);
         b.extend(event(1, [10, 10, 12, 10]));
-        b.extend(event(0x8000_0000, [11, 11, 0, 0]));
-        assert_eq!(parse_events(&b), vec![ProcEvent::Fork { parent: 10, child: 11 }, ProcEvent::Exit { pid: 11 }]);
+        // Exit with status 3 << 8 (exit(3)).
+        b.extend(event(0x8000_0000, [11, 11, 3 << 8, 0]));
+        assert_eq!(
+            parse_events(&b),
+            vec![ProcEvent::Fork { parent: 10, child: 11 }, ProcEvent::Exit { pid: 11, status: 3 << 8 }]
+        );
     }
 
     #[test]

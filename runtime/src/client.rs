@@ -33,6 +33,25 @@ pub enum ClientError {
     Wire(#[from] WireError),
 }
 
+/// The events of one node's processes, as they happen ([`Client::events`]).
+/// Ends when omd goes away.
+pub struct Events {
+    stream: UnixStream,
+}
+
+impl Iterator for Events {
+    type Item = Result<crate::wire::ProcEvent, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match wire::recv_msg(&mut self.stream) {
+            Ok(Msg::Event(e)) => Some(Ok(e)),
+            Ok(m) => Some(Err(ClientError::Daemon(format!("unexpected message {m:?}")))),
+            Err(WireError::Closed) => None,
+            Err(e) => Some(Err(e.into())),
+        }
+    }
+}
+
 /// A connection to one omd.
 pub struct Client {
     stream: UnixStream,
@@ -93,6 +112,15 @@ impl Client {
     pub fn ps(&mut self) -> Result<Vec<ProcInfo>, ClientError> {
         match self.call(&Msg::Ps)? {
             Msg::PsReply(v) => Ok(v),
+            m => Err(ClientError::Daemon(format!("unexpected reply {m:?}"))),
+        }
+    }
+
+    /// Subscribe to the events of this node's processes (moved, came home,
+    /// refused, exited): the connection then carries only those.
+    pub fn events(mut self) -> Result<Events, ClientError> {
+        match self.call(&Msg::Events)? {
+            Msg::Ok => Ok(Events { stream: self.stream }),
             m => Err(ClientError::Daemon(format!("unexpected reply {m:?}"))),
         }
     }

@@ -4,7 +4,7 @@
 //! Fits an 80x24 terminal; q, Esc or Ctrl-C quits.
 
 use crate::client::Client;
-use crate::wire::{NodeInfo, ProcInfo};
+use crate::wire::{NodeInfo, ProcEvent, ProcInfo};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
@@ -20,20 +20,28 @@ use std::time::{Duration, Instant};
 pub struct View {
     pub nodes: Vec<NodeInfo>,
     pub procs: Vec<ProcInfo>,
-    /// Newest first: (clock, pid, from, to).
-    pub moves: VecDeque<(String, i32, u32, u32)>,
+    /// Newest first: (clock, what happened).
+    pub moves: VecDeque<(String, String)>,
     pub error: Option<String>,
     pub clock: String,
+    /// omd's event stream is read: moves come from it, not from readings.
+    pub events_live: bool,
 }
 
 impl View {
     /// Take a new reading; a process whose node changed is a migration.
     pub fn update(&mut self, nodes: Vec<NodeInfo>, procs: Vec<ProcInfo>, clock: String) {
         let before: HashMap<i32, u32> = self.procs.iter().map(|p| (p.pid, p.where_)).collect();
-        for p in &procs {
+        let me = nodes.first().map_or(0, |n| n.id);
+        for p in procs.iter().filter(|_| !self.events_live) {
             if let Some(&w) = before.get(&p.pid) {
                 if w != p.where_ {
-                    self.moves.push_front((clock.clone(), p.pid, w, p.where_));
+                    let what = if p.where_ == me {
+                        "came home".to_string()
+                    } else {
+                        format!("node {w} → node {}", p.where_)
+                    };
+                    self.moves.push_front((clock.clone(), format!("process {}  {what}", p.pid)));
                 }
             }
         }
@@ -42,6 +50,22 @@ impl View {
         self.procs = procs;
         self.clock = clock;
         self.error = None;
+    }
+}
+
+impl View {
+    /// One event from omd's stream.
+    pub fn event(&mut self, e: &ProcEvent, clock: String) {
+        let what = match e.kind.as_str() {
+            "moved" => format!("node {} → node {}", e.from, e.to),
+            "home" => "came home".to_string(),
+            "refused" => format!("not moved to {}: {}", e.to, e.reason),
+            "exited" if e.signal != 0 => format!("killed by signal {}", e.signal),
+            "exited" => format!("exited with status {}", e.code),
+            k => k.to_string(),
+        };
+        self.moves.push_front((clock, format!("process {}  {what}", e.pid)));
+        self.moves.truncate(50);
     }
 }
 
@@ -142,15 +166,7 @@ pub fn draw(f: &mut Frame, v: &View) {
     .block(Block::new().borders(Borders::TOP).title(" processes (home → where) "));
     f.render_widget(t, procs);
 
-    let lines: Vec<Line> = v
-        .moves
-        .iter()
-        .take(5)
-        .map(|(c, pid, from, to)| {
-            let what = if *to == me { "came home".to_string() } else { format!("node {from} → node {to}") };
-            Line::from(format!(" {c}  process {pid}  {what}"))
-        })
-        .collect();
+    let lines: Vec<Line> = v.moves.iter().take(5).map(|(c, what)| Line::from(format!(" {c}  {what}"))).collect();
     let p = Paragraph::new(lines).block(Block::new().borders(Borders::TOP).title(" migrations "));
     f.render_widget(p, moves);
 }
@@ -184,6 +200,18 @@ pub fn run(path: &Path, interval: f64) -> std::io::Result<()> {
     let first = read(path, &mut client).map_err(std::io::Error::other)?;
     let mut v = View::default();
     v.update(first.0, first.1, clock());
+    // omd's events, read by a thread of their own.
+    let (tx, events) = std::sync::mpsc::channel::<ProcEvent>();
+    if let Ok(stream) = Client::connect(path).and_then(|c| c.events()) {
+        v.events_live = true;
+        std::thread::spawn(move || {
+            for e in stream.map_while(Result::ok) {
+                if tx.send(e).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let mut term = ratatui::init();
     let r = (|| -> std::io::Result<()> {
         let mut last = Instant::now();
@@ -198,6 +226,9 @@ pub fn run(path: &Path, interval: f64) -> std::io::Result<()> {
                         return Ok(());
                     }
                 }
+            }
+            while let Ok(e) = events.try_recv() {
+                v.event(&e, clock());
             }
             if last.elapsed() >= interval {
                 last = Instant::now();
@@ -248,6 +279,35 @@ mod tests {
             rss: 12 << 20,
             locked: false,
         }
+    }
+
+    #[test]
+    fn events_from_omd_show_as_they_come() {
+        let mut v = View { events_live: true, ..View::default() };
+        v.update(vec![node(1, 1.0)], vec![proc_(100, 1)], "10:00:00 UTC".into());
+        let e = |kind: &str| ProcEvent {
+            pid: 100,
+            kind: kind.into(),
+            from: 1,
+            to: 2,
+            reason: "it has shared memory".into(),
+            code: 3,
+            signal: 0,
+        };
+        for k in ["moved", "refused", "exited"] {
+            v.event(&e(k), "10:00:01 UTC".into());
+        }
+        // Readings no longer make moves up once the stream is read.
+        v.update(vec![node(1, 1.0)], vec![proc_(100, 2)], "10:00:02 UTC".into());
+        let mut t = Terminal::new(TestBackend::new(80, 24)).expect("terminal");
+        t.draw(|f| draw(f, &v)).expect("draw");
+        let buf = t.backend().buffer().clone();
+        let text: String =
+            (0..24).map(|y| (0..80).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>() + "\n").collect();
+        assert!(text.contains("process 100  node 1 → node 2"), "{text}");
+        assert!(text.contains("process 100  not moved to 2: it has shared memory"), "{text}");
+        assert!(text.contains("process 100  exited with status 3"), "{text}");
+        assert_eq!(v.moves.len(), 3, "{:?}", v.moves);
     }
 
     #[test]

@@ -31,6 +31,21 @@ pub enum WireError {
     Aborted(String),
 }
 
+/// Something that happened to a process under om, as `omctl events` tells
+/// it: `kind` is "moved" (from node `from` to `to`), "home" (back from
+/// `from`), "refused" (a move to `to`, with the `reason`) or "exited" (with
+/// its exit `code`, or the `signal` that killed it).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub pid: i32,
+    pub kind: String,
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+    pub code: i32,
+    pub signal: i32,
+}
+
 /// One process as `omctl ps` shows it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ProcInfo {
@@ -140,6 +155,9 @@ pub enum Msg {
     },
     Ps,
     PsReply(Vec<ProcInfo>),
+    /// Subscribe: after `Ok`, every [`ProcEvent`] of this node's processes.
+    Events,
+    Event(ProcEvent),
     Migrate {
         pid: i32,
         to: Option<u32>,

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use om_runtime::client::{socket_path, Client};
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -29,6 +30,9 @@ enum Cmd {
     },
     /// Nodes of the cluster: alive, suspect or down, with their load figures.
     Nodes,
+    /// What happens to this node's processes, as it happens: moved, came
+    /// home, refused (with the reason), exited (with the status); one per line.
+    Events,
     /// Pin a process where it is: the balancer never moves it.
     Lock { pid: i32 },
     /// Let the balancer move a pinned process again.
@@ -115,6 +119,22 @@ fn main() {
         Ok(c) => c,
         Err(e) => fail(&e.to_string()),
     };
+    if let Cmd::Events = a.cmd {
+        let events = c.events().unwrap_or_else(|e| fail(&e.to_string()));
+        for e in events {
+            let e = e.unwrap_or_else(|e| fail(&e.to_string()));
+            let line = if a.json {
+                serde_json::json!({"pid": e.pid, "event": e.kind, "from": e.from, "to": e.to, "reason": e.reason, "code": e.code, "signal": e.signal}).to_string()
+            } else {
+                event_text(&e)
+            };
+            // A reader that went away (omctl events | head) ends it.
+            if writeln!(std::io::stdout(), "{line}").and_then(|_| std::io::stdout().flush()).is_err() {
+                return;
+            }
+        }
+        fail("omd went away");
+    }
     match a.cmd {
         Cmd::Ps => {
             let ps = c.ps().unwrap_or_else(|e| fail(&e.to_string()));
@@ -153,7 +173,7 @@ fn main() {
                 fail(&e.to_string());
             }
         }
-        Cmd::Keygen { .. } | Cmd::Sim { .. } | Cmd::Mon { .. } => {}
+        Cmd::Keygen { .. } | Cmd::Sim { .. } | Cmd::Mon { .. } | Cmd::Events => {}
         Cmd::Lock { pid } => c.lock(pid, true).unwrap_or_else(|e| fail(&e.to_string())),
         Cmd::Unlock { pid } => c.lock(pid, false).unwrap_or_else(|e| fail(&e.to_string())),
         Cmd::Block => c.block(true).unwrap_or_else(|e| fail(&e.to_string())),
@@ -209,4 +229,17 @@ fn trunc(s: &str, n: usize) -> String {
 fn fail(msg: &str) -> ! {
     eprintln!("omctl: {msg}");
     std::process::exit(1);
+}
+
+/// One event as a line of text.
+fn event_text(e: &om_runtime::wire::ProcEvent) -> String {
+    let pid = e.pid;
+    match e.kind.as_str() {
+        "moved" => format!("process {pid} moved from node {} to node {}", e.from, e.to),
+        "home" => format!("process {pid} came home from node {}", e.from),
+        "refused" => format!("process {pid} did not move to node {}: {}", e.to, e.reason),
+        "exited" if e.signal != 0 => format!("process {pid} was killed by signal {}", e.signal),
+        "exited" => format!("process {pid} exited with status {}", e.code),
+        k => format!("process {pid}: {k}"),
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`client`]: the control-socket client used by `om-exec`, `omctl` and batch tools.
 
 pub mod client;
+pub mod embed;
 pub mod image;
 pub mod link;
 pub mod marshal;

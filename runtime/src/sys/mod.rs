@@ -562,3 +562,13 @@ pub fn kcmp_shared(a: i32, b: i32, kind: i32) -> Option<bool> {
     let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, kind, 0, 0) };
     (r >= 0).then_some(r == 0)
 }
+
+/// Run `f` in `cmd`'s child after fork, before exec; an error fails the
+/// spawn with it. `f` runs in a copy of a possibly multi-threaded process:
+/// it may allocate (glibc's fork handlers leave malloc usable in the
+/// child) but must take no lock another thread could have held.
+pub fn before_exec(cmd: &mut std::process::Command, f: impl FnMut() -> io::Result<()> + Send + Sync + 'static) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: `f` is the caller's, documented above; nothing else runs here.
+    unsafe { cmd.pre_exec(f) };
+}

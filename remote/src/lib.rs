@@ -203,13 +203,15 @@ fn rebuild(stream: &mut Link, gpid: i32, first: Msg, host: &Host) -> Result<(Vec
     );
     // The mount namespace first: unshare refuses it once the fs is shared.
     enter_sandbox(&mut t, rs.scratch, &host.consistent_paths)?;
+    // Then the guest's own unprivileged identity, before its other threads
+    // exist: each inherits it from the leader's clone.
+    drop_privileges(&mut t, gpid)?;
     let others = image::spawn_threads(&mut t, &img, rs.scratch + 1024)?;
     let mut threads = vec![t];
     threads.extend(others);
     let tids: Vec<i32> = threads.iter().map(|t| t.pid).collect();
     om_runtime::timers::restore(&mut threads[0], &img.timers, &tids, rs.scratch + 1024)?;
-    // Each thread drops its own credentials (they are per thread) and gets
-    // a filter, and so a listener, of its own.
+    // Each thread gets a filter, and so a listener, of its own.
     let mut listeners = Vec::with_capacity(threads.len());
     for t in threads.iter_mut() {
         t.syscall_ip = rs.scratch;
@@ -284,16 +286,11 @@ fn enter_sandbox(t: &mut Tracee, scratch: u64, keep: &[std::path::PathBuf]) -> R
     Ok(())
 }
 
-/// Injected into the guest: an unprivileged uid of its own (identity calls
-/// are answered with the home values; files are opened at home with the
-/// process's credentials), no_new_privs, the seccomp filter with a listener
-/// (taken by us with pidfd_getfd), and closing the guest's copy of the
-/// listener (answered with CONTINUE as it traps).
+/// Injected into thread `t` of guest `gpid` (its identity already dropped,
+/// [`drop_privileges`]): the parent-death signal, the seccomp filter with a
+/// listener (taken by us with pidfd_getfd from the process), and closing
+/// the guest's copy of the listener (answered with CONTINUE as it traps).
 fn install_filter(t: &mut Tracee, gpid: i32, prog: &[u8], scratch: u64) -> Result<OwnedFd, GuestError> {
-    let id = u64::from(GUEST_UID_BASE + (gpid as u32 % GUEST_UIDS));
-    t.syscall_ok("setgroups", libc::SYS_setgroups, [0, 0, 0, 0, 0, 0])?;
-    t.syscall_ok("setresgid", libc::SYS_setresgid, [id, id, id, 0, 0, 0])?;
-    t.syscall_ok("setresuid", libc::SYS_setresuid, [id, id, id, 0, 0, 0])?;
     // The guest dies with the daemon thread that made it (a change of
     // credentials clears this, so it comes after): without its supervisor,
     // its calls could only fail. The process's own setting is answered
@@ -303,7 +300,6 @@ fn install_filter(t: &mut Tracee, gpid: i32, prog: &[u8], scratch: u64) -> Resul
         libc::SYS_prctl,
         [libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64, 0, 0, 0, 0],
     )?;
-    t.syscall_ok("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
 
     let prog_at = scratch + 4096;
     let fprog_at = scratch + 1024;
@@ -334,4 +330,18 @@ fn install_filter(t: &mut Tracee, gpid: i32, prog: &[u8], scratch: u64) -> Resul
     };
     t.syscall_hooked(libc::SYS_close, [lfd, 0, 0, 0, 0, 0], &mut answer)?;
     Ok(listener)
+}
+
+/// The guest's own identity, set in its leader while it is the only thread
+/// (threads inherit it from the clone that makes them): an unprivileged
+/// uid and gid of its own, no groups, and no_new_privs (identity calls are
+/// answered with the home values; files are opened at home with the
+/// process's credentials).
+fn drop_privileges(t: &mut Tracee, gpid: i32) -> Result<(), GuestError> {
+    let id = u64::from(GUEST_UID_BASE + (gpid as u32 % GUEST_UIDS));
+    t.syscall_ok("setgroups", libc::SYS_setgroups, [0, 0, 0, 0, 0, 0])?;
+    t.syscall_ok("setresgid", libc::SYS_setresgid, [id, id, id, 0, 0, 0])?;
+    t.syscall_ok("setresuid", libc::SYS_setresuid, [id, id, id, 0, 0, 0])?;
+    t.syscall_ok("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
+    Ok(())
 }

@@ -651,3 +651,38 @@ fn a_thread_with_its_own_credentials_keeps_them_away() {
         assert_eq!(run(moves), native, "after {moves:?}\n{}", c.logs());
     }
 }
+
+/// Every thread of a guest runs unprivileged on its host: the guest's own
+/// uid, no capabilities, no_new_privs (the leader drops them before its
+/// other threads are made, and they inherit them).
+#[test]
+fn every_thread_of_a_guest_runs_unprivileged() {
+    let c = om_tests::Cluster::start(2);
+    let mut p = c.om_exec(1, &bin("threads"), &["20", "3"], "priv.out");
+    om_tests::wait_lines(&c.path("priv.out"), 1, Duration::from_secs(20));
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
+    let omd2 = c.node_pid(2).expect("omd 2");
+    let kids: Vec<String> = std::fs::read_dir(format!("/proc/{omd2}/task"))
+        .map(|d| d.flatten().filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok()).collect())
+        .unwrap_or_default();
+    let guest = kids.join(" ").split_whitespace().next().map(str::to_string).expect("a guest under omd 2");
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{guest}/task"))
+        .expect("guest tasks")
+        .flatten()
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(tasks.len(), 4, "the leader and three busy threads: {tasks:?}");
+    for t in &tasks {
+        let st = std::fs::read_to_string(format!("/proc/{guest}/task/{t}/status")).expect("status");
+        let field = |k: &str| {
+            st.lines().find(|l| l.starts_with(k)).map(|l| l[k.len()..].trim().to_string()).unwrap_or_default()
+        };
+        let uid: u64 = field("Uid:").split_whitespace().next().and_then(|u| u.parse().ok()).unwrap_or(0);
+        assert!(uid >= u64::from(om_remote::GUEST_UID_BASE), "thread {t} runs as uid {uid}:\n{st}");
+        assert_eq!(field("CapEff:"), "0000000000000000", "thread {t} has capabilities:\n{st}");
+        assert_eq!(field("NoNewPrivs:"), "1", "thread {t}");
+        assert_eq!(field("Groups:"), "", "thread {t} keeps groups");
+    }
+    let _ = p.kill();
+    let _ = p.wait();
+}

@@ -515,8 +515,12 @@ impl Supervisor {
             (Class::Forward, "sendmsg" | "recvmsg") => self.forward_msg(n),
             (Class::Forward, _) => self.forward(n),
             (Class::Local, "mmap") => self.mmap_file(n),
-            (Class::Local, "exit") => self.thread_exit(n),
-            (Class::Local, "futex") => self.pi_futex(n),
+            (Class::Local, "exit") => {
+                self.home_if_threaded(n, "a thread ends at home (its robust futexes name its home tid)")
+            }
+            (Class::Local, "futex") => {
+                self.home_if_threaded(n, "priority-inheritance futexes run at home (their words hold home tids)")
+            }
             (Class::Local, "sched_getaffinity" | "sched_setaffinity") => self.affinity(n),
             (Class::Local, "timer_create") => self.timer_create(n),
             (Class::Local | Class::Home, _) => self.go_home(&format!("{name} runs at home"), Some(n.id)),

@@ -557,9 +557,6 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
     if let Some(why) = crate::timers::cant_move(pid, threads as usize) {
         return Some(why);
     }
-    if let Some(why) = crate::timers::signal_pending(pid) {
-        return Some(why);
-    }
     if let Some(why) = shares_with_another(pid) {
         return Some(why);
     }

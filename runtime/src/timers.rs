@@ -146,20 +146,19 @@ pub fn made_at_home(clock: i32, sigevent: Option<&[u8]>, threads: usize) -> Opti
     unmovable(&l, threads).map(|_| format!("a POSIX timer on clock {clock} is made at home"))
 }
 
-/// Why the POSIX timers of `pid` cannot move, or None.
+/// Why the POSIX timers of `pid` (with `threads` threads) cannot move, or
+/// None: too many, one om cannot move ([`unmovable`]), or one whose signal
+/// is pending (the kernel counts overruns on a timer's pending signal
+/// rather than queue it again, which a signal queued anew would not do).
 pub fn cant_move(pid: i32, threads: usize) -> Option<String> {
     let all = listed(pid);
     if all.len() > MAX_POSIX {
         return Some(format!("it has {} POSIX timers; om moves at most {MAX_POSIX}", all.len()));
     }
-    all.iter().find_map(|t| unmovable(t, threads))
+    all.iter().find_map(|t| unmovable(t, threads)).or_else(|| signal_pending(pid, &all))
 }
 
-/// Why timer signals that are pending keep a frozen `pid` from moving: a
-/// timer's pending signal is one the kernel counts overruns on rather than
-/// queue again, which a signal queued anew would not be. None when none is.
-pub fn signal_pending(pid: i32) -> Option<String> {
-    let all = listed(pid);
+fn signal_pending(pid: i32, all: &[Listed]) -> Option<String> {
     let signalling: Vec<&Listed> = all.iter().filter(|t| t.notify != SIGEV_NONE).collect();
     if signalling.is_empty() {
         return None;

@@ -376,3 +376,15 @@ impl Drop for OpenDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Read a terminal (a pty's master side) into `seen` until it holds
+/// `want`; fails the test after `timeout`.
+pub fn read_until(term: &mut impl std::io::Read, want: &str, seen: &mut String, timeout: Duration) {
+    let t0 = Instant::now();
+    let mut b = [0u8; 4096];
+    while !seen.contains(want) {
+        assert!(t0.elapsed() < timeout, "terminal never showed {want:?}: {seen:?}");
+        let n = term.read(&mut b).expect("read tty");
+        seen.push_str(&String::from_utf8_lossy(&b[..n]));
+    }
+}

@@ -523,7 +523,7 @@ fn ctrl_z_stops_a_migrated_process_and_fg_resumes_it() {
 /// would natively (CPython re-raises SIGINT after KeyboardInterrupt).
 #[test]
 fn a_terminal_works_while_away_and_ctrl_c_reaches_the_process() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::os::unix::process::CommandExt;
     let c = Cluster::start(2);
     let script = c.path("tty.py");
@@ -550,15 +550,7 @@ fn a_terminal_works_while_away_and_ctrl_c_reaches_the_process() {
     let mut term = std::fs::File::from(master);
     let mut w = term.try_clone().expect("tty writer");
     let mut seen = String::new();
-    let mut read_until = |want: &str, seen: &mut String| {
-        let t0 = std::time::Instant::now();
-        let mut b = [0u8; 4096];
-        while !seen.contains(want) {
-            assert!(t0.elapsed() < T, "terminal never showed {want:?}: {seen:?}");
-            let n = term.read(&mut b).expect("read tty");
-            seen.push_str(&String::from_utf8_lossy(&b[..n]));
-        }
-    };
+    let mut read_until = |want: &str, seen: &mut String| om_tests::read_until(&mut term, want, seen, T);
     read_until("tty True True", &mut seen);
     c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     w.write_all(b"go\n").expect("type");

@@ -3,7 +3,7 @@
 //! codes are the command's, and with no omd the shell still starts.
 
 use om_tests::{bin, wait_child, Cluster};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -32,15 +32,7 @@ fn a_login_session_on_a_terminal_is_under_om() {
     let mut term = std::fs::File::from(master);
     let mut w = term.try_clone().expect("tty writer");
     let mut seen = String::new();
-    let mut read_until = |want: &str, seen: &mut String| {
-        let t0 = std::time::Instant::now();
-        let mut b = [0u8; 4096];
-        while !seen.contains(want) {
-            assert!(t0.elapsed() < T, "terminal never showed {want:?}: {seen:?}");
-            let n = term.read(&mut b).expect("read tty");
-            seen.push_str(&String::from_utf8_lossy(&b[..n]));
-        }
-    };
+    let mut read_until = |want: &str, seen: &mut String| om_tests::read_until(&mut term, want, seen, T);
     w.write_all(b"echo \"zero=$0 shell=$$\"; sleep 300 & echo \"job=$!=\"\n").expect("type");
     read_until("zero=-bash shell=", &mut seen);
     read_until("[1] ", &mut seen);

@@ -429,21 +429,7 @@ fn node_and_java_move_and_finish_as_natively() {
     let js = "let s = 0; console.log('started');\n\
               for (let i = 0; i < 3e8; i++) { s = (s + i % 7) % 1000003; }\nconsole.log(s);\n";
     let native = Command::new("node").args(["-e", js]).output().expect("node");
-    let node = which("node");
-    let mut p = c.om_exec(1, &node, &["-e", js], "node.out");
-    om_tests::wait_lines(&c.path("node.out"), 1, Duration::from_secs(20));
-    let moved = c.migrate(1, p.id(), "2");
-    std::thread::sleep(Duration::from_millis(500));
-    come_home(&c, p.id());
-    let st = wait_child(&mut p, Duration::from_secs(120));
-    assert!(st.success(), "{st:?}\n{}", c.logs());
-    assert_eq!(
-        std::fs::read_to_string(c.path("node.out")).expect("output"),
-        String::from_utf8_lossy(&native.stdout),
-        "{}",
-        c.logs()
-    );
-    assert!(moved.is_ok(), "node did not move: {moved:?}\n{}", c.logs());
+    move_out_and_home_as_natively(&c, &which("node"), &["-e", js], "node.out", &native.stdout);
 
     // The JVM: some twenty threads (compiler, GC, signal dispatcher), and
     // two of ours computing.
@@ -471,20 +457,29 @@ fn node_and_java_move_and_finish_as_natively() {
     assert!(refused.contains("-XX:+PerfDisableSharedMem"), "{refused}");
     p.kill().expect("kill");
     let _ = p.wait();
-    let mut p = c.om_exec(1, &java, &["-XX:+PerfDisableSharedMem", &src.to_string_lossy()], "java.out");
-    om_tests::wait_lines(&c.path("java.out"), 1, Duration::from_secs(60));
+    let args = ["-XX:+PerfDisableSharedMem", &src.to_string_lossy()];
+    move_out_and_home_as_natively(&c, &java, &args, "java.out", &native.stdout);
+}
+
+/// Start `prog args` under om once it has printed its first line, move it
+/// to node 2, bring it home after half a second, and check that it ends
+/// well with output `native`, and that it moved.
+fn move_out_and_home_as_natively(
+    c: &om_tests::Cluster,
+    prog: &std::path::Path,
+    args: &[&str],
+    out: &str,
+    native: &[u8],
+) {
+    let mut p = c.om_exec(1, prog, args, out);
+    om_tests::wait_lines(&c.path(out), 1, Duration::from_secs(60));
     let moved = c.migrate(1, p.id(), "2");
     std::thread::sleep(Duration::from_millis(500));
-    come_home(&c, p.id());
+    come_home(c, p.id());
     let st = wait_child(&mut p, Duration::from_secs(120));
     assert!(st.success(), "{st:?}\n{}", c.logs());
-    assert_eq!(
-        std::fs::read_to_string(c.path("java.out")).expect("output"),
-        String::from_utf8_lossy(&native.stdout),
-        "{}",
-        c.logs()
-    );
-    assert!(moved.is_ok(), "java did not move: {moved:?}\n{}", c.logs());
+    assert_eq!(std::fs::read_to_string(c.path(out)).expect("output"), String::from_utf8_lossy(native), "{}", c.logs());
+    assert!(moved.is_ok(), "{} did not move: {moved:?}\n{}", prog.display(), c.logs());
 }
 
 /// Build the C fixture `name` (fixtures/c/NAME.c) into the cluster's folder.

@@ -224,7 +224,7 @@ impl Supervisor {
             req.nr |= marshal::READ_AHEAD;
         }
         self.write_run = None;
-        let SysRet { ret, mut data, .. } = match self.call_with_job_control(&req, &input, &spec, id) {
+        let SysRet { ret, mut data, .. } = match self.call_with_job_control(&req, &input, id) {
             Ok(r) => r,
             Err(flow) => {
                 self.inbuf = input;
@@ -279,18 +279,10 @@ impl Supervisor {
         Flow::Go
     }
 
-    /// Send one call to the deputy and wait for its answer. None: home is gone.
     /// Call the deputy; when the deputy was woken out of the call (EINTR),
     /// go home if asked, let the guest's kernel restart or fail the call if a
     /// signal is pending for it, or else issue the call again.
-    pub(super) fn call_restartable(
-        &mut self,
-        req: &SysReq,
-        input: &[u8],
-        spec: &[Arg],
-        id: u64,
-    ) -> Result<SysRet, Flow> {
-        let _ = spec;
+    pub(super) fn call_restartable(&mut self, req: &SysReq, input: &[u8], id: u64) -> Result<SysRet, Flow> {
         loop {
             let r = self.call_deputy(req, input);
             if self.held_now {
@@ -340,14 +332,8 @@ impl Supervisor {
     /// which knows the guest's signal state, decides as the kernel would.
     /// Err(Flow::Go) when the call is left unanswered for a signal to
     /// interrupt it (it restarts, or fails with EINTR, as natively).
-    pub(super) fn call_with_job_control(
-        &mut self,
-        req: &SysReq,
-        input: &[u8],
-        spec: &[Arg],
-        id: u64,
-    ) -> Result<SysRet, Flow> {
-        let r = self.call_restartable(req, input, spec, id)?;
+    pub(super) fn call_with_job_control(&mut self, req: &SysReq, input: &[u8], id: u64) -> Result<SysRet, Flow> {
+        let r = self.call_restartable(req, input, id)?;
         let Some((sig, orphaned)) = marshal::job_control_of(r.ret) else { return Ok(r) };
         let fail = |errno: i32| SysRet { id: 0, ret: -(errno as i64), data: Vec::new(), more: false };
         let ignored = ignores_or_blocks(self.gpid, sig);
@@ -356,7 +342,7 @@ impl Supervisor {
         }
         let flag = if ignored { marshal::JC_IGNORED } else { marshal::JC_SIGNAL };
         let again = SysReq { nr: req.nr | flag, ..req.clone() };
-        let r = self.call_restartable(&again, input, spec, id)?;
+        let r = self.call_restartable(&again, input, id)?;
         match marshal::job_control_of(r.ret) {
             None => Ok(r),
             Some((_, true)) => Ok(fail(libc::EIO)),
@@ -402,7 +388,6 @@ impl Supervisor {
             self.reply(id, -(libc::EFAULT as i64));
             return Flow::Go;
         };
-        let spec = syscalls::spec(nr).unwrap_or(&[]).to_vec();
         let mut lens = [0, 0, namelen as u32, ctllen as u32, total as u32, 0];
         let mut input = Vec::new();
         // The kernel leaves control-message padding untouched: the guest's
@@ -421,7 +406,7 @@ impl Supervisor {
                 return Flow::Go;
             }
         }
-        let r = match self.call_restartable(&req, &input, &spec, id) {
+        let r = match self.call_restartable(&req, &input, id) {
             Ok(r) => r,
             Err(flow) => return flow,
         };

@@ -36,23 +36,14 @@ impl Supervisor {
         Flow::Go
     }
 
-    /// A thread's exit: alone, it runs here (the placeholder ends with the
-    /// same status); one of several threads ends at home, where the kernel
-    /// finds its home tid in its robust futexes.
-    pub(super) fn thread_exit(&mut self, n: &SeccompNotif) -> Flow {
+    /// A thread's exit, or a futex operation whose word holds a tid (the
+    /// filter lets the others run here): alone, it runs here (an exit ends
+    /// the placeholder with the same status). With several threads it runs
+    /// at home, where the kernel finds the home tids the process's robust
+    /// and priority-inheritance futex words hold.
+    pub(super) fn home_if_threaded(&mut self, n: &SeccompNotif, why: &str) -> Flow {
         if self.threaded() {
-            return self.go_home("a thread ends at home (its robust futexes name its home tid)", Some(n.id));
-        }
-        let _ = sys::seccomp_send(self.lfd(), n.id, 0, true);
-        Flow::Go
-    }
-
-    /// A futex operation whose word holds a tid (the filter lets the others
-    /// run here): with several threads the words hold home tids, which only
-    /// home's kernel resolves.
-    pub(super) fn pi_futex(&mut self, n: &SeccompNotif) -> Flow {
-        if self.threaded() {
-            return self.go_home("priority-inheritance futexes run at home (their words hold home tids)", Some(n.id));
+            return self.go_home(why, Some(n.id));
         }
         let _ = sys::seccomp_send(self.lfd(), n.id, 0, true);
         Flow::Go

@@ -38,6 +38,21 @@ pub enum RegionKind {
         path: String,
         offset: u64,
     },
+    /// A shared memory object no other process uses (shared anonymous
+    /// memory, or a memfd with no fd open on it), made again at the
+    /// destination with the same size and name and mapped at the same
+    /// offset; every region that maps the same object (same `id`) maps the
+    /// one made again, so a later fork shares it as at home. Its pages
+    /// with data travel (tmpfs SEEK_DATA), mapped in this process or not.
+    Shared {
+        /// The object's inode where it was captured.
+        id: u64,
+        size: u64,
+        offset: u64,
+        /// A memfd's name (None: shared anonymous memory).
+        memfd: Option<String>,
+        seals: u32,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone)]
@@ -578,14 +593,14 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
         if m.path.starts_with("/SYSV") {
             return Some(format!("it attached SysV shared memory at {:#x}", m.start));
         }
-        if m.shared
-            && (m.write || m.path.is_empty() || m.path.starts_with("/dev/zero") || m.path.starts_with("/memfd:"))
-        {
-            let what = if m.path.is_empty() || m.path.starts_with("/dev/zero") {
-                "shared anonymous memory"
-            } else {
-                "a shared writable mapping"
-            };
+        if is_shmem(m) {
+            if let Err(why) = shared_object(pid, m) {
+                return Some(why);
+            }
+            continue;
+        }
+        if m.shared && m.write {
+            let what = "a shared writable mapping";
             // The JVM maps its perf counters shared from /tmp; the flag
             // that keeps them private is the fix a user needs.
             let hint = if m.path.contains("/hsperfdata_") {
@@ -622,6 +637,94 @@ fn shares_with_another(pid: i32) -> Option<String> {
                 return Some(format!(
                     "it shares {what} with process {other} ({flag}), which would no longer see its changes"
                 ));
+            }
+        }
+    }
+    None
+}
+
+/// Whether a mapping is of a shared memory object om can make again at
+/// the destination: shared anonymous memory, or a memfd mapped shared.
+fn is_shmem(m: &MapLine) -> bool {
+    m.shared && (m.path.starts_with("/dev/zero") || m.path.starts_with("/memfd:") || m.path.is_empty())
+}
+
+/// A shared memory object a process maps, opened through /proc/PID/map_files.
+pub struct SharedObject {
+    pub file: std::fs::File,
+    pub id: u64,
+    pub size: u64,
+    pub seals: u32,
+    pub memfd: Option<String>,
+}
+
+/// tmpfs's statfs magic: shared anonymous memory and memfds live there
+/// (a hugetlbfs memfd does not, and is refused).
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// Open the shared memory object mapping `m` of `pid` maps, if it can
+/// move: no other process maps it or holds an fd on it, and `pid` holds
+/// none either (its fds stay at home while the mapping moves). Otherwise
+/// the reason, naming the other process.
+pub fn shared_object(pid: i32, m: &MapLine) -> std::result::Result<SharedObject, String> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let what = if m.path.starts_with("/memfd:") { "a memfd mapped shared" } else { "shared anonymous memory" };
+    let at = format!("{what} at {:#x} ({})", m.start, if m.path.is_empty() { "anon" } else { &m.path });
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let file = std::fs::File::open(&path).map_err(|e| {
+        format!(
+            "it has {at}, which om reads through {path}, and that failed ({e}); omd needs \
+             CAP_CHECKPOINT_RESTORE (or root) to move shared memory"
+        )
+    })?;
+    let md = file.metadata().map_err(|e| format!("it has {at}, which om could not stat ({e})"))?;
+    if sys::fs_magic(file.as_raw_fd()).ok() != Some(TMPFS_MAGIC) {
+        return Err(format!("it has {at} on huge pages (hugetlbfs), which om does not move"));
+    }
+    if let Some((other, how)) = other_user(pid, md.ino(), &m.path) {
+        let comm = procfs::stat(other).map(|s| s.comm).unwrap_or_default();
+        return Err(if other == pid {
+            format!(
+                "it has {at} and {how}; the fd would stay at home while the mapping moves, so the two \
+                 would no longer show the same bytes (close the fd once it is mapped)"
+            )
+        } else {
+            format!("it shares {at} with process {other} ({comm}), which {how} and would no longer see its writes")
+        });
+    }
+    let memfd = m.path.strip_prefix("/memfd:").map(|n| n.trim_end_matches(" (deleted)").to_string());
+    let seals = if memfd.is_some() { sys::seals(file.as_raw_fd()) } else { 0 };
+    Ok(SharedObject { id: md.ino(), size: md.size(), seals, memfd, file })
+}
+
+/// Another process that maps the shared memory object with inode `ino`
+/// (shown as `path` in maps), or a process (`pid` itself included) that
+/// holds an fd on it: (pid, how). omd's own fds are not counted.
+fn other_user(pid: i32, ino: u64, path: &str) -> Option<(i32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let me = sys::getpid();
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for p in procs.flatten() {
+        let Some(n) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if n == me {
+            continue;
+        }
+        if n != pid {
+            if let Ok(maps) = procfs::maps(n) {
+                if maps.iter().any(|o| o.shared && o.inode == ino && o.path == path) {
+                    return Some((n, "maps it too".into()));
+                }
+            }
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{n}/fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else { continue };
+            if link.as_os_str() != path {
+                continue;
+            }
+            if std::fs::metadata(fd.path()).is_ok_and(|md| md.ino() == ino) {
+                return Some((n, format!("holds fd {} on it", fd.file_name().to_string_lossy())));
             }
         }
     }
@@ -1048,6 +1151,10 @@ fn capture_regions(
             continue;
         }
         let npages = (m.end - m.start) / PAGE;
+        if is_shmem(m) {
+            out.push(shared_region(pid, m, attrs)?);
+            continue;
+        }
         let kind = match m.path.as_str() {
             "[heap]" => RegionKind::Heap,
             "[stack]" => RegionKind::Stack,
@@ -1101,6 +1208,43 @@ fn capture_regions(
         });
     }
     Ok(out)
+}
+
+/// A region mapping a shared memory object: every page of it that holds
+/// data travels, whether this process has touched it or not.
+fn shared_region(pid: i32, m: &MapLine, attrs: &HashMap<u64, u32>) -> std::io::Result<Region> {
+    use std::os::unix::io::AsRawFd;
+    let o = shared_object(pid, m).map_err(std::io::Error::other)?;
+    let len = m.end - m.start;
+    let data = sys::data_ranges(o.file.as_raw_fd(), m.offset, m.offset + len)?;
+    let want = data.iter().flat_map(|&(a, b)| (a - m.offset) / PAGE..(b - m.offset).div_ceil(PAGE)).collect();
+    let mut guards = Vec::new();
+    {
+        use std::os::unix::fs::FileExt;
+        let pm = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
+        let mut raw = vec![0u8; (len / PAGE).min(1 << 16) as usize * 8];
+        let mut first = 0u64;
+        while first < len / PAGE {
+            let n = (len / PAGE - first).min(1 << 16);
+            let raw = &mut raw[..(n * 8) as usize];
+            pm.read_exact_at(raw, (m.start / PAGE + first) * 8)?;
+            for (k, e) in raw.chunks_exact(8).enumerate() {
+                if u64::from_le_bytes(e.try_into().unwrap_or([0; 8])) & PM_GUARD_REGION != 0 {
+                    guards.push(first + k as u64);
+                }
+            }
+            first += n;
+        }
+    }
+    Ok(Region {
+        start: m.start,
+        end: m.end,
+        prot: prot_of(m),
+        kind: RegionKind::Shared { id: o.id, size: o.size, offset: m.offset, memfd: o.memfd, seals: o.seals },
+        runs: runs_of(want),
+        guards: runs_of(guards),
+        attrs: attrs.get(&m.start).copied().unwrap_or(0),
+    })
 }
 
 /// Pagemap bit of a guard page (MADV_GUARD_INSTALL, Linux 6.13+).
@@ -1316,6 +1460,20 @@ pub struct Restore {
     /// copy-on-write with its children): (start, end). Pages are written
     /// into them only where they differ ([`write_pages_keeping`]).
     pub kept: Vec<(u64, u64)>,
+    /// The shared memory objects made again, by their id in the image.
+    shared: Vec<SharedMade>,
+}
+
+/// A shared memory object made again in the target: a memfd (its fd
+/// there), or shared anonymous memory (a mapping of all of it at an
+/// address no region uses, which each region duplicates with mremap).
+#[derive(Clone, Copy, Debug)]
+struct SharedMade {
+    id: u64,
+    fd: Option<u64>,
+    /// (address, size) of the whole object's mapping, for shared anonymous memory.
+    whole: (u64, u64),
+    seals: u32,
 }
 
 fn free_in(ranges: &[(u64, u64)], lo: u64, len: u64) -> bool {
@@ -1324,17 +1482,28 @@ fn free_in(ranges: &[(u64, u64)], lo: u64, len: u64) -> bool {
 
 /// Pick a scratch address free in both the image and the target's current layout.
 fn pick_scratch(img: &Image, current: &[MapLine]) -> u64 {
+    pick_free(&used_ranges(img, current), SCRATCH_LEN).unwrap_or(0x2000_0000)
+}
+
+/// The address ranges an image and a target's current layout use.
+fn used_ranges(img: &Image, current: &[MapLine]) -> Vec<(u64, u64)> {
     let mut used: Vec<(u64, u64)> = img.regions.iter().map(|r| (r.start, r.end)).collect();
     used.push((img.vdso.0, img.vdso.0 + img.vdso.1));
     used.extend(current.iter().map(|m| (m.start, m.end)));
+    used
+}
+
+/// A `len`-byte range free of every one in `used`, on a 64 GiB step down
+/// from high in the address space (well away from where mmap places things).
+fn pick_free(used: &[(u64, u64)], len: u64) -> Option<u64> {
     let mut a = 0x7e00_0000_0000u64;
     while a > 0x1000_0000 {
-        if free_in(&used, a, SCRATCH_LEN) {
-            return a;
+        if free_in(used, a, len) {
+            return Some(a);
         }
         a -= 0x10_0000_0000;
     }
-    0x2000_0000
+    None
 }
 
 /// Opens a mapped file for a target that may not open it itself (an
@@ -1428,9 +1597,13 @@ pub fn restore_layout(
         move_brk(t, img)?;
     }
     let mut made_writable = Vec::new();
+    let mut shared = Vec::new();
+    let mut used = used_ranges(img, &current);
+    used.push((scratch, scratch + SCRATCH_LEN));
     for r in &img.regions {
         if !kept.contains(&(r.start, r.end)) {
-            map_region(t, r, &mut file_fds, path_at, &mut made_writable, opener)?;
+            let mut m = Mapper { file_fds: &mut file_fds, path_at, made_writable: &mut made_writable, opener };
+            m.map(t, r, &mut shared, &mut used)?;
             continue;
         }
         // Kept: what the image does not hold goes (zero, or the file's
@@ -1452,7 +1625,108 @@ pub fn restore_layout(
             make_writable(t, r, &mut made_writable)?;
         }
     }
-    Ok(Restore { scratch, file_fds, made_writable, kept })
+    Ok(Restore { scratch, file_fds, made_writable, kept, shared })
+}
+
+/// What mapping regions in a target needs: the files opened there, the
+/// scratch address for paths, the regions made writable, and the opener.
+struct Mapper<'a> {
+    file_fds: &'a mut Vec<(String, u64)>,
+    path_at: u64,
+    made_writable: &'a mut Vec<(u64, u64, u32)>,
+    opener: Option<&'a FileOpener>,
+}
+
+impl Mapper<'_> {
+    /// Map one region of an image in the target, writable if pages will be
+    /// written. A shared memory object is made the first time a region of
+    /// it is mapped (`shared`); a whole shared anonymous object is mapped
+    /// where nothing in `used` is.
+    fn map(
+        &mut self,
+        t: &mut Tracee,
+        r: &Region,
+        shared: &mut Vec<SharedMade>,
+        used: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
+        if let RegionKind::Shared { id, size, offset, memfd, seals } = &r.kind {
+            let len = r.end - r.start;
+            let prot = (r.prot | if r.runs.is_empty() { 0 } else { libc::PROT_WRITE as u32 }) as u64;
+            if prot != r.prot as u64 {
+                self.made_writable.push((r.start, len, r.prot));
+            }
+            let made = match shared.iter().find(|s| s.id == *id) {
+                Some(s) => *s,
+                None => {
+                    let s = make_shared(t, *id, *size, memfd.as_deref(), *seals, self.path_at, used)?;
+                    shared.push(s);
+                    s
+                }
+            };
+            return map_shared(t, r.start, len, prot, *offset, &made);
+        }
+        map_region(t, r, self.file_fds, self.path_at, self.made_writable, self.opener)
+    }
+}
+
+/// Make a shared memory object again in the target: a memfd of `size`
+/// bytes named `memfd` (with sealing allowed unless its only seal is
+/// F_SEAL_SEAL, as for a memfd made without MFD_ALLOW_SEALING; the seals
+/// are added once its pages are written), or shared anonymous memory of
+/// `size` bytes mapped whole where nothing in `used` is.
+fn make_shared(
+    t: &mut Tracee,
+    id: u64,
+    size: u64,
+    memfd: Option<&str>,
+    seals: u32,
+    path_at: u64,
+    used: &mut Vec<(u64, u64)>,
+) -> Result<SharedMade> {
+    let size = size.div_ceil(PAGE) * PAGE;
+    let Some(name) = memfd else {
+        let len = size.max(PAGE);
+        let Some(at) = pick_free(used, len) else {
+            return Err(TraceError::Injected {
+                pid: t.pid,
+                name: "room for shared memory",
+                errno: libc::ENOMEM as i64,
+            });
+        };
+        let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE | libc::MAP_NORESERVE;
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        t.syscall_ok("mmap shared memory", libc::SYS_mmap, [at, len, prot, flags as u64, u64::MAX, 0])?;
+        used.push((at, at + len));
+        return Ok(SharedMade { id, fd: None, whole: (at, len), seals: 0 });
+    };
+    let mut c: Vec<u8> = name.bytes().take(249).collect();
+    c.push(0);
+    t.poke(path_at, &c)?;
+    let allow = if seals == libc::F_SEAL_SEAL as u32 { 0 } else { libc::MFD_ALLOW_SEALING };
+    let fd = t.syscall_ok(
+        "memfd_create",
+        libc::SYS_memfd_create,
+        [path_at, (libc::MFD_CLOEXEC | allow) as u64, 0, 0, 0, 0],
+    )?;
+    t.syscall_ok("ftruncate memfd", libc::SYS_ftruncate, [fd, size, 0, 0, 0, 0])?;
+    Ok(SharedMade { id, fd: Some(fd), whole: (0, 0), seals })
+}
+
+/// Map `len` bytes at `offset` of a shared memory object made again at `start`.
+fn map_shared(t: &mut Tracee, start: u64, len: u64, prot: u64, offset: u64, s: &SharedMade) -> Result<()> {
+    match s.fd {
+        Some(fd) => {
+            let flags = (libc::MAP_SHARED | libc::MAP_FIXED) as u64;
+            t.syscall_ok("mmap memfd", libc::SYS_mmap, [start, len, prot, flags, fd, offset]).map(drop)
+        }
+        None => {
+            // mremap of a shared mapping with old size 0 maps the same
+            // pages again: this region becomes the object's [offset, offset+len).
+            let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+            t.syscall_ok("mremap shared memory", libc::SYS_mremap, [s.whole.0 + offset, 0, len, flags, start, 0])?;
+            t.syscall_ok("mprotect shared memory", libc::SYS_mprotect, [start, len, prot, 0, 0, 0]).map(drop)
+        }
+    }
 }
 
 /// Map one region of an image in the target, writable if pages will be written.
@@ -1471,6 +1745,7 @@ fn map_region(
         made_writable.push((r.start, len, r.prot));
     }
     match &r.kind {
+        RegionKind::Shared { .. } => unreachable!("shared regions are mapped by Mapper::map"),
         RegionKind::File { path, offset } => {
             let fd = match file_fds.iter().find(|(p, _)| p == path) {
                 Some((_, fd)) => *fd,
@@ -1582,7 +1857,7 @@ pub fn restore_layout_again(
     target: Target,
     opener: Option<&FileOpener>,
 ) -> Result<Restore> {
-    let Restore { scratch, mut file_fds, made_writable, mut kept } = rs;
+    let Restore { scratch, mut file_fds, made_writable, mut kept, mut shared } = rs;
     kept.retain(|&(s, e)| {
         img.regions.iter().any(|r| r.start == s && r.end == e && pre.regions.iter().any(|q| same_region(r, q)))
     });
@@ -1608,6 +1883,21 @@ pub fn restore_layout_again(
         .filter(|&(s, l, _)| img.regions.iter().any(|r| r.start == s && r.end - r.start == l))
         .collect();
     let path_at = scratch + 1024;
+    let current = procfs::maps(t.pid).map_err(|e| TraceError::Io { pid: t.pid, what: "maps", source: e })?;
+    let mut used = used_ranges(img, &current);
+    used.push((scratch, scratch + SCRATCH_LEN));
+    // A whole shared anonymous object from the first pass must not lie
+    // where the final image has a region.
+    if shared
+        .iter()
+        .any(|s| s.whole.1 != 0 && img.regions.iter().any(|r| r.start < s.whole.0 + s.whole.1 && s.whole.0 < r.end))
+    {
+        return Err(TraceError::Injected {
+            pid: t.pid,
+            name: "shared memory area now used by the process",
+            errno: libc::EEXIST as i64,
+        });
+    }
     for r in &img.regions {
         match pre.regions.iter().find(|q| same_region(r, q)) {
             Some(q) => {
@@ -1616,10 +1906,47 @@ pub fn restore_layout_again(
                     make_writable(t, r, &mut still_writable)?;
                 }
             }
-            None => map_region(t, r, &mut file_fds, path_at, &mut still_writable, opener)?,
+            None => {
+                let mut m = Mapper { file_fds: &mut file_fds, path_at, made_writable: &mut still_writable, opener };
+                m.map(t, r, &mut shared, &mut used)?
+            }
         }
     }
-    Ok(Restore { scratch, file_fds, made_writable: still_writable, kept })
+    Ok(Restore { scratch, file_fds, made_writable: still_writable, kept, shared })
+}
+
+/// Add the seals of each memfd made again, now that its pages are
+/// written. F_SEAL_WRITE needs no writable shared mapping of it: its
+/// regions are unmapped, the seals added, and the regions mapped again
+/// with their own protection (the kernel then leaves them unable to
+/// become writable, as at home).
+fn seal_shared(t: &mut Tracee, img: &Image, rs: &Restore) -> Result<()> {
+    for s in &rs.shared {
+        let (Some(fd), seals) = (s.fd, s.seals & !(libc::F_SEAL_SEAL as u32)) else { continue };
+        let add = if s.seals == libc::F_SEAL_SEAL as u32 { 0 } else { s.seals };
+        if add == 0 {
+            continue;
+        }
+        let mine = || {
+            img.regions.iter().filter_map(|r| match r.kind {
+                RegionKind::Shared { id, offset, .. } if id == s.id => Some((r, offset)),
+                _ => None,
+            })
+        };
+        let write = seals & libc::F_SEAL_WRITE as u32 != 0;
+        if write {
+            for (r, _) in mine() {
+                t.syscall_ok("munmap memfd", libc::SYS_munmap, [r.start, r.end - r.start, 0, 0, 0, 0])?;
+            }
+        }
+        t.syscall_ok("fcntl(F_ADD_SEALS)", libc::SYS_fcntl, [fd, libc::F_ADD_SEALS as u64, add as u64, 0, 0, 0])?;
+        if write {
+            for (r, offset) in mine() {
+                map_shared(t, r.start, r.end - r.start, r.prot as u64, offset, s)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Phase 3 of a restore (after the pages are written): protections, mm fields,
@@ -1628,6 +1955,7 @@ pub fn restore_layout_again(
 pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore, cwd: Option<&str>) -> Result<()> {
     let pid = t.pid;
     let data = rs.scratch + 1024;
+    seal_shared(t, img, rs)?;
     for &(start, len, prot) in &rs.made_writable {
         t.syscall_ok("mprotect", libc::SYS_mprotect, [start, len, prot as u64, 0, 0, 0])?;
     }
@@ -1691,6 +2019,12 @@ pub fn restore_finish(t: &mut Tracee, img: &Image, target: Target, rs: &Restore,
     }
     for (_, fd) in &rs.file_fds {
         t.syscall(libc::SYS_close, [*fd, 0, 0, 0, 0, 0])?;
+    }
+    for s in &rs.shared {
+        match s.fd {
+            Some(fd) => t.syscall(libc::SYS_close, [fd, 0, 0, 0, 0, 0])?,
+            None => t.syscall(libc::SYS_munmap, [s.whole.0, s.whole.1, 0, 0, 0, 0])?,
+        };
     }
     // Signal actions: handlers, ignored ones, and defaults for the rest the target had changed.
     let cur = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -120,7 +120,7 @@ fn om_exec_keeps_pid_and_exit_status() {
 fn shared_memory_sysv_and_own_seccomp_are_refused_and_the_process_stays() {
     let c = Cluster::start(2);
     for (mode, why) in [
-        ("shared", "shared anonymous memory"),
+        ("shared", "shares shared anonymous memory at"),
         ("sharedfile", "shared writable mapping"),
         ("sysv", "SysV shared memory"),
         ("seccomp", "seccomp filter"),

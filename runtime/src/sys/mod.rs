@@ -351,6 +351,53 @@ pub fn memfd(name: &str) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// The seals of a memfd (F_GET_SEALS), or 0 for a file that has none.
+pub fn seals(fd: RawFd) -> u32 {
+    // SAFETY: F_GET_SEALS takes no argument and returns an int.
+    let r = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+    r.max(0) as u32
+}
+
+/// The file system type (statfs f_type) of an open file.
+pub fn fs_magic(fd: RawFd) -> io::Result<i64> {
+    // SAFETY: statfs is plain data; zero is a valid start.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid out pointer for the call.
+    cvt(unsafe { libc::fstatfs(fd, &mut st) } as libc::c_long)?;
+    Ok(st.f_type)
+}
+
+/// The ranges of `[from, to)` of an open file that hold data (SEEK_DATA
+/// and SEEK_HOLE; a tmpfs page that is swapped out counts as data).
+pub fn data_ranges(fd: RawFd, from: u64, to: u64) -> io::Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < to {
+        // SAFETY: lseek on a valid fd has no memory effects.
+        let d = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
+        if d < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(e);
+        }
+        let d = d as u64;
+        if d >= to {
+            break;
+        }
+        // SAFETY: as above.
+        let h = unsafe { libc::lseek(fd, d as libc::off_t, libc::SEEK_HOLE) };
+        if h < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let h = (h as u64).min(to);
+        out.push((d, h));
+        at = h;
+    }
+    Ok(out)
+}
+
 // ---- seccomp user notification -------------------------------------------------
 
 pub use libc::{seccomp_notif as SeccompNotif, seccomp_notif_resp as SeccompResp};

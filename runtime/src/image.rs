@@ -38,6 +38,15 @@ pub enum RegionKind {
         path: String,
         offset: u64,
     },
+    /// A shared mapping of a file on a cluster-consistent path, which this
+    /// process alone maps: mapped shared from the same file at the
+    /// destination (opened for writing when `maywrite`). No pages travel:
+    /// the file holds them, written back at the capture.
+    SharedFile {
+        path: String,
+        offset: u64,
+        maywrite: bool,
+    },
     /// A shared memory object no other process uses (shared anonymous
     /// memory, or a memfd with no fd open on it), made again at the
     /// destination with the same size and name and mapped at the same
@@ -88,6 +97,26 @@ const ATTR_NORESERVE: u32 = 128;
 const ATTR_LOCKED: u32 = 32;
 /// "hg", as in `ATTRS`.
 const ATTR_HUGEPAGE: u32 = 4;
+/// "mw": may be made writable (a shared mapping of a file opened for
+/// writing, even if mapped read-only). Only read, never set again.
+const ATTR_MAYWRITE: u32 = 256;
+
+/// The paths declared cluster-consistent on this node (om.toml
+/// `consistent_paths`): the same files at the same paths on every node.
+static CONSISTENT: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
+
+/// Set this node's cluster-consistent paths (omd does, from its config).
+pub fn set_consistent_paths(paths: Vec<std::path::PathBuf>) {
+    if let Ok(mut c) = CONSISTENT.lock() {
+        *c = paths;
+    }
+}
+
+/// Whether `path` lies under one of this node's cluster-consistent paths.
+pub fn is_consistent(path: &str) -> bool {
+    let p = std::path::Path::new(path);
+    CONSISTENT.lock().is_ok_and(|c| c.iter().any(|root| p.starts_with(root)))
+}
 
 /// VmFlags of each region of `pid`, by start address, as `ATTRS` bits.
 fn region_attrs(pid: i32) -> HashMap<u64, u32> {
@@ -104,6 +133,9 @@ fn region_attrs(pid: i32) -> HashMap<u64, u32> {
                 }
                 if f == "nr" {
                     bits |= ATTR_NORESERVE;
+                }
+                if f == "mw" {
+                    bits |= ATTR_MAYWRITE;
                 }
             }
             if let Some(s) = start.take() {
@@ -582,7 +614,27 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
         ));
     }
     let maps = procfs::maps(pid).ok()?;
+    let attrs = if maps.iter().any(|m| m.shared) { region_attrs(pid) } else { HashMap::new() };
     for m in &maps {
+        if is_shared_file(m, &attrs) {
+            if let Err(why) = shared_file_ok(pid, m) {
+                return Some(why);
+            }
+            continue;
+        }
+        if m.path.starts_with("/[aio]") {
+            return Some(format!(
+                "it has an aio context (io_setup) at {:#x}, whose ring the kernel shares with it; om does not \
+                 move one (it can move once io_destroy ends it)",
+                m.start
+            ));
+        }
+        if m.path.contains("[io_uring]") {
+            return Some(format!(
+                "it uses io_uring (its rings at {:#x} are shared with the kernel), which om does not move",
+                m.start
+            ));
+        }
         if !m.shared && m.inode != 0 && m.path.ends_with(" (deleted)") {
             return Some(format!(
                 "it maps a deleted file privately at {:#x} ({}); its unwritten pages must keep showing the file, \
@@ -641,6 +693,64 @@ fn shares_with_another(pid: i32) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether a mapping is a shared mapping of a file that is or may become
+/// writable ("mw"): its writes must reach the file, so it moves only as a
+/// shared mapping of the same file (`RegionKind::SharedFile`).
+fn is_shared_file(m: &MapLine, attrs: &HashMap<u64, u32>) -> bool {
+    m.shared
+        && m.path.starts_with('/')
+        && !is_shmem(m)
+        && !m.path.starts_with("/SYSV")
+        && !m.path.starts_with("/[aio]")
+        && (m.write || attrs.get(&m.start).is_some_and(|a| a & ATTR_MAYWRITE != 0))
+}
+
+/// Whether shared writable file mapping `m` of `pid` can move: its file is
+/// on a cluster-consistent path, not deleted, and no other process maps it.
+fn shared_file_ok(pid: i32, m: &MapLine) -> std::result::Result<(), String> {
+    let at = format!("a shared writable mapping of {} at {:#x}", m.path, m.start);
+    if m.path.ends_with(" (deleted)") {
+        return Err(format!("it has {at}; the file is deleted, so no other node can map it"));
+    }
+    if !is_consistent(&m.path) {
+        return Err(format!(
+            "it has {at}, which is not on a cluster-consistent path (om.toml consistent_paths), so its \
+             writes could not reach the same file from another node"
+        ));
+    }
+    if let Some(other) = other_mapper(pid, m) {
+        let comm = procfs::stat(other).map(|s| s.comm).unwrap_or_default();
+        return Err(format!("it has {at}, which process {other} ({comm}) maps too and would no longer see its writes"));
+    }
+    Ok(())
+}
+
+/// Another process mapping the same file as `m` (same inode and path).
+/// om's own copies of a process are not counted (see [`om_own`]).
+fn other_mapper(pid: i32, m: &MapLine) -> Option<i32> {
+    let me = sys::getpid();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let n = p.file_name().to_str()?.parse::<i32>().ok()?;
+        if n == pid || n == me || om_own(n) {
+            return None;
+        }
+        let maps = procfs::maps(n).ok()?;
+        maps.iter().any(|o| o.inode == m.inode && o.path == m.path).then_some(n)
+    })
+}
+
+/// Whether process `n` is one of om's own copies of a process moving: a
+/// guest being built (a child of an omd) or a placeholder at home (traced
+/// by an omd), as they show on one machine that runs several nodes.
+fn om_own(n: i32) -> bool {
+    let Ok(st) = std::fs::read_to_string(format!("/proc/{n}/status")) else { return false };
+    let Ok(omd) = std::fs::read_link("/proc/self/exe") else { return false };
+    ["PPid", "TracerPid"].iter().any(|k| {
+        let p: i32 = procfs::status_field_in(&st, k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        p > 1 && std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == omd)
+    })
 }
 
 /// Whether a mapping is of a shared memory object om can make again at
@@ -1153,6 +1263,26 @@ fn capture_regions(
         let npages = (m.end - m.start) / PAGE;
         if is_shmem(m) {
             out.push(shared_region(pid, m, attrs)?);
+            continue;
+        }
+        if is_shared_file(m, attrs) {
+            // Its dirty pages go to the file, which the destination maps.
+            let f = std::fs::File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))?;
+            f.sync_data()?;
+            let a = attrs.get(&m.start).copied().unwrap_or(0);
+            out.push(Region {
+                start: m.start,
+                end: m.end,
+                prot: prot_of(m),
+                kind: RegionKind::SharedFile {
+                    path: m.path.clone(),
+                    offset: m.offset,
+                    maywrite: a & ATTR_MAYWRITE != 0 || m.write,
+                },
+                runs: Vec::new(),
+                guards: Vec::new(),
+                attrs: a,
+            });
             continue;
         }
         let kind = match m.path.as_str() {
@@ -1746,6 +1876,27 @@ fn map_region(
     }
     match &r.kind {
         RegionKind::Shared { .. } => unreachable!("shared regions are mapped by Mapper::map"),
+        RegionKind::SharedFile { path, offset, maywrite } => {
+            if !is_consistent(path) {
+                return Err(TraceError::Injected {
+                    pid: t.pid,
+                    name: "a shared writable file mapping whose path is not cluster-consistent on this node",
+                    errno: libc::EXDEV as i64,
+                });
+            }
+            let mut c = path.as_bytes().to_vec();
+            c.push(0);
+            t.poke(path_at, &c)?;
+            let mode = if *maywrite { libc::O_RDWR } else { libc::O_RDONLY };
+            let args = [libc::AT_FDCWD as u64, path_at, (mode | libc::O_CLOEXEC) as u64, 0, 0, 0];
+            let fd = t.syscall_ok("open shared mapped file", libc::SYS_openat, args)?;
+            let flags = (libc::MAP_SHARED | libc::MAP_FIXED) as u64;
+            let r = t.syscall(libc::SYS_mmap, [r.start, len, prot, flags, fd, *offset])?;
+            t.syscall(libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+            if r < 0 {
+                return Err(TraceError::Injected { pid: t.pid, name: "mmap shared file", errno: -r });
+            }
+        }
         RegionKind::File { path, offset } => {
             let fd = match file_fds.iter().find(|(p, _)| p == path) {
                 Some((_, fd)) => *fd,

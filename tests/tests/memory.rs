@@ -194,3 +194,82 @@ fn pages_shared_with_a_child_stay_shared_after_a_move_out_and_back() {
     drop(stdin);
     assert!(wait_child(&mut p, T).success());
 }
+
+/// A cluster whose nodes all declare `dir` cluster-consistent.
+fn consistent_cluster(n: u32, tag: &str) -> (Cluster, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("om-consistent-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let conf = dir.join("om.toml");
+    std::fs::write(&conf, format!("consistent_paths = [\"{}\"]\n", dir.display())).expect("config");
+    let c = Cluster::start_with(n, |_| vec!["--config".into(), conf.display().to_string()]);
+    (c, dir)
+}
+
+/// The 8-byte little-endian word at `off` of `file`.
+fn word(file: &Path, off: usize) -> u64 {
+    let b = std::fs::read(file).expect("file");
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
+/// A shared writable mapping of a file on a cluster-consistent path moves
+/// 2 -> 3 -> home: its writes reach the file while it is away (a reader
+/// sees them with read(), as natively), and every one counts at the end.
+#[test]
+fn a_shared_writable_file_mapping_on_a_consistent_path_moves() {
+    let (c, dir) = consistent_cluster(3, "map");
+    let file = dir.join("counter");
+    std::fs::write(&file, vec![0u8; 8192]).expect("file");
+    let ticks = 150u64;
+    let mut p = c.om_exec(1, &bin("sharedmap"), &[file.to_str().expect("path"), &ticks.to_string()], "map.out");
+    wait_lines(&c.path("map.out"), 3, T);
+    c.migrate(1, p.id(), "2").unwrap_or_else(|e| panic!("to 2: {e}\n{}", c.logs()));
+    let seen = word(&file, 4096);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.where_is(1, p.id()), Some(2), "{}", c.logs());
+    let later = word(&file, 4096);
+    assert!(later > seen, "writes away did not reach the file ({seen} then {later})\n{}", c.logs());
+    c.migrate(1, p.id(), "3").unwrap_or_else(|e| panic!("to 3: {e}\n{}", c.logs()));
+    std::thread::sleep(Duration::from_millis(300));
+    c.migrate(1, p.id(), "home").unwrap_or_else(|e| panic!("home: {e}\n{}", c.logs()));
+    assert!(wait_child(&mut p, T).success(), "{}", c.logs());
+    let out = wait_lines(&c.path("map.out"), ticks as usize + 2, T);
+    assert_eq!(out.last().map(String::as_str), Some(format!("count {ticks}").as_str()), "{}", c.logs());
+    assert_eq!((word(&file, 0), word(&file, 4096)), (ticks, ticks), "{}", c.logs());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A shared writable file mapping is refused, with the reason, when the
+/// file is not on a cluster-consistent path, or when another process maps
+/// it too (named); the process runs on at home and finishes.
+#[test]
+fn shared_file_mappings_elsewhere_or_shared_with_another_are_refused() {
+    let (c, dir) = consistent_cluster(2, "refuse");
+    let outside = c.path("outside");
+    std::fs::write(&outside, vec![0u8; 8192]).expect("file");
+    let inside = dir.join("shared");
+    std::fs::write(&inside, vec![0u8; 8192]).expect("file");
+    let mut other = std::process::Command::new(bin("sharedmap"))
+        .args([inside.to_str().expect("path"), "100000", "50"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sharedmap");
+    for (file, why) in [
+        (&outside, "not on a cluster-consistent path".to_string()),
+        (&inside, format!("process {} (sharedmap) maps too", other.id())),
+    ] {
+        let out = format!("{}.out", file.file_name().and_then(|n| n.to_str()).unwrap_or("x"));
+        let mut p = c.om_exec(1, &bin("sharedmap"), &[file.to_str().expect("path"), "60"], &out);
+        wait_lines(&c.path(&out), 3, T);
+        let e = c.migrate(1, p.id(), "2").expect_err("the move must be refused");
+        assert!(e.contains("cannot migrate") && e.contains(&why), "{e}");
+        assert_eq!(c.where_is(1, p.id()), Some(1));
+        assert!(wait_child(&mut p, T).success());
+        // The counter is shared with the other process in the second case.
+        let last = wait_lines(&c.path(&out), 62, T).last().cloned().unwrap_or_default();
+        assert!(last.starts_with("count "), "{last}");
+    }
+    let _ = other.kill();
+    let _ = other.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

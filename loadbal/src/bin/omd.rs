@@ -120,5 +120,6 @@ fn main() -> anyhow::Result<()> {
         cpus: a.cpus.or(f.cpus).filter(|&c| c > 0),
         mem_low,
     };
+    om_runtime::image::set_consistent_paths(cfg.consistent_paths.clone());
     daemon::run(cfg).context("omd stopped")
 }

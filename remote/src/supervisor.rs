@@ -65,6 +65,8 @@ pub struct Supervisor {
     all_creds: Arc<(Creds, Vec<image::ThreadCreds>)>,
     /// prctl settings as home had them (the identity part is answered from here).
     proc_flags: om_runtime::image::ProcFlags,
+    /// The SysV segments it holds, as shared memory here: (inode, id at home).
+    sysv: Vec<(u64, i32)>,
     next_id: u64,
     flags: Arc<Flags>,
     /// Whether a return home has sent all its images (home then answers).
@@ -253,6 +255,7 @@ impl Supervisor {
             creds: img.creds.clone(),
             all_creds: Arc::new((img.creds.clone(), img.thread_creds.clone())),
             proc_flags: img.flags,
+            sysv: image::sysv_table(gpid, img),
             next_id: 1,
             flags: register(),
             images_sent: false,
@@ -342,6 +345,7 @@ impl Supervisor {
             creds,
             all_creds: self.all_creds.clone(),
             proc_flags: self.proc_flags,
+            sysv: self.sysv.clone(),
             next_id: 1,
             flags: self.flags.clone(),
             images_sent: false,

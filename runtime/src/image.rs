@@ -61,6 +61,11 @@ pub enum RegionKind {
         /// A memfd's name (None: shared anonymous memory).
         memfd: Option<String>,
         seals: u32,
+        /// A SysV segment's id at home. Away it is shared anonymous memory
+        /// (every SysV call runs at home); at home the placeholder keeps
+        /// the segment attached, so its key and id keep answering, and the
+        /// pages are written back into it on the way home.
+        sysv: Option<i32>,
     },
 }
 
@@ -643,7 +648,9 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
             ));
         }
         if m.path.starts_with("/SYSV") {
-            return Some(format!("it attached SysV shared memory at {:#x}", m.start));
+            if let Some(why) = sysv_cant_move(pid, m, &maps) {
+                return Some(why);
+            }
         }
         if is_shmem(m) {
             if let Err(why) = shared_object(pid, m) {
@@ -756,7 +763,60 @@ fn om_own(n: i32) -> bool {
 /// Whether a mapping is of a shared memory object om can make again at
 /// the destination: shared anonymous memory, or a memfd mapped shared.
 fn is_shmem(m: &MapLine) -> bool {
-    m.shared && (m.path.starts_with("/dev/zero") || m.path.starts_with("/memfd:") || m.path.is_empty())
+    m.shared
+        && (m.path.starts_with("/dev/zero")
+            || m.path.starts_with("/memfd:")
+            || m.path.starts_with("/SYSV")
+            || m.path.ends_with(" (deleted)") && !m.path.starts_with("/[aio]")
+            || m.path.is_empty())
+}
+
+/// The attach count (nattch) of SysV segment `shmid`, from /proc/sysvipc/shm.
+fn sysv_nattch(shmid: u64) -> Option<u64> {
+    let t = std::fs::read_to_string("/proc/sysvipc/shm").ok()?;
+    t.lines().skip(1).find_map(|l| {
+        // key shmid perms size cpid lpid nattch ...
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1)?.parse::<u64>().ok()? == shmid).then(|| f.get(6)?.parse().ok())?
+    })
+}
+
+/// Why SysV segment mapping `m` of `pid` cannot move, or None: it moves
+/// when this process holds every attach of it.
+fn sysv_cant_move(pid: i32, m: &MapLine, maps: &[MapLine]) -> Option<String> {
+    let mine = maps.iter().filter(|o| o.path.starts_with("/SYSV") && o.inode == m.inode).count() as u64;
+    let Some(nattch) = sysv_nattch(m.inode) else {
+        return Some(format!(
+            "it has SysV shared memory (shmid {}) at {:#x} that /proc/sysvipc/shm does not list",
+            m.inode, m.start
+        ));
+    };
+    if nattch == mine {
+        return None;
+    }
+    let me = sys::getpid();
+    let other = std::fs::read_dir("/proc").ok().and_then(|d| {
+        d.flatten().find_map(|p| {
+            let n = p.file_name().to_str()?.parse::<i32>().ok()?;
+            if n == pid || n == me {
+                return None;
+            }
+            let o = procfs::maps(n).ok()?;
+            o.iter().any(|x| x.path.starts_with("/SYSV") && x.inode == m.inode).then_some(n)
+        })
+    });
+    Some(match other {
+        Some(o) => format!(
+            "it shares SysV shared memory (shmid {}) at {:#x} with process {o} ({}), which would no longer see its writes",
+            m.inode,
+            m.start,
+            procfs::stat(o).map(|s| s.comm).unwrap_or_default()
+        ),
+        None => format!(
+            "it has SysV shared memory (shmid {}) at {:#x} attached {nattch} times, {mine} of them by itself",
+            m.inode, m.start
+        ),
+    })
 }
 
 /// A shared memory object a process maps, opened through /proc/PID/map_files.
@@ -771,6 +831,7 @@ pub struct SharedObject {
 /// tmpfs's statfs magic: shared anonymous memory and memfds live there
 /// (a hugetlbfs memfd does not, and is refused).
 const TMPFS_MAGIC: i64 = 0x0102_1994;
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 
 /// Open the shared memory object mapping `m` of `pid` maps, if it can
 /// move: no other process maps it or holds an fd on it, and `pid` holds
@@ -779,7 +840,15 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 pub fn shared_object(pid: i32, m: &MapLine) -> std::result::Result<SharedObject, String> {
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::io::AsRawFd;
-    let what = if m.path.starts_with("/memfd:") { "a memfd mapped shared" } else { "shared anonymous memory" };
+    let what = if m.path.starts_with("/memfd:") {
+        "a memfd mapped shared"
+    } else if m.path.starts_with("/SYSV") {
+        "SysV shared memory"
+    } else if m.path.starts_with("/dev/zero") || m.path.is_empty() {
+        "shared anonymous memory"
+    } else {
+        "a deleted file mapped shared"
+    };
     let at = format!("{what} at {:#x} ({})", m.start, if m.path.is_empty() { "anon" } else { &m.path });
     let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
     let file = std::fs::File::open(&path).map_err(|e| {
@@ -789,10 +858,16 @@ pub fn shared_object(pid: i32, m: &MapLine) -> std::result::Result<SharedObject,
         )
     })?;
     let md = file.metadata().map_err(|e| format!("it has {at}, which om could not stat ({e})"))?;
-    if sys::fs_magic(file.as_raw_fd()).ok() != Some(TMPFS_MAGIC) {
-        return Err(format!("it has {at} on huge pages (hugetlbfs), which om does not move"));
+    match sys::fs_magic(file.as_raw_fd()).ok() {
+        Some(TMPFS_MAGIC) => (),
+        Some(HUGETLBFS_MAGIC) => return Err(format!("it has {at} on huge pages (hugetlbfs), which om does not move")),
+        _ => return Err(format!(
+            "it has {at}; only memory (tmpfs) can be made again elsewhere, and a deleted file cannot be opened there"
+        )),
     }
-    if let Some((other, how)) = other_user(pid, md.ino(), &m.path) {
+    // A SysV segment's attaches are counted by the kernel (sysv_cant_move).
+    let other = if m.path.starts_with("/SYSV") { None } else { other_user(pid, md.ino(), &m.path) };
+    if let Some((other, how)) = other {
         let comm = procfs::stat(other).map(|s| s.comm).unwrap_or_default();
         return Err(if other == pid {
             format!(
@@ -803,7 +878,14 @@ pub fn shared_object(pid: i32, m: &MapLine) -> std::result::Result<SharedObject,
             format!("it shares {at} with process {other} ({comm}), which {how} and would no longer see its writes")
         });
     }
-    let memfd = m.path.strip_prefix("/memfd:").map(|n| n.trim_end_matches(" (deleted)").to_string());
+    // A deleted tmpfs file (a POSIX shm object or temporary file unlinked
+    // once mapped) is made again as a memfd of the same name.
+    let memfd = if m.path.starts_with("/dev/zero") || m.path.starts_with("/SYSV") || m.path.is_empty() {
+        None
+    } else {
+        let name = m.path.strip_prefix("/memfd:").unwrap_or_else(|| m.path.rsplit('/').next().unwrap_or("om"));
+        Some(name.trim_end_matches(" (deleted)").to_string())
+    };
     let seals = if memfd.is_some() { sys::seals(file.as_raw_fd()) } else { 0 };
     Ok(SharedObject { id: md.ino(), size: md.size(), seals, memfd, file })
 }
@@ -1346,7 +1428,13 @@ fn shared_region(pid: i32, m: &MapLine, attrs: &HashMap<u64, u32>) -> std::io::R
     use std::os::unix::io::AsRawFd;
     let o = shared_object(pid, m).map_err(std::io::Error::other)?;
     let len = m.end - m.start;
-    let data = sys::data_ranges(o.file.as_raw_fd(), m.offset, m.offset + len)?;
+    let sysv = m.path.starts_with("/SYSV").then_some(m.inode as i32);
+    // A SysV segment's file cannot seek for data: all of it travels.
+    let data = if sysv.is_some() {
+        vec![(m.offset, m.offset + len)]
+    } else {
+        sys::data_ranges(o.file.as_raw_fd(), m.offset, m.offset + len)?
+    };
     let want = data.iter().flat_map(|&(a, b)| (a - m.offset) / PAGE..(b - m.offset).div_ceil(PAGE)).collect();
     let mut guards = Vec::new();
     {
@@ -1370,11 +1458,40 @@ fn shared_region(pid: i32, m: &MapLine, attrs: &HashMap<u64, u32>) -> std::io::R
         start: m.start,
         end: m.end,
         prot: prot_of(m),
-        kind: RegionKind::Shared { id: o.id, size: o.size, offset: m.offset, memfd: o.memfd, seals: o.seals },
+        kind: RegionKind::Shared { id: o.id, size: o.size, offset: m.offset, memfd: o.memfd, seals: o.seals, sysv },
         runs: runs_of(want),
         guards: runs_of(guards),
         attrs: attrs.get(&m.start).copied().unwrap_or(0),
     })
+}
+
+/// Where a guest holds its SysV segments (as shared anonymous memory):
+/// (the object's inode here, the segment's id at home), read from its
+/// layout once `img` is rebuilt in it.
+pub fn sysv_table(pid: i32, img: &Image) -> Vec<(u64, i32)> {
+    let Ok(maps) = procfs::maps(pid) else { return Vec::new() };
+    img.regions
+        .iter()
+        .filter_map(|r| match r.kind {
+            RegionKind::Shared { sysv: Some(id), .. } => {
+                maps.iter().find(|m| m.start == r.start && is_shmem(m)).map(|m| (m.inode, id))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Name the SysV segments again in an image a guest's layout gave
+/// (`table` from [`sysv_table`]): the shared memory that was made for one
+/// goes home as that segment.
+pub fn mark_sysv(img: &mut Image, table: &[(u64, i32)]) {
+    for r in img.regions.iter_mut() {
+        if let RegionKind::Shared { id, sysv, .. } = &mut r.kind {
+            if let Some(&(_, shmid)) = table.iter().find(|(ino, _)| ino == id) {
+                *sysv = Some(shmid);
+            }
+        }
+    }
 }
 
 /// Pagemap bit of a guard page (MADV_GUARD_INSTALL, Linux 6.13+).
@@ -1732,7 +1849,13 @@ pub fn restore_layout(
     used.push((scratch, scratch + SCRATCH_LEN));
     for r in &img.regions {
         if !kept.contains(&(r.start, r.end)) {
-            let mut m = Mapper { file_fds: &mut file_fds, path_at, made_writable: &mut made_writable, opener };
+            let mut m = Mapper {
+                home: target == Target::Parked,
+                file_fds: &mut file_fds,
+                path_at,
+                made_writable: &mut made_writable,
+                opener,
+            };
             m.map(t, r, &mut shared, &mut used)?;
             continue;
         }
@@ -1740,13 +1863,19 @@ pub fn restore_layout(
         // page), as in a region mapped afresh; the rest is compared as it
         // is written.
         let npages = (r.end - r.start) / PAGE;
+        if is_sysv(r) && r.prot & libc::PROT_WRITE as u32 == 0 {
+            // Attached read-only, it cannot have changed away.
+            continue;
+        }
+        // In a SysV segment a page the image lacks is a hole punched in it.
+        let advice = if is_sysv(r) { libc::MADV_REMOVE } else { libc::MADV_DONTNEED };
         let mut at = 0u64;
         for &(first, n) in r.runs.iter().chain(std::iter::once(&(npages, 0))) {
             if first > at {
                 t.syscall_ok(
                     "madvise(MADV_DONTNEED)",
                     libc::SYS_madvise,
-                    [r.start + at * PAGE, (first - at) * PAGE, libc::MADV_DONTNEED as u64, 0, 0, 0],
+                    [r.start + at * PAGE, (first - at) * PAGE, advice as u64, 0, 0, 0],
                 )?;
             }
             at = first + n;
@@ -1761,6 +1890,8 @@ pub fn restore_layout(
 /// What mapping regions in a target needs: the files opened there, the
 /// scratch address for paths, the regions made writable, and the opener.
 struct Mapper<'a> {
+    /// The target is the placeholder at home.
+    home: bool,
     file_fds: &'a mut Vec<(String, u64)>,
     path_at: u64,
     made_writable: &'a mut Vec<(u64, u64, u32)>,
@@ -1779,7 +1910,14 @@ impl Mapper<'_> {
         shared: &mut Vec<SharedMade>,
         used: &mut Vec<(u64, u64)>,
     ) -> Result<()> {
-        if let RegionKind::Shared { id, size, offset, memfd, seals } = &r.kind {
+        if let RegionKind::Shared { id, size, offset, memfd, seals, sysv } = &r.kind {
+            if sysv.is_some() && self.home {
+                return Err(TraceError::Injected {
+                    pid: t.pid,
+                    name: "SysV segment no longer attached at home",
+                    errno: libc::EIDRM as i64,
+                });
+            }
             let len = r.end - r.start;
             let prot = (r.prot | if r.runs.is_empty() { 0 } else { libc::PROT_WRITE as u32 }) as u64;
             if prot != r.prot as u64 {
@@ -1973,6 +2111,12 @@ fn make_writable(t: &mut Tracee, r: &Region, made: &mut Vec<(u64, u64, u32)>) ->
 /// file memory, not locked (MADV_DONTNEED fails there) and without guards.
 fn keepable(r: &Region) -> bool {
     matches!(r.kind, RegionKind::Anon | RegionKind::File { .. }) && r.attrs & ATTR_LOCKED == 0 && r.guards.is_empty()
+        || is_sysv(r)
+}
+
+/// A region that is a SysV segment at home: the placeholder keeps it attached.
+fn is_sysv(r: &Region) -> bool {
+    matches!(r.kind, RegionKind::Shared { sysv: Some(_), .. })
 }
 
 /// Whether image region `r` is mapping `m` of a placeholder, as it was kept.
@@ -1980,6 +2124,13 @@ fn still_there(r: &Region, m: &MapLine) -> bool {
     let kind_same = match &r.kind {
         RegionKind::Anon => m.inode == 0 && (m.path.is_empty() || m.path.starts_with("[anon:")),
         RegionKind::File { path, offset } => m.path == *path && m.offset == *offset,
+        RegionKind::Shared { sysv: Some(id), offset, .. } => {
+            return m.path.starts_with("/SYSV")
+                && m.inode == *id as u64
+                && m.offset == *offset
+                && m.start == r.start
+                && m.end == r.end;
+        }
         _ => false,
     };
     keepable(r) && kind_same && !m.shared && m.start == r.start && m.end == r.end && prot_of(m) == r.prot
@@ -2058,7 +2209,13 @@ pub fn restore_layout_again(
                 }
             }
             None => {
-                let mut m = Mapper { file_fds: &mut file_fds, path_at, made_writable: &mut still_writable, opener };
+                let mut m = Mapper {
+                    home: target == Target::Parked,
+                    file_fds: &mut file_fds,
+                    path_at,
+                    made_writable: &mut still_writable,
+                    opener,
+                };
                 m.map(t, r, &mut shared, &mut used)?
             }
         }
@@ -2299,6 +2456,11 @@ pub fn park(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     // children) stays, holding only those pages: they cost nothing more
     // here, and a return home keeps them shared where they did not change.
     for r in &img.regions {
+        if is_sysv(r) {
+            // Kept attached: its key and id answer at home while the
+            // process is away, and the pages come back into it.
+            continue;
+        }
         let exclusive = if keepable(r) { exclusive_pages(t.pid, r) } else { None };
         match exclusive {
             Some(runs) => {
@@ -2392,8 +2554,12 @@ pub fn repark(t: &mut Tracee, img: &Image, scratch: u64) -> Result<()> {
     t.syscall_ip = scratch;
     t.poke(scratch, &SCRATCH_CODE)?;
     let maps = procfs::maps(pid).map_err(|e| TraceError::Io { pid, what: "maps", source: e })?;
-    let mut keep: Vec<(u64, u64)> =
-        maps.iter().filter(|m| is_special(&m.path) && m.path != "[vsyscall]").map(|m| (m.start, m.end)).collect();
+    // SysV segments stay attached (see `park`).
+    let mut keep: Vec<(u64, u64)> = maps
+        .iter()
+        .filter(|m| is_special(&m.path) && m.path != "[vsyscall]" || m.path.starts_with("/SYSV"))
+        .map(|m| (m.start, m.end))
+        .collect();
     keep.push((scratch, scratch + SCRATCH_LEN));
     keep.sort();
     let mut lo = 0x1000u64;

@@ -138,7 +138,8 @@ impl Supervisor {
     pub(super) fn send_images(&mut self, reopen: Vec<bool>, pending: Option<u64>) -> Result<bool, crate::GuestError> {
         let files = image::mapped_files(self.gpid);
         let same = |p: &str| files.iter().zip(&reopen).any(|((q, _), ok)| *ok && q == p);
-        let pre = image::pre_image(self.gpid, &same)?;
+        let mut pre = image::pre_image(self.gpid, &same)?;
+        image::mark_sysv(&mut pre, &self.sysv);
         let sent = {
             let flags = self.flags.clone();
             let _g = flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -192,6 +193,7 @@ impl Supervisor {
         sent: &image::PageHashes,
     ) -> Result<bool, crate::GuestError> {
         let mut cap = image::capture(threads, same)?;
+        image::mark_sysv(&mut cap.image, &self.sysv);
         // Home knows the threads by their home ids.
         for th in cap.image.threads.iter_mut() {
             match self.home_tid_of(th.tid) {

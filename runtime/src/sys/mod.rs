@@ -392,6 +392,10 @@ pub fn data_ranges(fd: RawFd, from: u64, to: u64) -> io::Result<Vec<(u64, u64)>>
             return Err(io::Error::last_os_error());
         }
         let h = (h as u64).min(to);
+        if h <= d || d < at {
+            // A file that cannot seek for data (noop_llseek): all of it.
+            return Ok(vec![(from, to)]);
+        }
         out.push((d, h));
         at = h;
     }

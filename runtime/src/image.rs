@@ -861,9 +861,12 @@ pub fn shared_object(pid: i32, m: &MapLine) -> std::result::Result<SharedObject,
     match sys::fs_magic(file.as_raw_fd()).ok() {
         Some(TMPFS_MAGIC) => (),
         Some(HUGETLBFS_MAGIC) => return Err(format!("it has {at} on huge pages (hugetlbfs), which om does not move")),
-        _ => return Err(format!(
-            "it has {at}; only memory (tmpfs) can be made again elsewhere, and a deleted file cannot be opened there"
-        )),
+        _ => {
+            return Err(format!(
+                "it has a shared writable mapping of {} at {:#x}; the file is deleted, so no other node can map it",
+                m.path, m.start
+            ))
+        }
     }
     // A SysV segment's attaches are counted by the kernel (sysv_cant_move).
     let other = if m.path.starts_with("/SYSV") { None } else { other_user(pid, md.ino(), &m.path) };

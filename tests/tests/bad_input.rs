@@ -123,6 +123,8 @@ fn shared_memory_sysv_and_own_seccomp_are_refused_and_the_process_stays() {
         ("shared", "shares shared anonymous memory at"),
         ("sharedfile", "shared writable mapping"),
         ("sysv", "SysV shared memory"),
+        ("aio", "aio context (io_setup)"),
+        ("uring", "it uses io_uring"),
         ("seccomp", "seccomp filter"),
     ] {
         let out = format!("{mode}.out");

@@ -59,6 +59,33 @@ pub struct Plan {
     pub assumed: f64,
     /// What the process uses while away, for the balancer.
     pub usage: Arc<Usage>,
+    /// The gang it moves with (itself alone: one member).
+    pub gang: Arc<Gang>,
+}
+
+/// A gang moving out together ([`om_runtime::gang`]): its members (home
+/// pids, sorted), the token its offers carry, and where they meet.
+pub struct Gang {
+    pub token: u64,
+    pub members: Vec<i32>,
+    pub sync: om_runtime::gang::Sync,
+}
+
+impl Gang {
+    /// A process that moves alone.
+    pub fn alone(pid: i32) -> Arc<Gang> {
+        Arc::new(Gang { token: 0, members: vec![pid], sync: om_runtime::gang::Sync::new(1) })
+    }
+
+    /// The processes `members` moving together.
+    pub fn of(members: Vec<i32>) -> Arc<Gang> {
+        let n = members.len();
+        Arc::new(Gang { token: random_token(), members, sync: om_runtime::gang::Sync::new(n) })
+    }
+
+    fn together(&self) -> bool {
+        self.members.len() > 1
+    }
 }
 
 /// What a process away uses: calls it sends home (counted by the deputy) and
@@ -84,7 +111,11 @@ pub use om_runtime::sys::wake_signal;
 pub fn migrate_and_control(plan: Plan, reply: Sender<Result<(), String>>, ctl: Receiver<Ctl>, state: StateFn) {
     let span = tracing::info_span!("migration", pid = plan.pid, to = plan.dest);
     let _g = span.enter();
-    match migrate_out(&plan) {
+    let moved = migrate_out(&plan);
+    if let Err(e) = &moved {
+        plan.gang.sync.fail(&format!("process {} of the gang could not move: {}", e.pid, e.reason));
+    }
+    match moved {
         Ok(away) => {
             state(plan.pid, "away", plan.dest);
             let _ = reply.send(Ok(()));
@@ -180,9 +211,15 @@ impl Drop for Frozen {
 fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     let pid = plan.pid;
     let err = |step: &'static str, reason: String| MoveError { pid, node: plan.dest, step, reason };
-    if let Some(why) = image::cant_move(pid) {
+    let gang = &plan.gang;
+    if let Some(why) = image::cant_move(pid, &gang.members) {
         return Err(err("checks", format!("process {pid} cannot migrate: {why}")));
     }
+    // Where the gang's members wait for each other; a failure of another
+    // member reads as the reason this one stays.
+    let meet = |at: u32, step: &'static str| {
+        gang.sync.arrive(at).map_err(|why| err(step, format!("process {pid} stays at home with its gang: {why}")))
+    };
     let started = std::time::Instant::now();
     let connect = || {
         Link::connect(plan.addr, &plan.key, plan.home, Duration::from_secs(3))
@@ -196,7 +233,8 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     };
     let token = random_token();
     wire::send(&mut link, &Msg::Hello { node: plan.home }).map_err(net("offer"))?;
-    wire::send(&mut link, &transfer::offer(pid, plan.home, token, plan.assumed)).map_err(net("offer"))?;
+    let offer = transfer::offer(pid, plan.home, token, plan.assumed, (gang.token, gang.members.len() as u32));
+    wire::send(&mut link, &offer).map_err(net("offer"))?;
     let reopen = match wire::recv_msg(&mut link).map_err(net("offer"))? {
         Msg::OfferOk { reopen } => reopen,
         Msg::Refused { reason } => {
@@ -214,10 +252,16 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     // Pre-copy while the process runs: the destination lays out and fills
     // its memory now, outside the freeze.
     let program = exec_id(pid);
-    let pre = image::pre_image(pid, &same)
+    let mut pre = image::pre_image(pid, &same)
         .map_err(|e| err("pre-copy", format!("cannot read process {pid}'s memory: {e}")))?;
+    if gang.together() {
+        image::keep_owned(&mut pre, pid, &gang.members)
+            .map_err(|why| err("checks", format!("process {pid} cannot migrate: {why}")))?;
+    }
     let sent = transfer::send_pre_image(&mut link, pid, &pre, image::ReadMode::Unpinned).map_err(net("pre-copy"))?;
     tracing::info!(bytes = pre.data_bytes(), ms = started.elapsed().as_secs_f64() * 1e3, "pre-copied");
+    // A gang freezes together once every member is pre-copied.
+    meet(1, "pre-copy")?;
 
     // Freeze. From here every early return resumes the process at home.
     let freeze = std::time::Instant::now();
@@ -234,9 +278,11 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
         )
     })?;
     let mut frozen = Frozen { threads, scratch: None };
+    // Shared pages are read once every member is frozen.
+    meet(2, "freeze")?;
     // Checked again now that it is frozen: it may have started a thread or
     // mapped shared memory during the pre-copy.
-    if let Some(why) = image::cant_move_frozen(pid) {
+    if let Some(why) = image::cant_move_frozen(pid, &gang.members) {
         return Err(err("checks", format!("process {pid} cannot migrate: {why}")));
     }
     // A new program (execve) since the pre-copy: that copy is of another
@@ -250,6 +296,10 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     let mut cap = image::capture(frozen.threads(), &same)
         .map_err(|e| err("capture", format!("cannot capture process {pid}: {e}")))?;
     frozen.captured(cap.scratch, &cap.image.timers);
+    if gang.together() {
+        image::keep_owned(&mut cap.image, pid, &gang.members)
+            .map_err(|why| err("checks", format!("process {pid} cannot migrate: {why}")))?;
+    }
     match image::prune_unchanged(pid, &mut cap.image, &pre, &sent, image::ReadMode::Unpinned) {
         Ok(skipped) => tracing::info!(
             capture_ms = freeze.elapsed().as_secs_f64() * 1e3,
@@ -410,6 +460,8 @@ impl Away {
         let mut injected_stop: Option<i32> = None;
         // A move to another node under way: (node, address, who to answer).
         let mut moving: Option<(u32, SocketAddr, f64, Reply)> = None;
+        // A request read just before a GoingHome was taken as its cause.
+        let mut rechecked = false;
         let mut here = plan.dest;
         // The last call the deputy was woken out of while the process is
         // asked to leave its node: a call that reached the deputy after the
@@ -472,7 +524,20 @@ impl Away {
                     injected_stop = Some(sig);
                     let _ = rsys::tgkill(pid, pid, sig);
                 }
+                // A gang member sent off by another before its own request
+                // to move on was read: the request decides where it goes.
+                Ok(Event::GoingHome(read_ahead)) if moving.is_none() && waiting_home.is_none() && !rechecked => {
+                    rechecked = true;
+                    match ctl.try_recv() {
+                        Ok(Ctl::MoveTo { dest, addr, assumed, reply }) => moving = Some((dest, addr, assumed, reply)),
+                        Ok(Ctl::ComeHome(r)) => waiting_home = Some(r),
+                        _ => {}
+                    }
+                    self.events_tx.send(Event::GoingHome(read_ahead)).ok();
+                    continue;
+                }
                 Ok(Event::GoingHome(read_ahead)) if moving.is_some() => {
+                    rechecked = false;
                     let Some((dest, addr, assumed, reply)) = moving.take() else { continue };
                     state(pid, "migrating", here);
                     match self.relay_move(pid, plan.home, (dest, addr, assumed), read_ahead) {
@@ -498,6 +563,7 @@ impl Away {
                     }
                 }
                 Ok(Event::GoingHome(read_ahead)) => {
+                    rechecked = false;
                     state(pid, "returning", plan.home);
                     match self.come_home(pid, here, read_ahead) {
                         Ok(()) => {
@@ -608,8 +674,10 @@ impl Away {
             let (c, _) = from.into_inner();
             c.get_ref()[c.position() as usize..].to_vec()
         };
-        let offer = match wire::recv_msg(&mut from) {
-            Ok(Msg::Offer { files, vdso_hash, vdso_len, xsave, .. }) => (files, vdso_hash, vdso_len, xsave),
+        let (offer, gang) = match wire::recv_msg(&mut from) {
+            Ok(Msg::Offer { files, vdso_hash, vdso_len, xsave, gang, .. }) => {
+                ((files, vdso_hash, vdso_len, xsave), gang)
+            }
             Ok(m) => return Err((format!("expected an offer from the node, got {m:?}"), None)),
             Err(e) => return Err((format!("link to the process's node failed: {e}"), None)),
         };
@@ -626,7 +694,8 @@ impl Away {
             Err(e) => return Err(refuse(from, format!("node {dest}: {e}; the process stays where it is"))),
         };
         let (files, vdso_hash, vdso_len, xsave) = offer;
-        let o = Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave, assumed };
+        // A gang's members arrive together there as they left together here.
+        let o = Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave, assumed, gang };
         let answer = match wire::send(&mut to, &Msg::Hello { node: home })
             .and_then(|_| wire::send(&mut to, &o))
             .and_then(|_| wire::recv_msg(&mut to))
@@ -765,8 +834,10 @@ impl Away {
             c.get_ref()[c.position() as usize..].to_vec()
         };
         let gave_up = |step: &'static str, reason: String| HomeError::NodeGaveUp { pid, node, step, reason };
-        let offer = match wire::recv_msg(&mut from) {
-            Ok(Msg::Offer { files, vdso_hash, vdso_len, xsave, .. }) => (files, vdso_hash, vdso_len, xsave),
+        let (offer, gang) = match wire::recv_msg(&mut from) {
+            Ok(Msg::Offer { files, vdso_hash, vdso_len, xsave, gang, .. }) => {
+                ((files, vdso_hash, vdso_len, xsave), gang)
+            }
             Ok(Msg::RestoreFailed { reason }) => return Err((gave_up("offer", reason), left(from))),
             Ok(m) => return Err((link_err("offer", wire::WireError::Unexpected(format!("{m:?}"))), Vec::new())),
             Err(e) => return Err((link_err("offer", e), Vec::new())),
@@ -788,15 +859,21 @@ impl Away {
         let mut others: Vec<Tracee> = Vec::new();
         let mut rs: Option<image::Restore> = None;
         let mut img_kept: Option<image::Image> = None;
+        // A gang comes home together: its members meet before any runs here.
+        let member = (gang.1 > 1).then(|| om_runtime::gang::Member::join(gang.0, gang.1));
         let r = self.rebuild_home(
             pid,
             &mut from,
             (&mut t, &mut others),
             &mut rs,
             &mut img_kept,
-            &mut seen,
-            &mut final_seen,
+            (&mut seen, &mut final_seen),
+            member.as_ref(),
         );
+        if let (Err(_), Some(m)) = (&r, &member) {
+            m.gang.sync.fail(&format!("process {pid} could not be rebuilt at home"));
+        }
+        drop(member);
         let step = match r {
             Ok(()) => return Ok(()),
             Err(Step::Link(step, e)) => return Err((link_err(step, e), Vec::new())),
@@ -904,8 +981,8 @@ impl Away {
         (t_out, others_out): (&mut Option<Tracee>, &mut Vec<Tracee>),
         rs_out: &mut Option<image::Restore>,
         img_out: &mut Option<image::Image>,
-        seen: &mut usize,
-        final_seen: &mut bool,
+        (seen, final_seen): (&mut usize, &mut bool),
+        gang: Option<&om_runtime::gang::Member>,
     ) -> Result<(), Step> {
         let wire_step = |step: &'static str| {
             move |e: wire::WireError| match e {
@@ -929,7 +1006,8 @@ impl Away {
         *t_out = Some(Tracee::interrupt(pid, self.scratch).map_err(home("stopping the placeholder"))?);
         let t = t_out.as_mut().ok_or(Step::Home("stopping the placeholder", "no tracee".into()))?;
         let creds = om_runtime::procfs::exec_creds(pid);
-        let next_fd = std::cell::Cell::new(MAPPED_FD);
+        let next_fd = std::rc::Rc::new(std::cell::Cell::new(MAPPED_FD));
+        let gang_fd = next_fd.clone();
         // A file the placeholder cannot open (execute-only): omd opens it,
         // if the process may execute it, and hands the fd in.
         let open_for = move |t: &mut Tracee, scratch: u64, path: &str| -> om_runtime::ptrace::Result<u64> {
@@ -952,10 +1030,25 @@ impl Away {
             sys::install_fds(t, scratch, &[(at, true, f.into())])?;
             Ok(at as u64)
         };
+        // A gang's shared memory: made once here, handed to each placeholder.
+        let object = |t: &mut Tracee, scratch: u64, r: &image::Region| -> om_runtime::ptrace::Result<Option<u64>> {
+            let Some(m) = gang else { return Ok(None) };
+            let ioe = |e: std::io::Error| om_runtime::ptrace::TraceError::Io {
+                pid: t.pid,
+                what: "gang shared memory",
+                source: e,
+            };
+            let Some(f) = m.object(r).map_err(ioe)? else { return Ok(None) };
+            let at = gang_fd.get();
+            gang_fd.set(at + 1);
+            sys::install_fds(t, scratch & !(image::PAGE - 1), &[(at, true, f.into())])?;
+            Ok(Some(at as u64))
+        };
+        let objects: Option<&image::ObjectSource<'_>> = gang.is_some().then_some(&object);
         let img = match first {
             Msg::PreImage(pre) => {
                 *img_out = Some((*pre).clone());
-                let rs = image::restore_layout(t, &pre, Target::Parked, self.scratch, Some(&open_for))
+                let rs = image::restore_layout(t, &pre, Target::Parked, self.scratch, Some(&open_for), objects)
                     .map_err(home("laying out the pre-copy"))?;
                 let (scratch, kept) = (rs.scratch, rs.kept.clone());
                 *rs_out = Some(rs);
@@ -968,7 +1061,7 @@ impl Away {
                 *final_seen = true;
                 *img_out = Some(img.clone());
                 let rs = rs_out.take().ok_or(Step::Home("image", "no layout".into()))?;
-                let rs = image::restore_layout_again(t, &img, &pre, rs, Target::Parked, Some(&open_for));
+                let rs = image::restore_layout_again(t, &img, &pre, rs, Target::Parked, Some(&open_for), objects);
                 let rs = rs.map_err(|e| {
                     // The layout may be half changed; the scratch area is still this one.
                     Step::Home("laying out the image", format!("{e} (scratch {scratch:#x})"))
@@ -978,7 +1071,7 @@ impl Away {
             }
             Msg::Image(i) => {
                 *img_out = Some((*i).clone());
-                let rs = image::restore_layout(t, &i, Target::Parked, self.scratch, Some(&open_for))
+                let rs = image::restore_layout(t, &i, Target::Parked, self.scratch, Some(&open_for), objects)
                     .map_err(home("laying out the image"))?;
                 *rs_out = Some(rs);
                 *i
@@ -1030,6 +1123,10 @@ impl Away {
         }
         let t = t_out.as_mut().ok_or(Step::Home("signals", "no tracee".into()))?;
         image::unmap_scratch(t, rs.scratch).map_err(home("removing the scratch area"))?;
+        // A gang's members commit once every one is rebuilt here.
+        if let Some(m) = gang {
+            m.gang.sync.arrive(1).map_err(|why| Step::Home("meeting its gang", why))?;
+        }
         // Commit: from here the process is home.
         wire::send(&mut &self.link, &Msg::HomeOk).map_err(wire_step("commit"))?;
         let t = t_out.take().ok_or(Step::Home("commit", "no tracee".into()))?;

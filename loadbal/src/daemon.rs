@@ -8,7 +8,7 @@ use crate::policy::{self, JobLoad, NodeLoad, Params, Pending, Pin};
 use crossbeam::channel::{self, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use om_deputy::{Ctl, Plan, StateFn, Usage};
+use om_deputy::{Ctl, Gang, Plan, StateFn, Usage};
 
 /// How long a node must have been down before a move to it is refused
 /// without trying.
@@ -77,6 +77,8 @@ struct Proc {
     calls_per_cpu_s: f64,
     bytes_per_cpu_s: f64,
     rss: u64,
+    /// The other members of the gang it moved out with (empty: alone).
+    gang: Vec<i32>,
 }
 
 /// What /proc says of a process at home: its counters and resident memory.
@@ -106,6 +108,7 @@ impl Proc {
             calls_per_cpu_s: 0.0,
             bytes_per_cpu_s: 0.0,
             rss: 0,
+            gang: Vec::new(),
         }
     }
 
@@ -378,6 +381,7 @@ impl Node {
                     p.where_ = where_;
                     if state == "home" {
                         p.ctl = None;
+                        p.gang.clear();
                     }
                 }
             }
@@ -576,6 +580,7 @@ impl Node {
             }
             Msg::Ps => {
                 self.prune();
+                let gangs: HashMap<i32, Vec<i32>> = self.gangs_at_home();
                 let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
                 let mut v: Vec<ProcInfo> = procs
                     .iter()
@@ -592,7 +597,8 @@ impl Node {
                         cant_move: if p.locked {
                             "locked".into()
                         } else if p.state == "home" {
-                            om_runtime::image::cant_move(*pid).unwrap_or_default()
+                            let gang = gangs.get(pid).cloned().unwrap_or_else(|| vec![*pid]);
+                            om_runtime::image::cant_move(*pid, &gang).unwrap_or_default()
                         } else {
                             String::new()
                         },
@@ -608,6 +614,10 @@ impl Node {
                         demand: p.demand,
                         rss: p.rss,
                         locked: p.locked,
+                        gang: match gangs.get(pid) {
+                            Some(g) => g.iter().copied().filter(|g| g != pid).collect(),
+                            None => p.gang.clone(),
+                        },
                     })
                     .collect();
                 v.sort_by_key(|p| p.pid);
@@ -729,6 +739,7 @@ impl Node {
 
     fn balance_round(self: &Arc<Self>) {
         let me = self.cfg.node_id;
+        let gangs = self.gangs_at_home();
         let jobs: Vec<JobLoad> = {
             let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
             procs
@@ -739,7 +750,18 @@ impl Node {
                     let pin = if p.locked {
                         Some(Pin::Locked)
                     } else if p.state == "home" {
-                        om_runtime::image::cant_move(pid).map(Pin::CantMove)
+                        match gangs.get(&pid) {
+                            Some(g) if g.len() > 1 => Some(Pin::CantMove(format!(
+                                "it shares memory with {} (its gang), which the balancer does not move yet",
+                                pid_list(g, pid)
+                            ))),
+                            _ => om_runtime::image::cant_move(pid, &[pid]).map(Pin::CantMove),
+                        }
+                    } else if !p.gang.is_empty() {
+                        Some(Pin::CantMove(format!(
+                            "it moved with {} (its gang), which the balancer does not move yet",
+                            pid_list(&p.gang, pid)
+                        )))
                     } else {
                         None
                     };
@@ -877,6 +899,26 @@ impl Node {
 
     /// Move `pid` to node `to` (None: home). `assumed` is the load the
     /// balancer believed `to` had (negative for a manual move: no check).
+    /// The gangs of the processes under om at home that map shared memory
+    /// ([`om_runtime::gang::of`]), by member: every member's gang, sorted.
+    fn gangs_at_home(&self) -> HashMap<i32, Vec<i32>> {
+        let home: std::collections::HashSet<i32> = {
+            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            procs.iter().filter(|(_, p)| p.state == "home" && !p.locked).map(|(&k, _)| k).collect()
+        };
+        let mut out: HashMap<i32, Vec<i32>> = HashMap::new();
+        for &pid in &home {
+            if out.contains_key(&pid) || om_runtime::gang::objects(pid).is_empty() {
+                continue;
+            }
+            let g = om_runtime::gang::of(pid, &|n| home.contains(&n));
+            for &m in &g {
+                out.insert(m, g.clone());
+            }
+        }
+        out
+    }
+
     fn migrate(self: &Arc<Self>, pid: i32, to: Option<u32>, uid: Option<u32>, assumed: f64) -> Result<(), String> {
         let r = self.try_migrate(pid, to, uid, assumed);
         if let Err(reason) = &r {
@@ -892,10 +934,10 @@ impl Node {
     fn try_migrate(self: &Arc<Self>, pid: i32, to: Option<u32>, uid: Option<u32>, assumed: f64) -> Result<(), String> {
         let me = self.cfg.node_id;
         let to = to.filter(|&n| n != me);
-        let (state, where_, ctl, locked) = {
+        let (state, where_, ctl, locked, gang) = {
             let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
             match procs.get(&pid) {
-                Some(p) => (p.state.clone(), p.where_, p.ctl.clone(), p.locked),
+                Some(p) => (p.state.clone(), p.where_, p.ctl.clone(), p.locked, p.gang.clone()),
                 None if procfs::stat(pid).is_ok() => {
                     return Err(format!("process {pid} is not under om on node {me}; start it with om-exec"));
                 }
@@ -915,6 +957,37 @@ impl Node {
         match (state.as_str(), to) {
             ("home", None) => Ok(()),
             ("away", Some(n)) if n == where_ => Ok(()),
+            ("away", Some(n)) if !gang.is_empty() => {
+                // The whole gang moves on: each member's controller relays
+                // it, and its members meet there as they left.
+                let addr = addr.ok_or("no address")?;
+                let mut waits = Vec::new();
+                let members: Vec<(i32, Option<Sender<Ctl>>)> = {
+                    let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+                    std::iter::once(pid)
+                        .chain(gang.iter().copied())
+                        .filter_map(|m| procs.get(&m).map(|p| (m, p.ctl.clone())))
+                        .collect()
+                };
+                for (m, c) in members {
+                    let c = c.ok_or(format!("process {m} of the gang is between nodes; try again"))?;
+                    let (tx, rx) = channel::bounded(1);
+                    c.send(Ctl::MoveTo { dest: n, addr, assumed, reply: tx })
+                        .map_err(|_| format!("process {m}'s controller is gone"))?;
+                    waits.push((m, rx));
+                }
+                let mut first_err = None;
+                for (m, rx) in waits {
+                    let r = rx.recv_timeout(Duration::from_secs(120)).map_err(|e| match e {
+                        channel::RecvTimeoutError::Timeout => format!("process {m}'s move did not finish in 120 s"),
+                        channel::RecvTimeoutError::Disconnected => format!("process {m} ended before it could move"),
+                    });
+                    if let Err(e) = r.and_then(|r| r) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+                first_err.map_or(Ok(()), Err)
+            }
             ("away", Some(n)) => {
                 // Straight from the node it is on to node n.
                 let ctl = ctl.ok_or("the process is between nodes; try again")?;
@@ -941,12 +1014,76 @@ impl Node {
                     _ => Ok(()),
                 }
             }
-            ("home", Some(n)) => self.migrate_out(pid, n, addr.ok_or("no address")?, assumed),
+            ("home", Some(n)) => {
+                let addr = addr.ok_or("no address")?;
+                let gang = om_runtime::gang::of(pid, &|q| {
+                    let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+                    procs.get(&q).is_some_and(|p| p.state == "home" && !p.locked)
+                });
+                if gang.len() > 1 {
+                    self.migrate_gang_out(gang, n, addr, assumed)
+                } else {
+                    self.migrate_out(pid, n, addr, assumed)
+                }
+            }
             (s, _) => Err(format!("process {pid} is {s}; try again in a moment")),
         }
     }
 
     fn migrate_out(self: &Arc<Self>, pid: i32, dest: u32, addr: SocketAddr, assumed: f64) -> Result<(), String> {
+        let rx = self.start_out(pid, dest, addr, assumed, Gang::alone(pid))?;
+        rx.recv().map_err(|_| "the migration thread died".to_string())?
+    }
+
+    /// Move the processes of `gang` out together (each on a controller of
+    /// its own, meeting at the freeze and at the destination): all move,
+    /// or none does.
+    fn migrate_gang_out(
+        self: &Arc<Self>,
+        gang: Vec<i32>,
+        dest: u32,
+        addr: SocketAddr,
+        assumed: f64,
+    ) -> Result<(), String> {
+        tracing::info!(?gang, dest, "moving a gang");
+        let g = Gang::of(gang.clone());
+        let mut waits = Vec::new();
+        for &m in &gang {
+            match self.start_out(m, dest, addr, assumed, g.clone()) {
+                Ok(rx) => waits.push(rx),
+                Err(e) => {
+                    g.sync.fail(&e);
+                    return Err(e);
+                }
+            }
+        }
+        let mut first_err = None;
+        for rx in waits {
+            if let Err(e) = rx.recv().map_err(|_| "the migration thread died".to_string()).and_then(|r| r) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        for &m in &gang {
+            if let Some(p) = procs.get_mut(&m) {
+                p.gang = gang.iter().copied().filter(|&q| q != m).collect();
+            }
+        }
+        Ok(())
+    }
+
+    /// Start the controller that moves `pid` out; its answer comes on the receiver.
+    fn start_out(
+        self: &Arc<Self>,
+        pid: i32,
+        dest: u32,
+        addr: SocketAddr,
+        assumed: f64,
+        gang: Arc<Gang>,
+    ) -> Result<channel::Receiver<Result<(), String>>, String> {
         let (reply_tx, reply_rx) = channel::bounded(1);
         let (ctl_tx, ctl_rx) = channel::unbounded();
         let usage = {
@@ -960,13 +1097,13 @@ impl Node {
                 None => Arc::default(),
             }
         };
-        let plan = Plan { pid, home: self.cfg.node_id, dest, addr, key: self.cfg.key.clone(), assumed, usage };
+        let plan = Plan { pid, home: self.cfg.node_id, dest, addr, key: self.cfg.key.clone(), assumed, usage, gang };
         let state = self.state_fn();
         std::thread::Builder::new()
             .name(format!("home-{pid}"))
             .spawn(move || om_deputy::migrate_and_control(plan, reply_tx, ctl_rx, state))
             .map_err(|e| format!("cannot start a controller: {e}"))?;
-        reply_rx.recv().map_err(|_| "the migration thread died".to_string())?
+        Ok(reply_rx)
     }
 
     fn serve_link(self: Arc<Self>, s: TcpStream, peer: SocketAddr) {
@@ -1081,6 +1218,15 @@ fn load_of(r: &LoadRecord) -> NodeLoad {
 }
 
 /// True the first time an address is refused.
+/// "process 12" or "processes 12, 13": the members of `gang` but `pid`.
+fn pid_list(gang: &[i32], pid: i32) -> String {
+    let others: Vec<String> = gang.iter().filter(|&&g| g != pid).map(|g| g.to_string()).collect();
+    match others.len() {
+        1 => format!("process {}", others[0]),
+        _ => format!("processes {}", others.join(", ")),
+    }
+}
+
 fn refused_first(ip: std::net::IpAddr) -> bool {
     static SEEN: Mutex<Option<std::collections::HashSet<std::net::IpAddr>>> = Mutex::new(None);
     SEEN.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(Default::default).insert(ip)

@@ -10,6 +10,7 @@ pub mod sys;
 pub use supervisor::expel;
 
 use crossbeam::channel::Sender;
+use om_runtime::gang::Member;
 use om_runtime::image::{self, Image, Target};
 use om_runtime::link::Link;
 use om_runtime::ptrace::{TraceError, Tracee};
@@ -52,6 +53,22 @@ pub const GUEST_UID_BASE: u32 = 3_500_000_000;
 const GUEST_UIDS: u32 = 100_000_000;
 
 static ATTACH: Mutex<Option<HashMap<u64, Sender<Link>>>> = Mutex::new(None);
+
+/// An fd in the guest (`t`, still root, before its sandbox) on the
+/// object of arriving gang `m` for shared region `r`: omd holds the
+/// object, and the guest opens it through omd's /proc fd.
+fn gang_object(m: &Member, t: &mut Tracee, scratch: u64, r: &image::Region) -> om_runtime::ptrace::Result<Option<u64>> {
+    let ioe = |e: std::io::Error| TraceError::Io { pid: t.pid, what: "gang shared memory", source: e };
+    let Some(f) = m.object(r).map_err(ioe)? else { return Ok(None) };
+    let mut path = format!("/proc/{}/fd/{}", rsys::getpid(), f.as_raw_fd()).into_bytes();
+    path.push(0);
+    t.poke(scratch, &path)?;
+    let flags = (libc::O_RDWR | libc::O_CLOEXEC) as u64;
+    let fd =
+        t.syscall_ok("open gang shared memory", libc::SYS_openat, [libc::AT_FDCWD as u64, scratch, flags, 0, 0, 0]);
+    drop(f);
+    fd.map(Some)
+}
 static GUESTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// How many guests this node runs now (or is taking in).
@@ -91,7 +108,7 @@ pub fn attach(token: u64, stream: Link) -> bool {
 /// was `offer`: answer it, rebuild the process, start it, then supervise it
 /// until it exits or goes home.
 pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), GuestError> {
-    let Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave, .. } = offer else {
+    let Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave, gang, .. } = offer else {
         return Err(WireError::Unexpected(format!("{offer:?} instead of an offer")).into());
     };
     let mut slot = None;
@@ -133,16 +150,21 @@ pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), Guest
     if let Err(e) = om_runtime::procfs::join_cgroups(gpid, &host.cgroups) {
         tracing::warn!(%e, "cannot put the guest in this node's cgroup");
     }
-    let rebuilt = rebuild(&mut stream, gpid, first, host).and_then(|(listener, img)| {
+    let member = (gang.1 > 1).then(|| Member::join(gang.0, gang.1));
+    let rebuilt = rebuild(&mut stream, gpid, first, host, member.as_ref()).and_then(|(listener, img)| {
         let ctl = ctl_rx.recv_timeout(std::time::Duration::from_secs(10));
         ctl.map(|c| (listener, c, img)).map_err(|_| GuestError::Refused("home never opened its control link".into()))
     });
     forget();
+    if let (Err(e), Some(m)) = (&rebuilt, &member) {
+        m.gang.sync.fail(&format!("the rebuild of process {pid} failed: {e}"));
+    }
+    drop(member);
     match rebuilt {
         Ok((listener, ctl, img)) => {
             wire::send(&mut stream, &Msg::Resumed { guest: gpid })?;
             tracing::info!(guest = gpid, ms = started.elapsed().as_secs_f64() * 1e3, "guest running");
-            match supervisor::Supervisor::new(stream, ctl, gpid, listener, &img) {
+            match supervisor::Supervisor::new(stream, ctl, gpid, listener, &img, gang) {
                 Ok(s) => {
                     s.run();
                     drop(slot);
@@ -168,25 +190,36 @@ pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), Guest
 /// and then the final image, or from the image alone. Then drop to the
 /// process's credentials, install the filter, and let it run. Returns the
 /// listener of each thread (its guest tid, in image order) and the final image.
-fn rebuild(stream: &mut Link, gpid: i32, first: Msg, host: &Host) -> Result<(Vec<(i32, OwnedFd)>, Image), GuestError> {
+fn rebuild(
+    stream: &mut Link,
+    gpid: i32,
+    first: Msg,
+    host: &Host,
+    gang: Option<&Member>,
+) -> Result<(Vec<(i32, OwnedFd)>, Image), GuestError> {
+    let object = |t: &mut Tracee, scratch: u64, r: &image::Region| match gang {
+        Some(m) => gang_object(m, t, scratch, r),
+        None => Ok(None),
+    };
+    let objects: Option<&image::ObjectSource<'_>> = gang.is_some().then_some(&object);
     let t0 = std::time::Instant::now();
     // The filter is built once, before the freeze: every thread gets it.
     let prog = filter::program(gpid)?;
     let mut t = Tracee::adopt_traceme_child(gpid)?;
     let (img, rs) = match first {
         Msg::PreImage(pre) => {
-            let rs = image::restore_layout(&mut t, &pre, Target::Fresh, 0, None)?;
+            let rs = image::restore_layout(&mut t, &pre, Target::Fresh, 0, None, objects)?;
             transfer::recv_pages(stream, &t, &pre)?;
             tracing::info!(ms = t0.elapsed().as_secs_f64() * 1e3, bytes = pre.data_bytes(), "pre-copy received");
             let img = match wire::recv_msg(stream)? {
                 Msg::Image(img) => *img,
                 m => return Err(WireError::Unexpected(format!("{m:?} instead of the image")).into()),
             };
-            let rs = image::restore_layout_again(&mut t, &img, &pre, rs, Target::Fresh, None)?;
+            let rs = image::restore_layout_again(&mut t, &img, &pre, rs, Target::Fresh, None, objects)?;
             (img, rs)
         }
         Msg::Image(img) => {
-            let rs = image::restore_layout(&mut t, &img, Target::Fresh, 0, None)?;
+            let rs = image::restore_layout(&mut t, &img, Target::Fresh, 0, None, objects)?;
             (*img, rs)
         }
         m => return Err(WireError::Unexpected(format!("{m:?} instead of an image")).into()),
@@ -219,6 +252,11 @@ fn rebuild(stream: &mut Link, gpid: i32, first: Msg, host: &Host) -> Result<(Vec
     }
     image::queue_pending(&mut threads, &img, rs.scratch + 1024)?;
     image::unmap_scratch(&mut threads[0], rs.scratch)?;
+    // A gang's members run once every one of them is rebuilt: the shared
+    // pages are all in place, and none runs here while another stays home.
+    if let Some(m) = gang {
+        m.gang.sync.arrive(1).map_err(GuestError::Refused)?;
+    }
     for t in threads {
         t.detach()?;
     }

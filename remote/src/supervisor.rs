@@ -74,6 +74,13 @@ pub struct Supervisor {
     /// Failed returns home in a row, and when the next may start.
     home_failures: u32,
     retry_at: Option<std::time::Instant>,
+    /// The gang it moved here with (others run here too), if any.
+    gang: Option<Arc<AwayGang>>,
+    /// The return home it takes part in with its gang: (the token home
+    /// knows it by, where the members meet, their pids here).
+    attempt: Option<(u64, Arc<om_runtime::gang::Sync>, Vec<i32>)>,
+    /// It went home (its end is not a failure of its gang's return).
+    went_home: bool,
     /// Reused buffers for bulk call data, out and back.
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
@@ -181,13 +188,91 @@ pub fn expel() -> usize {
         let live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
         live.iter().filter_map(|w| w.upgrade()).filter(|f| !f.done.load(Ordering::SeqCst)).collect()
     };
-    for f in &all {
+    call_home(&all);
+    all.len()
+}
+
+/// A gang whose members run on this node: when one goes home, all do,
+/// together ([`om_runtime::gang`]).
+pub(crate) struct AwayGang {
+    token: u64,
+    members: Mutex<Vec<(i32, Arc<Flags>)>>,
+    /// The return home in progress: (its number, where the members meet).
+    attempt: Mutex<(u64, Option<Arc<om_runtime::gang::Sync>>)>,
+}
+
+type AwayGangs = Mutex<Option<std::collections::HashMap<u64, Arc<AwayGang>>>>;
+static AWAY: AwayGangs = Mutex::new(None);
+
+impl AwayGang {
+    fn join(token: u64, gpid: i32, flags: &Arc<Flags>) -> Arc<AwayGang> {
+        let mut all = AWAY.lock().unwrap_or_else(|p| p.into_inner());
+        let g = all
+            .get_or_insert_with(std::collections::HashMap::new)
+            .entry(token)
+            .or_insert_with(|| {
+                Arc::new(AwayGang { token, members: Mutex::new(Vec::new()), attempt: Mutex::new((0, None)) })
+            })
+            .clone();
+        g.members.lock().unwrap_or_else(|p| p.into_inner()).push((gpid, flags.clone()));
+        g
+    }
+
+    /// A member's supervisor ends: it went home with the others, or it
+    /// ended (then a return in progress fails at once, and is tried again
+    /// without it).
+    fn leave(&self, gpid: i32, went_home: bool) {
+        let left = {
+            let mut m = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            m.retain(|(p, _)| *p != gpid);
+            m.len()
+        };
+        if !went_home {
+            if let Some(s) = &self.attempt.lock().unwrap_or_else(|p| p.into_inner()).1 {
+                s.fail(&format!("its gang's process {gpid} ended on the way"));
+            }
+        }
+        if left == 0 {
+            let mut all = AWAY.lock().unwrap_or_else(|p| p.into_inner());
+            all.as_mut().map(|a| a.remove(&self.token));
+        }
+    }
+
+    /// Take part in the gang's return home: the one in progress, or a new
+    /// one for the members here now. Asks every other member to come home.
+    /// None when this member is alone here now.
+    fn begin(&self, me: i32) -> Option<(u64, Arc<om_runtime::gang::Sync>, Vec<i32>)> {
+        let members: Vec<(i32, Arc<Flags>)> = self.members.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if members.len() < 2 {
+            return None;
+        }
+        let mut pids: Vec<i32> = members.iter().map(|(p, _)| *p).collect();
+        pids.sort_unstable();
+        let (n, sync) = {
+            let mut a = self.attempt.lock().unwrap_or_else(|p| p.into_inner());
+            if a.1.as_ref().is_none_or(|s| s.failed().is_some()) {
+                a.0 += 1;
+                a.1 = Some(Arc::new(om_runtime::gang::Sync::new(members.len())));
+            }
+            (a.0, a.1.clone()?)
+        };
+        let others: Vec<Arc<Flags>> = members.into_iter().filter(|(p, _)| *p != me).map(|(_, f)| f).collect();
+        std::thread::spawn(move || call_home(&others));
+        // Home names this return by the gang's token and its number.
+        Some((self.token ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15), sync, pids))
+    }
+}
+
+/// Ask the supervisors of `all` to take their guests home, waking each
+/// until it has taken the request (it may be in a call).
+fn call_home(all: &[Arc<Flags>]) {
+    for f in all {
         f.come_home.store(true, Ordering::SeqCst);
     }
     // Wake each supervisor until it has taken the request (it may be in a call).
     for _ in 0..400 {
         let mut waiting = false;
-        for f in &all {
+        for f in all {
             if f.come_home.load(Ordering::SeqCst) && !f.done.load(Ordering::SeqCst) {
                 waiting = true;
                 let tid = f.tid.load(Ordering::SeqCst);
@@ -201,7 +286,6 @@ pub fn expel() -> usize {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    all.len()
 }
 
 /// What the guest uses: run plus run-queue wait and run alone (ns), and
@@ -225,7 +309,9 @@ impl Supervisor {
         gpid: i32,
         listeners: Vec<(i32, OwnedFd)>,
         img: &Image,
+        gang: (u64, u32),
     ) -> std::io::Result<Supervisor> {
+        let flags = register();
         let reader = std::io::BufReader::with_capacity(1 << 16, stream.try_clone()?);
         let mut spare: Vec<Lane> = listeners
             .into_iter()
@@ -257,10 +343,13 @@ impl Supervisor {
             proc_flags: img.flags,
             sysv: image::sysv_table(gpid, img),
             next_id: 1,
-            flags: register(),
+            flags: flags.clone(),
             images_sent: false,
             home_failures: 0,
             retry_at: None,
+            gang: (gang.1 > 1).then(|| AwayGang::join(gang.0, gpid, &flags)),
+            attempt: None,
+            went_home: false,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
             behind: std::collections::VecDeque::new(),
@@ -319,6 +408,9 @@ impl Supervisor {
         // Writes the guest was told are done are done before the link goes
         // (home reads the guest's end only after them).
         self.settle_behind();
+        if let Some(g) = &self.gang {
+            g.leave(self.gpid, self.went_home);
+        }
         self.flags.done.store(true, Ordering::SeqCst);
     }
 
@@ -351,6 +443,9 @@ impl Supervisor {
             images_sent: false,
             home_failures: 0,
             retry_at: None,
+            gang: self.gang.clone(),
+            attempt: None,
+            went_home: false,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
             behind: std::collections::VecDeque::new(),

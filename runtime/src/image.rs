@@ -66,6 +66,9 @@ pub enum RegionKind {
         /// the segment attached, so its key and id keep answering, and the
         /// pages are written back into it on the way home.
         sysv: Option<i32>,
+        /// This image carries the object's pages: false for the members of
+        /// a gang that map an object another member fills ([`keep_owned`]).
+        owner: bool,
     },
 }
 
@@ -543,13 +546,16 @@ impl Image {
 
 pub use sys::{regs_from_array, regs_to_array};
 
-/// Why a process cannot move (openMosix's `cantmove`), or None.
-pub fn cant_move(pid: i32) -> Option<String> {
+/// Why a process cannot move (openMosix's `cantmove`), or None. `gang`
+/// lists the processes under om that move with it (see [`crate::gang`]):
+/// memory shared with them does not hold it back; memory shared with any
+/// other process does, and the reason names that process.
+pub fn cant_move(pid: i32, gang: &[i32]) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     if procfs::status_field_in(&status, "State").is_some_and(|s| s.starts_with('T') || s.starts_with('t')) {
         return Some("it is stopped; continue it (SIGCONT) first".into());
     }
-    cant_move_frozen(pid)
+    cant_move_frozen(pid, gang)
 }
 
 /// Why the threads of `pid` cannot move together, or None. Credentials
@@ -595,7 +601,7 @@ fn threads_differ(pid: i32) -> Option<String> {
 }
 
 /// The same checks, for a process om itself holds stopped (the state is ours).
-pub fn cant_move_frozen(pid: i32) -> Option<String> {
+pub fn cant_move_frozen(pid: i32, gang: &[i32]) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let threads: u32 = procfs::status_field_in(&status, "Threads").and_then(|t| t.parse().ok()).unwrap_or(1);
     if threads > 1 {
@@ -622,7 +628,7 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
     let attrs = if maps.iter().any(|m| m.shared) { region_attrs(pid) } else { HashMap::new() };
     for m in &maps {
         if is_shared_file(m, &attrs) {
-            if let Err(why) = shared_file_ok(pid, m) {
+            if let Err(why) = shared_file_ok(pid, m, gang) {
                 return Some(why);
             }
             continue;
@@ -648,12 +654,12 @@ pub fn cant_move_frozen(pid: i32) -> Option<String> {
             ));
         }
         if m.path.starts_with("/SYSV") {
-            if let Some(why) = sysv_cant_move(pid, m, &maps) {
+            if let Some(why) = sysv_cant_move(pid, m, &maps, gang) {
                 return Some(why);
             }
         }
         if is_shmem(m) {
-            if let Err(why) = shared_object(pid, m) {
+            if let Err(why) = shared_object(pid, m, gang) {
                 return Some(why);
             }
             continue;
@@ -716,31 +722,38 @@ fn is_shared_file(m: &MapLine, attrs: &HashMap<u64, u32>) -> bool {
 
 /// Whether shared writable file mapping `m` of `pid` can move: its file is
 /// on a cluster-consistent path, not deleted, and no other process maps it.
-fn shared_file_ok(pid: i32, m: &MapLine) -> std::result::Result<(), String> {
+fn shared_file_ok(pid: i32, m: &MapLine, gang: &[i32]) -> std::result::Result<(), String> {
     let at = format!("a shared writable mapping of {} at {:#x}", m.path, m.start);
     if m.path.ends_with(" (deleted)") {
         return Err(format!("it has {at}; the file is deleted, so no other node can map it"));
     }
     if !is_consistent(&m.path) {
+        // The JVM maps its perf counters shared from /tmp; the flag that
+        // keeps them private is the fix a user needs.
+        let hint = if m.path.contains("/hsperfdata_") {
+            "; a JVM can move when started with -XX:+PerfDisableSharedMem"
+        } else {
+            ""
+        };
         return Err(format!(
             "it has {at}, which is not on a cluster-consistent path (om.toml consistent_paths), so its \
-             writes could not reach the same file from another node"
+             writes could not reach the same file from another node{hint}"
         ));
     }
-    if let Some(other) = other_mapper(pid, m) {
+    if let Some(other) = other_mapper(pid, m, gang) {
         let comm = procfs::stat(other).map(|s| s.comm).unwrap_or_default();
-        return Err(format!("it has {at}, which process {other} ({comm}) maps too and would no longer see its writes"));
+        return Err(format!("it has {at}, which process {other} ({comm}) maps too{}", not_under_om(gang)));
     }
     Ok(())
 }
 
 /// Another process mapping the same file as `m` (same inode and path).
 /// om's own copies of a process are not counted (see [`om_own`]).
-fn other_mapper(pid: i32, m: &MapLine) -> Option<i32> {
+fn other_mapper(pid: i32, m: &MapLine, gang: &[i32]) -> Option<i32> {
     let me = sys::getpid();
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
         let n = p.file_name().to_str()?.parse::<i32>().ok()?;
-        if n == pid || n == me || om_own(n) {
+        if n == pid || n == me || gang.contains(&n) || om_own(n) {
             return None;
         }
         let maps = procfs::maps(n).ok()?;
@@ -762,7 +775,7 @@ fn om_own(n: i32) -> bool {
 
 /// Whether a mapping is of a shared memory object om can make again at
 /// the destination: shared anonymous memory, or a memfd mapped shared.
-fn is_shmem(m: &MapLine) -> bool {
+pub fn is_shmem(m: &MapLine) -> bool {
     m.shared
         && (m.path.starts_with("/dev/zero")
             || m.path.starts_with("/memfd:")
@@ -783,8 +796,12 @@ fn sysv_nattch(shmid: u64) -> Option<u64> {
 
 /// Why SysV segment mapping `m` of `pid` cannot move, or None: it moves
 /// when this process holds every attach of it.
-fn sysv_cant_move(pid: i32, m: &MapLine, maps: &[MapLine]) -> Option<String> {
-    let mine = maps.iter().filter(|o| o.path.starts_with("/SYSV") && o.inode == m.inode).count() as u64;
+fn sysv_cant_move(pid: i32, m: &MapLine, maps: &[MapLine], gang: &[i32]) -> Option<String> {
+    let attaches = |maps: &[MapLine]| maps.iter().filter(|o| o.path.starts_with("/SYSV") && o.inode == m.inode).count();
+    let mut mine = attaches(maps) as u64;
+    for &g in gang.iter().filter(|&&g| g != pid) {
+        mine += procfs::maps(g).map(|o| attaches(&o)).unwrap_or(0) as u64;
+    }
     let Some(nattch) = sysv_nattch(m.inode) else {
         return Some(format!(
             "it has SysV shared memory (shmid {}) at {:#x} that /proc/sysvipc/shm does not list",
@@ -798,7 +815,7 @@ fn sysv_cant_move(pid: i32, m: &MapLine, maps: &[MapLine]) -> Option<String> {
     let other = std::fs::read_dir("/proc").ok().and_then(|d| {
         d.flatten().find_map(|p| {
             let n = p.file_name().to_str()?.parse::<i32>().ok()?;
-            if n == pid || n == me {
+            if n == pid || n == me || gang.contains(&n) {
                 return None;
             }
             let o = procfs::maps(n).ok()?;
@@ -807,16 +824,26 @@ fn sysv_cant_move(pid: i32, m: &MapLine, maps: &[MapLine]) -> Option<String> {
     });
     Some(match other {
         Some(o) => format!(
-            "it shares SysV shared memory (shmid {}) at {:#x} with process {o} ({}), which would no longer see its writes",
+            "it shares SysV shared memory (shmid {}) at {:#x} with process {o} ({}), which has it attached too{}",
             m.inode,
             m.start,
-            procfs::stat(o).map(|s| s.comm).unwrap_or_default()
+            procfs::stat(o).map(|s| s.comm).unwrap_or_default(),
+            not_under_om(gang)
         ),
         None => format!(
-            "it has SysV shared memory (shmid {}) at {:#x} attached {nattch} times, {mine} of them by itself",
+            "it has SysV shared memory (shmid {}) at {:#x} attached {nattch} times, {mine} of them by itself and its gang",
             m.inode, m.start
         ),
     })
+}
+
+/// The end of a refusal for memory shared with a process outside the gang.
+fn not_under_om(gang: &[i32]) -> &'static str {
+    if gang.is_empty() {
+        " and would no longer see its writes"
+    } else {
+        ", and it is not under om (processes under om that share memory move together; start it with om-exec)"
+    }
 }
 
 /// A shared memory object a process maps, opened through /proc/PID/map_files.
@@ -837,9 +864,28 @@ const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 /// move: no other process maps it or holds an fd on it, and `pid` holds
 /// none either (its fds stay at home while the mapping moves). Otherwise
 /// the reason, naming the other process.
-pub fn shared_object(pid: i32, m: &MapLine) -> std::result::Result<SharedObject, String> {
-    use std::os::unix::fs::MetadataExt;
-    use std::os::unix::io::AsRawFd;
+pub fn shared_object(pid: i32, m: &MapLine, gang: &[i32]) -> std::result::Result<SharedObject, String> {
+    let o = open_object(pid, m)?;
+    // A SysV segment's attaches are counted by the kernel (sysv_cant_move).
+    let other = if m.path.starts_with("/SYSV") { None } else { other_user(pid, o.id, &m.path, gang) };
+    if let Some((other, how)) = other {
+        let comm = procfs::stat(other).map(|s| s.comm).unwrap_or_default();
+        let at = object_at(m);
+        return Err(if other == pid || gang.contains(&other) {
+            let who = if other == pid { "it".to_string() } else { format!("process {other} ({comm}) of its gang") };
+            format!(
+                "it has {at} and {who} {how}; the fd would stay at home while the mapping moves, so the two \
+                 would no longer show the same bytes (close the fd once it is mapped)"
+            )
+        } else {
+            format!("it shares {at} with process {other} ({comm}), which {how}{}", not_under_om(gang))
+        });
+    }
+    Ok(o)
+}
+
+/// How a refusal names shared memory mapping `m`.
+fn object_at(m: &MapLine) -> String {
     let what = if m.path.starts_with("/memfd:") {
         "a memfd mapped shared"
     } else if m.path.starts_with("/SYSV") {
@@ -849,7 +895,15 @@ pub fn shared_object(pid: i32, m: &MapLine) -> std::result::Result<SharedObject,
     } else {
         "a deleted file mapped shared"
     };
-    let at = format!("{what} at {:#x} ({})", m.start, if m.path.is_empty() { "anon" } else { &m.path });
+    format!("{what} at {:#x} ({})", m.start, if m.path.is_empty() { "anon" } else { &m.path })
+}
+
+/// Open the shared memory object mapping `m` of `pid` maps, through
+/// /proc/PID/map_files, if it is memory om can make again (tmpfs).
+fn open_object(pid: i32, m: &MapLine) -> std::result::Result<SharedObject, String> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let at = object_at(m);
     let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
     let file = std::fs::File::open(&path).map_err(|e| {
         format!(
@@ -868,19 +922,6 @@ pub fn shared_object(pid: i32, m: &MapLine) -> std::result::Result<SharedObject,
             ))
         }
     }
-    // A SysV segment's attaches are counted by the kernel (sysv_cant_move).
-    let other = if m.path.starts_with("/SYSV") { None } else { other_user(pid, md.ino(), &m.path) };
-    if let Some((other, how)) = other {
-        let comm = procfs::stat(other).map(|s| s.comm).unwrap_or_default();
-        return Err(if other == pid {
-            format!(
-                "it has {at} and {how}; the fd would stay at home while the mapping moves, so the two \
-                 would no longer show the same bytes (close the fd once it is mapped)"
-            )
-        } else {
-            format!("it shares {at} with process {other} ({comm}), which {how} and would no longer see its writes")
-        });
-    }
     // A deleted tmpfs file (a POSIX shm object or temporary file unlinked
     // once mapped) is made again as a memfd of the same name.
     let memfd = if m.path.starts_with("/dev/zero") || m.path.starts_with("/SYSV") || m.path.is_empty() {
@@ -896,7 +937,7 @@ pub fn shared_object(pid: i32, m: &MapLine) -> std::result::Result<SharedObject,
 /// Another process that maps the shared memory object with inode `ino`
 /// (shown as `path` in maps), or a process (`pid` itself included) that
 /// holds an fd on it: (pid, how). omd's own fds are not counted.
-fn other_user(pid: i32, ino: u64, path: &str) -> Option<(i32, String)> {
+fn other_user(pid: i32, ino: u64, path: &str, gang: &[i32]) -> Option<(i32, String)> {
     use std::os::unix::fs::MetadataExt;
     let me = sys::getpid();
     let procs = std::fs::read_dir("/proc").ok()?;
@@ -905,7 +946,7 @@ fn other_user(pid: i32, ino: u64, path: &str) -> Option<(i32, String)> {
         if n == me {
             continue;
         }
-        if n != pid {
+        if n != pid && !gang.contains(&n) {
             if let Ok(maps) = procfs::maps(n) {
                 if maps.iter().any(|o| o.shared && o.inode == ino && o.path == path) {
                     return Some((n, "maps it too".into()));
@@ -1429,7 +1470,7 @@ fn capture_regions(
 /// data travels, whether this process has touched it or not.
 fn shared_region(pid: i32, m: &MapLine, attrs: &HashMap<u64, u32>) -> std::io::Result<Region> {
     use std::os::unix::io::AsRawFd;
-    let o = shared_object(pid, m).map_err(std::io::Error::other)?;
+    let o = open_object(pid, m).map_err(std::io::Error::other)?;
     let len = m.end - m.start;
     let sysv = m.path.starts_with("/SYSV").then_some(m.inode as i32);
     // A SysV segment's file cannot seek for data: all of it travels.
@@ -1461,11 +1502,37 @@ fn shared_region(pid: i32, m: &MapLine, attrs: &HashMap<u64, u32>) -> std::io::R
         start: m.start,
         end: m.end,
         prot: prot_of(m),
-        kind: RegionKind::Shared { id: o.id, size: o.size, offset: m.offset, memfd: o.memfd, seals: o.seals, sysv },
+        kind: RegionKind::Shared {
+            id: o.id,
+            size: o.size,
+            offset: m.offset,
+            memfd: o.memfd,
+            seals: o.seals,
+            sysv,
+            owner: true,
+        },
         runs: runs_of(want),
         guards: runs_of(guards),
         attrs: attrs.get(&m.start).copied().unwrap_or(0),
     })
+}
+
+/// In the image of gang member `pid` (of `gang`), keep the pages of only
+/// the shared memory objects it owns ([`crate::gang::owns`]): the owner's
+/// pages fill the one object every member maps where the gang arrives.
+/// A sealed memfd shared in a gang is refused (its seals would be lost).
+pub fn keep_owned(img: &mut Image, pid: i32, gang: &[i32]) -> std::result::Result<(), String> {
+    for r in img.regions.iter_mut() {
+        let RegionKind::Shared { id, seals, sysv, owner, .. } = &mut r.kind else { continue };
+        if *seals != 0 && *seals != libc::F_SEAL_SEAL as u32 {
+            return Err(format!("it shares a sealed memfd at {:#x} with its gang, which om does not move", r.start));
+        }
+        if !crate::gang::owns(pid, gang, sysv.map_or(*id, |s| s as u64)) {
+            *owner = false;
+            r.runs.clear();
+        }
+    }
+    Ok(())
 }
 
 /// Where a guest holds its SysV segments (as shared anonymous memory):
@@ -1761,6 +1828,12 @@ fn pick_free(used: &[(u64, u64)], len: u64) -> Option<u64> {
 /// in it: (tracee, scratch area, path) -> the fd number in the target.
 pub type FileOpener = dyn Fn(&mut Tracee, u64, &str) -> Result<u64>;
 
+/// Gives the target an fd on the shared memory object a region maps when
+/// the object is one a gang shares (made once where the gang arrives):
+/// (tracee, scratch area, region) -> the fd number in the target, or None
+/// to make the object in the target itself.
+pub type ObjectSource<'a> = dyn Fn(&mut Tracee, u64, &Region) -> Result<Option<u64>> + 'a;
+
 /// Phase 1 of a restore: clear the target's layout and map every region of
 /// the image, writable where pages will be written. `opener` is asked for a
 /// file the target cannot open itself.
@@ -1770,6 +1843,7 @@ pub fn restore_layout(
     target: Target,
     parked_scratch: u64,
     opener: Option<&FileOpener>,
+    objects: Option<&ObjectSource<'_>>,
 ) -> Result<Restore> {
     let pid = t.pid;
     let ioe = |what: &'static str| move |e: std::io::Error| TraceError::Io { pid, what, source: e };
@@ -1858,6 +1932,7 @@ pub fn restore_layout(
                 path_at,
                 made_writable: &mut made_writable,
                 opener,
+                objects,
             };
             m.map(t, r, &mut shared, &mut used)?;
             continue;
@@ -1868,6 +1943,10 @@ pub fn restore_layout(
         let npages = (r.end - r.start) / PAGE;
         if is_sysv(r) && r.prot & libc::PROT_WRITE as u32 == 0 {
             // Attached read-only, it cannot have changed away.
+            continue;
+        }
+        if matches!(r.kind, RegionKind::Shared { owner: false, .. }) {
+            // Another member of its gang writes the segment's pages.
             continue;
         }
         // In a SysV segment a page the image lacks is a hole punched in it.
@@ -1899,6 +1978,7 @@ struct Mapper<'a> {
     path_at: u64,
     made_writable: &'a mut Vec<(u64, u64, u32)>,
     opener: Option<&'a FileOpener>,
+    objects: Option<&'a ObjectSource<'a>>,
 }
 
 impl Mapper<'_> {
@@ -1913,7 +1993,7 @@ impl Mapper<'_> {
         shared: &mut Vec<SharedMade>,
         used: &mut Vec<(u64, u64)>,
     ) -> Result<()> {
-        if let RegionKind::Shared { id, size, offset, memfd, seals, sysv } = &r.kind {
+        if let RegionKind::Shared { id, size, offset, memfd, seals, sysv, .. } = &r.kind {
             if sysv.is_some() && self.home {
                 return Err(TraceError::Injected {
                     pid: t.pid,
@@ -1929,7 +2009,15 @@ impl Mapper<'_> {
             let made = match shared.iter().find(|s| s.id == *id) {
                 Some(s) => *s,
                 None => {
-                    let s = make_shared(t, *id, *size, memfd.as_deref(), *seals, self.path_at, used)?;
+                    let given = match self.objects {
+                        Some(src) => src(t, self.path_at, r)?,
+                        None => None,
+                    };
+                    let s = match given {
+                        // A gang's object: its seals are refused before a move.
+                        Some(fd) => SharedMade { id: *id, fd: Some(fd), whole: (0, 0), seals: 0 },
+                        None => make_shared(t, *id, *size, memfd.as_deref(), *seals, self.path_at, used)?,
+                    };
                     shared.push(s);
                     s
                 }
@@ -2161,6 +2249,7 @@ pub fn restore_layout_again(
     rs: Restore,
     target: Target,
     opener: Option<&FileOpener>,
+    objects: Option<&ObjectSource<'_>>,
 ) -> Result<Restore> {
     let Restore { scratch, mut file_fds, made_writable, mut kept, mut shared } = rs;
     kept.retain(|&(s, e)| {
@@ -2218,6 +2307,7 @@ pub fn restore_layout_again(
                     path_at,
                     made_writable: &mut still_writable,
                     opener,
+                    objects,
                 };
                 m.map(t, r, &mut shared, &mut used)?
             }

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod embed;
+pub mod gang;
 pub mod image;
 pub mod link;
 pub mod marshal;

@@ -268,6 +268,7 @@ mod tests {
 
     fn proc_(pid: i32, where_: u32) -> ProcInfo {
         ProcInfo {
+            gang: Vec::new(),
             pid,
             home: 1,
             where_,

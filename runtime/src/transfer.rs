@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 pub const CHUNK: usize = 4 << 20;
 
 /// Build the offer for a process about to move.
-pub fn offer(pid: i32, home: u32, token: u64, assumed: f64) -> Msg {
+pub fn offer(pid: i32, home: u32, token: u64, assumed: f64, gang: (u64, u32)) -> Msg {
     let (vdso_hash, vdso_len) = image::local_vdso();
     Msg::Offer {
         pid,
@@ -21,6 +21,7 @@ pub fn offer(pid: i32, home: u32, token: u64, assumed: f64) -> Msg {
         vdso_len,
         xsave: crate::sys::xsave_size(),
         assumed,
+        gang,
     }
 }
 

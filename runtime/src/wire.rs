@@ -61,6 +61,8 @@ pub struct ProcInfo {
     pub demand: f64,
     pub rss: u64,
     pub locked: bool,
+    /// The other processes it shares memory with and moves with (its gang).
+    pub gang: Vec<i32>,
 }
 
 /// One node as `omctl nodes` shows it.
@@ -186,6 +188,9 @@ pub enum Msg {
         /// The load the sender believed this node had (the balancer's
         /// view); the node refuses when it is clearly busier. Negative: no check.
         assumed: f64,
+        /// The gang it moves with ([`crate::gang`]): a token naming the
+        /// gang's move and how many processes take part (0 and 1: alone).
+        gang: (u64, u32),
     },
     Attach {
         token: u64,

@@ -120,9 +120,7 @@ fn om_exec_keeps_pid_and_exit_status() {
 fn shared_memory_sysv_and_own_seccomp_are_refused_and_the_process_stays() {
     let c = Cluster::start(2);
     for (mode, why) in [
-        ("shared", "shares shared anonymous memory at"),
         ("sharedfile", "shared writable mapping"),
-        ("sysv", "SysV shared memory"),
         ("aio", "aio context (io_setup)"),
         ("uring", "it uses io_uring"),
         ("seccomp", "seccomp filter"),
@@ -135,6 +133,40 @@ fn shared_memory_sysv_and_own_seccomp_are_refused_and_the_process_stays() {
         assert_eq!(c.where_is(1, p.id()), Some(1));
         assert!(wait_child(&mut p, T).success(), "{mode} did not finish");
         assert_eq!(wait_lines(&c.path(&out), 16, T).last().map(String::as_str), Some("tick 14"));
+    }
+}
+
+/// A process under om that shares memory with one that is not (its child,
+/// started before the parent was put under om) is refused, and the reason
+/// names the child; the parent runs on at home.
+#[test]
+fn memory_shared_with_a_process_not_under_om_is_refused_naming_it() {
+    let c = Cluster::start(2);
+    for (mode, what) in [("shared", "shared anonymous memory"), ("sysv", "SysV shared memory")] {
+        let out = c.path(&format!("{mode}.out"));
+        let mut p = Command::new(bin("cantmove"))
+            .args([mode, "20"])
+            .stdout(std::fs::File::create(&out).expect("out"))
+            .spawn()
+            .expect("cantmove");
+        wait_lines(&out, 2, T);
+        let child = std::fs::read_to_string(format!("/proc/{}/task/{}/children", p.id(), p.id()))
+            .expect("children")
+            .trim()
+            .to_string();
+        let mut client = om_runtime::client::Client::connect(c.socket(1)).expect("omd");
+        client.register(p.id() as i32, &format!("cantmove {mode}")).expect("register");
+        let e = err_text(c.migrate(1, p.id(), "2"));
+        assert!(
+            e.contains("cannot migrate")
+                && e.contains(what)
+                && e.contains(&format!("process {child} (cantmove)"))
+                && e.contains("not under om"),
+            "{mode}: {e}"
+        );
+        assert_eq!(c.where_is(1, p.id()), Some(1));
+        assert!(wait_child(&mut p, T).success());
+        assert_eq!(wait_lines(&out, 21, T).last().map(String::as_str), Some("tick 19"));
     }
 }
 

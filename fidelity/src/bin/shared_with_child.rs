@@ -1,7 +1,6 @@
-//! fidelity: refused
 //! Shared anonymous memory that a live child maps too: the child sees the
-//! parent's writes and the parent the child's. om cannot keep one page
-//! shared across nodes, so it refuses to move the parent (naming the child).
+//! parent's writes and the parent the child's. Both are under om (the
+//! child was adopted at its fork), so they move together, as a gang.
 
 const PAGE: usize = 4096;
 

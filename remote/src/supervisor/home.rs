@@ -54,6 +54,26 @@ impl Supervisor {
     }
 
     pub(super) fn go_home_now(&mut self, reason: &str, pending: Option<u64>) -> Flow {
+        loop {
+            let flow = self.try_home(reason, pending);
+            // A call that needs home and was not answered (the move failed
+            // before the guest was stopped) still waits: it goes home at
+            // the next try. (Several lanes see to theirs in `go_home`.)
+            match pending {
+                Some(id)
+                    if matches!(flow, Flow::Go)
+                        && self.lanes.is_none()
+                        && sys::seccomp_id_valid(self.lfd(), id)
+                        && !self.flags.exited.load(Ordering::SeqCst) =>
+                {
+                    continue
+                }
+                _ => return flow,
+            }
+        }
+    }
+
+    fn try_home(&mut self, reason: &str, pending: Option<u64>) -> Flow {
         // After failed returns, wait a while before the next (the guest
         // waits in its call meanwhile): no pre-copy after pre-copy.
         if let Some(at) = self.retry_at {
@@ -64,10 +84,17 @@ impl Supervisor {
         self.flags.come_home.store(false, Ordering::SeqCst);
         self.flags.going_home.store(true, Ordering::SeqCst);
         tracing::info!(guest = self.gpid, reason, "going home");
+        // With the other processes of its gang here, all go, together.
+        self.attempt = self.gang.as_ref().and_then(|g| g.begin(self.gpid));
         let flags = self.flags.clone();
         let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
-        match self.send_home(reason, pending) {
+        let sent = self.send_home(reason, pending);
+        if let (false, Some((_, sync, _))) = (matches!(sent, Ok(true)), self.attempt.take()) {
+            sync.fail(&format!("process {} could not go home", self.home_pid));
+        }
+        match sent {
             Ok(true) => {
+                self.went_home = true;
                 self.retry_at = None;
                 let _ = sys::kill(self.gpid, libc::SIGKILL);
                 let _ = sys::waitpid(self.gpid, libc::__WALL);
@@ -99,6 +126,14 @@ impl Supervisor {
         }
     }
 
+    /// Meet the other members of the gang going home with it at point `at`.
+    fn meet(&self, at: u32) -> Result<(), crate::GuestError> {
+        match &self.attempt {
+            Some((_, sync, _)) => sync.arrive(at).map_err(crate::GuestError::Refused),
+            None => Ok(()),
+        }
+    }
+
     /// A return home failed: the next try waits 0.2 s, then twice as long
     /// each time, up to 10 s.
     pub(super) fn failed_home(&mut self) {
@@ -111,7 +146,8 @@ impl Supervisor {
     /// it home), then stop it, capture it, and send what changed.
     pub(super) fn send_home(&mut self, reason: &str, pending: Option<u64>) -> Result<bool, crate::GuestError> {
         self.send(&Msg::GoingHome { reason: reason.to_string() })?;
-        self.send(&transfer::offer(self.gpid, 0, 0, -1.0))?;
+        let gang = self.attempt.as_ref().map_or((0, 1), |(token, sync, _)| (*token, sync.size() as u32));
+        self.send(&transfer::offer(self.gpid, 0, 0, -1.0, gang))?;
         let reopen = match self.next_other()? {
             Msg::OfferOk { reopen } => reopen,
             Msg::Refused { reason } => return Err(crate::GuestError::Refused(reason)),
@@ -140,11 +176,16 @@ impl Supervisor {
         let same = |p: &str| files.iter().zip(&reopen).any(|((q, _), ok)| *ok && q == p);
         let mut pre = image::pre_image(self.gpid, &same)?;
         image::mark_sysv(&mut pre, &self.sysv);
+        if let Some((_, _, gang)) = &self.attempt {
+            image::keep_owned(&mut pre, self.gpid, gang).map_err(crate::GuestError::Refused)?;
+        }
         let sent = {
             let flags = self.flags.clone();
             let _g = flags.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             transfer::send_pre_image(&mut self.stream, self.gpid, &pre, image::ReadMode::Pinned)?
         };
+        // A gang freezes together once every member is pre-copied.
+        self.meet(1)?;
         // Every notification a thread waits in is answered with a restart
         // code once that thread was asked to stop (only then does the kernel
         // restart the call, and the thread stops): this lane's, and those
@@ -192,8 +233,16 @@ impl Supervisor {
         pre: &Image,
         sent: &image::PageHashes,
     ) -> Result<bool, crate::GuestError> {
+        // Shared pages are read once every member is frozen.
+        self.meet(2)?;
         let mut cap = image::capture(threads, same)?;
         image::mark_sysv(&mut cap.image, &self.sysv);
+        if let Some((_, _, gang)) = &self.attempt {
+            if let Err(why) = image::keep_owned(&mut cap.image, self.gpid, gang) {
+                let _ = image::rollback(&mut threads[0], cap.scratch, &cap.image.timers);
+                return Err(crate::GuestError::Refused(why));
+            }
+        }
         // Home knows the threads by their home ids.
         for th in cap.image.threads.iter_mut() {
             match self.home_tid_of(th.tid) {

@@ -141,20 +141,30 @@ fn main() {
             if a.json {
                 let v: Vec<_> = ps
                     .iter()
-                    .map(|p| serde_json::json!({"pid": p.pid, "home": p.home, "where": p.where_, "state": p.state, "cmd": p.cmd, "cant_move": p.cant_move, "why": p.why, "demand": p.demand, "rss": p.rss, "locked": p.locked}))
+                    .map(|p| serde_json::json!({"pid": p.pid, "home": p.home, "where": p.where_, "state": p.state, "cmd": p.cmd, "cant_move": p.cant_move, "why": p.why, "demand": p.demand, "rss": p.rss, "locked": p.locked, "gang": p.gang}))
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
-                println!("{:>8} {:>5} {:>6} {:<10} {:<30} WHY IT STAYS", "PID", "HOME", "WHERE", "STATE", "COMMAND");
+                println!(
+                    "{:>8} {:>5} {:>6} {:<10} {:<30} {:<12} WHY IT STAYS",
+                    "PID", "HOME", "WHERE", "STATE", "COMMAND", "GANG"
+                );
                 for p in ps {
                     let why = if p.cant_move.is_empty() || p.locked { &p.why } else { &p.cant_move };
+                    // The other processes it shares memory and moves with.
+                    let gang = if p.gang.is_empty() {
+                        "-".to_string()
+                    } else {
+                        p.gang.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+                    };
                     println!(
-                        "{:>8} {:>5} {:>6} {:<10} {:<30} {}",
+                        "{:>8} {:>5} {:>6} {:<10} {:<30} {:<12} {}",
                         p.pid,
                         p.home,
                         p.where_,
                         p.state,
                         trunc(&p.cmd.replace(char::is_control, " "), 30),
+                        trunc(&gang, 12),
                         why
                     );
                 }

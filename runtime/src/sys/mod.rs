@@ -351,6 +351,29 @@ pub fn memfd(name: &str) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Shared anonymous memory of `size` bytes as an fd (what
+/// mmap(MAP_SHARED | MAP_ANONYMOUS) makes, "/dev/zero (deleted)" in maps),
+/// opened through /proc/self/map_files (CAP_CHECKPOINT_RESTORE or root).
+pub fn shmem_anon(size: u64) -> io::Result<std::fs::File> {
+    let len = size.max(4096) as usize;
+    // SAFETY: a fresh shared mapping, unmapped below; nothing else sees it.
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), len, libc::PROT_NONE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let at = p as usize;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(format!(
+        "/proc/self/map_files/{:x}-{:x}",
+        at,
+        at + len
+    ));
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(p, len) };
+    f
+}
+
 /// The seals of a memfd (F_GET_SEALS), or 0 for a file that has none.
 pub fn seals(fd: RawFd) -> u32 {
     // SAFETY: F_GET_SEALS takes no argument and returns an int.

@@ -113,7 +113,12 @@ pub fn migrate_and_control(plan: Plan, reply: Sender<Result<(), String>>, ctl: R
     let _g = span.enter();
     let moved = migrate_out(&plan);
     if let Err(e) = &moved {
-        plan.gang.sync.fail(&format!("process {} of the gang could not move: {}", e.pid, e.reason));
+        if e.ended {
+            // The others move on without it.
+            plan.gang.sync.leave();
+        } else {
+            plan.gang.sync.fail(&format!("process {} of the gang could not move: {}", e.pid, e.reason));
+        }
     }
     match moved {
         Ok(away) => {
@@ -155,6 +160,8 @@ pub struct MoveError {
     pub node: u32,
     pub step: &'static str,
     pub reason: String,
+    /// The process ended on the way (nothing stays at home).
+    pub ended: bool,
 }
 
 /// A process frozen at home for a move out. Dropped, it is resumed where it
@@ -210,7 +217,7 @@ impl Drop for Frozen {
 
 fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     let pid = plan.pid;
-    let err = |step: &'static str, reason: String| MoveError { pid, node: plan.dest, step, reason };
+    let err = |step: &'static str, reason: String| MoveError { pid, node: plan.dest, step, reason, ended: false };
     let gang = &plan.gang;
     if let Some(why) = image::cant_move(pid, &gang.members) {
         return Err(err("checks", format!("process {pid} cannot migrate: {why}")));
@@ -268,14 +275,16 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     let threads = om_runtime::ptrace::seize_all(pid, false).map_err(|e| {
         let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let f = |k| om_runtime::procfs::status_field_in(&st, k).unwrap_or_default();
-        err(
-            "freeze",
-            if st.is_empty() || f("State").starts_with('Z') {
-                format!("process {pid} ended before it could move")
-            } else {
-                format!("cannot freeze process {pid} (state {}, traced by {}): {e}", f("State"), f("TracerPid"))
-            },
-        )
+        if st.is_empty() || f("State").starts_with('Z') {
+            // Where its gang arrives, one less is waited for.
+            let _ = wire::send(&mut link, &Msg::RestoreFailed { reason: om_runtime::gang::ENDED.into() });
+            MoveError { ended: true, ..err("freeze", format!("process {pid} ended before it could move")) }
+        } else {
+            err(
+                "freeze",
+                format!("cannot freeze process {pid} (state {}, traced by {}): {e}", f("State"), f("TracerPid")),
+            )
+        }
     })?;
     let mut frozen = Frozen { threads, scratch: None };
     // Shared pages are read once every member is frozen.
@@ -747,7 +756,10 @@ impl Away {
                 // The old node gave up sending; it keeps the process. The
                 // new node sees its link close and drops what it built.
                 Msg::RestoreFailed { reason } => {
-                    return Err((format!("the old node could not send the process: {reason}"), Some(left(from))))
+                    // The new node learns why (a gang arriving there waits
+                    // for one less when the process ended).
+                    let _ = wire::send(&mut to, &Msg::RestoreFailed { reason: reason.clone() });
+                    return Err((format!("the old node could not send the process: {reason}"), Some(left(from))));
                 }
                 m => return Err((format!("expected an image from the old node, got {m:?}"), None)),
             };
@@ -774,7 +786,8 @@ impl Away {
                         break;
                     }
                     Ok(wire::Frame::Msg(Msg::RestoreFailed { reason })) => {
-                        return Err((format!("the old node could not send the process: {reason}"), Some(left(from))))
+                        let _ = wire::send(&mut to, &Msg::RestoreFailed { reason: reason.clone() });
+                        return Err((format!("the old node could not send the process: {reason}"), Some(left(from))));
                     }
                     Ok(wire::Frame::Msg(m)) => {
                         return Err((format!("unexpected {m:?} in the old node's page stream"), None))
@@ -870,8 +883,10 @@ impl Away {
             (&mut seen, &mut final_seen),
             member.as_ref(),
         );
-        if let (Err(_), Some(m)) = (&r, &member) {
-            m.gang.sync.fail(&format!("process {pid} could not be rebuilt at home"));
+        match (&r, &member) {
+            (Err(Step::GaveUp(_, reason)), Some(m)) if reason == om_runtime::gang::ENDED => m.gang.sync.leave(),
+            (Err(_), Some(m)) => m.gang.sync.fail(&format!("process {pid} could not be rebuilt at home")),
+            _ => {}
         }
         drop(member);
         let step = match r {
@@ -1030,21 +1045,32 @@ impl Away {
             sys::install_fds(t, scratch, &[(at, true, f.into())])?;
             Ok(at as u64)
         };
-        // A gang's shared memory: made once here, handed to each placeholder.
+        // Shared memory: the object the process's fds still hold here, if
+        // any (so fd and mapping show the same bytes again), emptied for
+        // the pages that come; for a gang, made once here and handed to
+        // each placeholder.
         let object = |t: &mut Tracee, scratch: u64, r: &image::Region| -> om_runtime::ptrace::Result<Option<u64>> {
-            let Some(m) = gang else { return Ok(None) };
-            let ioe = |e: std::io::Error| om_runtime::ptrace::TraceError::Io {
-                pid: t.pid,
-                what: "gang shared memory",
-                source: e,
+            let image::RegionKind::Shared { home, size, memfd, sysv: None, .. } = &r.kind else { return Ok(None) };
+            let ioe =
+                |e: std::io::Error| om_runtime::ptrace::TraceError::Io { pid: t.pid, what: "shared memory", source: e };
+            let existing = || if *home == 0 { None } else { sys::held_object(*home, memfd.as_deref()) };
+            let f = match gang {
+                Some(m) => m.object_or(r, existing).map_err(ioe)?,
+                None => match existing() {
+                    Some(f) => {
+                        rsys::punch_all(&f, *size).map_err(ioe)?;
+                        Some(f)
+                    }
+                    None => None,
+                },
             };
-            let Some(f) = m.object(r).map_err(ioe)? else { return Ok(None) };
+            let Some(f) = f else { return Ok(None) };
             let at = gang_fd.get();
             gang_fd.set(at + 1);
             sys::install_fds(t, scratch & !(image::PAGE - 1), &[(at, true, f.into())])?;
             Ok(Some(at as u64))
         };
-        let objects: Option<&image::ObjectSource<'_>> = gang.is_some().then_some(&object);
+        let objects: Option<&image::ObjectSource<'_>> = Some(&object);
         let img = match first {
             Msg::PreImage(pre) => {
                 *img_out = Some((*pre).clone());
@@ -1122,11 +1148,13 @@ impl Away {
             end_thread(tid, rs.scratch);
         }
         let t = t_out.as_mut().ok_or(Step::Home("signals", "no tracee".into()))?;
-        image::unmap_scratch(t, rs.scratch).map_err(home("removing the scratch area"))?;
-        // A gang's members commit once every one is rebuilt here.
+        // A gang's members commit once every one is rebuilt here (the
+        // scratch area stays until then, for a repark).
         if let Some(m) = gang {
+            m.gang.sync.shrink_to(img.gang_size as usize);
             m.gang.sync.arrive(1).map_err(|why| Step::Home("meeting its gang", why))?;
         }
+        image::unmap_scratch(t, rs.scratch).map_err(home("removing the scratch area"))?;
         // Commit: from here the process is home.
         wire::send(&mut &self.link, &Msg::HomeOk).map_err(wire_step("commit"))?;
         let t = t_out.take().ok_or(Step::Home("commit", "no tracee".into()))?;

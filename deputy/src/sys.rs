@@ -686,3 +686,44 @@ pub fn tee_pipe(min: RawFd, size: usize) -> std::io::Result<(OwnedFd, OwnedFd)> 
     }
     Ok((r, w))
 }
+
+/// The shared memory object (tmpfs) with inode `ino` (and, for a memfd or
+/// a deleted file, name `name`) that a deputy of this omd (a child of it)
+/// holds an fd on, opened anew; None when no deputy holds one, or it is
+/// sealed against writes (its bytes cannot have changed: a new object
+/// with them does as well).
+pub fn held_object(ino: u64, name: Option<&str>) -> Option<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let me = sys::getpid().to_string();
+    for p in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        if om_runtime::procfs::status_field_in(&status, "PPid").as_deref() != Some(me.as_str()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            if !std::fs::metadata(fd.path()).is_ok_and(|md| md.ino() == ino && md.is_file()) {
+                continue;
+            }
+            let link = std::fs::read_link(fd.path()).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
+            let named = match name {
+                Some(n) => link.ends_with(&format!("{n} (deleted)")),
+                None => link.starts_with("/dev/zero"),
+            };
+            if !named {
+                continue;
+            }
+            let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(fd.path()) else { continue };
+            if sys::fs_magic(f.as_raw_fd()).ok() != Some(0x0102_1994) {
+                continue;
+            }
+            let sealed = (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) as u32;
+            if sys::seals(f.as_raw_fd()) & sealed != 0 {
+                return None;
+            }
+            return Some(f);
+        }
+    }
+    None
+}

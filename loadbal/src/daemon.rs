@@ -982,8 +982,12 @@ impl Node {
                         channel::RecvTimeoutError::Timeout => format!("process {m}'s move did not finish in 120 s"),
                         channel::RecvTimeoutError::Disconnected => format!("process {m} ended before it could move"),
                     });
-                    if let Err(e) = r.and_then(|r| r) {
-                        first_err.get_or_insert(e);
+                    match r.and_then(|r| r) {
+                        // A member that ended on the way is not a failure of the gang's move.
+                        Err(e) if !ended_on_the_way(&e) => {
+                            first_err.get_or_insert(e);
+                        }
+                        _ => {}
                     }
                 }
                 first_err.map_or(Ok(()), Err)
@@ -1059,8 +1063,11 @@ impl Node {
         }
         let mut first_err = None;
         for rx in waits {
-            if let Err(e) = rx.recv().map_err(|_| "the migration thread died".to_string()).and_then(|r| r) {
-                first_err.get_or_insert(e);
+            match rx.recv().map_err(|_| "the migration thread died".to_string()).and_then(|r| r) {
+                Err(e) if !ended_on_the_way(&e) => {
+                    first_err.get_or_insert(e);
+                }
+                _ => {}
             }
         }
         if let Some(e) = first_err {
@@ -1218,6 +1225,11 @@ fn load_of(r: &LoadRecord) -> NodeLoad {
 }
 
 /// True the first time an address is refused.
+/// Whether a member's failed move only says its process ended on the way.
+fn ended_on_the_way(e: &str) -> bool {
+    e.contains(om_runtime::gang::ENDED) || e.contains("ended before it could move")
+}
+
 /// "process 12" or "processes 12, 13": the members of `gang` but `pid`.
 fn pid_list(gang: &[i32], pid: i32) -> String {
     let others: Vec<String> = gang.iter().filter(|&&g| g != pid).map(|g| g.to_string()).collect();

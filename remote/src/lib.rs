@@ -134,6 +134,15 @@ pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), Guest
     // A pre-copy (PreImage) or directly the image.
     let first = match wire::recv_msg(&mut stream) {
         Ok(m @ (Msg::PreImage(_) | Msg::Image(_))) => m,
+        Ok(Msg::RestoreFailed { reason }) if reason == om_runtime::gang::ENDED => {
+            // A member of a gang whose process ended on its way: the
+            // others arriving here go on without it.
+            forget();
+            if gang.1 > 1 {
+                Member::join(gang.0, gang.1).gang.sync.leave();
+            }
+            return Ok(());
+        }
         Ok(m) => {
             forget();
             return Err(WireError::Unexpected(format!("{m:?} instead of an image")).into());
@@ -255,6 +264,7 @@ fn rebuild(
     // A gang's members run once every one of them is rebuilt: the shared
     // pages are all in place, and none runs here while another stays home.
     if let Some(m) = gang {
+        m.gang.sync.shrink_to(img.gang_size as usize);
         m.gang.sync.arrive(1).map_err(GuestError::Refused)?;
     }
     for t in threads {

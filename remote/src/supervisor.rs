@@ -65,8 +65,9 @@ pub struct Supervisor {
     all_creds: Arc<(Creds, Vec<image::ThreadCreds>)>,
     /// prctl settings as home had them (the identity part is answered from here).
     proc_flags: om_runtime::image::ProcFlags,
-    /// The SysV segments it holds, as shared memory here: (inode, id at home).
-    sysv: Vec<(u64, i32)>,
+    /// What its shared memory is at home (SysV segments, objects it holds
+    /// fds on there), shared by its lanes.
+    refs: Arc<Mutex<image::HomeRefs>>,
     next_id: u64,
     flags: Arc<Flags>,
     /// Whether a return home has sent all its images (home then answers).
@@ -218,9 +219,8 @@ impl AwayGang {
         g
     }
 
-    /// A member's supervisor ends: it went home with the others, or it
-    /// ended (then a return in progress fails at once, and is tried again
-    /// without it).
+    /// A member's supervisor ends: it went home with the others, or its
+    /// process ended (a return in progress goes on without it).
     fn leave(&self, gpid: i32, went_home: bool) {
         let left = {
             let mut m = self.members.lock().unwrap_or_else(|p| p.into_inner());
@@ -228,8 +228,9 @@ impl AwayGang {
             m.len()
         };
         if !went_home {
+            // It ended: a return in progress goes on without it.
             if let Some(s) = &self.attempt.lock().unwrap_or_else(|p| p.into_inner()).1 {
-                s.fail(&format!("its gang's process {gpid} ended on the way"));
+                s.leave();
             }
         }
         if left == 0 {
@@ -341,7 +342,7 @@ impl Supervisor {
             creds: img.creds.clone(),
             all_creds: Arc::new((img.creds.clone(), img.thread_creds.clone())),
             proc_flags: img.flags,
-            sysv: image::sysv_table(gpid, img),
+            refs: Arc::new(Mutex::new(image::HomeRefs::of(gpid, img))),
             next_id: 1,
             flags: flags.clone(),
             images_sent: false,
@@ -437,7 +438,7 @@ impl Supervisor {
             creds,
             all_creds: self.all_creds.clone(),
             proc_flags: self.proc_flags,
-            sysv: self.sysv.clone(),
+            refs: self.refs.clone(),
             next_id: 1,
             flags: self.flags.clone(),
             images_sent: false,

@@ -13,15 +13,21 @@ use std::time::{Duration, Instant};
 /// How long a member waits at a meeting point for the others.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// A meeting point for a gang's `size` members.
+/// Why a member left its gang's move: its process ended on the way (the
+/// others go on without it). Sent as a RestoreFailed reason ahead of a
+/// member's image, so that where the gang arrives it waits for one less.
+pub const ENDED: &str = "the process ended on its way";
+
+/// A meeting point for a gang's members.
 pub struct Sync {
-    size: usize,
     state: Mutex<State>,
     cv: Condvar,
 }
 
 #[derive(Default)]
 struct State {
+    /// How many members take part (less those whose process ended).
+    size: usize,
     /// How many have arrived at each point.
     arrived: HashMap<u32, usize>,
     failed: Option<String>,
@@ -29,11 +35,29 @@ struct State {
 
 impl Sync {
     pub fn new(size: usize) -> Sync {
-        Sync { size, state: Mutex::new(State::default()), cv: Condvar::new() }
+        Sync { state: Mutex::new(State { size, ..State::default() }), cv: Condvar::new() }
     }
 
+    /// How many members take part (as when it was made, for the offers).
     pub fn size(&self) -> usize {
-        self.size
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).size
+    }
+
+    /// The sender of a member's image counted `n` members as it sent it
+    /// (fewer when one ended before it could be sent): meet with no more.
+    pub fn shrink_to(&self, n: usize) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if n > 0 && n < st.size {
+            st.size = n;
+            self.cv.notify_all();
+        }
+    }
+
+    /// A member's process ended on the way: the others meet without it.
+    pub fn leave(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.size = st.size.saturating_sub(1);
+        self.cv.notify_all();
     }
 
     /// Arrive at meeting point `at` and wait until every member has (Ok),
@@ -47,7 +71,7 @@ impl Sync {
             if let Some(why) = &st.failed {
                 return Err(why.clone());
             }
-            if st.arrived.get(&at).copied().unwrap_or(0) >= self.size {
+            if st.arrived.get(&at).copied().unwrap_or(0) >= st.size {
                 return Ok(());
             }
             let now = Instant::now();
@@ -171,12 +195,26 @@ impl Member {
     /// region), made here the first time: a memfd of its name, or shared
     /// anonymous memory, of its size. Returned as a new open file.
     pub fn object(&self, r: &crate::image::Region) -> std::io::Result<Option<std::fs::File>> {
+        self.object_or(r, || None)
+    }
+
+    /// [`Member::object`], taking the object `existing` gives (emptied
+    /// first: the owner's pages fill it) when there is one.
+    pub fn object_or(
+        &self,
+        r: &crate::image::Region,
+        existing: impl FnOnce() -> Option<std::fs::File>,
+    ) -> std::io::Result<Option<std::fs::File>> {
         let crate::image::RegionKind::Shared { id, size, memfd, .. } = &r.kind else { return Ok(None) };
         let mut objects = self.gang.objects.lock().unwrap_or_else(|p| p.into_inner());
         if !objects.contains_key(id) {
-            let f = match memfd {
-                Some(name) => std::fs::File::from(crate::sys::memfd(name)?),
-                None => crate::sys::shmem_anon(*size)?,
+            let f = match (existing(), memfd) {
+                (Some(f), _) => {
+                    crate::sys::punch_all(&f, *size)?;
+                    f
+                }
+                (None, Some(name)) => std::fs::File::from(crate::sys::memfd(name)?),
+                (None, None) => crate::sys::shmem_anon(*size)?,
             };
             f.set_len(*size)?;
             objects.insert(*id, f);

@@ -69,6 +69,13 @@ pub enum RegionKind {
         /// This image carries the object's pages: false for the members of
         /// a gang that map an object another member fills ([`keep_owned`]).
         owner: bool,
+        /// The fds the process holds on the object at home (kept there by
+        /// the deputy while it is away; a call on one goes home, and the
+        /// way home writes the pages back into that object).
+        fds: Vec<i32>,
+        /// The object's inode at home (0: unknown), to find it there again
+        /// while a deputy holds an fd on it.
+        home: u64,
     },
 }
 
@@ -507,6 +514,9 @@ pub struct Image {
     pub vdso: (u64, u64, u64),
     pub regions: Vec<Region>,
     pub fds: Vec<(i32, bool)>,
+    /// In a gang's move, how many members take part as this one is sent
+    /// (fewer than its offer said when one ended on the way); 0: alone.
+    pub gang_size: u32,
 }
 
 // Logs and errors name an image and its size, never its contents.
@@ -848,6 +858,8 @@ fn not_under_om(gang: &[i32]) -> &'static str {
 
 /// A shared memory object a process maps, opened through /proc/PID/map_files.
 pub struct SharedObject {
+    /// The fds the process holds on it.
+    pub fds: Vec<i32>,
     pub file: std::fs::File,
     pub id: u64,
     pub size: u64,
@@ -871,15 +883,7 @@ pub fn shared_object(pid: i32, m: &MapLine, gang: &[i32]) -> std::result::Result
     if let Some((other, how)) = other {
         let comm = procfs::stat(other).map(|s| s.comm).unwrap_or_default();
         let at = object_at(m);
-        return Err(if other == pid || gang.contains(&other) {
-            let who = if other == pid { "it".to_string() } else { format!("process {other} ({comm}) of its gang") };
-            format!(
-                "it has {at} and {who} {how}; the fd would stay at home while the mapping moves, so the two \
-                 would no longer show the same bytes (close the fd once it is mapped)"
-            )
-        } else {
-            format!("it shares {at} with process {other} ({comm}), which {how}{}", not_under_om(gang))
-        });
+        return Err(format!("it shares {at} with process {other} ({comm}), which {how}{}", not_under_om(gang)));
     }
     Ok(o)
 }
@@ -931,7 +935,22 @@ fn open_object(pid: i32, m: &MapLine) -> std::result::Result<SharedObject, Strin
         Some(name.trim_end_matches(" (deleted)").to_string())
     };
     let seals = if memfd.is_some() { sys::seals(file.as_raw_fd()) } else { 0 };
-    Ok(SharedObject { id: md.ino(), size: md.size(), seals, memfd, file })
+    let fds = if m.path.starts_with("/SYSV") { Vec::new() } else { fds_on(pid, md.ino(), &m.path) };
+    Ok(SharedObject { id: md.ino(), size: md.size(), seals, memfd, file, fds })
+}
+
+/// The fds `pid` holds on the object with inode `ino` (`path` in maps).
+fn fds_on(pid: i32, ino: u64, path: &str) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let mut out: Vec<i32> = dir
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == path))
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|md| md.ino() == ino))
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// Another process that maps the shared memory object with inode `ino`
@@ -943,10 +962,13 @@ fn other_user(pid: i32, ino: u64, path: &str, gang: &[i32]) -> Option<(i32, Stri
     let procs = std::fs::read_dir("/proc").ok()?;
     for p in procs.flatten() {
         let Some(n) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        if n == me {
+        // Its own fds and its gang's stay at home with the deputy, whose
+        // calls on them run at home (see `HomeRefs`); om's own processes
+        // (a deputy holding them) do not count either.
+        if n == me || n == pid || gang.contains(&n) || om_own(n) {
             continue;
         }
-        if n != pid && !gang.contains(&n) {
+        {
             if let Ok(maps) = procfs::maps(n) {
                 if maps.iter().any(|o| o.shared && o.inode == ino && o.path == path) {
                     return Some((n, "maps it too".into()));
@@ -1163,6 +1185,7 @@ pub fn pre_image(pid: i32, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Ima
         vdso: vdso_of(pid, &maps)?,
         regions: capture_regions(pid, &maps, 0, &region_attrs(pid), reopen)?,
         fds: Vec::new(),
+        gang_size: 0,
     })
 }
 
@@ -1337,6 +1360,7 @@ pub fn capture(threads: &mut [Tracee], reopen: &dyn Fn(&str) -> bool) -> Result<
         vdso: (vvar_start, vdso_len, vdso_hash),
         regions,
         fds: procfs::fds(pid).map_err(ioe("fds"))?,
+        gang_size: 0,
     };
     Ok(Captured { image, scratch })
 }
@@ -1510,6 +1534,9 @@ fn shared_region(pid: i32, m: &MapLine, attrs: &HashMap<u64, u32>) -> std::io::R
             seals: o.seals,
             sysv,
             owner: true,
+            fds: o.fds,
+            // At a guest, `HomeRefs::mark` names home's inode instead.
+            home: o.id,
         },
         runs: runs_of(want),
         guards: runs_of(guards),
@@ -1535,31 +1562,59 @@ pub fn keep_owned(img: &mut Image, pid: i32, gang: &[i32]) -> std::result::Resul
     Ok(())
 }
 
-/// Where a guest holds its SysV segments (as shared anonymous memory):
-/// (the object's inode here, the segment's id at home), read from its
-/// layout once `img` is rebuilt in it.
-pub fn sysv_table(pid: i32, img: &Image) -> Vec<(u64, i32)> {
-    let Ok(maps) = procfs::maps(pid) else { return Vec::new() };
-    img.regions
-        .iter()
-        .filter_map(|r| match r.kind {
-            RegionKind::Shared { sysv: Some(id), .. } => {
-                maps.iter().find(|m| m.start == r.start && is_shmem(m)).map(|m| (m.inode, id))
-            }
-            _ => None,
-        })
-        .collect()
-}
+/// What a guest's shared memory objects are at home: by the object's
+/// inode here, the SysV segment it is there (if one) and the fds the
+/// process holds on it there (kept by the deputy). Read from the guest's
+/// layout once `img` is rebuilt in it; a capture names them again
+/// ([`HomeRefs::mark`]), so the memory goes home as that segment, or into
+/// the object those fds hold.
+#[derive(Clone, Debug, Default)]
+pub struct HomeRefs(Vec<(u64, Option<i32>, Vec<i32>, u64)>);
 
-/// Name the SysV segments again in an image a guest's layout gave
-/// (`table` from [`sysv_table`]): the shared memory that was made for one
-/// goes home as that segment.
-pub fn mark_sysv(img: &mut Image, table: &[(u64, i32)]) {
-    for r in img.regions.iter_mut() {
-        if let RegionKind::Shared { id, sysv, .. } = &mut r.kind {
-            if let Some(&(_, shmid)) = table.iter().find(|(ino, _)| ino == id) {
-                *sysv = Some(shmid);
+impl HomeRefs {
+    pub fn of(pid: i32, img: &Image) -> HomeRefs {
+        let Ok(maps) = procfs::maps(pid) else { return HomeRefs::default() };
+        HomeRefs(
+            img.regions
+                .iter()
+                .filter_map(|r| match &r.kind {
+                    RegionKind::Shared { sysv, fds, home, .. } if sysv.is_some() || *home != 0 => maps
+                        .iter()
+                        .find(|m| m.start == r.start && is_shmem(m))
+                        .map(|m| (m.inode, *sysv, fds.clone(), *home)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// Name the home objects again in an image the guest's layout gave.
+    pub fn mark(&self, img: &mut Image) {
+        for r in img.regions.iter_mut() {
+            if let RegionKind::Shared { id, sysv, fds, home, .. } = &mut r.kind {
+                match self.0.iter().find(|(ino, _, _, _)| ino == id) {
+                    Some((_, s, f, h)) => {
+                        *sysv = *s;
+                        fds.clone_from(f);
+                        *home = *h;
+                    }
+                    // Made away: home has no such object.
+                    None => *home = 0,
+                }
             }
+        }
+    }
+
+    /// Whether home fd `fd` is one on memory that moved with the process
+    /// (its calls must run at home, where that memory is again).
+    pub fn holds(&self, fd: i32) -> bool {
+        self.0.iter().any(|(_, _, f, _)| f.contains(&fd))
+    }
+
+    /// Home fd `fd` was closed.
+    pub fn closed(&mut self, fd: i32) {
+        for (_, _, f, _) in self.0.iter_mut() {
+            f.retain(|&x| x != fd);
         }
     }
 }

@@ -207,6 +207,27 @@ pub fn msg_trailer(nr: u32) -> usize {
 /// (no serialisation copy) instead of inside it.
 pub const INLINE_MAX: usize = 4096;
 
+/// The fd numbers a control buffer (sendmsg's msg_control) passes with
+/// SCM_RIGHTS. A malformed buffer yields what its well-formed part holds.
+pub fn rights_in(ctl: &[u8]) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    // struct cmsghdr: cmsg_len (u64), cmsg_level (i32), cmsg_type (i32), data.
+    while at + 16 <= ctl.len() {
+        let len = u64::from_le_bytes(ctl[at..at + 8].try_into().unwrap_or([0; 8])) as usize;
+        let level = i32::from_le_bytes(ctl[at + 8..at + 12].try_into().unwrap_or([0; 4]));
+        let kind = i32::from_le_bytes(ctl[at + 12..at + 16].try_into().unwrap_or([0; 4]));
+        if len < 16 || at + len > ctl.len() {
+            break;
+        }
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            out.extend(ctl[at + 16..at + len].chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        }
+        at += len.div_ceil(8) * 8;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,9 +37,9 @@ fn omctl_events_tells_moves_refusals_and_exits() {
     let st = wait_child(&mut p, T);
     assert!(st.success(), "{st:?}");
     // A process om cannot move: refused with the reason.
-    let mut q = c.om_exec(1, &bin("cantmove"), &["shared", "200"], "cant.out");
+    let mut q = c.om_exec(1, &bin("cantmove"), &["seccomp", "200"], "cant.out");
     wait_lines(&c.path("cant.out"), 1, T);
-    let why = c.migrate(1, q.id(), "2").expect_err("shared memory is refused");
+    let why = c.migrate(1, q.id(), "2").expect_err("its own seccomp filter is refused");
     let _ = q.kill();
     let _ = q.wait();
 

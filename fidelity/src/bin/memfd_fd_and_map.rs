@@ -1,7 +1,8 @@
-//! fidelity: refused
-//! A memfd both mapped shared and open as an fd: a write through the fd
-//! shows in the mapping. The fd stays at home while memory moves, so om
-//! refuses to move it (naming the fd).
+//! A memfd both mapped shared and open as an fd: a write through the
+//! mapping shows through the fd, and one through the fd in the mapping.
+//! The fd stays at home (with the deputy) while the memory moves: a call
+//! on it takes the process home, where the memory goes back into the
+//! object the fd holds.
 
 const PAGE: usize = 4096;
 
@@ -18,11 +19,15 @@ fn main() {
             }
         },
         |(fd, p), seen| {
-            // SAFETY: a write through the fd, read through the mapping.
+            // SAFETY: writes through the mapping and the fd, each read through the other.
             unsafe {
+                let p = p as *mut u8;
+                *p.add(7) = b'm';
+                let mut b = [0u8; 1];
+                libc::pread(fd, b.as_mut_ptr().cast(), 1, 7);
+                seen.expect("a write to the mapping shows through the fd", b[0], b'm');
                 libc::pwrite(fd, b"hi".as_ptr().cast(), 2, 100);
-                let p = p as *const u8;
-                seen.expect("write through the fd shows", [*p.add(100), *p.add(101)], [b'h', b'i']);
+                seen.expect("a write through the fd shows", [*p.add(100), *p.add(101)], [b'h', b'i']);
             }
         },
     );

@@ -98,6 +98,17 @@ impl Supervisor {
             },
         };
 
+        // An fd on shared memory that moved with the process names, at
+        // home, the object that memory goes back to: a call on it (but its
+        // close) runs there.
+        if let Some(fd) = self.moved_fd_in(name, &spec, &args) {
+            if name != "close" {
+                return self
+                    .go_home(&format!("a call on fd {fd}, on shared memory that moved, runs at home"), Some(id));
+            }
+            self.refs.lock().unwrap_or_else(|p| p.into_inner()).closed(fd);
+        }
+
         // A read answered from what the last one peeked.
         let read_fd =
             (iov.is_none() && !self.threaded() && marshal::may_read_ahead(fnr, &args)).then_some(args[0] as i32);
@@ -405,6 +416,12 @@ impl Supervisor {
                 self.reply(id, -(libc::EFAULT as i64));
                 return Flow::Go;
             }
+            // Passing an fd on shared memory that moved: at home.
+            let ctl = &input[namelen as usize..(namelen + ctllen) as usize];
+            let refs = self.refs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(fd) = marshal::rights_in(ctl).into_iter().find(|&fd| refs.holds(fd)) {
+                return self.go_home(&format!("passing fd {fd}, on shared memory that moved, runs at home"), Some(id));
+            }
         }
         let r = match self.call_restartable(&req, &input, id) {
             Ok(r) => r,
@@ -434,6 +451,21 @@ impl Supervisor {
             return self.go_home("asked to come home", None);
         }
         Flow::Go
+    }
+
+    /// The first fd argument of a forwarded call that is an fd on shared
+    /// memory that moved with the process (close_range: one in its range).
+    fn moved_fd_in(&self, name: &str, spec: &[Arg], args: &[u64; 6]) -> Option<i32> {
+        let refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
+        if name == "close_range" {
+            let (lo, hi) = (args[0] as u32, args[1] as u32);
+            return (lo..=hi.min(lo.saturating_add(1 << 20))).map(|f| f as i32).find(|&f| refs.holds(f));
+        }
+        spec.iter()
+            .enumerate()
+            .filter(|(_, a)| matches!(a, Arg::Fd))
+            .map(|(i, _)| args[i] as i32)
+            .find(|&fd| refs.holds(fd))
     }
 
     /// Send write `req` (its bytes in `input`) to `fd` behind the previous

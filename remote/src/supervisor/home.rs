@@ -90,7 +90,11 @@ impl Supervisor {
         let _traced = flags.ptrace_lock.lock().unwrap_or_else(|p| p.into_inner());
         let sent = self.send_home(reason, pending);
         if let (false, Some((_, sync, _))) = (matches!(sent, Ok(true)), self.attempt.take()) {
-            sync.fail(&format!("process {} could not go home", self.home_pid));
+            // One that ended leaves the gang's return when its supervisor
+            // ends (`AwayGang::leave`); the others go on without it.
+            if !om_runtime::ptrace::has_ended(self.gpid) {
+                sync.fail(&format!("process {} could not go home", self.home_pid));
+            }
         }
         match sent {
             Ok(true) => {
@@ -159,7 +163,7 @@ impl Supervisor {
         match self.send_images(reopen, pending) {
             Err(e) if !self.images_sent => {
                 let reason = if om_runtime::ptrace::has_ended(self.gpid) {
-                    "the process ended on its way".to_string()
+                    om_runtime::gang::ENDED.to_string()
                 } else {
                     tracing::warn!(%e, "cannot send the process home; telling home");
                     format!("node could not send the process: {e}")
@@ -175,7 +179,7 @@ impl Supervisor {
         let files = image::mapped_files(self.gpid);
         let same = |p: &str| files.iter().zip(&reopen).any(|((q, _), ok)| *ok && q == p);
         let mut pre = image::pre_image(self.gpid, &same)?;
-        image::mark_sysv(&mut pre, &self.sysv);
+        self.refs.lock().unwrap_or_else(|p| p.into_inner()).mark(&mut pre);
         if let Some((_, _, gang)) = &self.attempt {
             image::keep_owned(&mut pre, self.gpid, gang).map_err(crate::GuestError::Refused)?;
         }
@@ -196,7 +200,7 @@ impl Supervisor {
             let wake = || flags.wake_lanes();
             let ended = || flags.exited.load(Ordering::SeqCst);
             if !l.wait_parked(&wake, &ended) {
-                return Err(crate::GuestError::Refused("the process ended on its way".into()));
+                return Err(crate::GuestError::Refused(om_runtime::gang::ENDED.into()));
             }
         }
         let (own_lfd, own_tid, lanes) = (self.lfd(), self.lane.tid, self.lanes.clone());
@@ -236,8 +240,10 @@ impl Supervisor {
         // Shared pages are read once every member is frozen.
         self.meet(2)?;
         let mut cap = image::capture(threads, same)?;
-        image::mark_sysv(&mut cap.image, &self.sysv);
-        if let Some((_, _, gang)) = &self.attempt {
+        self.refs.lock().unwrap_or_else(|p| p.into_inner()).mark(&mut cap.image);
+        if let Some((_, sync, gang)) = &self.attempt {
+            // Every member is frozen: those that ended meanwhile have left.
+            cap.image.gang_size = sync.size() as u32;
             if let Err(why) = image::keep_owned(&mut cap.image, self.gpid, gang) {
                 let _ = image::rollback(&mut threads[0], cap.scratch, &cap.image.timers);
                 return Err(crate::GuestError::Refused(why));

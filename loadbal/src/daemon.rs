@@ -750,18 +750,8 @@ impl Node {
                     let pin = if p.locked {
                         Some(Pin::Locked)
                     } else if p.state == "home" {
-                        match gangs.get(&pid) {
-                            Some(g) if g.len() > 1 => Some(Pin::CantMove(format!(
-                                "it shares memory with {} (its gang), which the balancer does not move yet",
-                                pid_list(g, pid)
-                            ))),
-                            _ => om_runtime::image::cant_move(pid, &[pid]).map(Pin::CantMove),
-                        }
-                    } else if !p.gang.is_empty() {
-                        Some(Pin::CantMove(format!(
-                            "it moved with {} (its gang), which the balancer does not move yet",
-                            pid_list(&p.gang, pid)
-                        )))
+                        let gang = gangs.get(&pid).cloned().unwrap_or_else(|| vec![pid]);
+                        om_runtime::image::cant_move(pid, &gang).map(Pin::CantMove)
                     } else {
                         None
                     };
@@ -781,6 +771,31 @@ impl Node {
                 })
                 .collect()
         };
+        // A gang is one job: its lowest pid stands for it, with the sum of
+        // the members' demand and memory (a move of it moves them all).
+        let (jobs, followers) = {
+            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            let gang_of = |pid: i32| -> Vec<i32> {
+                match gangs.get(&pid) {
+                    Some(g) => g.clone(),
+                    None => {
+                        let mut g: Vec<i32> = procs.get(&pid).map(|p| p.gang.clone()).unwrap_or_default();
+                        g.push(pid);
+                        g.sort_unstable();
+                        g
+                    }
+                }
+            };
+            merge_gangs(jobs, gang_of)
+        };
+        if !followers.is_empty() {
+            let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            for (pid, leader) in &followers {
+                if let Some(p) = procs.get_mut(pid) {
+                    p.why = format!("it moves with its gang, as process {leader} does");
+                }
+            }
+        }
         if jobs.is_empty() {
             return;
         }
@@ -814,7 +829,9 @@ impl Node {
             let Some(p) = procs.get_mut(&m.pid) else { continue };
             p.in_flight = true;
             p.why = "moving".into();
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).add(m.pid, now, m.from, m.to, p.demand, p.rss);
+            // A gang's job carries the demand and memory of all its members.
+            let (demand, rss) = jobs.iter().find(|j| j.pid == m.pid).map_or((p.demand, p.rss), |j| (j.demand, j.rss));
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).add(m.pid, now, m.from, m.to, demand, rss);
             tracing::info!(
                 pid = m.pid,
                 from = m.from,
@@ -1225,21 +1242,92 @@ fn load_of(r: &LoadRecord) -> NodeLoad {
 }
 
 /// True the first time an address is refused.
+/// Merge the jobs of each gang (`gang_of` gives a process's gang, itself
+/// included, sorted) into the job of its lowest pid: the sum of their
+/// demand, memory and call rates, pinned if any member is, in flight if
+/// any is. Returns the jobs and, for each other member, its gang's leader.
+fn merge_gangs(jobs: Vec<JobLoad>, gang_of: impl Fn(i32) -> Vec<i32>) -> (Vec<JobLoad>, Vec<(i32, i32)>) {
+    let mut out: Vec<JobLoad> = Vec::new();
+    let mut followers = Vec::new();
+    let leaders: HashMap<i32, i32> = jobs
+        .iter()
+        .map(|j| {
+            let g = gang_of(j.pid);
+            // The lowest member that has a job here leads.
+            let lead = g.iter().copied().find(|m| jobs.iter().any(|k| k.pid == *m)).unwrap_or(j.pid);
+            (j.pid, lead)
+        })
+        .collect();
+    for j in jobs.iter().filter(|j| leaders.get(&j.pid) == Some(&j.pid)) {
+        let mut lead = j.clone();
+        for m in jobs.iter().filter(|m| m.pid != j.pid && leaders.get(&m.pid) == Some(&j.pid)) {
+            // Call rates are per CPU-second: weighted by demand.
+            let d = lead.demand + m.demand;
+            if d > 0.0 {
+                lead.calls_per_cpu_s = (lead.calls_per_cpu_s * lead.demand + m.calls_per_cpu_s * m.demand) / d;
+                lead.bytes_per_cpu_s = (lead.bytes_per_cpu_s * lead.demand + m.bytes_per_cpu_s * m.demand) / d;
+            }
+            lead.demand = d;
+            lead.rss += m.rss;
+            lead.age = lead.age.min(m.age);
+            lead.since_move = lead.since_move.min(m.since_move);
+            lead.in_flight |= m.in_flight;
+            lead.measured &= m.measured;
+            if lead.pin.is_none() {
+                lead.pin = m.pin.clone();
+            }
+            followers.push((m.pid, j.pid));
+        }
+        out.push(lead);
+    }
+    (out, followers)
+}
+
 /// Whether a member's failed move only says its process ended on the way.
 fn ended_on_the_way(e: &str) -> bool {
     e.contains(om_runtime::gang::ENDED) || e.contains("ended before it could move")
 }
 
-/// "process 12" or "processes 12, 13": the members of `gang` but `pid`.
-fn pid_list(gang: &[i32], pid: i32) -> String {
-    let others: Vec<String> = gang.iter().filter(|&&g| g != pid).map(|g| g.to_string()).collect();
-    match others.len() {
-        1 => format!("process {}", others[0]),
-        _ => format!("processes {}", others.join(", ")),
-    }
-}
-
 fn refused_first(ip: std::net::IpAddr) -> bool {
     static SEEN: Mutex<Option<std::collections::HashSet<std::net::IpAddr>>> = Mutex::new(None);
     SEEN.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(Default::default).insert(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(pid: i32, demand: f64) -> JobLoad {
+        JobLoad {
+            pid,
+            at: 1,
+            demand,
+            age: 10.0,
+            rss: 1 << 20,
+            calls_per_cpu_s: 0.0,
+            bytes_per_cpu_s: 0.0,
+            pin: None,
+            since_move: f64::INFINITY,
+            in_flight: false,
+            measured: true,
+        }
+    }
+
+    #[test]
+    fn a_gang_is_one_job_with_the_sum_of_its_demand() {
+        let mut jobs = vec![job(10, 0.9), job(11, 0.8), job(12, 0.7), job(20, 1.0)];
+        jobs[2].pin = Some(Pin::Locked);
+        jobs[1].calls_per_cpu_s = 100.0;
+        let gang = |p: i32| if (10..=12).contains(&p) { vec![10, 11, 12] } else { vec![p] };
+        let (merged, followers) = merge_gangs(jobs, gang);
+        assert_eq!(merged.len(), 2);
+        let g = &merged[0];
+        assert_eq!(g.pid, 10);
+        assert!((g.demand - 2.4).abs() < 1e-9, "{}", g.demand);
+        assert_eq!(g.rss, 3 << 20);
+        assert_eq!(g.pin, Some(Pin::Locked), "a pinned member pins its gang");
+        assert!((g.calls_per_cpu_s - 100.0 * 0.8 / 2.4).abs() < 1e-9);
+        assert_eq!(followers, vec![(11, 10), (12, 10)]);
+        assert_eq!(merged[1].pid, 20);
+    }
 }

@@ -66,6 +66,7 @@ fn ps(py: Python<'_>, socket: Option<PathBuf>) -> PyResult<Vec<PyObject>> {
             d.set_item("demand", p.demand)?;
             d.set_item("rss", p.rss)?;
             d.set_item("locked", p.locked)?;
+            d.set_item("gang", p.gang.clone())?;
             Ok(d.into_any().unbind())
         })
         .collect()

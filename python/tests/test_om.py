@@ -60,7 +60,7 @@ def test_nodes_and_ps_have_the_json_keys():
         mine = [x for x in om.ps() if x["pid"] == p.pid]
         assert len(mine) == 1
         assert mine[0]["cmd"] == "sleep 5"
-        assert {"pid", "home", "where", "state", "cmd", "cant_move", "why", "demand", "rss", "locked"} == set(mine[0])
+        assert {"pid", "home", "where", "state", "cmd", "cant_move", "why", "demand", "rss", "locked", "gang"} == set(mine[0])
     finally:
         p.kill()
         p.wait()

@@ -407,3 +407,62 @@ fn mon_draws_in_80x24_and_quits_on_q_and_ctrl_c() {
         assert!(screen.contains("\x1b[?1049l"), "terminal not restored: {screen:?}");
     }
 }
+
+/// Two gangs of two busy processes each (parent and child sharing a page)
+/// start on node 1: the balancer moves one gang, whole, to node 2, and no
+/// gang is ever split between nodes.
+#[test]
+fn the_balancer_moves_a_gang_as_one_job_and_never_splits_it() {
+    let _g = lock();
+    let sim = Sim::up(&["2"]);
+    let mut kids = Vec::new();
+    let mut gangs: Vec<(u32, u32)> = Vec::new();
+    for i in 0..2 {
+        let out = sim.dir.join(format!("gang-{i}"));
+        let c = Command::new(bin("om-exec"))
+            .env_remove("OM_SOCKET")
+            .arg("--")
+            .arg(bin("gangspin"))
+            .args(["2", "60"])
+            .stdout(std::fs::File::create(&out).expect("output file"))
+            .spawn()
+            .expect("om-exec");
+        let t = Instant::now();
+        let child = loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if let Some(l) = text.lines().next() {
+                break l.trim_start_matches("ready [").trim_end_matches(']').parse::<u32>().expect("child pid");
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "gangspin did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        gangs.push((c.id(), child));
+        kids.push(c);
+    }
+    let split = |s: &Sim| {
+        let p = s.places();
+        gangs.iter().find(|(a, b)| p.get(a).is_some() && p.get(b).is_some() && p.get(a) != p.get(b)).copied()
+    };
+    let t = Instant::now();
+    let mut spread = false;
+    while t.elapsed() < Duration::from_secs(40) {
+        if let Some(g) = split(&sim) {
+            // A move in progress shows the members "migrating" on their
+            // way; only a settled split is wrong.
+            std::thread::sleep(Duration::from_millis(1500));
+            assert!(split(&sim) != Some(g), "gang {g:?} split: {:?}\n{}", sim.places(), logs());
+        }
+        let p = sim.places();
+        let at: Vec<Option<&u64>> = gangs.iter().map(|(a, _)| p.get(a)).collect();
+        if at[0].is_some() && at[1].is_some() && at[0] != at[1] && split(&sim).is_none() {
+            spread = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(spread, "the gangs never spread over the two nodes: {:?}\n{}", sim.places(), logs());
+    for mut k in kids {
+        let _ = k.kill();
+        let _ = k.wait();
+    }
+}

@@ -283,6 +283,10 @@ fn main() {
         let c = Cluster::start(3);
         return threads(&c, quick);
     }
+    if std::env::args().any(|a| a == "--gang") {
+        let c = Cluster::start(3);
+        return gang(&c, quick);
+    }
     let c = Cluster::start(3);
     if std::env::args().any(|a| a == "--sockets") {
         return sockets(&c, quick);
@@ -420,6 +424,26 @@ fn threads(c: &Cluster, quick: bool) {
         eight / one,
         yes(eight / one >= 4.0)
     );
+}
+
+/// Issue 13's number: the freeze of a gang of four processes sharing
+/// 256 MiB against one process with 256 MiB of private memory. A gang's
+/// pause is its slowest member's freeze in each move (they freeze together).
+fn gang(c: &Cluster, quick: bool) {
+    println!("| what | measured | baseline (same run) | ratio | target | met |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let rounds = if quick { 1 } else { 3 };
+    let one = freeze_ms_of(c, "gangmem", &["1", "256", "private"], rounds);
+    let four = freeze_ms_of(c, "gangmem", &["4", "256", "shared"], rounds);
+    let slowest = |v: Vec<f64>| -> Vec<f64> { v.chunks(4).map(|m| m.iter().copied().fold(0.0, f64::max)).collect() };
+    for (what, a, b) in [("out", one.0, four.0), ("2 -> 3", one.1, four.1), ("home", one.2, four.2)] {
+        let (a, b) = (median(a), median(slowest(b)));
+        println!(
+            "| freeze of a gang of 4 sharing 256 MiB, {what} | {b:.0} ms | one process, 256 MiB private {a:.0} ms | {:.2}x | <= 1.5x | {} |",
+            b / a,
+            yes(b / a <= 1.5)
+        );
+    }
 }
 
 fn yes(b: bool) -> &'static str {

@@ -441,7 +441,7 @@ fn the_balancer_moves_a_gang_as_one_job_and_never_splits_it() {
     }
     let split = |s: &Sim| {
         let p = s.places();
-        gangs.iter().find(|(a, b)| p.get(a).is_some() && p.get(b).is_some() && p.get(a) != p.get(b)).copied()
+        gangs.iter().find(|(a, b)| p.contains_key(a) && p.contains_key(b) && p.get(a) != p.get(b)).copied()
     };
     let t = Instant::now();
     let mut spread = false;

@@ -852,7 +852,8 @@ fn not_under_om(gang: &[i32]) -> &'static str {
     if gang.is_empty() {
         " and would no longer see its writes"
     } else {
-        ", and it is not under om (processes under om that share memory move together; start it with om-exec)"
+        ", and it is not under om or is locked (processes under om that share memory move together as a gang; \
+         start it with om-exec, or unlock it)"
     }
 }
 

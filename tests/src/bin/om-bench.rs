@@ -283,6 +283,10 @@ fn main() {
         let c = Cluster::start(3);
         return threads(&c, quick);
     }
+    if std::env::args().any(|a| a == "--pause") {
+        let c = Cluster::start(3);
+        return pause(&c, quick);
+    }
     if std::env::args().any(|a| a == "--gang") {
         let c = Cluster::start(3);
         return gang(&c, quick);
@@ -443,6 +447,79 @@ fn gang(c: &Cluster, quick: bool) {
             b / a,
             yes(b / a <= 1.5)
         );
+    }
+}
+
+/// Wall-clock nanoseconds (the fixture's clock).
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The longest gap (ms) the `pausewriter` output at `out` reports ending
+/// within [from, to] (wall ns), or 0.
+fn longest_gap(out: &std::path::Path, from: u64, to: u64) -> f64 {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == "gap").then_some(())?;
+            let end: u64 = f.next()?.parse().ok()?;
+            let ms: f64 = f.next()?.parse().ok()?;
+            (from <= end && end <= to).then_some(ms)
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Issue 14's first numbers: the longest pause a program sees while it
+/// moves (its own 1 ms clock readings, `pausewriter`), beside the freeze om
+/// logs, for each size and write rate, out, 2 -> 3 and home; and the
+/// longest gap it sees natively over as long (the machine's own noise).
+fn pause(c: &Cluster, quick: bool) {
+    println!("| size | writes | move | program's longest pause | freeze om logs | native longest gap (same run) |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let sizes: &[usize] = if quick { &[64] } else { &[64, 512, 2048] };
+    for &mib in sizes {
+        for rate in ["0", "100", "max"] {
+            let native_out = c.path(&format!("pause-native-{mib}-{rate}.out"));
+            let t0 = wall_ns();
+            let st = Command::new(bin("pausewriter"))
+                .args([&mib.to_string(), rate, "3"])
+                .stdout(std::fs::File::create(&native_out).expect("out"))
+                .status()
+                .expect("pausewriter");
+            assert!(st.success());
+            let native = longest_gap(&native_out, t0, wall_ns());
+            let out = format!("pause-{mib}-{rate}.out");
+            let mut p = c.om_exec(1, &bin("pausewriter"), &[&mib.to_string(), rate, "600"], &out);
+            wait_lines(&c.path(&out), 1, Duration::from_secs(120));
+            std::thread::sleep(Duration::from_millis(500));
+            for (to, node, key) in
+                [("2", 1, " freeze_ms="), ("3", 2, "home_freeze_ms="), ("home", 3, "home_freeze_ms=")]
+            {
+                let from = wall_ns();
+                c.migrate(1, p.id(), to).unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+                // Gaps are printed once the program runs again.
+                std::thread::sleep(Duration::from_millis(700));
+                let gap = longest_gap(&c.path(&out), from, wall_ns());
+                let logged = c
+                    .log(node)
+                    .rsplit(key)
+                    .next()
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(f64::NAN);
+                let what = match to {
+                    "2" => "out",
+                    "3" => "2 -> 3",
+                    _ => "home",
+                };
+                let writes = if rate == "0" { "idle".to_string() } else { format!("{rate} MB/s") };
+                println!("| {mib} MiB | {writes} | {what} | {gap:.0} ms | {logged:.0} ms | {native:.0} ms |");
+            }
+            let _ = p.kill();
+            let _ = p.wait();
+        }
     }
 }
 

@@ -514,7 +514,11 @@ fn pause(c: &Cluster, quick: bool) {
                     "3" => "2 -> 3",
                     _ => "home",
                 };
-                let writes = if rate == "0" { "idle".to_string() } else { format!("{rate} MB/s") };
+                let writes = match rate {
+                    "0" => "idle".to_string(),
+                    "max" => "as fast as it can".to_string(),
+                    r => format!("{r} MB/s"),
+                };
                 println!("| {mib} MiB | {writes} | {what} | {gap:.0} ms | {logged:.0} ms | {native:.0} ms |");
             }
             let _ = p.kill();

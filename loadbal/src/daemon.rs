@@ -182,6 +182,10 @@ pub struct Node {
     pending: Mutex<Pending>,
     /// Guests admitted lately (not yet in the measured demand).
     admitted: Mutex<Vec<Instant>>,
+    /// Why each process at home cannot move, as last checked (the check
+    /// reads every process's maps when it shares memory): for `omctl ps`
+    /// and the balancer, at most every `CANT_MOVE_TTL`. A move checks anew.
+    cant_move: Mutex<HashMap<i32, (Instant, Option<String>)>>,
     epoch: Instant,
     params: Params,
 }
@@ -236,6 +240,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         demand: AtomicU64::new(0f64.to_bits()),
         pending: Mutex::new(Pending::default()),
         admitted: Mutex::new(Vec::new()),
+        cant_move: Mutex::new(HashMap::new()),
         epoch: Instant::now(),
         params,
         cfg,
@@ -598,7 +603,7 @@ impl Node {
                             "locked".into()
                         } else if p.state == "home" {
                             let gang = gangs.get(pid).cloned().unwrap_or_else(|| vec![*pid]);
-                            om_runtime::image::cant_move(*pid, &gang).unwrap_or_default()
+                            self.cant_move_of(*pid, &gang).unwrap_or_default()
                         } else {
                             String::new()
                         },
@@ -751,7 +756,7 @@ impl Node {
                         Some(Pin::Locked)
                     } else if p.state == "home" {
                         let gang = gangs.get(&pid).cloned().unwrap_or_else(|| vec![pid]);
-                        om_runtime::image::cant_move(pid, &gang).map(Pin::CantMove)
+                        self.cant_move_of(pid, &gang).map(Pin::CantMove)
                     } else {
                         None
                     };
@@ -916,6 +921,21 @@ impl Node {
 
     /// Move `pid` to node `to` (None: home). `assumed` is the load the
     /// balancer believed `to` had (negative for a manual move: no check).
+    /// Why `pid` (of `gang`) cannot move, checked at most every
+    /// `CANT_MOVE_TTL` (see `cant_move`).
+    fn cant_move_of(&self, pid: i32, gang: &[i32]) -> Option<String> {
+        let mut cache = self.cant_move.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, why)) = cache.get(&pid) {
+            if at.elapsed() < CANT_MOVE_TTL {
+                return why.clone();
+            }
+        }
+        let why = om_runtime::image::cant_move(pid, gang);
+        cache.retain(|_, (at, _)| at.elapsed() < CANT_MOVE_TTL);
+        cache.insert(pid, (Instant::now(), why.clone()));
+        why
+    }
+
     /// The gangs of the processes under om at home that map shared memory
     /// ([`om_runtime::gang::of`]), by member: every member's gang, sorted.
     fn gangs_at_home(&self) -> HashMap<i32, Vec<i32>> {
@@ -1282,6 +1302,9 @@ fn merge_gangs(jobs: Vec<JobLoad>, gang_of: impl Fn(i32) -> Vec<i32>) -> (Vec<Jo
     }
     (out, followers)
 }
+
+/// How long a check of why a process cannot move is reused.
+const CANT_MOVE_TTL: Duration = Duration::from_millis(2500);
 
 /// Whether a member's failed move only says its process ended on the way.
 fn ended_on_the_way(e: &str) -> bool {

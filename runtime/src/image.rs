@@ -760,23 +760,33 @@ fn shared_file_ok(pid: i32, m: &MapLine, gang: &[i32]) -> std::result::Result<()
 /// Another process mapping the same file as `m` (same inode and path).
 /// om's own copies of a process are not counted (see [`om_own`]).
 fn other_mapper(pid: i32, m: &MapLine, gang: &[i32]) -> Option<i32> {
-    let me = sys::getpid();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
-        let n = p.file_name().to_str()?.parse::<i32>().ok()?;
-        if n == pid || n == me || gang.contains(&n) || om_own(n) {
-            return None;
-        }
+    first_other(pid, gang, true, |n| {
         let maps = procfs::maps(n).ok()?;
         maps.iter().any(|o| o.inode == m.inode && o.path == m.path).then_some(n)
+    })
+}
+
+/// The first answer `f` gives for a process other than `pid`, the members
+/// of `gang` and omd itself (and, with `skip_om`, om's own copies of a
+/// process, see [`om_own`]: asked only of a process `f` answers for).
+fn first_other<T>(pid: i32, gang: &[i32], skip_om: bool, mut f: impl FnMut(i32) -> Option<T>) -> Option<T> {
+    let me = sys::getpid();
+    let omd = std::fs::read_link("/proc/self/exe").ok();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let n = p.file_name().to_str()?.parse::<i32>().ok()?;
+        if n == pid || n == me || gang.contains(&n) {
+            return None;
+        }
+        let found = f(n)?;
+        (!skip_om || !omd.as_deref().is_some_and(|omd| om_own(n, omd))).then_some(found)
     })
 }
 
 /// Whether process `n` is one of om's own copies of a process moving: a
 /// guest being built (a child of an omd) or a placeholder at home (traced
 /// by an omd), as they show on one machine that runs several nodes.
-fn om_own(n: i32) -> bool {
+fn om_own(n: i32, omd: &std::path::Path) -> bool {
     let Ok(st) = std::fs::read_to_string(format!("/proc/{n}/status")) else { return false };
-    let Ok(omd) = std::fs::read_link("/proc/self/exe") else { return false };
     ["PPid", "TracerPid"].iter().any(|k| {
         let p: i32 = procfs::status_field_in(&st, k).and_then(|v| v.parse().ok()).unwrap_or(0);
         p > 1 && std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == omd)
@@ -821,16 +831,9 @@ fn sysv_cant_move(pid: i32, m: &MapLine, maps: &[MapLine], gang: &[i32]) -> Opti
     if nattch == mine {
         return None;
     }
-    let me = sys::getpid();
-    let other = std::fs::read_dir("/proc").ok().and_then(|d| {
-        d.flatten().find_map(|p| {
-            let n = p.file_name().to_str()?.parse::<i32>().ok()?;
-            if n == pid || n == me || gang.contains(&n) {
-                return None;
-            }
-            let o = procfs::maps(n).ok()?;
-            o.iter().any(|x| x.path.starts_with("/SYSV") && x.inode == m.inode).then_some(n)
-        })
+    let other = first_other(pid, gang, false, |n| {
+        let o = procfs::maps(n).ok()?;
+        o.iter().any(|x| x.path.starts_with("/SYSV") && x.inode == m.inode).then_some(n)
     });
     Some(match other {
         Some(o) => format!(
@@ -959,35 +962,19 @@ fn fds_on(pid: i32, ino: u64, path: &str) -> Vec<i32> {
 /// holds an fd on it: (pid, how). omd's own fds are not counted.
 fn other_user(pid: i32, ino: u64, path: &str, gang: &[i32]) -> Option<(i32, String)> {
     use std::os::unix::fs::MetadataExt;
-    let me = sys::getpid();
-    let procs = std::fs::read_dir("/proc").ok()?;
-    for p in procs.flatten() {
-        let Some(n) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        // Its own fds and its gang's stay at home with the deputy, whose
-        // calls on them run at home (see `HomeRefs`); om's own processes
-        // (a deputy holding them) do not count either.
-        if n == me || n == pid || gang.contains(&n) || om_own(n) {
-            continue;
+    // Its own fds and its gang's stay at home with the deputy, whose calls
+    // on them run at home (see `HomeRefs`); om's own processes (a deputy
+    // holding them) do not count either.
+    first_other(pid, gang, true, |n| {
+        if procfs::maps(n).is_ok_and(|maps| maps.iter().any(|o| o.shared && o.inode == ino && o.path == path)) {
+            return Some((n, "maps it too".into()));
         }
-        {
-            if let Ok(maps) = procfs::maps(n) {
-                if maps.iter().any(|o| o.shared && o.inode == ino && o.path == path) {
-                    return Some((n, "maps it too".into()));
-                }
-            }
-        }
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{n}/fd")) else { continue };
-        for fd in fds.flatten() {
-            let Ok(link) = std::fs::read_link(fd.path()) else { continue };
-            if link.as_os_str() != path {
-                continue;
-            }
-            if std::fs::metadata(fd.path()).is_ok_and(|md| md.ino() == ino) {
-                return Some((n, format!("holds fd {} on it", fd.file_name().to_string_lossy())));
-            }
-        }
-    }
-    None
+        std::fs::read_dir(format!("/proc/{n}/fd")).ok()?.flatten().find_map(|fd| {
+            let link = std::fs::read_link(fd.path()).ok()?;
+            (link.as_os_str() == path && std::fs::metadata(fd.path()).is_ok_and(|md| md.ino() == ino))
+                .then(|| (n, format!("holds fd {} on it", fd.file_name().to_string_lossy())))
+        })
+    })
 }
 
 /// A POSIX record lock `pid` holds, as /proc/locks shows it (type, file's

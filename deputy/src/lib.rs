@@ -40,9 +40,20 @@ pub enum Ctl {
 /// Who asked for a move or a return, waiting for the outcome.
 pub type Reply = Sender<Result<(), String>>;
 
-/// A failed move between nodes: the reason, and the bytes read ahead on the
-/// old link when the process still runs there (None when it is lost).
-type RelayError = (String, Option<Vec<u8>>);
+/// Where a failed move or return leaves the process.
+enum After {
+    /// It runs on where it was, and the deputy never stopped serving it
+    /// (the failure came during the pre-copy).
+    Serving,
+    /// It runs on where it was: the deputy serves it again, these bytes
+    /// (read past the move on the call link) first.
+    Resume(Vec<u8>),
+    /// It is lost (the call link broke during the move).
+    Lost,
+}
+
+/// A failed move between nodes: the reason, and where it leaves the process.
+type RelayError = (String, After);
 
 /// How the controller reports the process's state to omd: (pid, state, where).
 pub type StateFn = Arc<dyn Fn(i32, &str, u32) + Send + Sync>;
@@ -137,8 +148,11 @@ pub fn migrate_and_control(plan: Plan, reply: Sender<Result<(), String>>, ctl: R
 struct Away {
     /// Forwarded calls and the way home.
     link: Link,
-    /// Signals, come-home and kill requests for the supervisor.
+    /// Signals, come-home and kill requests for the supervisor; from it,
+    /// stops, usage and the pre-copy of a move away from its node.
     ctl_link: Link,
+    /// Lets the control link's reader go on after a pre-copy.
+    ctl_resume: Sender<()>,
     shared: Arc<Shared>,
     events: Receiver<Event>,
     release: Sender<Release>,
@@ -265,8 +279,19 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
         image::keep_owned(&mut pre, pid, &gang.members)
             .map_err(|why| err("checks", format!("process {pid} cannot migrate: {why}")))?;
     }
-    let sent = transfer::send_pre_image(&mut link, pid, &pre, image::ReadMode::Unpinned).map_err(net("pre-copy"))?;
-    tracing::info!(bytes = pre.data_bytes(), ms = started.elapsed().as_secs_f64() * 1e3, "pre-copied");
+    // Rounds of what it writes meanwhile follow the first copy, while they
+    // shrink (userfaultfd write tracking; without it, the freeze compares
+    // page hashes).
+    let dirty = om_runtime::dirty::Dirty::track(pid);
+    let mut sent =
+        transfer::send_precopy(&mut link, pid, pre, image::ReadMode::Unpinned, dirty).map_err(net("pre-copy"))?;
+    tracing::info!(
+        bytes = sent.image.data_bytes(),
+        rounds = ?sent.round_bytes,
+        tracked = sent.tracked(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "pre-copied"
+    );
     // A gang freezes together once every member is pre-copied.
     meet(1, "pre-copy")?;
 
@@ -309,7 +334,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
         image::keep_owned(&mut cap.image, pid, &gang.members)
             .map_err(|why| err("checks", format!("process {pid} cannot migrate: {why}")))?;
     }
-    match image::prune_unchanged(pid, &mut cap.image, &pre, &sent, image::ReadMode::Unpinned) {
+    match transfer::prune(pid, &mut cap.image, &mut sent, image::ReadMode::Unpinned) {
         Ok(skipped) => tracing::info!(
             capture_ms = freeze.elapsed().as_secs_f64() * 1e3,
             unchanged_pages = skipped,
@@ -325,7 +350,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     let (rel_tx, rel_rx) = channel::bounded(1);
     let mut setup = Setup::from_image(&cap.image);
     setup.sole = om_runtime::procfs::sole_readers(pid);
-    read_control_link(&ctl_link, pid, ev_tx.clone(), plan.usage.clone())
+    let ctl_resume = read_control_link(&ctl_link, pid, ev_tx.clone(), plan.usage.clone())
         .map_err(|e| err("deputy", format!("cannot clone the control link: {e}")))?;
     let events_tx = ev_tx.clone();
     process::start(&link, setup, shared.clone(), ev_tx, rel_rx).map_err(|e| err("deputy", e))?;
@@ -405,6 +430,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     let away = Away {
         link,
         ctl_link,
+        ctl_resume,
         shared,
         events: ev_rx,
         release: rel_tx,
@@ -535,33 +561,27 @@ impl Away {
                 }
                 // A gang member sent off by another before its own request
                 // to move on was read: the request decides where it goes.
-                Ok(Event::GoingHome(read_ahead)) if moving.is_none() && waiting_home.is_none() && !rechecked => {
+                Ok(Event::PreCopy(offer)) if moving.is_none() && waiting_home.is_none() && !rechecked => {
                     rechecked = true;
                     match ctl.try_recv() {
                         Ok(Ctl::MoveTo { dest, addr, assumed, reply }) => moving = Some((dest, addr, assumed, reply)),
                         Ok(Ctl::ComeHome(r)) => waiting_home = Some(r),
                         _ => {}
                     }
-                    self.events_tx.send(Event::GoingHome(read_ahead)).ok();
+                    self.events_tx.send(Event::PreCopy(offer)).ok();
                     continue;
                 }
-                Ok(Event::GoingHome(read_ahead)) if moving.is_some() => {
+                Ok(Event::PreCopy(offer)) if moving.is_some() => {
                     rechecked = false;
                     let Some((dest, addr, assumed, reply)) = moving.take() else { continue };
                     state(pid, "migrating", here);
-                    match self.relay_move(pid, plan.home, (dest, addr, assumed), read_ahead) {
+                    match self.relay_move(pid, plan.home, (dest, addr, assumed), offer) {
                         Ok(()) => {
                             here = dest;
                             state(pid, "away", dest);
                             let _ = reply.send(Ok(()));
                         }
-                        Err((why, Some(ahead))) => {
-                            // The move failed but the process runs on where it was.
-                            let _ = self.release.send(Release::Resume(ahead));
-                            state(pid, "away", here);
-                            let _ = reply.send(Err(why));
-                        }
-                        Err((why, None)) => {
+                        Err((why, After::Lost)) => {
                             tracing::error!(why, "lost the process while moving it; killing it at home");
                             let _ = rsys::kill(pid, libc::SIGKILL);
                             let _ = self.release.send(Release::Stop);
@@ -569,12 +589,20 @@ impl Away {
                             let _ = reply.send(Err(why));
                             return;
                         }
+                        Err((why, after)) => {
+                            // The move failed but the process runs on where it was.
+                            if let After::Resume(ahead) = after {
+                                let _ = self.release.send(Release::Resume(ahead));
+                            }
+                            state(pid, "away", here);
+                            let _ = reply.send(Err(why));
+                        }
                     }
                 }
-                Ok(Event::GoingHome(read_ahead)) => {
+                Ok(Event::PreCopy(offer)) => {
                     rechecked = false;
                     state(pid, "returning", plan.home);
-                    match self.come_home(pid, here, read_ahead) {
+                    match self.come_home(pid, here, offer) {
                         Ok(()) => {
                             let _ = self.release.send(Release::Stop);
                             state(pid, "home", plan.home);
@@ -583,7 +611,7 @@ impl Away {
                             }
                             return;
                         }
-                        Err((e @ HomeError::Link { .. }, _)) => {
+                        Err((e, After::Lost)) => {
                             tracing::error!(%e, "killing the process at home");
                             let _ = self.release.send(Release::Stop);
                             let _ = rsys::kill(pid, libc::SIGKILL);
@@ -593,10 +621,12 @@ impl Away {
                             }
                             return;
                         }
-                        Err((e, ahead)) => {
-                            // It runs on where it was; the deputy serves it again.
+                        Err((e, after)) => {
+                            // It runs on where it was; the deputy serves it (again).
                             tracing::warn!(%e, "the process stays away");
-                            let _ = self.release.send(Release::Resume(ahead));
+                            if let After::Resume(ahead) = after {
+                                let _ = self.release.send(Release::Resume(ahead));
+                            }
                             state(pid, "away", here);
                             if let Some(w) = waiting_home.take() {
                                 let _ = w.send(Err(e.to_string()));
@@ -604,6 +634,16 @@ impl Away {
                         }
                     }
                 }
+                // Only after a pre-copy home knows of (see `come_home`).
+                Ok(Event::GoingHome(ahead)) => match self.refuse_unexpected(pid, ahead) {
+                    After::Resume(ahead) => {
+                        let _ = self.release.send(Release::Resume(ahead));
+                    }
+                    _ => {
+                        tracing::error!(pid, "the link to node {here} failed; killing the process at home");
+                        return self.lose(pid, plan.home, state);
+                    }
+                },
                 Ok(Event::Lost(why)) => {
                     tracing::error!(why, node = here, "lost node {here}, which hosted the process; killing it at home");
                     return self.lose(pid, plan.home, state);
@@ -668,41 +708,67 @@ impl Away {
     }
 
     /// The process's node is sending it "home": relay it to node `dest`
-    /// instead, then switch the deputy to the new link. On failure: the error,
-    /// and the bytes read ahead if the process still runs where it was (None
-    /// when it is lost).
+    /// instead, then switch the deputy to the new link. The pre-copy comes
+    /// on the control link while the deputy goes on serving the process;
+    /// the final image on the call link after `GoingHome`. On failure: why,
+    /// and where that leaves the process.
     fn relay_move(
         &mut self,
         pid: i32,
         home: u32,
         (dest, addr, assumed): (u32, SocketAddr, f64),
-        ahead: Vec<u8>,
-    ) -> Result<(), (String, Option<Vec<u8>>)> {
-        let mut from = std::io::Read::chain(std::io::Cursor::new(ahead), &self.link);
-        let left = |from: std::io::Chain<std::io::Cursor<Vec<u8>>, &Link>| {
-            let (c, _) = from.into_inner();
-            c.get_ref()[c.position() as usize..].to_vec()
-        };
-        let (offer, gang) = match wire::recv_msg(&mut from) {
-            Ok(Msg::Offer { files, vdso_hash, vdso_len, xsave, gang, .. }) => {
-                ((files, vdso_hash, vdso_len, xsave), gang)
+        offer: Msg,
+    ) -> Result<(), RelayError> {
+        let r = self.relay_pre(home, (dest, addr, assumed), offer);
+        // The control link's reader goes on, whatever happened.
+        let _ = self.ctl_resume.send(());
+        let (mut to, ctl2) = r?;
+        let ahead = match self.await_going_home() {
+            Ok(a) => a,
+            Err(ev) => {
+                // The new node drops what it built (a gang arriving there
+                // goes on without a member that ended).
+                let why = match ev {
+                    Some(ev) => {
+                        let _ = self.events_tx.send(ev);
+                        let _ = wire::send(&mut to, &Msg::RestoreFailed { reason: om_runtime::gang::ENDED.into() });
+                        om_runtime::gang::ENDED
+                    }
+                    None => "the process did not freeze within a minute",
+                };
+                return Err((format!("{why} (before it froze); nothing moved"), After::Serving));
             }
-            Ok(m) => return Err((format!("expected an offer from the node, got {m:?}"), None)),
-            Err(e) => return Err((format!("link to the process's node failed: {e}"), None)),
         };
+        self.relay_final(pid, dest, ahead, to, ctl2)
+    }
+
+    /// The offer and the pre-copy, from the control link to node `dest`.
+    /// Returns the links to it (calls, control).
+    fn relay_pre(
+        &mut self,
+        home: u32,
+        (dest, addr, assumed): (u32, SocketAddr, f64),
+        offer: Msg,
+    ) -> Result<(Link, Link), RelayError> {
+        let Msg::Offer { pid, files, vdso_hash, vdso_len, xsave, gang, .. } = offer else {
+            return Err(("no offer from the node".into(), After::Serving));
+        };
+        let mut from = match self.ctl_link.try_clone() {
+            Ok(l) => l,
+            Err(e) => return Err((format!("control link: {e}"), After::Serving)),
+        };
+        let back = &self.ctl_link;
         // Refuse to the old node (it keeps the process) when the new one cannot start.
-        let back = &self.link;
-        let refuse = |from, why: String| -> RelayError {
+        let refuse = |why: String| -> RelayError {
             let _ = wire::send(&mut &*back, &Msg::Refused { reason: why.clone() });
-            (why, Some(left(from)))
+            (why, After::Serving)
         };
         let token = random_token();
         let connect = || Link::connect(addr, &self.key, home, Duration::from_secs(3));
         let mut to = match connect() {
             Ok(s) => s,
-            Err(e) => return Err(refuse(from, format!("node {dest}: {e}; the process stays where it is"))),
+            Err(e) => return Err(refuse(format!("node {dest}: {e}; the process stays where it is"))),
         };
-        let (files, vdso_hash, vdso_len, xsave) = offer;
         // A gang's members arrive together there as they left together here.
         let o = Msg::Offer { pid, home, token, files, vdso_hash, vdso_len, xsave, assumed, gang };
         let answer = match wire::send(&mut to, &Msg::Hello { node: home })
@@ -710,11 +776,9 @@ impl Away {
             .and_then(|_| wire::recv_msg(&mut to))
         {
             Ok(a @ Msg::OfferOk { .. }) => a,
-            Ok(Msg::Refused { reason }) => {
-                return Err(refuse(from, format!("node {dest} refused the migration: {reason}")))
-            }
-            Ok(m) => return Err(refuse(from, format!("node {dest} answered {m:?}"))),
-            Err(e) => return Err(refuse(from, format!("link to node {dest} failed: {e}"))),
+            Ok(Msg::Refused { reason }) => return Err(refuse(format!("node {dest} refused the migration: {reason}"))),
+            Ok(m) => return Err(refuse(format!("node {dest} answered {m:?}"))),
+            Err(e) => return Err(refuse(format!("link to node {dest} failed: {e}"))),
         };
         let ctl2 = connect().map_err(std::io::Error::other).and_then(|mut c| {
             wire::send(&mut c, &Msg::Hello { node: home }).map_err(std::io::Error::other)?;
@@ -723,77 +787,51 @@ impl Away {
         });
         let ctl2 = match ctl2 {
             Ok(c) => c,
-            Err(e) => return Err(refuse(from, format!("node {dest} at {addr} is unreachable: {e}"))),
+            Err(e) => return Err(refuse(format!("node {dest} at {addr} is unreachable: {e}"))),
         };
         if let Err(e) = wire::send(&mut &*back, &answer) {
-            return Err((format!("link to the process's node failed: {e}"), None));
+            return Err((format!("link to the process's node failed: {e}"), After::Serving));
         }
-        // Relay: pre-copy, then the image with the home identity, each with
-        // its pages. Whatever fails on the way to the new node, the old
-        // node's stream is read to its end (both images and their pages)
-        // before the old node is told to roll back: the deputy then reads
-        // calls again, never a leftover of the move.
+        // The pre-copy, read to its end whatever fails on the way to the
+        // new node; then the old node is told (it never freezes).
         let mut why: Option<String> = None;
-        for _ in 0..2 {
-            let m = match wire::recv_msg(&mut from) {
-                Ok(m) => m,
-                Err(e) => return Err((format!("from the old node: {e}"), None)),
-            };
-            let m = match m {
-                Msg::Image(mut img) => match om_runtime::procfs::stat(pid) {
-                    Ok(st) => {
-                        img.pid = pid;
-                        img.pgid = st.field(5) as i32;
-                        img.sid = st.field(6) as i32;
-                        Some(Msg::Image(img))
-                    }
-                    Err(e) => {
-                        why.get_or_insert(format!("reading the placeholder: {e}"));
-                        None
-                    }
-                },
-                m @ Msg::PreImage(_) => Some(m),
-                // The old node gave up sending; it keeps the process. The
-                // new node sees its link close and drops what it built.
-                Msg::RestoreFailed { reason } => {
-                    // The new node learns why (a gang arriving there waits
-                    // for one less when the process ended).
-                    let _ = wire::send(&mut to, &Msg::RestoreFailed { reason: reason.clone() });
-                    return Err((format!("the old node could not send the process: {reason}"), Some(left(from))));
-                }
-                m => return Err((format!("expected an image from the old node, got {m:?}"), None)),
-            };
-            let mut forward = |m: &wire::Frame| {
-                if why.is_none() {
-                    let r = match m {
-                        wire::Frame::Msg(m) => wire::send(&mut to, m),
-                        wire::Frame::Data(d) => wire::send_data(&mut to, d),
-                    };
-                    if let Err(e) = r {
-                        why = Some(format!("to node {dest}: {e}"));
-                    }
-                }
-            };
-            if let Some(m) = m {
-                forward(&wire::Frame::Msg(m));
+        match relay_stream(&mut from, &mut to, dest, &mut why, None)
+            .and_then(|_| relay_rounds(&mut from, &mut to, dest, &mut why))
+        {
+            Ok(()) => {}
+            Err(Relayed::GaveUp(reason)) => {
+                return Err((format!("the old node could not send the process: {reason}"), After::Serving))
             }
-            loop {
-                match wire::recv(&mut from) {
-                    Err(e) => return Err((format!("from the old node: {e}"), None)),
-                    Ok(f @ wire::Frame::Data(_)) => forward(&f),
-                    Ok(wire::Frame::Msg(Msg::PagesDone)) => {
-                        forward(&wire::Frame::Msg(Msg::PagesDone));
-                        break;
-                    }
-                    Ok(wire::Frame::Msg(Msg::RestoreFailed { reason })) => {
-                        let _ = wire::send(&mut to, &Msg::RestoreFailed { reason: reason.clone() });
-                        return Err((format!("the old node could not send the process: {reason}"), Some(left(from))));
-                    }
-                    Ok(wire::Frame::Msg(m)) => {
-                        return Err((format!("unexpected {m:?} in the old node's page stream"), None))
-                    }
-                }
+            Err(Relayed::From(e)) => return Err((format!("from the old node: {e}"), After::Serving)),
+        }
+        let m = match &why {
+            Some(w) => Msg::RestoreFailed { reason: w.clone() },
+            None => Msg::PreOk,
+        };
+        if let Err(e) = wire::send(&mut &*back, &m) {
+            return Err((format!("link to the process's node failed: {e}"), After::Serving));
+        }
+        match why {
+            Some(w) => Err((format!("{w}; the process stays where it was"), After::Serving)),
+            None => Ok((to, ctl2)),
+        }
+    }
+
+    /// The final image, from the call link to the new node; then the switch.
+    fn relay_final(&mut self, pid: i32, dest: u32, ahead: Vec<u8>, mut to: Link, ctl2: Link) -> Result<(), RelayError> {
+        let mut from = std::io::Read::chain(std::io::Cursor::new(ahead), &self.link);
+        let left = |from: std::io::Chain<std::io::Cursor<Vec<u8>>, &Link>| {
+            let (c, _) = from.into_inner();
+            c.get_ref()[c.position() as usize..].to_vec()
+        };
+        let back = &self.link;
+        let mut why: Option<String> = None;
+        match relay_stream(&mut from, &mut to, dest, &mut why, Some(pid)) {
+            Ok(()) => {}
+            Err(Relayed::GaveUp(reason)) => {
+                return Err((format!("the old node could not send the process: {reason}"), After::Resume(left(from))))
             }
+            Err(Relayed::From(e)) => return Err((format!("from the old node: {e}"), After::Lost)),
         }
         if why.is_none() {
             why = match wire::recv_msg(&mut to) {
@@ -808,8 +846,8 @@ impl Away {
         if let Some(why) = why {
             // The old node rolls back and keeps running the process.
             return match wire::send(&mut &*back, &Msg::RestoreFailed { reason: why.clone() }) {
-                Ok(()) => Err((format!("{why}; the process stays where it was"), Some(left(from)))),
-                Err(_) => Err((why, None)),
+                Ok(()) => Err((format!("{why}; the process stays where it was"), After::Resume(left(from)))),
+                Err(_) => Err((why, After::Lost)),
             };
         }
         if let Err(e) = wire::send(&mut &*back, &Msg::HomeOk) {
@@ -819,7 +857,10 @@ impl Away {
         // Switch the deputy and the control link to the new node.
         let old = std::mem::replace(&mut self.link, to);
         let _ = std::mem::replace(&mut self.ctl_link, ctl2);
-        let _ = read_control_link(&self.ctl_link, pid, self.events_tx.clone(), self.shared.usage.clone());
+        match read_control_link(&self.ctl_link, pid, self.events_tx.clone(), self.shared.usage.clone()) {
+            Ok(go_on) => self.ctl_resume = go_on,
+            Err(e) => tracing::warn!(%e, "cannot read the new control link"),
+        }
         let _ = self.release.send(Release::Switch(std::os::fd::AsRawFd::as_raw_fd(&self.link), self.link.cipher()));
         // The old link closes once the deputy holds the new one.
         std::thread::sleep(Duration::from_millis(50));
@@ -829,45 +870,38 @@ impl Away {
     }
 
     /// The remote is sending the process back: rebuild it in the placeholder.
-    /// A transaction: until home answers HomeOk the process runs on where
-    /// it is, and any failure short of a broken link leaves it running there,
-    /// with the placeholder parked again and the deputy serving it. On
-    /// failure, also the bytes read past the move on the link (for the deputy).
-    fn come_home(&mut self, pid: i32, node: u32, read_ahead: Vec<u8>) -> Result<(), (HomeError, Vec<u8>)> {
-        let link_err =
-            |step: &'static str, e: wire::WireError| HomeError::Link { pid, node, step, reason: e.to_string() };
-        // The deputy may have read past GoingHome: those bytes come first.
-        let reader = match self.link.try_clone() {
-            Ok(r) => r,
-            Err(e) => return Err((link_err("offer", e.into()), Vec::new())),
-        };
-        let mut from = std::io::Read::chain(std::io::Cursor::new(read_ahead), reader);
-        let left = |from: std::io::Chain<std::io::Cursor<Vec<u8>>, Link>| {
-            let (c, _) = from.into_inner();
-            c.get_ref()[c.position() as usize..].to_vec()
-        };
+    /// The pre-copy comes on the control link while the deputy goes on
+    /// serving the process's calls on the call link; it is laid out in the
+    /// stopped placeholder. Then the remote freezes the process and sends
+    /// `GoingHome` and the final image on the call link. A transaction:
+    /// until home answers HomeOk the process runs on where it is, and any
+    /// failure short of a broken call link after the freeze leaves it
+    /// running there, with the placeholder parked again.
+    fn come_home(&mut self, pid: i32, node: u32, offer: Msg) -> Result<(), (HomeError, After)> {
         let gave_up = |step: &'static str, reason: String| HomeError::NodeGaveUp { pid, node, step, reason };
-        let (offer, gang) = match wire::recv_msg(&mut from) {
-            Ok(Msg::Offer { files, vdso_hash, vdso_len, xsave, gang, .. }) => {
-                ((files, vdso_hash, vdso_len, xsave), gang)
-            }
-            Ok(Msg::RestoreFailed { reason }) => return Err((gave_up("offer", reason), left(from))),
-            Ok(m) => return Err((link_err("offer", wire::WireError::Unexpected(format!("{m:?}"))), Vec::new())),
-            Err(e) => return Err((link_err("offer", e), Vec::new())),
+        let Msg::Offer { files, vdso_hash, vdso_len, xsave, gang, .. } = offer else {
+            let _ = self.ctl_resume.send(());
+            return Err((gave_up("offer", "no offer".into()), After::Serving));
         };
-        let answer = transfer::answer_offer(&offer.0, offer.1, offer.2, offer.3);
-        if let Err(e) = wire::send(&mut &self.link, &answer) {
-            return Err((link_err("answering the offer", e), Vec::new()));
+        let mut pre_from = match self.ctl_link.try_clone() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.ctl_resume.send(());
+                return Err((gave_up("offer", e.to_string()), After::Serving));
+            }
+        };
+        let answer = transfer::answer_offer(&files, vdso_hash, vdso_len, xsave);
+        if let Err(e) = wire::send(&mut &self.ctl_link, &answer) {
+            let _ = self.ctl_resume.send(());
+            return Err((gave_up("answering the offer", e.to_string()), After::Serving));
         }
         if let Msg::Refused { reason } = answer {
             // The node keeps the process and sends nothing more.
-            return Err((HomeError::Rebuild { pid, node, step: "offer", reason }, left(from)));
+            let _ = self.ctl_resume.send(());
+            return Err((HomeError::Rebuild { pid, node, step: "offer", reason }, After::Serving));
         }
-        // The rebuild, step by step; `seen` counts the image messages read
-        // (the pre-copy, then the final image) and `done` whether the final
-        // image's pages were all read.
-        let mut seen = 0;
-        let mut final_seen = false;
+        let mut phase = Phase::PreHeader;
+        let mut from: Option<FinalLink> = None;
         let mut t: Option<Tracee> = None;
         let mut others: Vec<Tracee> = Vec::new();
         let mut rs: Option<image::Restore> = None;
@@ -876,59 +910,153 @@ impl Away {
         let member = (gang.1 > 1).then(|| om_runtime::gang::Member::join(gang.0, gang.1));
         let r = self.rebuild_home(
             pid,
-            &mut from,
+            (&mut pre_from, &mut from),
             (&mut t, &mut others),
             &mut rs,
             &mut img_kept,
-            (&mut seen, &mut final_seen),
+            &mut phase,
             member.as_ref(),
         );
         match (&r, &member) {
             (Err(Step::GaveUp(_, reason)), Some(m)) if reason == om_runtime::gang::ENDED => m.gang.sync.leave(),
+            (Err(Step::Ended(_)), Some(m)) => m.gang.sync.leave(),
             (Err(_), Some(m)) => m.gang.sync.fail(&format!("process {pid} could not be rebuilt at home")),
             _ => {}
         }
         drop(member);
-        let step = match r {
+        let pre_phase = phase < Phase::Awaiting;
+        let left = |from: Option<FinalLink>| {
+            from.map_or_else(Vec::new, |from| {
+                let (c, _) = from.into_inner();
+                c.get_ref()[c.position() as usize..].to_vec()
+            })
+        };
+        // Whatever failed in the pre-copy, the control link's reader goes on.
+        let resume = |s: &Self| {
+            if pre_phase {
+                let _ = s.ctl_resume.send(());
+            }
+        };
+        let (step, reason) = match r {
             Ok(()) => return Ok(()),
-            Err(Step::Link(step, e)) => return Err((link_err(step, e), Vec::new())),
-            Err(Step::GaveUp(step, reason)) => {
-                let e = gave_up(step, reason);
+            Err(Step::Link(step, e)) if pre_phase => {
+                // The control link broke: if the node is gone, the call
+                // link tells (the process is lost then).
+                resume(self);
                 self.unpark_failed(t, others, rs, img_kept.as_ref());
-                return Err((e, left(from)));
+                return Err((gave_up(step, e.to_string()), After::Serving));
+            }
+            Err(Step::Link(step, e)) => {
+                return Err((HomeError::Link { pid, node, step, reason: e.to_string() }, After::Lost));
+            }
+            Err(Step::Ended(ev)) => {
+                // The process ended (or its node was lost) before it froze.
+                self.unpark_failed(t, others, rs, img_kept.as_ref());
+                return match ev {
+                    Some(ev) => {
+                        let _ = self.events_tx.send(ev);
+                        Err((HomeError::Ended { pid, node }, After::Serving))
+                    }
+                    None => Err((
+                        gave_up("waiting for the freeze", "it did not come within a minute".into()),
+                        After::Serving,
+                    )),
+                };
+            }
+            Err(Step::GaveUp(step, reason)) => {
+                resume(self);
+                self.unpark_failed(t, others, rs, img_kept.as_ref());
+                let after = if pre_phase { After::Serving } else { After::Resume(left(from)) };
+                return Err((gave_up(step, reason), after));
             }
             Err(Step::Home(step, reason)) => (step, reason),
         };
-        // Home failed: read the rest of the move, then tell the node, which
-        // rolls back and keeps running the process.
-        let (step, reason) = step;
+        // Home failed: read the rest of what the node sends, then tell it;
+        // it rolls back (or never freezes) and keeps running the process.
         tracing::warn!(pid, step, reason, "the process cannot be rebuilt at home; it stays on node {node}");
-        let mut gave_up_too = false;
-        if !(final_seen && seen == usize::MAX) {
-            loop {
-                match wire::recv(&mut from) {
-                    Ok(wire::Frame::Data(_)) | Ok(wire::Frame::Msg(Msg::PreImage(_))) => {}
-                    Ok(wire::Frame::Msg(Msg::Image(_))) => final_seen = true,
-                    Ok(wire::Frame::Msg(Msg::PagesDone)) if final_seen => break,
-                    Ok(wire::Frame::Msg(Msg::PagesDone)) => {}
-                    Ok(wire::Frame::Msg(Msg::RestoreFailed { .. })) => {
-                        gave_up_too = true;
-                        break;
-                    }
-                    Ok(wire::Frame::Msg(m)) => {
-                        return Err((link_err(step, wire::WireError::Unexpected(format!("{m:?}"))), Vec::new()))
-                    }
-                    Err(e) => return Err((link_err(step, e), Vec::new())),
+        let drained = if pre_phase {
+            let d = drain_precopy(&mut pre_from, phase == Phase::PrePages);
+            let d = d.and_then(|gave_up| {
+                if !gave_up {
+                    wire::send(&mut &self.ctl_link, &Msg::RestoreFailed { reason: reason.clone() })?;
                 }
+                Ok(())
+            });
+            resume(self);
+            d.map(|_| After::Serving).or(Ok::<After, wire::WireError>(After::Serving))
+        } else {
+            let f = from.as_mut();
+            let d = match (phase, f) {
+                (Phase::AllRead, _) => Ok(false),
+                (Phase::FinalPages, Some(f)) => drain_pages(f, true),
+                (_, Some(f)) => drain_image(f),
+                (_, None) => Ok(false),
+            };
+            d.and_then(|gave_up| {
+                if !gave_up {
+                    wire::send(&mut &self.link, &Msg::RestoreFailed { reason: reason.clone() })?;
+                }
+                Ok(After::Resume(left(from)))
+            })
+        };
+        match drained {
+            Ok(after) => {
+                self.unpark_failed(t, others, rs, img_kept.as_ref());
+                Err((HomeError::Rebuild { pid, node, step, reason }, after))
             }
+            Err(e) => Err((HomeError::Link { pid, node, step, reason: e.to_string() }, After::Lost)),
         }
-        if !gave_up_too {
-            if let Err(e) = wire::send(&mut &self.link, &Msg::RestoreFailed { reason: reason.clone() }) {
-                return Err((link_err(step, e), Vec::new()));
+    }
+
+    /// After the pre-copy: wait for the remote to freeze the process and
+    /// hand over the call link (`GoingHome`: the bytes the deputy read past
+    /// it), waking the deputy out of a call the process waits in. Err: the
+    /// process ended, or its node was lost, first (that event, for the
+    /// control loop); or no freeze came within a minute.
+    fn await_going_home(&self) -> Result<Vec<u8>, Option<Event>> {
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        let mut kicked = (0u64, std::time::Instant::now());
+        let mut deferred = Vec::new();
+        let r = loop {
+            let id = self.shared.busy();
+            if id != 0 && (id != kicked.0 || kicked.1.elapsed() >= Duration::from_millis(20)) {
+                self.shared.interrupt();
+                kicked = (id, std::time::Instant::now());
             }
+            match self.events.recv_timeout(Duration::from_millis(5)) {
+                Ok(Event::GoingHome(ahead)) => break Ok(ahead),
+                Ok(e @ (Event::Exited { .. } | Event::Lost(_))) => break Err(Some(e)),
+                Ok(e) => deferred.push(e),
+                Err(_) if std::time::Instant::now() < until => {}
+                Err(_) => break Err(None),
+            }
+        };
+        for e in deferred {
+            let _ = self.events_tx.send(e);
         }
-        self.unpark_failed(t, others, rs, img_kept.as_ref());
-        Err((HomeError::Rebuild { pid, node, step, reason }, left(from)))
+        r
+    }
+
+    /// A `GoingHome` without a pre-copy before it (or after home gave up
+    /// waiting for it): read what the node sends, refuse, and serve again.
+    fn refuse_unexpected(&self, pid: i32, ahead: Vec<u8>) -> After {
+        tracing::warn!(pid, "the process's node sent it without a pre-copy home knows of; refusing");
+        let Ok(reader) = self.link.try_clone() else { return After::Lost };
+        let mut from = std::io::Read::chain(std::io::Cursor::new(ahead), reader);
+        let refused = drain_image(&mut from).and_then(|gave_up| {
+            if !gave_up {
+                let reason = "home was not expecting the process (no pre-copy); it stays where it is".to_string();
+                wire::send(&mut &self.link, &Msg::RestoreFailed { reason })?;
+            }
+            Ok(())
+        });
+        match refused {
+            Ok(()) => {
+                let (c, _) = from.into_inner();
+                After::Resume(c.get_ref()[c.position() as usize..].to_vec())
+            }
+            Err(_) => After::Lost,
+        }
     }
 
     /// After a failed return: park the placeholder again and let it run
@@ -989,14 +1117,14 @@ impl Away {
 
     /// The steps of a return home after the offer (see [`Away::come_home`]).
     #[allow(clippy::too_many_arguments)]
-    fn rebuild_home<R: std::io::Read>(
+    fn rebuild_home(
         &self,
         pid: i32,
-        link: &mut R,
+        (pre_from, final_out): (&mut Link, &mut Option<FinalLink>),
         (t_out, others_out): (&mut Option<Tracee>, &mut Vec<Tracee>),
         rs_out: &mut Option<image::Restore>,
         img_out: &mut Option<image::Image>,
-        (seen, final_seen): (&mut usize, &mut bool),
+        phase: &mut Phase,
         gang: Option<&om_runtime::gang::Member>,
     ) -> Result<(), Step> {
         let wire_step = |step: &'static str| {
@@ -1006,18 +1134,14 @@ impl Away {
             }
         };
         let home = |step: &'static str| move |e: om_runtime::ptrace::TraceError| Step::Home(step, e.to_string());
-        let next_image = |link: &mut R, step: &'static str| -> Result<Msg, Step> {
-            match wire::recv_msg(link).map_err(wire_step(step))? {
-                m @ (Msg::PreImage(_) | Msg::Image(_)) => Ok(m),
-                Msg::RestoreFailed { reason } => Err(Step::GaveUp(step, reason)),
-                m => Err(Step::Link(step, wire::WireError::Unexpected(format!("{m:?}")))),
-            }
+        // The pre-copy (laid out in the stopped placeholder while the guest
+        // still runs and the deputy serves it), then the final image.
+        let pre = match wire::recv_msg(pre_from).map_err(wire_step("pre-copy"))? {
+            Msg::PreImage(pre) => pre,
+            Msg::RestoreFailed { reason } => return Err(Step::GaveUp("pre-copy", reason)),
+            m => return Err(Step::Link("pre-copy", wire::WireError::Unexpected(format!("{m:?}")))),
         };
-        // A pre-copy (laid out in the stopped placeholder while the guest
-        // still runs), then the final image; or the image alone.
-        let first = next_image(link, "pre-copy")?;
-        *seen = 1;
-        *final_seen = matches!(first, Msg::Image(_));
+        *phase = Phase::PrePages;
         *t_out = Some(Tracee::interrupt(pid, self.scratch).map_err(home("stopping the placeholder"))?);
         let t = t_out.as_mut().ok_or(Step::Home("stopping the placeholder", "no tracee".into()))?;
         let creds = om_runtime::procfs::exec_creds(pid);
@@ -1071,39 +1195,36 @@ impl Away {
             Ok(Some(at as u64))
         };
         let objects: Option<&image::ObjectSource<'_>> = Some(&object);
-        let img = match first {
-            Msg::PreImage(pre) => {
-                *img_out = Some((*pre).clone());
-                let rs = image::restore_layout(t, &pre, Target::Parked, self.scratch, Some(&open_for), objects)
-                    .map_err(home("laying out the pre-copy"))?;
-                let (scratch, kept) = (rs.scratch, rs.kept.clone());
-                *rs_out = Some(rs);
-                transfer::recv_pages_keeping(link, t, &pre, &kept).map_err(wire_step("pre-copy pages"))?;
-                let img = match next_image(link, "image")? {
-                    Msg::Image(i) => *i,
-                    _ => return Err(Step::Link("image", wire::WireError::Unexpected("a second pre-copy".into()))),
-                };
-                *seen = 2;
-                *final_seen = true;
-                *img_out = Some(img.clone());
-                let rs = rs_out.take().ok_or(Step::Home("image", "no layout".into()))?;
-                let rs = image::restore_layout_again(t, &img, &pre, rs, Target::Parked, Some(&open_for), objects);
-                let rs = rs.map_err(|e| {
-                    // The layout may be half changed; the scratch area is still this one.
-                    Step::Home("laying out the image", format!("{e} (scratch {scratch:#x})"))
-                })?;
-                *rs_out = Some(rs);
-                img
-            }
-            Msg::Image(i) => {
-                *img_out = Some((*i).clone());
-                let rs = image::restore_layout(t, &i, Target::Parked, self.scratch, Some(&open_for), objects)
-                    .map_err(home("laying out the image"))?;
-                *rs_out = Some(rs);
-                *i
-            }
-            _ => return Err(Step::Link("image", wire::WireError::Unexpected("no image".into()))),
+        *img_out = Some((*pre).clone());
+        let rs = image::restore_layout(t, &pre, Target::Parked, self.scratch, Some(&open_for), objects)
+            .map_err(home("laying out the pre-copy"))?;
+        let (scratch, kept) = (rs.scratch, rs.kept.clone());
+        *rs_out = Some(rs);
+        transfer::recv_pages_keeping(pre_from, t, &pre, &kept).map_err(wire_step("pre-copy pages"))?;
+        transfer::recv_rounds(pre_from, t, &pre, &kept).map_err(wire_step("pre-copy rounds"))?;
+        // Laid out: the node may freeze the process and send the rest; the
+        // control link's reader goes on meanwhile.
+        wire::send(&mut &self.ctl_link, &Msg::PreOk).map_err(wire_step("pre-copy"))?;
+        let _ = self.ctl_resume.send(());
+        *phase = Phase::Awaiting;
+        let ahead = self.await_going_home().map_err(Step::Ended)?;
+        *phase = Phase::FinalHeader;
+        let reader = self.link.try_clone().map_err(|e| Step::Link("image", e.into()))?;
+        let link = final_out.insert(std::io::Read::chain(std::io::Cursor::new(ahead), reader));
+        let img = match wire::recv_msg(link).map_err(wire_step("image"))? {
+            Msg::Image(i) => *i,
+            Msg::RestoreFailed { reason } => return Err(Step::GaveUp("image", reason)),
+            m => return Err(Step::Link("image", wire::WireError::Unexpected(format!("{m:?}")))),
         };
+        *phase = Phase::FinalPages;
+        *img_out = Some(img.clone());
+        let rs = rs_out.take().ok_or(Step::Home("image", "no layout".into()))?;
+        let rs = image::restore_layout_again(t, &img, &pre, rs, Target::Parked, Some(&open_for), objects);
+        let rs = rs.map_err(|e| {
+            // The layout may be half changed; the scratch area is still this one.
+            Step::Home("laying out the image", format!("{e} (scratch {scratch:#x})"))
+        })?;
+        *rs_out = Some(rs);
         let mut img = img;
         let dep = self.shared.pid.load(Ordering::SeqCst);
         let cwd = std::fs::read_link(format!("/proc/{dep}/cwd"))
@@ -1117,7 +1238,7 @@ impl Away {
         let kept = rs_out.as_ref().map(|rs| rs.kept.clone()).unwrap_or_default();
         transfer::recv_pages_keeping(link, t, &img, &kept).map_err(wire_step("image pages"))?;
         // Every frame of the move is read: nothing is left to drain.
-        *seen = usize::MAX;
+        *phase = Phase::AllRead;
         let rs = rs_out.as_ref().ok_or(Step::Home("finishing", "no layout".into()))?;
         image::restore_finish(t, &img, Target::Parked, rs, Some(&cwd)).map_err(home("finishing the rebuild"))?;
         // Every other thread was parked here under its home tid.
@@ -1173,6 +1294,173 @@ impl Away {
     }
 }
 
+/// Why relaying one image from the old node stopped.
+enum Relayed {
+    /// The old node gave up sending (RestoreFailed in the stream): it keeps
+    /// the process (the new node was told).
+    GaveUp(String),
+    /// The old node's link failed.
+    From(wire::WireError),
+}
+
+/// Relay one image (a pre-copy or the final image, with its pages) from the
+/// old node to node `dest`. A failure towards `dest` is kept in `why`, and
+/// the stream is still read to its end. The final image gets the home
+/// identity of process `pid` (Some).
+fn relay_stream<R: std::io::Read>(
+    from: &mut R,
+    to: &mut Link,
+    dest: u32,
+    why: &mut Option<String>,
+    pid: Option<i32>,
+) -> Result<(), Relayed> {
+    let mut forward = |m: &wire::Frame, why: &mut Option<String>| {
+        if why.is_none() {
+            let r = match m {
+                wire::Frame::Msg(m) => wire::send(&mut *to, m),
+                wire::Frame::Data(d) => wire::send_data(&mut *to, d),
+            };
+            if let Err(e) = r {
+                *why = Some(format!("to node {dest}: {e}"));
+            }
+        }
+    };
+    let gave_up = |reason: String, to: &mut Link| {
+        // The new node learns why (a gang arriving there waits for one
+        // less when the process ended).
+        let _ = wire::send(to, &Msg::RestoreFailed { reason: reason.clone() });
+        Relayed::GaveUp(reason)
+    };
+    let m = match (wire::recv_msg(from).map_err(Relayed::From)?, pid) {
+        (Msg::Image(mut img), Some(pid)) => match om_runtime::procfs::stat(pid) {
+            Ok(st) => {
+                img.pid = pid;
+                img.pgid = st.field(5) as i32;
+                img.sid = st.field(6) as i32;
+                Some(Msg::Image(img))
+            }
+            Err(e) => {
+                why.get_or_insert(format!("reading the placeholder: {e}"));
+                None
+            }
+        },
+        (m @ Msg::PreImage(_), None) => Some(m),
+        (Msg::RestoreFailed { reason }, _) => return Err(gave_up(reason, to)),
+        (m, _) => return Err(Relayed::From(wire::WireError::Unexpected(format!("{m:?} instead of an image")))),
+    };
+    if let Some(m) = m {
+        forward(&wire::Frame::Msg(m), why);
+    }
+    loop {
+        match wire::recv(from).map_err(Relayed::From)? {
+            f @ wire::Frame::Data(_) => forward(&f, why),
+            wire::Frame::Msg(Msg::PagesDone) => {
+                forward(&wire::Frame::Msg(Msg::PagesDone), why);
+                return Ok(());
+            }
+            wire::Frame::Msg(Msg::RestoreFailed { reason }) => return Err(gave_up(reason, to)),
+            wire::Frame::Msg(m) => {
+                return Err(Relayed::From(wire::WireError::Unexpected(format!("{m:?} in the old node's page stream"))))
+            }
+        }
+    }
+}
+
+/// Relay a pre-copy's further rounds, up to `PreDone`, as `relay_stream`.
+fn relay_rounds<R: std::io::Read>(
+    from: &mut R,
+    to: &mut Link,
+    dest: u32,
+    why: &mut Option<String>,
+) -> Result<(), Relayed> {
+    loop {
+        let f = wire::recv(from).map_err(Relayed::From)?;
+        let done = matches!(f, wire::Frame::Msg(Msg::PreDone));
+        match &f {
+            wire::Frame::Data(_) | wire::Frame::Msg(Msg::PagesDone | Msg::PreDelta { .. } | Msg::PreDone) => {}
+            wire::Frame::Msg(Msg::RestoreFailed { reason }) => {
+                let _ = wire::send(&mut *to, &Msg::RestoreFailed { reason: reason.clone() });
+                return Err(Relayed::GaveUp(reason.clone()));
+            }
+            wire::Frame::Msg(m) => {
+                return Err(Relayed::From(wire::WireError::Unexpected(format!("{m:?} in the old node's pre-copy"))))
+            }
+        }
+        if why.is_none() {
+            let r = match &f {
+                wire::Frame::Msg(m) => wire::send(&mut *to, m),
+                wire::Frame::Data(d) => wire::send_data(&mut *to, d),
+            };
+            if let Err(e) = r {
+                *why = Some(format!("to node {dest}: {e}"));
+            }
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// How far a return home got: the pre-copy (on the control link), the wait
+/// for the freeze, then the final image (on the call link).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Phase {
+    PreHeader,
+    PrePages,
+    Awaiting,
+    FinalHeader,
+    FinalPages,
+    AllRead,
+}
+
+/// The call link after `GoingHome`, with the bytes the deputy read past it first.
+type FinalLink = std::io::Chain<std::io::Cursor<Vec<u8>>, Link>;
+
+/// Read the rest of a page stream (when `in_pages`) up to its end. True
+/// when the node gave up sending it (RestoreFailed in its place).
+fn drain_pages<R: std::io::Read>(from: &mut R, in_pages: bool) -> Result<bool, wire::WireError> {
+    if !in_pages {
+        return Ok(false);
+    }
+    loop {
+        match wire::recv(from)? {
+            wire::Frame::Data(_) => {}
+            wire::Frame::Msg(Msg::PagesDone) => return Ok(false),
+            wire::Frame::Msg(Msg::RestoreFailed { .. }) => return Ok(true),
+            wire::Frame::Msg(m) => return Err(wire::WireError::Unexpected(format!("{m:?} in a page stream"))),
+        }
+    }
+}
+
+/// Read the rest of a pre-copy (when `in_it`: its first pages and rounds)
+/// up to `PreDone`. True when the node gave up sending it.
+fn drain_precopy<R: std::io::Read>(from: &mut R, in_it: bool) -> Result<bool, wire::WireError> {
+    if !in_it {
+        return Ok(false);
+    }
+    loop {
+        match wire::recv(from)? {
+            wire::Frame::Data(_) | wire::Frame::Msg(Msg::PagesDone | Msg::PreDelta { .. }) => {}
+            wire::Frame::Msg(Msg::PreDone) => return Ok(false),
+            wire::Frame::Msg(Msg::RestoreFailed { .. }) => return Ok(true),
+            wire::Frame::Msg(m) => return Err(wire::WireError::Unexpected(format!("{m:?} in a pre-copy"))),
+        }
+    }
+}
+
+/// Read a final image and its pages to their end. True when the node gave
+/// up sending it.
+fn drain_image<R: std::io::Read>(from: &mut R) -> Result<bool, wire::WireError> {
+    loop {
+        match wire::recv(from)? {
+            wire::Frame::Data(_) | wire::Frame::Msg(Msg::PreImage(_)) => {}
+            wire::Frame::Msg(Msg::Image(_)) => return drain_pages(from, true),
+            wire::Frame::Msg(Msg::RestoreFailed { .. }) => return Ok(true),
+            wire::Frame::Msg(m) => return Err(wire::WireError::Unexpected(format!("{m:?} instead of an image"))),
+        }
+    }
+}
+
 /// End parked thread `tid` of a placeholder (its thread ended away): an
 /// injected exit, through the scratch area at `scratch`.
 fn end_thread(tid: i32, scratch: u64) {
@@ -1186,8 +1474,12 @@ fn end_thread(tid: i32, scratch: u64) {
 
 /// Why a step of a return home failed.
 enum Step {
-    /// The link broke or carried something else: the process is lost.
+    /// The link broke or carried something else: the process is lost (once
+    /// the call link is in use).
     Link(&'static str, wire::WireError),
+    /// The process ended, or its node was lost, before it froze (that event;
+    /// None: no freeze came in time).
+    Ended(Option<Event>),
     /// The node gave up sending (RestoreFailed in the stream); it keeps the process.
     GaveUp(&'static str, String),
     /// Home failed; the node must be told.
@@ -1201,6 +1493,8 @@ pub enum HomeError {
     NodeGaveUp { pid: i32, node: u32, step: &'static str, reason: String },
     #[error("process {pid} could not be rebuilt at home ({step}): {reason}; it keeps running on node {node}")]
     Rebuild { pid: i32, node: u32, step: &'static str, reason: String },
+    #[error("process {pid} ended on node {node} before it came home")]
+    Ended { pid: i32, node: u32 },
     #[error("the link to node {node} failed while process {pid} came home ({step}): {reason}; the process is lost")]
     Link { pid: i32, node: u32, step: &'static str, reason: String },
 }
@@ -1211,13 +1505,20 @@ pub enum HomeError {
 const MAPPED_FD: i32 = 900;
 
 /// Reports from the remote's helper on a control link (job-control stops,
-/// usage).
-fn read_control_link(ctl_link: &Link, pid: i32, tx: Sender<Event>, usage: Arc<Usage>) -> std::io::Result<()> {
+/// usage), and the start of a pre-copy there: the reader then waits until
+/// told to go on (the returned sender), while the controller reads it.
+fn read_control_link(ctl_link: &Link, pid: i32, tx: Sender<Event>, usage: Arc<Usage>) -> std::io::Result<Sender<()>> {
     let mut r = ctl_link.try_clone()?;
+    let (go_on, resume) = channel::unbounded::<()>();
     std::thread::Builder::new().name(format!("ctl-{pid}")).spawn(move || {
         while let Ok(m) = wire::recv_msg(&mut r) {
             match m {
                 Msg::Stopped { sig } if tx.send(Event::Stopped(sig)).is_err() => return,
+                m @ Msg::Offer { .. } => {
+                    if tx.send(Event::PreCopy(m)).is_err() || resume.recv().is_err() {
+                        return;
+                    }
+                }
                 Msg::Usage { cpu_ns, run_ns, rss } => {
                     usage.cpu_ns.store(cpu_ns, Ordering::Relaxed);
                     usage.run_ns.store(run_ns, Ordering::Relaxed);
@@ -1228,7 +1529,7 @@ fn read_control_link(ctl_link: &Link, pid: i32, tx: Sender<Event>, usage: Arc<Us
             }
         }
     })?;
-    Ok(())
+    Ok(go_on)
 }
 
 /// What changes when a process runs a new program: its executable and the

@@ -398,7 +398,7 @@ fn serve_loop(
     let events = |e: Event| match e {
         Event::Exited { code, signal } => up(&Up::Exited { code, signal }),
         Event::Lost(why) => up(&Up::Lost(why)),
-        Event::Stopped(_) | Event::GoingHome(_) => {}
+        Event::Stopped(_) | Event::GoingHome(_) | Event::PreCopy(_) => {}
     };
     let mut bufs = Buffers::with_sole(sole);
     let mut cipher: Option<Arc<Cipher>> = None;

@@ -25,6 +25,10 @@ pub enum Event {
     /// message, which belong to the controller's reading of the link.
     GoingHome(Vec<u8>),
     Lost(String),
+    /// The process's node starts sending it away (home, or on to another
+    /// node): its offer, on the control link, whose reader then waits
+    /// (`Away::ctl_resume`) while the controller reads the pre-copy there.
+    PreCopy(Msg),
 }
 
 /// What the controller tells the deputy thread.

@@ -160,20 +160,23 @@ pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), Guest
         tracing::warn!(%e, "cannot put the guest in this node's cgroup");
     }
     let member = (gang.1 > 1).then(|| Member::join(gang.0, gang.1));
-    let rebuilt = rebuild(&mut stream, gpid, first, host, member.as_ref()).and_then(|(listener, img)| {
+    let rebuilt = rebuild(&mut stream, gpid, first, host, member.as_ref()).and_then(|(listener, img, dirty)| {
         let ctl = ctl_rx.recv_timeout(std::time::Duration::from_secs(10));
-        ctl.map(|c| (listener, c, img)).map_err(|_| GuestError::Refused("home never opened its control link".into()))
+        ctl.map(|c| (listener, c, img, dirty))
+            .map_err(|_| GuestError::Refused("home never opened its control link".into()))
     });
     forget();
-    if let (Err(e), Some(m)) = (&rebuilt, &member) {
-        m.gang.sync.fail(&format!("the rebuild of process {pid} failed: {e}"));
+    match (&rebuilt, &member) {
+        (Err(GuestError::Refused(r)), Some(_)) if r == om_runtime::gang::ENDED => {}
+        (Err(e), Some(m)) => m.gang.sync.fail(&format!("the rebuild of process {pid} failed: {e}")),
+        _ => {}
     }
     drop(member);
     match rebuilt {
-        Ok((listener, ctl, img)) => {
+        Ok((listener, ctl, img, dirty)) => {
             wire::send(&mut stream, &Msg::Resumed { guest: gpid })?;
             tracing::info!(guest = gpid, ms = started.elapsed().as_secs_f64() * 1e3, "guest running");
-            match supervisor::Supervisor::new(stream, ctl, gpid, listener, &img, gang) {
+            match supervisor::Supervisor::new(stream, ctl, gpid, listener, &img, gang, dirty) {
                 Ok(s) => {
                     s.run();
                     drop(slot);
@@ -205,7 +208,7 @@ fn rebuild(
     first: Msg,
     host: &Host,
     gang: Option<&Member>,
-) -> Result<(Vec<(i32, OwnedFd)>, Image), GuestError> {
+) -> Result<(Vec<(i32, OwnedFd)>, Image, Option<om_runtime::dirty::Dirty>), GuestError> {
     let object = |t: &mut Tracee, scratch: u64, r: &image::Region| match gang {
         Some(m) => gang_object(m, t, scratch, r),
         None => Ok(None),
@@ -219,9 +222,29 @@ fn rebuild(
         Msg::PreImage(pre) => {
             let rs = image::restore_layout(&mut t, &pre, Target::Fresh, 0, None, objects)?;
             transfer::recv_pages(stream, &t, &pre)?;
-            tracing::info!(ms = t0.elapsed().as_secs_f64() * 1e3, bytes = pre.data_bytes(), "pre-copy received");
-            let img = match wire::recv_msg(stream)? {
+            let next = match transfer::recv_rounds(stream, &t, &pre, &[]) {
+                Ok(more) => {
+                    tracing::info!(
+                        ms = t0.elapsed().as_secs_f64() * 1e3,
+                        bytes = pre.data_bytes(),
+                        more,
+                        "pre-copy received"
+                    );
+                    wire::recv_msg(stream)?
+                }
+                Err(WireError::Aborted(reason)) => Msg::RestoreFailed { reason },
+                Err(e) => return Err(e.into()),
+            };
+            let img = match next {
                 Msg::Image(img) => *img,
+                // It ended after its pre-copy: a gang arriving here goes on
+                // without it.
+                Msg::RestoreFailed { reason } if reason == om_runtime::gang::ENDED => {
+                    if let Some(m) = gang {
+                        m.gang.sync.leave();
+                    }
+                    return Err(GuestError::Refused(reason));
+                }
                 m => return Err(WireError::Unexpected(format!("{m:?} instead of the image")).into()),
             };
             let rs = image::restore_layout_again(&mut t, &img, &pre, rs, Target::Fresh, None, objects)?;
@@ -243,6 +266,13 @@ fn rebuild(
         bytes,
         "rebuilt"
     );
+    // Which pages it writes here is tracked from now on (for a pre-copy
+    // home that converges): the userfaultfd is made inside it before its
+    // filter would trap the call.
+    t.syscall_ip = rs.scratch;
+    let dirty = om_runtime::dirty::Dirty::start(&mut t)
+        .map_err(|e| tracing::info!(%e, "writes cannot be tracked; going home compares page hashes"))
+        .ok();
     // The mount namespace first: unshare refuses it once the fs is shared.
     enter_sandbox(&mut t, rs.scratch, &host.consistent_paths)?;
     // Then the guest's own unprivileged identity, before its other threads
@@ -270,7 +300,7 @@ fn rebuild(
     for t in threads {
         t.detach()?;
     }
-    Ok((listeners, img))
+    Ok((listeners, img, dirty))
 }
 
 /// Injected into the guest while it still has root's rights here: a mount

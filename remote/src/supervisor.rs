@@ -79,7 +79,7 @@ pub struct Supervisor {
     gang: Option<Arc<AwayGang>>,
     /// The return home it takes part in with its gang: (the token home
     /// knows it by, where the members meet, their pids here).
-    attempt: Option<(u64, Arc<om_runtime::gang::Sync>, Vec<i32>)>,
+    attempt: Option<home::Attempt>,
     /// It went home (its end is not a failure of its gang's return).
     went_home: bool,
     /// Reused buffers for bulk call data, out and back.
@@ -148,6 +148,19 @@ struct Flags {
     /// Held while the supervisor traces the guest, so the helper's waitid
     /// never takes a ptrace event meant for it.
     ptrace_lock: Mutex<()>,
+    /// The pre-copy of a return home (see `home::Pre`), and whether it is
+    /// done (so a lane sees it without the lock).
+    pre: Mutex<home::Pre>,
+    pre_done: AtomicBool,
+    /// Where the helper hands home's answers to the pre-copy (they come on
+    /// the control link).
+    pre_answers: Mutex<Option<std::sync::mpsc::Sender<Msg>>>,
+    /// The control link, for the pre-copy to write on, and whole frames on it.
+    ctl_out: Mutex<Option<Link>>,
+    ctl_lock: Mutex<()>,
+    /// Tracks which pages the guest writes (made at its rebuild), for a
+    /// pre-copy home that converges.
+    dirty: Mutex<Option<om_runtime::dirty::Dirty>>,
 }
 
 impl Flags {
@@ -242,7 +255,7 @@ impl AwayGang {
     /// Take part in the gang's return home: the one in progress, or a new
     /// one for the members here now. Asks every other member to come home.
     /// None when this member is alone here now.
-    fn begin(&self, me: i32) -> Option<(u64, Arc<om_runtime::gang::Sync>, Vec<i32>)> {
+    fn begin(&self, me: i32) -> Option<home::Attempt> {
         let members: Vec<(i32, Arc<Flags>)> = self.members.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if members.len() < 2 {
             return None;
@@ -311,8 +324,10 @@ impl Supervisor {
         listeners: Vec<(i32, OwnedFd)>,
         img: &Image,
         gang: (u64, u32),
+        dirty: Option<om_runtime::dirty::Dirty>,
     ) -> std::io::Result<Supervisor> {
         let flags = register();
+        *flags.dirty.lock().unwrap_or_else(|p| p.into_inner()) = dirty;
         let reader = std::io::BufReader::with_capacity(1 << 16, stream.try_clone()?);
         let mut spare: Vec<Lane> = listeners
             .into_iter()
@@ -369,6 +384,10 @@ impl Supervisor {
         let (Some(ctl), Ok(out)) = (self.ctl.take(), self.stream.try_clone()) else {
             return self.lost("cannot set up the helper");
         };
+        match ctl.try_clone() {
+            Ok(c) => *self.flags.ctl_out.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
+            Err(_) => return self.lost("cannot set up the control link"),
+        }
         let (flags, gpid, tids) = (self.flags.clone(), self.gpid, self.tids.clone());
         if std::thread::Builder::new()
             .name(format!("guest-{gpid}"))
@@ -474,7 +493,9 @@ impl Supervisor {
                     _ => continue,
                 }
             }
-            if self.flags.come_home.load(Ordering::SeqCst) {
+            // Asked to come home: the memory is copied home by a thread of
+            // its own while the calls go on; then the freeze.
+            if self.asked_home() {
                 if let Flow::Done = self.go_home("asked to come home", None) {
                     break;
                 }
@@ -593,7 +614,7 @@ impl Supervisor {
         let nr = n.data.nr as u32;
         // Asked to come home: go before forwarding anything (a call restarted
         // after the deputy was woken would otherwise wait there again).
-        if self.flags.come_home.load(Ordering::SeqCst) {
+        if self.asked_home() {
             return self.go_home("asked to come home", Some(n.id));
         }
         let (class, name) = syscalls::entry(nr).map_or((Class::Home, "unknown"), |e| (e.class, e.name));

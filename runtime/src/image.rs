@@ -1180,11 +1180,11 @@ pub fn pre_image(pid: i32, reopen: &dyn Fn(&str) -> bool) -> std::io::Result<Ima
 /// Hash of each page sent in a pre-copy, by address.
 pub type PageHashes = HashMap<u64, u64>;
 
-fn page_indices(runs: &[(u64, u64)]) -> impl Iterator<Item = u64> + '_ {
+pub fn page_indices(runs: &[(u64, u64)]) -> impl Iterator<Item = u64> + '_ {
     runs.iter().flat_map(|&(f, n)| f..f + n)
 }
 
-fn runs_of(mut idx: Vec<u64>) -> Vec<(u64, u64)> {
+pub fn runs_of(mut idx: Vec<u64>) -> Vec<(u64, u64)> {
     idx.sort_unstable();
     idx.dedup();
     let mut runs: Vec<(u64, u64)> = Vec::new();
@@ -1197,21 +1197,22 @@ fn runs_of(mut idx: Vec<u64>) -> Vec<(u64, u64)> {
     runs
 }
 
-/// After a pre-copy, keep in `img` only the pages the destination does not
-/// already hold: in regions unchanged since the pre-copy, a page travels again
-/// only if its content hash differs from what was sent (a page that vanished
-/// reads as zeroes, or as its file page, and travels too). Changed regions
-/// travel whole, as captured.
-pub fn prune_unchanged(
+/// After a pre-copy, keep in the regions `which` of `img` (each unchanged
+/// since the pre-copy `pre`) only the pages whose content hash differs from
+/// what was sent (a page that vanished reads as zeroes, or as its file
+/// page, and travels too). Returns the pages left out.
+pub fn prune_by_hash(
     pid: i32,
     img: &mut Image,
+    which: &[usize],
     pre: &Image,
     sent: &PageHashes,
     mode: ReadMode,
 ) -> std::io::Result<u64> {
     let mut skipped = 0u64;
     let mut buf = vec![0u8; 4 << 20];
-    for r in img.regions.iter_mut() {
+    for &i in which {
+        let Some(r) = img.regions.get_mut(i) else { continue };
         let Some(q) = pre.regions.iter().find(|q| same_region(r, q)) else { continue };
         if r.prot & libc::PROT_READ as u32 == 0 && r.runs.is_empty() && q.runs.is_empty() {
             continue;

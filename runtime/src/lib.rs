@@ -7,6 +7,7 @@
 //! - [`client`]: the control-socket client used by `om-exec`, `omctl` and batch tools.
 
 pub mod client;
+pub mod dirty;
 pub mod embed;
 pub mod gang;
 pub mod image;

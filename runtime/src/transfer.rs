@@ -1,6 +1,7 @@
 //! Moving an image over a link: the offer (which files the receiver can
 //! reopen), the image header, and the page stream in fixed-size batches.
 
+use crate::dirty::Dirty;
 use crate::image::{self, FileId, Image, ReadMode};
 use crate::ptrace::Tracee;
 use crate::wire::{self, Frame, Msg, WireError};
@@ -61,19 +62,67 @@ pub fn send_image<W: Write>(w: &mut W, pid: i32, img: &Image, mode: ReadMode) ->
     Ok(total)
 }
 
-/// Pre-copy: send the layout and pages of the running process `pid`, and
-/// return the hash of every page as sent. A piece that cannot be read (the
-/// process unmapped it meanwhile) is sent as zeroes; the final pass repairs it.
-pub fn send_pre_image<W: Write>(
+/// Pre-copy rounds after the first: at most this many.
+const MAX_ROUNDS: u32 = 8;
+/// Written bytes left for the freeze once a round finds no more than this.
+const SMALL_ENOUGH: u64 = 1 << 20;
+
+/// What a pre-copy sent, for the freeze to send only what changed since.
+pub struct PreCopy {
+    /// The layout and pages of the first round.
+    pub image: Image,
+    /// Hash of every page sent of the regions whose writes are not tracked.
+    hashes: image::PageHashes,
+    tracked: Option<Tracked>,
+    /// Rounds after the first, and the bytes of each round (the first first).
+    pub round_bytes: Vec<u64>,
+}
+
+/// Write tracking during a pre-copy.
+struct Tracked {
+    dirty: Dirty,
+    /// The tracked regions (address, bytes).
+    ranges: Vec<(u64, u64)>,
+    /// Every tracked page sent, by address.
+    sent: std::collections::HashSet<u64>,
+    /// Runs written since they were sent, not sent again yet.
+    owed: Vec<(u64, u64)>,
+}
+
+/// Regions whose writes are tracked: private memory, whose pages the image
+/// carries one by one (shared memory travels by its object's contents).
+fn tracked_region(r: &image::Region) -> bool {
+    matches!(
+        r.kind,
+        image::RegionKind::Anon | image::RegionKind::Heap | image::RegionKind::Stack | image::RegionKind::File { .. }
+    )
+}
+
+impl PreCopy {
+    /// Whether the writes were tracked (else the freeze compares hashes).
+    pub fn tracked(&self) -> bool {
+        self.tracked.is_some()
+    }
+
+    /// The write tracker, for a later pre-copy of the same process.
+    pub fn into_dirty(self) -> Option<Dirty> {
+        self.tracked.map(|t| t.dirty)
+    }
+}
+
+/// Read the pages of `runs` of `pid` and send them in `CHUNK` batches,
+/// then `PagesDone`; `each` sees every page sent (address, bytes). A piece
+/// that cannot be read (unmapped meanwhile) is sent as zeroes.
+fn send_runs<W: Write>(
     w: &mut W,
     pid: i32,
-    img: &Image,
+    runs: impl Iterator<Item = (u64, usize)>,
     mode: ReadMode,
-) -> Result<image::PageHashes, WireError> {
-    wire::send(w, &Msg::PreImage(Box::new(img.clone())))?;
+    each: &mut dyn FnMut(u64, &[u8]),
+) -> Result<u64, WireError> {
     let mut buf = vec![0u8; CHUNK];
-    let mut hashes = image::PageHashes::with_capacity((img.data_bytes() / image::PAGE) as usize);
-    for batch in image::batch_runs(img.runs(), CHUNK) {
+    let mut total = 0u64;
+    for batch in image::batch_runs(runs, CHUNK) {
         let n: usize = batch.iter().map(|r| r.1).sum();
         if image::read_pages(pid, &batch, &mut buf[..n], mode).is_err() {
             buf[..n].fill(0);
@@ -81,26 +130,177 @@ pub fn send_pre_image<W: Write>(
         let mut off = 0;
         for &(a, l) in &batch {
             for (k, page) in buf[off..off + l].chunks(image::PAGE as usize).enumerate() {
-                hashes.insert(a + k as u64 * image::PAGE, xxhash_rust::xxh3::xxh3_64(page));
+                each(a + k as u64 * image::PAGE, page);
             }
             off += l;
         }
         wire::send_data(w, &buf[..n])?;
+        total += n as u64;
     }
     wire::send(w, &Msg::PagesDone)?;
-    Ok(hashes)
+    Ok(total)
 }
 
-/// Receive the page stream for `img` and write it into the tracee.
-pub fn recv_pages<R: Read>(r: &mut R, t: &Tracee, img: &Image) -> Result<u64, WireError> {
-    recv_pages_keeping(r, t, img, &[])
+/// Pre-copy the running process `pid`: its layout and pages, then (with
+/// write tracking) rounds of the pages written since, while they shrink,
+/// then `PreDone`. The freeze then sends only what changed since
+/// ([`prune`]).
+pub fn send_precopy<W: Write>(
+    w: &mut W,
+    pid: i32,
+    img: Image,
+    mode: ReadMode,
+    dirty: Option<Dirty>,
+) -> Result<PreCopy, WireError> {
+    let mut tracked = dirty.and_then(|mut d| {
+        let ranges: Vec<(u64, u64)> =
+            img.regions.iter().filter(|r| tracked_region(r)).map(|r| (r.start, r.end - r.start)).collect();
+        d.arm(&ranges);
+        // From here on, writes count.
+        d.take(&ranges).ok()?;
+        Some(Tracked { dirty: d, ranges, sent: std::collections::HashSet::new(), owed: Vec::new() })
+    });
+    let in_tracked = |ranges: &[(u64, u64)], a: u64| ranges.iter().any(|&(s, l)| a >= s && a < s + l);
+    wire::send(w, &Msg::PreImage(Box::new(img.clone())))?;
+    let mut hashes = image::PageHashes::new();
+    let first = {
+        let mut each = |a: u64, page: &[u8]| match &mut tracked {
+            Some(t) if in_tracked(&t.ranges, a) => {
+                t.sent.insert(a);
+            }
+            _ => {
+                hashes.insert(a, xxhash_rust::xxh3::xxh3_64(page));
+            }
+        };
+        send_runs(w, pid, img.runs(), mode, &mut each)?
+    };
+    let mut round_bytes = vec![first];
+    if let Some(t) = &mut tracked {
+        let mut prev = first;
+        for _ in 0..MAX_ROUNDS {
+            let written = match t.dirty.take(&t.ranges) {
+                Ok(d) => d,
+                // Tracking failed: everything tracked is owed to the freeze.
+                Err(_) => t.ranges.clone(),
+            };
+            let bytes: u64 = written.iter().map(|r| r.1).sum();
+            // Small enough for the freeze, or no longer shrinking: left
+            // for the freeze.
+            if bytes <= SMALL_ENOUGH || bytes.saturating_mul(4) > prev.saturating_mul(3) {
+                t.owed = written;
+                break;
+            }
+            wire::send(w, &Msg::PreDelta { runs: written.clone() })?;
+            let sent = &mut t.sent;
+            let mut each = |a: u64, _: &[u8]| {
+                sent.insert(a);
+            };
+            send_runs(w, pid, written.iter().map(|&(a, l)| (a, l as usize)), mode, &mut each)?;
+            round_bytes.push(bytes);
+            prev = bytes;
+        }
+    }
+    wire::send(w, &Msg::PreDone)?;
+    Ok(PreCopy { image: img, hashes, tracked, round_bytes })
 }
 
-/// [`recv_pages`] into a placeholder that kept `kept` regions: their pages
-/// are written only where they differ (see `image::write_pages_keeping`).
-pub fn recv_pages_keeping<R: Read>(r: &mut R, t: &Tracee, img: &Image, kept: &[(u64, u64)]) -> Result<u64, WireError> {
+/// After a pre-copy, keep in `img` (captured at the freeze) only the pages
+/// the destination does not already hold. In regions unchanged since the
+/// pre-copy: with write tracking, a page travels again if it was written
+/// since it was sent, vanished since (it reads as zeroes, or as its file
+/// page), or was never sent; without, if its content hash differs. Changed
+/// regions travel whole, as captured. Returns the pages left out.
+pub fn prune(pid: i32, img: &mut Image, pre: &mut PreCopy, mode: ReadMode) -> std::io::Result<u64> {
+    let written: Option<std::collections::HashSet<u64>> = match &mut pre.tracked {
+        Some(t) => {
+            let mut runs = t.dirty.take(&t.ranges).unwrap_or_else(|_| t.ranges.clone());
+            runs.append(&mut t.owed);
+            Some(runs.iter().flat_map(|&(a, l)| (a..a + l).step_by(image::PAGE as usize)).collect())
+        }
+        None => None,
+    };
+    let mut skipped = 0u64;
+    let mut untracked = Vec::new();
+    for (i, r) in img.regions.iter_mut().enumerate() {
+        let Some(q) = pre.image.regions.iter().find(|q| image::same_region(r, q)) else { continue };
+        let (Some(t), Some(written)) = (&pre.tracked, &written) else {
+            untracked.push(i);
+            continue;
+        };
+        if !tracked_region(q) {
+            untracked.push(i);
+            continue;
+        }
+        let present: std::collections::HashSet<u64> = image::page_indices(&r.runs).collect();
+        let cand = image::runs_of(image::page_indices(&r.runs).chain(image::page_indices(&q.runs)).collect());
+        let mut keep = Vec::new();
+        for p in image::page_indices(&cand) {
+            let a = r.start + p * image::PAGE;
+            let sent = t.sent.contains(&a);
+            let here = present.contains(&p);
+            if written.contains(&a) || sent != here {
+                keep.push(p);
+            } else {
+                skipped += 1;
+            }
+        }
+        // Written pages that were not present at the pre-copy nor now
+        // (populated and dropped again) need nothing.
+        r.runs = image::runs_of(keep);
+    }
+    if !untracked.is_empty() {
+        skipped += image::prune_by_hash(pid, img, &untracked, &pre.image, &pre.hashes, mode)?;
+    }
+    Ok(skipped)
+}
+
+/// Receive the further rounds of a pre-copy, after its first pages, up to
+/// `PreDone`, and write them into the tracee (leaving `kept` pages that
+/// already hold the same bytes). Every run must lie inside a region of
+/// `pre` whose pages travel one by one.
+pub fn recv_rounds<R: Read>(r: &mut R, t: &Tracee, pre: &Image, kept: &[(u64, u64)]) -> Result<u64, WireError> {
     let mut total = 0u64;
-    for batch in image::batch_runs(img.runs(), CHUNK) {
+    loop {
+        match wire::recv_msg(r)? {
+            Msg::PreDone => return Ok(total),
+            Msg::PreDelta { runs } => {
+                check_delta(&runs, pre)?;
+                let runs: Vec<(u64, usize)> = runs.iter().map(|&(a, l)| (a, l as usize)).collect();
+                total += recv_runs(r, t, &runs, kept)?;
+            }
+            Msg::RestoreFailed { reason } => return Err(WireError::Aborted(reason)),
+            m => return Err(WireError::Unexpected(format!("{m:?} in the pre-copy rounds"))),
+        }
+    }
+}
+
+/// A round's runs come from the sender: each must be page-aligned and lie
+/// inside one region of the first round's layout whose pages travel one
+/// by one, and all of them together no bigger than those regions.
+fn check_delta(runs: &[(u64, u64)], pre: &Image) -> Result<(), WireError> {
+    let room: u64 = pre.regions.iter().filter(|q| tracked_region(q)).map(|q| q.end - q.start).sum();
+    let mut total = 0u64;
+    for &(a, l) in runs {
+        let inside = pre
+            .regions
+            .iter()
+            .any(|q| tracked_region(q) && a >= q.start && a.checked_add(l).is_some_and(|e| e <= q.end));
+        if l == 0 || a % image::PAGE != 0 || l % image::PAGE != 0 || !inside {
+            return Err(WireError::Malformed(format!("pre-copy round run {a:#x}+{l:#x} outside the layout")));
+        }
+        total = total.saturating_add(l);
+    }
+    if total > room {
+        return Err(WireError::Malformed(format!("pre-copy round of {total} bytes, more than the layout's {room}")));
+    }
+    Ok(())
+}
+
+/// Receive the page batches of `runs` (as [`send_runs`] sends them) and
+/// write them into the tracee, then `PagesDone`.
+fn recv_runs<R: Read>(r: &mut R, t: &Tracee, runs: &[(u64, usize)], kept: &[(u64, u64)]) -> Result<u64, WireError> {
+    let mut total = 0u64;
+    for batch in image::batch_runs(runs.iter().copied(), CHUNK) {
         let n: usize = batch.iter().map(|r| r.1).sum();
         match wire::recv(r)? {
             Frame::Data(d) if d.len() == n => {
@@ -119,6 +319,18 @@ pub fn recv_pages_keeping<R: Read>(r: &mut R, t: &Tracee, img: &Image, kept: &[(
         Msg::RestoreFailed { reason } => Err(WireError::Aborted(reason)),
         m => Err(WireError::Unexpected(format!("{m:?} instead of the end of the page stream"))),
     }
+}
+
+/// Receive the page stream for `img` and write it into the tracee.
+pub fn recv_pages<R: Read>(r: &mut R, t: &Tracee, img: &Image) -> Result<u64, WireError> {
+    recv_pages_keeping(r, t, img, &[])
+}
+
+/// [`recv_pages`] into a placeholder that kept `kept` regions: their pages
+/// are written only where they differ (see `image::write_pages_keeping`).
+pub fn recv_pages_keeping<R: Read>(r: &mut R, t: &Tracee, img: &Image, kept: &[(u64, u64)]) -> Result<u64, WireError> {
+    let runs: Vec<(u64, usize)> = img.runs().collect();
+    recv_runs(r, t, &runs, kept)
 }
 
 #[cfg(test)]

@@ -206,6 +206,17 @@ pub enum Msg {
     PreImage(Box<Image>),
     Image(Box<Image>),
     PagesDone,
+    /// Another pre-copy round: the pages written since they were sent,
+    /// as (address, bytes) runs, followed by their data and `PagesDone`.
+    PreDelta {
+        runs: Vec<(u64, u64)>,
+    },
+    /// The pre-copy rounds are over (the final `Image` follows).
+    PreDone,
+    /// Home laid out a pre-copy sent on the control link: the process may
+    /// freeze and send the rest (`GoingHome`, then its `Image`, on the call
+    /// link).
+    PreOk,
     Resumed {
         guest: i32,
     },

@@ -29,7 +29,7 @@ fn wait_where(c: &Cluster, pid: u32, want: u64) -> bool {
 #[test]
 fn a_parent_and_child_sharing_a_counter_move_out_across_and_home_together() {
     let c = Cluster::start(3);
-    let n = 10_000_000u64;
+    let n = 16_000_000u64;
     for how in ["anon", "sysv", "memfd", "shm"] {
         let out = format!("gang.{how}");
         let mut p = c.om_exec(1, &bin("gangcount"), &[&n.to_string(), how], &out);

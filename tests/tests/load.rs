@@ -5,7 +5,7 @@
 
 #[test]
 fn fifty_processes_move_out_across_and_home_at_once() {
-    let r = om_tests::load::run(50, 1500);
+    let r = om_tests::load::run(50, 2500);
     eprintln!("{r:?}");
     assert!(r.rounds.iter().map(|(_, x)| x.moved).sum::<usize>() >= 50, "too few moves: {r:?}");
 }

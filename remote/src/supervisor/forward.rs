@@ -284,7 +284,7 @@ impl Supervisor {
             off += valid;
         }
         self.reply(id, ret);
-        if self.flags.come_home.load(Ordering::SeqCst) {
+        if self.asked_home() {
             return self.go_home("asked to come home", None);
         }
         Flow::Go
@@ -309,7 +309,7 @@ impl Supervisor {
             if r.ret != -(libc::EINTR as i64) {
                 return Ok(r);
             }
-            if self.flags.come_home.load(Ordering::SeqCst) {
+            if self.asked_home() {
                 return Err(self.go_home("asked to come home", Some(id)));
             }
             if self.lanes.as_ref().is_some_and(|l| l.hold.load(Ordering::SeqCst)) && !self.moving {
@@ -447,7 +447,7 @@ impl Supervisor {
         }
         self.sigpipe_if(nr, r.ret, a);
         self.reply(id, r.ret);
-        if self.flags.come_home.load(Ordering::SeqCst) {
+        if self.asked_home() {
             return self.go_home("asked to come home", None);
         }
         Flow::Go

@@ -421,7 +421,8 @@ pub(super) fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>,
         // What the guest uses, once a second, for home's balancer.
         if !home_gone && reported.elapsed() >= std::time::Duration::from_secs(1) {
             reported = std::time::Instant::now();
-            if let Some((cpu_ns, run_ns, rss)) = usage(gpid) {
+            // Skipped while a pre-copy home holds the link.
+            if let (Some((cpu_ns, run_ns, rss)), Ok(_g)) = (usage(gpid), flags.ctl_lock.try_lock()) {
                 if wire::send(&mut ctl, &Msg::Usage { cpu_ns, run_ns, rss }).is_err() {
                     home_gone = true;
                 }
@@ -433,6 +434,7 @@ pub(super) fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>,
             if let Ok(_g) = flags.ptrace_lock.try_lock() {
                 if let Ok(Some((true, sig))) = sys::waitid_job(gpid) {
                     let sig = flags.stop_sig.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or(sig);
+                    let _g = flags.ctl_lock.lock().unwrap_or_else(|p| p.into_inner());
                     if wire::send(&mut ctl, &Msg::Stopped { sig }).is_err() {
                         home_gone = true;
                     }
@@ -527,6 +529,14 @@ pub(super) fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>,
                                 let _ = sys::kill(gpid, sig);
                             }
                         }
+                    }
+                }
+                // Home's answers to a pre-copy home.
+                Ok(Frame::Msg(
+                    m @ (Msg::OfferOk { .. } | Msg::Refused { .. } | Msg::PreOk | Msg::RestoreFailed { .. }),
+                )) => {
+                    if let Some(tx) = flags.pre_answers.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                        let _ = tx.send(m);
                     }
                 }
                 Ok(Frame::Msg(Msg::Kill)) => {

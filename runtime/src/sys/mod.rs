@@ -657,3 +657,96 @@ pub fn before_exec(cmd: &mut std::process::Command, f: impl FnMut() -> io::Resul
     // SAFETY: `f` is the caller's, documented above; nothing else runs here.
     unsafe { cmd.pre_exec(f) };
 }
+
+/// `struct pm_scan_arg` of PAGEMAP_SCAN (linux/fs.h).
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: u64 = 0xC060_6610;
+/// Page categories and scan flags (linux/fs.h).
+pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+
+/// Page category: write-protect tracking (userfaultfd WP_ASYNC) is on.
+pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
+
+/// PAGEMAP_SCAN on an open /proc/PID/pagemap over [start, end): every
+/// range walked with its categories (PAGE_IS_WPALLOWED, PAGE_IS_WRITTEN:
+/// written since last write-protected), write-protecting the pages again
+/// in the same walk. Appended to `out` as (address, bytes, categories);
+/// what the walk skips is not listed.
+pub fn pagemap_scan_rearm(pagemap: RawFd, start: u64, end: u64, out: &mut Vec<(u64, u64, u64)>) -> io::Result<()> {
+    let mut vec = [[0u64; 3]; 512];
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            flags: PM_SCAN_WP_MATCHING,
+            start: at,
+            end,
+            vec: vec.as_mut_ptr() as u64,
+            vec_len: vec.len() as u64,
+            return_mask: PAGE_IS_WRITTEN | PAGE_IS_WPALLOWED,
+            ..Default::default()
+        };
+        // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points to
+        // `vec.len()` page_region entries (3 u64 each) that live across
+        // the call; the kernel writes only there and into `arg`.
+        let n = cvt(unsafe { libc::ioctl(pagemap, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) } as libc::c_long)?;
+        for r in &vec[..(n as usize).min(vec.len())] {
+            match out.last_mut() {
+                Some((a, l, c)) if *a + *l == r[0] && *c == r[2] => *l += r[1] - r[0],
+                _ => out.push((r[0], r[1] - r[0], r[2])),
+            }
+        }
+        if arg.walk_end <= at {
+            break;
+        }
+        at = arg.walk_end;
+    }
+    Ok(())
+}
+
+/// userfaultfd ioctls (linux/userfaultfd.h).
+const UFFD_API: u64 = 0xAA;
+const UFFDIO_API: u64 = 0xC018_AA3F;
+const UFFDIO_REGISTER: u64 = 0xC020_AA00;
+const UFFDIO_REGISTER_MODE_WP: u64 = 2;
+const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+/// userfaultfd() flag: only faults in user mode (allowed unprivileged).
+pub const UFFD_USER_MODE_ONLY: u64 = 1;
+
+/// Enable write-protect tracking without notifications (WP_ASYNC: a write
+/// to a protected page only clears its protection) on a fresh userfaultfd.
+pub fn uffd_api_wp_async(uffd: RawFd) -> io::Result<()> {
+    let mut api = [UFFD_API, UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, 0];
+    // SAFETY: `api` is a struct uffdio_api (three u64) the kernel reads and fills.
+    cvt(unsafe { libc::ioctl(uffd, UFFDIO_API as _, api.as_mut_ptr()) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Register [start, start + len) of the userfaultfd's process for
+/// write-protect tracking.
+pub fn uffd_register_wp(uffd: RawFd, start: u64, len: u64) -> io::Result<()> {
+    let mut reg = [start, len, UFFDIO_REGISTER_MODE_WP, 0];
+    // SAFETY: `reg` is a struct uffdio_register (range, mode, ioctls) the
+    // kernel reads and fills.
+    cvt(unsafe { libc::ioctl(uffd, UFFDIO_REGISTER as _, reg.as_mut_ptr()) } as libc::c_long)?;
+    Ok(())
+}

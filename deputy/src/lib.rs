@@ -311,6 +311,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
             )
         }
     })?;
+    let seized_ms = freeze.elapsed().as_secs_f64() * 1e3;
     let mut frozen = Frozen { threads, scratch: None };
     // Shared pages are read once every member is frozen.
     meet(2, "freeze")?;
@@ -327,8 +328,10 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
             format!("process {pid} started a new program during the migration; it stays at home (try again)"),
         ));
     }
+    let checked_ms = freeze.elapsed().as_secs_f64() * 1e3;
     let mut cap = image::capture(frozen.threads(), &same)
         .map_err(|e| err("capture", format!("cannot capture process {pid}: {e}")))?;
+    let image_ms = freeze.elapsed().as_secs_f64() * 1e3;
     frozen.captured(cap.scratch, &cap.image.timers);
     if gang.together() {
         image::keep_owned(&mut cap.image, pid, &gang.members)
@@ -336,6 +339,9 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     }
     match transfer::prune(pid, &mut cap.image, &mut sent, image::ReadMode::Unpinned) {
         Ok(skipped) => tracing::info!(
+            seized_ms,
+            checked_ms,
+            image_ms,
             capture_ms = freeze.elapsed().as_secs_f64() * 1e3,
             unchanged_pages = skipped,
             resent_bytes = cap.image.data_bytes(),
@@ -354,6 +360,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
         .map_err(|e| err("deputy", format!("cannot clone the control link: {e}")))?;
     let events_tx = ev_tx.clone();
     process::start(&link, setup, shared.clone(), ev_tx, rel_rx).map_err(|e| err("deputy", e))?;
+    let deputy_ms = freeze.elapsed().as_secs_f64() * 1e3;
     // The deputy stops with any failure below.
     let stop_deputy = |e: MoveError| {
         let _ = rel_tx.send(Release::Stop);
@@ -365,11 +372,14 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
             format!("sending the image to node {} failed: {e}; the process stays at home", plan.dest),
         ))
     })?;
+    let sent_ms = freeze.elapsed().as_secs_f64() * 1e3;
     match wire::recv_msg(&mut link) {
         Ok(Msg::Resumed { guest }) => {
             tracing::info!(
                 guest,
                 bytes = sent,
+                deputy_ms,
+                sent_ms,
                 freeze_ms = freeze.elapsed().as_secs_f64() * 1e3,
                 total_ms = started.elapsed().as_secs_f64() * 1e3,
                 "migrated"
@@ -413,6 +423,9 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
         .into_iter()
         .map(|(tid, info)| (if tid == pid && !rsys::siginfo_is_tkill(&info) { 0 } else { tid }, info))
         .collect();
+    // The process runs there now: the deputy serves it while the
+    // placeholder is parked (unmapping a large memory takes a while).
+    let _ = rel_tx.send(Release::Serve);
     // The other threads first: the kernel writes each thread's rseq area
     // whenever it returns to user space, so none may stay registered once
     // the leader's park unmaps the memory.
@@ -426,7 +439,6 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     if let Err(e) = parked {
         tracing::error!(%e, "parking the home placeholder failed");
     }
-    let _ = rel_tx.send(Release::Serve);
     let away = Away {
         link,
         ctl_link,
@@ -1515,7 +1527,8 @@ fn read_control_link(ctl_link: &Link, pid: i32, tx: Sender<Event>, usage: Arc<Us
             match m {
                 Msg::Stopped { sig } if tx.send(Event::Stopped(sig)).is_err() => return,
                 m @ Msg::Offer { .. } => {
-                    if tx.send(Event::PreCopy(m)).is_err() || resume.recv().is_err() {
+                    let gone = tx.send(Event::PreCopy(m)).is_err() || resume.recv().is_err();
+                    if gone {
                         return;
                     }
                 }

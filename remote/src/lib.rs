@@ -198,6 +198,10 @@ pub fn host_guest(mut stream: Link, offer: Msg, host: &Host) -> Result<(), Guest
     }
 }
 
+/// A guest rebuilt: each thread's listener (its guest tid, in image order),
+/// the final image, and the tracker of the pages it writes.
+type Rebuilt = (Vec<(i32, OwnedFd)>, Image, Option<om_runtime::dirty::Dirty>);
+
 /// Rebuild the process in the fresh stopped process `gpid`: from a pre-copy
 /// and then the final image, or from the image alone. Then drop to the
 /// process's credentials, install the filter, and let it run. Returns the
@@ -208,7 +212,7 @@ fn rebuild(
     first: Msg,
     host: &Host,
     gang: Option<&Member>,
-) -> Result<(Vec<(i32, OwnedFd)>, Image, Option<om_runtime::dirty::Dirty>), GuestError> {
+) -> Result<Rebuilt, GuestError> {
     let object = |t: &mut Tracee, scratch: u64, r: &image::Region| match gang {
         Some(m) => gang_object(m, t, scratch, r),
         None => Ok(None),
@@ -260,12 +264,7 @@ fn rebuild(
     let bytes = transfer::recv_pages(stream, &t, &img)?;
     let t2 = std::time::Instant::now();
     image::restore_finish(&mut t, &img, Target::Fresh, &rs, Some("/"))?;
-    tracing::info!(
-        pages_ms = (t2 - t1).as_secs_f64() * 1e3,
-        finish_ms = t2.elapsed().as_secs_f64() * 1e3,
-        bytes,
-        "rebuilt"
-    );
+    let t3 = std::time::Instant::now();
     // Which pages it writes here is tracked from now on (for a pre-copy
     // home that converges): the userfaultfd is made inside it before its
     // filter would trap the call.
@@ -300,6 +299,14 @@ fn rebuild(
     for t in threads {
         t.detach()?;
     }
+    let t4 = std::time::Instant::now();
+    tracing::info!(
+        pages_ms = (t2 - t1).as_secs_f64() * 1e3,
+        finish_ms = (t3 - t2).as_secs_f64() * 1e3,
+        sandbox_ms = (t4 - t3).as_secs_f64() * 1e3,
+        bytes,
+        "rebuilt"
+    );
     Ok((listeners, img, dirty))
 }
 

@@ -83,8 +83,8 @@ struct Tracked {
     dirty: Dirty,
     /// The tracked regions (address, bytes).
     ranges: Vec<(u64, u64)>,
-    /// Every tracked page sent, by address.
-    sent: std::collections::HashSet<u64>,
+    /// Every tracked page sent, as sorted [start, end) address intervals.
+    sent: Vec<(u64, u64)>,
     /// Runs written since they were sent, not sent again yet.
     owed: Vec<(u64, u64)>,
 }
@@ -158,22 +158,32 @@ pub fn send_precopy<W: Write>(
         d.arm(&ranges);
         // From here on, writes count.
         d.take(&ranges).ok()?;
-        Some(Tracked { dirty: d, ranges, sent: std::collections::HashSet::new(), owed: Vec::new() })
+        Some(Tracked { dirty: d, ranges, sent: Vec::new(), owed: Vec::new() })
     });
-    let in_tracked = |ranges: &[(u64, u64)], a: u64| ranges.iter().any(|&(s, l)| a >= s && a < s + l);
     wire::send(w, &Msg::PreImage(Box::new(img.clone())))?;
     let mut hashes = image::PageHashes::new();
     let first = {
-        let mut each = |a: u64, page: &[u8]| match &mut tracked {
-            Some(t) if in_tracked(&t.ranges, a) => {
-                t.sent.insert(a);
-            }
-            _ => {
+        // Pages of untracked regions are hashed as they are sent.
+        let untracked: Vec<(u64, u64)> =
+            img.regions.iter().filter(|r| tracked.is_none() || !tracked_region(r)).map(|r| (r.start, r.end)).collect();
+        let mut each = |a: u64, page: &[u8]| {
+            if untracked.iter().any(|&(s, e)| a >= s && a < e) {
                 hashes.insert(a, xxhash_rust::xxh3::xxh3_64(page));
             }
         };
         send_runs(w, pid, img.runs(), mode, &mut each)?
     };
+    if let Some(t) = &mut tracked {
+        let runs: Vec<(u64, u64)> = img
+            .regions
+            .iter()
+            .filter(|r| tracked_region(r))
+            .flat_map(|r| {
+                r.runs.iter().map(move |&(f, n)| (r.start + f * image::PAGE, r.start + (f + n) * image::PAGE))
+            })
+            .collect();
+        t.sent = spans::union(&runs, &[]);
+    }
     let mut round_bytes = vec![first];
     if let Some(t) = &mut tracked {
         let mut prev = first;
@@ -191,11 +201,9 @@ pub fn send_precopy<W: Write>(
                 break;
             }
             wire::send(w, &Msg::PreDelta { runs: written.clone() })?;
-            let sent = &mut t.sent;
-            let mut each = |a: u64, _: &[u8]| {
-                sent.insert(a);
-            };
-            send_runs(w, pid, written.iter().map(|&(a, l)| (a, l as usize)), mode, &mut each)?;
+            send_runs(w, pid, written.iter().map(|&(a, l)| (a, l as usize)), mode, &mut |_, _| {})?;
+            let spans: Vec<(u64, u64)> = written.iter().map(|&(a, l)| (a, a + l)).collect();
+            t.sent = spans::union(&t.sent, &spans);
             round_bytes.push(bytes);
             prev = bytes;
         }
@@ -211,11 +219,12 @@ pub fn send_precopy<W: Write>(
 /// page), or was never sent; without, if its content hash differs. Changed
 /// regions travel whole, as captured. Returns the pages left out.
 pub fn prune(pid: i32, img: &mut Image, pre: &mut PreCopy, mode: ReadMode) -> std::io::Result<u64> {
-    let written: Option<std::collections::HashSet<u64>> = match &mut pre.tracked {
+    let written: Option<Vec<(u64, u64)>> = match &mut pre.tracked {
         Some(t) => {
             let mut runs = t.dirty.take(&t.ranges).unwrap_or_else(|_| t.ranges.clone());
             runs.append(&mut t.owed);
-            Some(runs.iter().flat_map(|&(a, l)| (a..a + l).step_by(image::PAGE as usize)).collect())
+            let spans: Vec<(u64, u64)> = runs.iter().map(|&(a, l)| (a, a + l)).collect();
+            Some(spans::union(&spans, &[]))
         }
         None => None,
     };
@@ -231,27 +240,89 @@ pub fn prune(pid: i32, img: &mut Image, pre: &mut PreCopy, mode: ReadMode) -> st
             untracked.push(i);
             continue;
         }
-        let present: std::collections::HashSet<u64> = image::page_indices(&r.runs).collect();
-        let cand = image::runs_of(image::page_indices(&r.runs).chain(image::page_indices(&q.runs)).collect());
-        let mut keep = Vec::new();
-        for p in image::page_indices(&cand) {
-            let a = r.start + p * image::PAGE;
-            let sent = t.sent.contains(&a);
-            let here = present.contains(&p);
-            if written.contains(&a) || sent != here {
-                keep.push(p);
-            } else {
-                skipped += 1;
-            }
-        }
-        // Written pages that were not present at the pre-copy nor now
-        // (populated and dropped again) need nothing.
-        r.runs = image::runs_of(keep);
+        // Kept: written since sent, or present now but never sent, or sent
+        // but gone since (it reads as zeroes, or as its file page).
+        let (lo, hi) = (r.start, r.end);
+        let present: Vec<(u64, u64)> =
+            r.runs.iter().map(|&(f, n)| (lo + f * image::PAGE, lo + (f + n) * image::PAGE)).collect();
+        let sent = spans::clip(&t.sent, lo, hi);
+        let changed = spans::union(&spans::minus(&present, &sent), &spans::minus(&sent, &present));
+        let keep = spans::union(&spans::clip(written, lo, hi), &changed);
+        let had: u64 = spans::union(&present, &sent).iter().map(|s| s.1 - s.0).sum();
+        let kept: u64 = keep.iter().map(|s| s.1 - s.0).sum();
+        skipped += had.saturating_sub(kept) / image::PAGE;
+        r.runs = keep.iter().map(|&(a, e)| ((a - lo) / image::PAGE, (e - a) / image::PAGE)).collect();
     }
     if !untracked.is_empty() {
         skipped += image::prune_by_hash(pid, img, &untracked, &pre.image, &pre.hashes, mode)?;
     }
     Ok(skipped)
+}
+
+/// Sets of addresses as sorted, disjoint [start, end) intervals.
+mod spans {
+    /// Sorted and merged.
+    fn norm(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+        v.retain(|s| s.1 > s.0);
+        v.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+        for (a, e) in v {
+            match out.last_mut() {
+                Some(l) if a <= l.1 => l.1 = l.1.max(e),
+                _ => out.push((a, e)),
+            }
+        }
+        out
+    }
+
+    pub fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        norm(a.iter().chain(b).copied().collect())
+    }
+
+    /// `a` less `b` (both sorted and disjoint).
+    pub fn minus(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut j = 0;
+        for &(mut s, e) in a {
+            while j < b.len() && b[j].1 <= s {
+                j += 1;
+            }
+            let mut k = j;
+            while k < b.len() && b[k].0 < e {
+                if b[k].0 > s {
+                    out.push((s, b[k].0));
+                }
+                s = s.max(b[k].1);
+                k += 1;
+            }
+            if s < e {
+                out.push((s, e));
+            }
+        }
+        out
+    }
+
+    /// The part of `a` (sorted and disjoint) inside [lo, hi).
+    pub fn clip(a: &[(u64, u64)], lo: u64, hi: u64) -> Vec<(u64, u64)> {
+        let from = a.partition_point(|s| s.1 <= lo);
+        a[from..].iter().take_while(|s| s.0 < hi).map(|&(s, e)| (s.max(lo), e.min(hi))).collect()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn interval_sets_add_take_and_clip_like_page_sets() {
+            let a = union(&[(10, 20), (30, 40)], &[(15, 32), (50, 60)]);
+            assert_eq!(a, vec![(10, 40), (50, 60)]);
+            assert_eq!(minus(&a, &[(0, 12), (20, 25), (39, 55)]), vec![(12, 20), (25, 39), (55, 60)]);
+            assert_eq!(minus(&[(0, 10)], &[]), vec![(0, 10)]);
+            assert_eq!(minus(&[(0, 10)], &[(0, 10)]), vec![]);
+            assert_eq!(clip(&a, 35, 55), vec![(35, 40), (50, 55)]);
+            assert_eq!(clip(&a, 60, 70), vec![]);
+        }
+    }
 }
 
 /// Receive the further rounds of a pre-copy, after its first pages, up to

@@ -281,6 +281,8 @@ impl Drop for Cluster {
         }
         if std::thread::panicking() {
             let _ = writeln!(std::io::stderr(), "daemon logs kept in {}\n{}", self.dir.display(), self.logs());
+        } else if std::env::var_os("OM_KEEP_LOGS").is_some() {
+            let _ = writeln!(std::io::stderr(), "daemon logs kept in {} (OM_KEEP_LOGS)", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

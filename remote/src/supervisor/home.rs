@@ -12,7 +12,7 @@ pub(super) enum Pre {
     Idle,
     Running,
     /// Its outcome, with the gang's return it belongs to.
-    Done(Option<Attempt>, Result<PreCopied, crate::GuestError>),
+    Done(Option<Attempt>, Result<Box<PreCopied>, crate::GuestError>),
 }
 
 /// A gang's return home: (the token home knows it by, where the members
@@ -168,7 +168,7 @@ impl Supervisor {
         drop(st);
         let (flags, gpid, refs) = (self.flags.clone(), self.gpid, self.refs.clone());
         let spawned = std::thread::Builder::new().name(format!("pre-{gpid}")).spawn(move || {
-            let r = precopy(&flags, gpid, &refs, attempt.as_ref());
+            let r = precopy(&flags, gpid, &refs, attempt.as_ref()).map(Box::new);
             if let Err(e) = &r {
                 tracing::info!(guest = gpid, %e, "the pre-copy home did not complete");
             }
@@ -190,7 +190,7 @@ impl Supervisor {
 
     /// The outcome of the pre-copy home, once done (one is started if
     /// none runs); it is taken, so the next return starts anew.
-    fn precopied(&mut self) -> (Option<Attempt>, Result<PreCopied, crate::GuestError>) {
+    fn precopied(&mut self) -> (Option<Attempt>, Result<Box<PreCopied>, crate::GuestError>) {
         self.start_precopy();
         loop {
             {
@@ -347,7 +347,7 @@ impl Supervisor {
         &mut self,
         reason: &str,
         pending: Option<u64>,
-        mut pre: PreCopied,
+        mut pre: Box<PreCopied>,
     ) -> Result<bool, crate::GuestError> {
         let r = self.send_home_after(reason, pending, &mut pre);
         if !matches!(r, Ok(true)) {

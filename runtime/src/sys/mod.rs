@@ -691,17 +691,49 @@ pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
 /// in the same walk. Appended to `out` as (address, bytes, categories);
 /// what the walk skips is not listed.
 pub fn pagemap_scan_rearm(pagemap: RawFd, start: u64, end: u64, out: &mut Vec<(u64, u64, u64)>) -> io::Result<()> {
+    pagemap_scan(pagemap, (start, end), PM_SCAN_WP_MATCHING, 0, PAGE_IS_WRITTEN | PAGE_IS_WPALLOWED, out)
+}
+
+/// Page categories (linux/fs.h).
+pub const PAGE_IS_FILE: u64 = 1 << 2;
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
+pub const PAGE_IS_GUARD: u64 = 1 << 8;
+
+/// PAGEMAP_SCAN over [start, end) of the pages in any of the categories
+/// `anyof`, as (address, bytes, categories masked by `ret`), adjacent pages
+/// of the same categories in one range; nothing is changed.
+pub fn pagemap_ranges(
+    pagemap: RawFd,
+    start: u64,
+    end: u64,
+    anyof: u64,
+    ret: u64,
+    out: &mut Vec<(u64, u64, u64)>,
+) -> io::Result<()> {
+    pagemap_scan(pagemap, (start, end), 0, anyof, ret, out)
+}
+
+fn pagemap_scan(
+    pagemap: RawFd,
+    (start, end): (u64, u64),
+    flags: u64,
+    anyof: u64,
+    ret: u64,
+    out: &mut Vec<(u64, u64, u64)>,
+) -> io::Result<()> {
     let mut vec = [[0u64; 3]; 512];
     let mut at = start;
     while at < end {
         let mut arg = PmScanArg {
             size: std::mem::size_of::<PmScanArg>() as u64,
-            flags: PM_SCAN_WP_MATCHING,
+            flags,
             start: at,
             end,
             vec: vec.as_mut_ptr() as u64,
             vec_len: vec.len() as u64,
-            return_mask: PAGE_IS_WRITTEN | PAGE_IS_WPALLOWED,
+            category_anyof_mask: anyof,
+            return_mask: ret,
             ..Default::default()
         };
         // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points to

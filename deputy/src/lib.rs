@@ -288,6 +288,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     tracing::info!(
         bytes = sent.image.data_bytes(),
         rounds = ?sent.round_bytes,
+        round_ms = ?sent.round_ms,
         tracked = sent.tracked(),
         ms = started.elapsed().as_secs_f64() * 1e3,
         "pre-copied"

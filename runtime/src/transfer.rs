@@ -74,8 +74,9 @@ pub struct PreCopy {
     /// Hash of every page sent of the regions whose writes are not tracked.
     hashes: image::PageHashes,
     tracked: Option<Tracked>,
-    /// Rounds after the first, and the bytes of each round (the first first).
+    /// The bytes of each round (the first first), and how long each took.
     pub round_bytes: Vec<u64>,
+    pub round_ms: Vec<f64>,
 }
 
 /// Write tracking during a pre-copy.
@@ -89,13 +90,18 @@ struct Tracked {
     owed: Vec<(u64, u64)>,
 }
 
-/// Regions whose writes are tracked: private memory, whose pages the image
-/// carries one by one (shared memory travels by its object's contents).
+/// Regions whose writes are tracked: private writable memory, whose pages
+/// the image carries one by one (shared memory travels by its object's
+/// contents). A region that is not writable now can only be written after
+/// an mprotect, which makes it another region at the freeze (sent whole);
+/// and leaving it out keeps large reservations (PROT_NONE address space of
+/// allocators and runtimes) free of write-protect markers, which would
+/// cost page tables for all of it. The heap is left out too: it travels
+/// whole at the freeze, and a tracked mapping does not merge with what is
+/// mapped next to it, so brk would grow it as a mapping of its own.
 fn tracked_region(r: &image::Region) -> bool {
-    matches!(
-        r.kind,
-        image::RegionKind::Anon | image::RegionKind::Heap | image::RegionKind::Stack | image::RegionKind::File { .. }
-    )
+    r.prot & libc::PROT_WRITE as u32 != 0
+        && matches!(r.kind, image::RegionKind::Anon | image::RegionKind::Stack | image::RegionKind::File { .. })
 }
 
 impl PreCopy {
@@ -160,6 +166,7 @@ pub fn send_precopy<W: Write>(
         d.take(&ranges).ok()?;
         Some(Tracked { dirty: d, ranges, sent: Vec::new(), owed: Vec::new() })
     });
+    let started = std::time::Instant::now();
     wire::send(w, &Msg::PreImage(Box::new(img.clone())))?;
     let mut hashes = image::PageHashes::new();
     let first = {
@@ -185,9 +192,11 @@ pub fn send_precopy<W: Write>(
         t.sent = spans::union(&runs, &[]);
     }
     let mut round_bytes = vec![first];
+    let mut round_ms = vec![started.elapsed().as_secs_f64() * 1e3];
     if let Some(t) = &mut tracked {
         let mut prev = first;
         for _ in 0..MAX_ROUNDS {
+            let started = std::time::Instant::now();
             let written = match t.dirty.take(&t.ranges) {
                 Ok(d) => d,
                 // Tracking failed: everything tracked is owed to the freeze.
@@ -205,11 +214,12 @@ pub fn send_precopy<W: Write>(
             let spans: Vec<(u64, u64)> = written.iter().map(|&(a, l)| (a, a + l)).collect();
             t.sent = spans::union(&t.sent, &spans);
             round_bytes.push(bytes);
+            round_ms.push(started.elapsed().as_secs_f64() * 1e3);
             prev = bytes;
         }
     }
     wire::send(w, &Msg::PreDone)?;
-    Ok(PreCopy { image: img, hashes, tracked, round_bytes })
+    Ok(PreCopy { image: img, hashes, tracked, round_bytes, round_ms })
 }
 
 /// After a pre-copy, keep in `img` (captured at the freeze) only the pages
@@ -346,16 +356,16 @@ pub fn recv_rounds<R: Read>(r: &mut R, t: &Tracee, pre: &Image, kept: &[(u64, u6
 }
 
 /// A round's runs come from the sender: each must be page-aligned and lie
-/// inside one region of the first round's layout whose pages travel one
-/// by one, and all of them together no bigger than those regions.
+/// inside the regions of the first round's layout whose writes are tracked
+/// (a run may span regions that touch), and all of them together be no
+/// bigger than those regions.
 fn check_delta(runs: &[(u64, u64)], pre: &Image) -> Result<(), WireError> {
-    let room: u64 = pre.regions.iter().filter(|q| tracked_region(q)).map(|q| q.end - q.start).sum();
+    let regions: Vec<(u64, u64)> = pre.regions.iter().filter(|q| tracked_region(q)).map(|q| (q.start, q.end)).collect();
+    let tracked = spans::union(&regions, &[]);
+    let room: u64 = tracked.iter().map(|s| s.1 - s.0).sum();
     let mut total = 0u64;
     for &(a, l) in runs {
-        let inside = pre
-            .regions
-            .iter()
-            .any(|q| tracked_region(q) && a >= q.start && a.checked_add(l).is_some_and(|e| e <= q.end));
+        let inside = a.checked_add(l).is_some_and(|e| tracked.iter().any(|&(s, t)| a >= s && e <= t));
         if l == 0 || a % image::PAGE != 0 || l % image::PAGE != 0 || !inside {
             return Err(WireError::Malformed(format!("pre-copy round run {a:#x}+{l:#x} outside the layout")));
         }

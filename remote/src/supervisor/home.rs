@@ -48,13 +48,16 @@ fn precopy(
     };
     let (tx, rx) = std::sync::mpsc::channel();
     *flags.pre_answers.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
-    let answer = |what: &str| -> Result<Msg, crate::GuestError> {
+    // Home answers the offer whatever happens to the process meanwhile (and
+    // then expects the pre-copy, or word that it ended); the answer to the
+    // pre-copy is not waited for once the process has ended.
+    let answer = |what: &str, until_exit: bool| -> Result<Msg, crate::GuestError> {
         let until = std::time::Instant::now() + ANSWER_WAIT;
         loop {
             match rx.recv_timeout(std::time::Duration::from_millis(50)) {
                 Ok(m) => return Ok(m),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-                    if std::time::Instant::now() < until && !flags.exited.load(Ordering::SeqCst) => {}
+                    if std::time::Instant::now() < until && !(until_exit && flags.exited.load(Ordering::SeqCst)) => {}
                 Err(_) => return Err(crate::GuestError::Refused(format!("home did not answer the {what}"))),
             }
         }
@@ -74,7 +77,7 @@ fn precopy(
         _ => Vec::new(),
     };
     send(&mut ctl, &offer)?;
-    let reopen = match answer("offer")? {
+    let reopen = match answer("offer", false)? {
         Msg::OfferOk { reopen } => reopen,
         Msg::Refused { reason } => return Err(crate::GuestError::Refused(reason)),
         m => return Err(wire::WireError::Unexpected(format!("{m:?} instead of an answer to the offer")).into()),
@@ -106,7 +109,7 @@ fn precopy(
     let dirty = flags.dirty.lock().unwrap_or_else(|p| p.into_inner()).take();
     let pre = transfer::send_precopy(&mut ctl, gpid, pre, image::ReadMode::Pinned, dirty)?;
     drop(held);
-    let r = match answer("pre-copy") {
+    let r = match answer("pre-copy", true) {
         Ok(Msg::PreOk) => Ok(()),
         Ok(Msg::RestoreFailed { reason } | Msg::Refused { reason }) => Err(crate::GuestError::Refused(reason)),
         Ok(m) => Err(wire::WireError::Unexpected(format!("{m:?} instead of an answer to the pre-copy")).into()),
@@ -123,6 +126,7 @@ fn precopy(
         ms = started.elapsed().as_secs_f64() * 1e3,
         bytes = pre.image.data_bytes(),
         rounds = ?pre.round_bytes,
+        round_ms = ?pre.round_ms,
         tracked = pre.tracked(),
         "pre-copy home laid out"
     );

@@ -416,7 +416,7 @@ pub(super) fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>,
     let mut reported = std::time::Instant::now();
     loop {
         if flags.done.load(Ordering::SeqCst) {
-            return;
+            return answer_pre_copy(&mut ctl, &flags);
         }
         // What the guest uses, once a second, for home's balancer.
         if !home_gone && reported.elapsed() >= std::time::Duration::from_secs(1) {
@@ -478,7 +478,7 @@ pub(super) fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>,
                 wake();
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            return;
+            return answer_pre_copy(&mut ctl, &flags);
         }
         if rev[0] != 0 {
             match wire::recv(&mut ctl) {
@@ -561,6 +561,30 @@ pub(super) fn helper(mut ctl: Link, mut out: Link, gpid: i32, flags: Arc<Flags>,
                     }
                 }
             }
+        }
+    }
+}
+
+/// The guest is gone (or home) while a pre-copy home still runs: home's
+/// answers to it are still handed over, so that it ends in step with home
+/// (it tells home the process ended in place of its pages).
+fn answer_pre_copy(ctl: &mut Link, flags: &Flags) {
+    while matches!(*flags.pre.lock().unwrap_or_else(|p| p.into_inner()), super::home::Pre::Running) {
+        match sys::poll(&[(ctl.as_raw_fd(), libc::POLLIN)], 20) {
+            Ok(r) if r[0] & libc::POLLIN != 0 => {}
+            Ok(r) if r[0] != 0 => return,
+            _ => continue,
+        }
+        match wire::recv(ctl) {
+            Ok(Frame::Msg(
+                m @ (Msg::OfferOk { .. } | Msg::Refused { .. } | Msg::PreOk | Msg::RestoreFailed { .. }),
+            )) => {
+                if let Some(tx) = flags.pre_answers.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    let _ = tx.send(m);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
         }
     }
 }

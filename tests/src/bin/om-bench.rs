@@ -476,8 +476,8 @@ fn longest_gap(out: &std::path::Path, from: u64, to: u64) -> f64 {
 /// logs, for each size and write rate, out, 2 -> 3 and home; and the
 /// longest gap it sees natively over as long (the machine's own noise).
 fn pause(c: &Cluster, quick: bool) {
-    println!("| size | writes | move | program's longest pause | freeze om logs | native longest gap (same run) |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| size | writes | move | program's longest pause | freeze om logs | native longest gap (same run) | pre-copy rounds | whole move / one send of its memory |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let sizes: &[usize] = if quick { &[64] } else { &[64, 512, 2048] };
     for &mib in sizes {
         for rate in ["0", "100", "max"] {
@@ -502,13 +502,47 @@ fn pause(c: &Cluster, quick: bool) {
                 // Gaps are printed once the program runs again.
                 std::thread::sleep(Duration::from_millis(700));
                 let gap = longest_gap(&c.path(&out), from, wall_ns());
-                let logged = c
-                    .log(node)
+                let log = c.log(node);
+                let logged = log
                     .rsplit(key)
                     .next()
                     .and_then(|s| s.split_whitespace().next())
                     .and_then(|v| v.parse::<f64>().ok())
                     .unwrap_or(f64::NAN);
+                // The pre-copy's rounds, and the whole move against its
+                // first round (one send of all the memory): out, from the
+                // start to Resumed; from a node, the pre-copy plus the freeze.
+                let what_line = if to == "2" { "pre-copied" } else { "pre-copy home laid out" };
+                let field = |line: &str, k: &str| -> Option<String> {
+                    let at = line.find(&format!(" {k}="))? + k.len() + 2;
+                    let rest = &line[at..];
+                    let end =
+                        if rest.starts_with('[') { rest.find(']')? + 1 } else { rest.find(' ').unwrap_or(rest.len()) };
+                    Some(rest[..end].to_string())
+                };
+                let pre_line = log.lines().rev().find(|l| l.contains(what_line)).unwrap_or_default();
+                let rounds = field(pre_line, "rounds").unwrap_or_default();
+                let first_ms: f64 = field(pre_line, "round_ms")
+                    .and_then(|v| {
+                        v.trim_matches(|c| c == '[' || c == ']').split(", ").next().and_then(|x| x.parse().ok())
+                    })
+                    .unwrap_or(f64::NAN);
+                let whole_ms = if to == "2" {
+                    log.lines()
+                        .rev()
+                        .find(|l| l.contains(" migrated "))
+                        .and_then(|l| field(l, "total_ms"))
+                        .and_then(|v| v.parse().ok())
+                } else {
+                    field(pre_line, "ms").and_then(|v| v.parse::<f64>().ok()).map(|m| m + logged)
+                }
+                .unwrap_or(f64::NAN);
+                let mib_rounds: Vec<String> = rounds
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .split(", ")
+                    .filter_map(|b| b.parse::<f64>().ok())
+                    .map(|b| format!("{:.1}", b / 1048576.0))
+                    .collect();
                 let what = match to {
                     "2" => "out",
                     "3" => "2 -> 3",
@@ -519,7 +553,11 @@ fn pause(c: &Cluster, quick: bool) {
                     "max" => "as fast as it can".to_string(),
                     r => format!("{r} MB/s"),
                 };
-                println!("| {mib} MiB | {writes} | {what} | {gap:.0} ms | {logged:.0} ms | {native:.0} ms |");
+                println!(
+                    "| {mib} MiB | {writes} | {what} | {gap:.0} ms | {logged:.0} ms | {native:.0} ms | {} MiB | {:.2}x |",
+                    mib_rounds.join(", "),
+                    whole_ms / first_ms
+                );
             }
             let _ = p.kill();
             let _ = p.wait();

@@ -169,6 +169,17 @@ mod tests {
         assert_eq!(d.take(&range).expect("scan"), vec![], "armed again");
         tell(4);
         assert_eq!(d.take(&range).expect("scan"), vec![(mem + 4 * PAGE, PAGE)]);
+        // Written by another process (as the supervisor writes a forwarded
+        // call's results): seen too.
+        sys::process_vm_writev(child.id() as i32, &[9], &[(mem + 7 * PAGE, 1)]).expect("process_vm_writev");
+        assert_eq!(d.take(&range).expect("scan"), vec![(mem + 7 * PAGE, PAGE)], "a write by process_vm_writev");
+        // And through /proc/PID/mem.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(format!("/proc/{}/mem", child.id())).expect("mem");
+            f.write_all_at(&[9], mem + 9 * PAGE).expect("write mem");
+        }
+        assert_eq!(d.take(&range).expect("scan"), vec![(mem + 9 * PAGE, PAGE)], "a write through /proc/PID/mem");
         // Memory that is not tracked counts as written whole.
         let other = [(mem + PAGES * PAGE, PAGE)];
         assert_eq!(d.take(&other).expect("scan"), other.to_vec());

@@ -117,21 +117,37 @@ impl PreCopy {
 }
 
 /// Read the pages of `runs` of `pid` and send them in `CHUNK` batches,
-/// then `PagesDone`; `each` sees every page sent (address, bytes). A piece
-/// that cannot be read (unmapped meanwhile) is sent as zeroes.
+/// then `PagesDone`; `each` sees every page sent (address, bytes). A page
+/// that cannot be read (unmapped meanwhile) is sent as zeroes and listed in
+/// the result (as [start, end) spans), with the bytes sent: it was not sent.
 fn send_runs<W: Write>(
     w: &mut W,
     pid: i32,
     runs: impl Iterator<Item = (u64, usize)>,
     mode: ReadMode,
     each: &mut dyn FnMut(u64, &[u8]),
-) -> Result<u64, WireError> {
+) -> Result<(u64, Vec<(u64, u64)>), WireError> {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
+    let mut unread = Vec::new();
+    let page = image::PAGE as usize;
     for batch in image::batch_runs(runs, CHUNK) {
         let n: usize = batch.iter().map(|r| r.1).sum();
         if image::read_pages(pid, &batch, &mut buf[..n], mode).is_err() {
-            buf[..n].fill(0);
+            // Page by page: only what cannot be read is left out.
+            let mut off = 0;
+            for &(a, l) in &batch {
+                for k in 0..l.div_ceil(page) {
+                    let len = page.min(l - k * page);
+                    let at = a + (k * page) as u64;
+                    let piece = &mut buf[off + k * page..off + k * page + len];
+                    if image::read_pages(pid, &[(at, len)], piece, mode).is_err() {
+                        piece.fill(0);
+                        unread.push((at, at + len as u64));
+                    }
+                }
+                off += l;
+            }
         }
         let mut off = 0;
         for &(a, l) in &batch {
@@ -144,7 +160,7 @@ fn send_runs<W: Write>(
         total += n as u64;
     }
     wire::send(w, &Msg::PagesDone)?;
-    Ok(total)
+    Ok((total, unread))
 }
 
 /// Pre-copy the running process `pid`: its layout and pages, then (with
@@ -173,13 +189,15 @@ pub fn send_precopy<W: Write>(
         // Pages of untracked regions are hashed as they are sent.
         let untracked: Vec<(u64, u64)> =
             img.regions.iter().filter(|r| tracked.is_none() || !tracked_region(r)).map(|r| (r.start, r.end)).collect();
+        let verify = std::env::var_os("OM_VERIFY_TRACKING").is_some();
         let mut each = |a: u64, page: &[u8]| {
-            if untracked.iter().any(|&(s, e)| a >= s && a < e) {
+            if verify || untracked.iter().any(|&(s, e)| a >= s && a < e) {
                 hashes.insert(a, xxhash_rust::xxh3::xxh3_64(page));
             }
         };
         send_runs(w, pid, img.runs(), mode, &mut each)?
     };
+    let (first, unread) = first;
     if let Some(t) = &mut tracked {
         let runs: Vec<(u64, u64)> = img
             .regions
@@ -189,7 +207,9 @@ pub fn send_precopy<W: Write>(
                 r.runs.iter().map(move |&(f, n)| (r.start + f * image::PAGE, r.start + (f + n) * image::PAGE))
             })
             .collect();
-        t.sent = spans::union(&runs, &[]);
+        // A page that could not be read was not sent (it reads as sent
+        // but absent at the freeze, and travels then).
+        t.sent = spans::minus(&spans::union(&runs, &[]), &spans::union(&unread, &[]));
     }
     let mut round_bytes = vec![first];
     let mut round_ms = vec![started.elapsed().as_secs_f64() * 1e3];
@@ -210,9 +230,15 @@ pub fn send_precopy<W: Write>(
                 break;
             }
             wire::send(w, &Msg::PreDelta { runs: written.clone() })?;
-            send_runs(w, pid, written.iter().map(|&(a, l)| (a, l as usize)), mode, &mut |_, _| {})?;
+            let verify = std::env::var_os("OM_VERIFY_TRACKING").is_some();
+            let (_, unread) =
+                send_runs(w, pid, written.iter().map(|&(a, l)| (a, l as usize)), mode, &mut |a, page| {
+                    if verify {
+                        hashes.insert(a, xxhash_rust::xxh3::xxh3_64(page));
+                    }
+                })?;
             let spans: Vec<(u64, u64)> = written.iter().map(|&(a, l)| (a, a + l)).collect();
-            t.sent = spans::union(&t.sent, &spans);
+            t.sent = spans::minus(&spans::union(&t.sent, &spans), &spans::union(&unread, &[]));
             round_bytes.push(bytes);
             round_ms.push(started.elapsed().as_secs_f64() * 1e3);
             prev = bytes;
@@ -261,6 +287,24 @@ pub fn prune(pid: i32, img: &mut Image, pre: &mut PreCopy, mode: ReadMode) -> st
         let had: u64 = spans::union(&present, &sent).iter().map(|s| s.1 - s.0).sum();
         let kept: u64 = keep.iter().map(|s| s.1 - s.0).sum();
         skipped += had.saturating_sub(kept) / image::PAGE;
+        if std::env::var_os("OM_VERIFY_TRACKING").is_some() {
+            let skipped_spans = spans::minus(&spans::union(&present, &sent), &keep);
+            let mut buf = vec![0u8; image::PAGE as usize];
+            for &(a, e) in &skipped_spans {
+                for p in (a..e).step_by(image::PAGE as usize) {
+                    if image::read_pages(pid, &[(p, image::PAGE as usize)], &mut buf, mode).is_ok()
+                        && pre.hashes.get(&p) != Some(&xxhash_rust::xxh3::xxh3_64(&buf))
+                    {
+                        tracing::error!(
+                            page = format!("{p:#x}"),
+                            region = format!("{lo:#x}-{hi:#x}"),
+                            kind = ?r.kind,
+                            "tracking missed a write (OM_VERIFY_TRACKING)"
+                        );
+                    }
+                }
+            }
+        }
         r.runs = keep.iter().map(|&(a, e)| ((a - lo) / image::PAGE, (e - a) / image::PAGE)).collect();
     }
     if !untracked.is_empty() {

@@ -411,6 +411,10 @@ fn memory_changing_during_precopy_arrives_intact() {
     assert!(wait_child(&mut p, T).success(), "{}", c.logs());
     check_counter(&wait_lines(&c.path("fast.out"), 600, T), pid);
     assert!(c.log(1).contains("resent_bytes"), "no pre-copy happened");
+    // Its writes were tracked both ways (else the freeze falls back to
+    // comparing hashes of every page).
+    assert!(c.log(1).contains("tracked=true"), "writes not tracked at home\n{}", c.logs());
+    assert!(c.log(2).contains("tracked=true"), "writes not tracked on node 2\n{}", c.logs());
 }
 
 /// The `at_ns` of every log line with `what` in it.

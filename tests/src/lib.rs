@@ -232,6 +232,10 @@ impl Cluster {
             .stdout(Stdio::piped())
             .spawn()
             .expect("om-exec");
+        // A test that waits for a line that never comes fails, with its
+        // logs, instead of hanging the suite: the program is killed after
+        // 5 minutes, which ends its output.
+        watchdog(p.id(), Duration::from_secs(300));
         let mut out = std::io::BufReader::new(p.stdout.take().expect("stdout"));
         let mut line = String::new();
         out.read_line(&mut line).expect("first line");
@@ -301,6 +305,21 @@ pub fn wait_lines(path: &Path, n: usize, timeout: Duration) -> Vec<String> {
         assert!(t0.elapsed() < timeout, "{} has {} lines, waited for {n}: {text}", path.display(), lines.len());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Kill process `pid` (a child of this test, not yet waited for) if it
+/// still runs after `after`.
+pub fn watchdog(pid: u32, after: Duration) {
+    let Ok(fd) = om_runtime::sys::pidfd_open(pid as i32, 0) else { return };
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let ended = om_runtime::sys::poll(&[(fd.as_raw_fd(), libc::POLLIN)], after.as_millis() as i32)
+            .map_or(true, |r| r[0] != 0);
+        if !ended {
+            let _ = writeln!(std::io::stderr(), "process {pid} still runs after {after:?}: killing it");
+            let _ = om_runtime::sys::kill(pid as i32, libc::SIGKILL);
+        }
+    });
 }
 
 /// Wait for a child with a deadline; its exit status.

@@ -1469,12 +1469,13 @@ fn capture_regions_by(
         // Pages come in order: their runs are built as they come.
         let mut want: Vec<(u64, u64)> = Vec::new();
         let mut guard: Vec<(u64, u64)> = Vec::new();
-        let add = |runs: &mut Vec<(u64, u64)>, i: u64| match runs.last_mut() {
-            Some((f, n)) if *f + *n == i => *n += 1,
-            _ => runs.push((i, 1)),
+        let add = |runs: &mut Vec<(u64, u64)>, i: u64, n: u64| match runs.last_mut() {
+            Some((f, k)) if *f + *k == i => *k += n,
+            _ => runs.push((i, n)),
         };
         // The fast way: the kernel's ranges of present, swapped and guard
         // pages (PAGEMAP_SCAN); else page by page below.
+        let mut scanned = false;
         if scan && !file_backed_copy {
             let mut ranges = Vec::new();
             let want_cats = sys::PAGE_IS_PRESENT | sys::PAGE_IS_SWAPPED | sys::PAGE_IS_GUARD;
@@ -1483,37 +1484,23 @@ fn capture_regions_by(
                 for (a, l, c) in ranges {
                     let (f, n) = ((a - m.start) / PAGE, l / PAGE);
                     let (present, swapped) = (c & sys::PAGE_IS_PRESENT != 0, c & sys::PAGE_IS_SWAPPED != 0);
-                    let runs = if c & sys::PAGE_IS_GUARD != 0 {
-                        &mut guard
-                    } else {
-                        let travels = match kind {
-                            RegionKind::File { .. } => present && c & sys::PAGE_IS_FILE == 0,
-                            _ => present || swapped,
-                        };
-                        if !travels {
-                            continue;
-                        }
-                        &mut want
+                    if c & sys::PAGE_IS_GUARD != 0 {
+                        add(&mut guard, f, n);
+                        continue;
+                    }
+                    let travels = match kind {
+                        RegionKind::File { .. } => present && c & sys::PAGE_IS_FILE == 0,
+                        _ => present || swapped,
                     };
-                    match runs.last_mut() {
-                        Some((g, k)) if *g + *k == f => *k += n,
-                        _ => runs.push((f, n)),
+                    if travels {
+                        add(&mut want, f, n);
                     }
                 }
-                out.push(Region {
-                    start: m.start,
-                    end: m.end,
-                    prot: prot_of(m),
-                    kind,
-                    runs: want,
-                    guards: guard,
-                    attrs: attrs.get(&m.start).copied().unwrap_or(0),
-                });
-                continue;
+                scanned = true;
             }
         }
         let mut first = 0u64;
-        while first < npages {
+        while !scanned && first < npages {
             let n = SLICE.min(npages - first);
             let raw = &mut raw[..(n * 8) as usize];
             pagemap.read_exact_at(raw, (m.start / PAGE + first) * 8)?;
@@ -1524,7 +1511,7 @@ fn capture_regions_by(
                 let swapped = e & (1 << 62) != 0;
                 let file_page = e & (1 << 61) != 0;
                 if e & PM_GUARD_REGION != 0 {
-                    add(&mut guard, i);
+                    add(&mut guard, i, 1);
                     continue;
                 }
                 let travels = match kind {
@@ -1535,7 +1522,7 @@ fn capture_regions_by(
                     _ => present || swapped,
                 };
                 if travels {
-                    add(&mut want, i);
+                    add(&mut want, i, 1);
                 }
             }
             first += n;

@@ -276,8 +276,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
     let mut pre = image::pre_image(pid, &same)
         .map_err(|e| err("pre-copy", format!("cannot read process {pid}'s memory: {e}")))?;
     if gang.together() {
-        image::keep_owned(&mut pre, pid, &gang.members)
-            .map_err(|why| err("checks", format!("process {pid} cannot migrate: {why}")))?;
+        image::keep_no_shared(&mut pre).map_err(|why| err("checks", format!("process {pid} cannot migrate: {why}")))?;
     }
     // Rounds of what it writes meanwhile follow the first copy, while they
     // shrink (userfaultfd write tracking; without it, the freeze compares
@@ -338,6 +337,7 @@ fn migrate_out(plan: &Plan) -> Result<Away, MoveError> {
         image::keep_owned(&mut cap.image, pid, &gang.members)
             .map_err(|why| err("checks", format!("process {pid} cannot migrate: {why}")))?;
     }
+    transfer::log_shared(pid, &cap.image, "captured");
     match transfer::prune(pid, &mut cap.image, &mut sent, image::ReadMode::Unpinned) {
         Ok(skipped) => tracing::info!(
             seized_ms,
@@ -1183,23 +1183,17 @@ impl Away {
             Ok(at as u64)
         };
         // Shared memory: the object the process's fds still hold here, if
-        // any (so fd and mapping show the same bytes again), emptied for
-        // the pages that come; for a gang, made once here and handed to
-        // each placeholder.
+        // any (so fd and mapping show the same bytes again; the layout
+        // punches what the image lacks); for a gang, made once here and
+        // handed to each placeholder.
         let object = |t: &mut Tracee, scratch: u64, r: &image::Region| -> om_runtime::ptrace::Result<Option<u64>> {
-            let image::RegionKind::Shared { home, size, memfd, sysv: None, .. } = &r.kind else { return Ok(None) };
+            let image::RegionKind::Shared { home, memfd, sysv: None, .. } = &r.kind else { return Ok(None) };
             let ioe =
                 |e: std::io::Error| om_runtime::ptrace::TraceError::Io { pid: t.pid, what: "shared memory", source: e };
             let existing = || if *home == 0 { None } else { sys::held_object(*home, memfd.as_deref()) };
             let f = match gang {
                 Some(m) => m.object_or(r, existing).map_err(ioe)?,
-                None => match existing() {
-                    Some(f) => {
-                        rsys::punch_all(&f, *size).map_err(ioe)?;
-                        Some(f)
-                    }
-                    None => None,
-                },
+                None => existing(),
             };
             let Some(f) = f else { return Ok(None) };
             let at = gang_fd.get();
@@ -1254,6 +1248,7 @@ impl Away {
         *phase = Phase::AllRead;
         let rs = rs_out.as_ref().ok_or(Step::Home("finishing", "no layout".into()))?;
         image::restore_finish(t, &img, Target::Parked, rs, Some(&cwd)).map_err(home("finishing the rebuild"))?;
+        transfer::log_shared(pid, &img, "rebuilt");
         // Every other thread was parked here under its home tid.
         for th in &img.threads[1..] {
             if !self.threads.contains(&th.tid) {

@@ -264,6 +264,7 @@ fn rebuild(
     let bytes = transfer::recv_pages(stream, &t, &img)?;
     let t2 = std::time::Instant::now();
     image::restore_finish(&mut t, &img, Target::Fresh, &rs, Some("/"))?;
+    transfer::log_shared(t.pid, &img, "rebuilt");
     let t3 = std::time::Instant::now();
     // Which pages it writes here is tracked from now on (for a pre-copy
     // home that converges): the userfaultfd is made inside it before its

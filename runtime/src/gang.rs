@@ -198,8 +198,11 @@ impl Member {
         self.object_or(r, || None)
     }
 
-    /// [`Member::object`], taking the object `existing` gives (emptied
-    /// first: the owner's pages fill it) when there is one.
+    /// [`Member::object`], taking the object `existing` gives when there is
+    /// one. It is not emptied here: a member's pre-copy, laid out while the
+    /// others run, leaves it be, and the owner's final image punches what
+    /// it lacks as it fills it (so a member that ends on its way, or comes
+    /// late, changes nothing).
     pub fn object_or(
         &self,
         r: &crate::image::Region,
@@ -209,10 +212,7 @@ impl Member {
         let mut objects = self.gang.objects.lock().unwrap_or_else(|p| p.into_inner());
         if !objects.contains_key(id) {
             let f = match (existing(), memfd) {
-                (Some(f), _) => {
-                    crate::sys::punch_all(&f, *size)?;
-                    f
-                }
+                (Some(f), _) => f,
                 (None, Some(name)) => std::fs::File::from(crate::sys::memfd(name)?),
                 (None, None) => crate::sys::shmem_anon(*size)?,
             };

@@ -1598,13 +1598,28 @@ fn shared_region(pid: i32, m: &MapLine, attrs: &HashMap<u64, u32>) -> std::io::R
 /// the shared memory objects it owns ([`crate::gang::owns`]): the owner's
 /// pages fill the one object every member maps where the gang arrives.
 /// A sealed memfd shared in a gang is refused (its seals would be lost).
+/// Only in an image read once every member is frozen (a final image): the
+/// owner's pages then hold what every member sees.
 pub fn keep_owned(img: &mut Image, pid: i32, gang: &[i32]) -> std::result::Result<(), String> {
+    keep_shared_where(img, |id, sysv| crate::gang::owns(pid, gang, sysv.map_or(id, |s| s as u64)))
+}
+
+/// In a gang member's pre-copy: no shared memory object's pages. Members'
+/// pre-copies are laid out one by one while the others still run (and one
+/// may end before its freeze and never send more), so none of them may
+/// write an object the gang shares, or empty it: the owner's final image,
+/// read once every member is frozen, fills it ([`keep_owned`]).
+pub fn keep_no_shared(img: &mut Image) -> std::result::Result<(), String> {
+    keep_shared_where(img, |_, _| false)
+}
+
+fn keep_shared_where(img: &mut Image, keep: impl Fn(u64, Option<i32>) -> bool) -> std::result::Result<(), String> {
     for r in img.regions.iter_mut() {
         let RegionKind::Shared { id, seals, sysv, owner, .. } = &mut r.kind else { continue };
         if *seals != 0 && *seals != libc::F_SEAL_SEAL as u32 {
             return Err(format!("it shares a sealed memfd at {:#x} with its gang, which om does not move", r.start));
         }
-        if !crate::gang::owns(pid, gang, sysv.map_or(*id, |s| s as u64)) {
+        if !keep(*id, *sysv) {
             *owner = false;
             r.runs.clear();
         }
@@ -2127,7 +2142,12 @@ impl Mapper<'_> {
                     s
                 }
             };
-            return map_shared(t, r.start, len, prot, *offset, &made);
+            map_shared(t, r.start, len, prot, *offset, &made)?;
+            // An object given (home's, or a gang's) holds what others left.
+            if made.fd.is_some() && fills_object(r) {
+                punch_holes(t, r, self.made_writable)?;
+            }
+            return Ok(());
         }
         map_region(t, r, self.file_fds, self.path_at, self.made_writable, self.opener)
     }
@@ -2339,9 +2359,63 @@ pub fn same_region(a: &Region, b: &Region) -> bool {
     a.start == b.start
         && a.end == b.end
         && a.prot == b.prot
-        && a.kind == b.kind
+        && same_kind(&a.kind, &b.kind)
         && a.guards == b.guards
         && a.kind != RegionKind::Heap
+}
+
+/// Same kind of mapping; whether an image fills a shared object
+/// (`owner`) does not change the mapping (a gang's pre-copy never does).
+fn same_kind(a: &RegionKind, b: &RegionKind) -> bool {
+    let unowned = |k: &RegionKind| {
+        let mut k = k.clone();
+        if let RegionKind::Shared { owner, .. } = &mut k {
+            *owner = false;
+        }
+        k
+    };
+    match (a, b) {
+        (RegionKind::Shared { .. }, RegionKind::Shared { .. }) => unowned(a) == unowned(b),
+        _ => a == b,
+    }
+}
+
+/// Whether image region `r` fills a shared memory object (its pages are
+/// the object's, and what it lacks is a hole there).
+fn fills_object(r: &Region) -> bool {
+    matches!(r.kind, RegionKind::Shared { owner: true, .. })
+}
+
+/// Region `r` fills a shared memory object that may hold other pages (the
+/// object at home, or a gang's, laid out by members that do not fill it):
+/// each page the image lacks becomes a hole, as where it was read. A SysV
+/// segment attached read-only cannot be written, nor have changed away.
+fn punch_holes(t: &mut Tracee, r: &Region, made: &mut Vec<(u64, u64, u32)>) -> Result<()> {
+    if is_sysv(r) && r.prot & libc::PROT_WRITE as u32 == 0 {
+        return Ok(());
+    }
+    let len = r.end - r.start;
+    if r.prot & libc::PROT_WRITE as u32 == 0 && !made.iter().any(|&(s, l, _)| s == r.start && l == len) {
+        t.syscall_ok(
+            "mprotect",
+            libc::SYS_mprotect,
+            [r.start, len, (r.prot | libc::PROT_WRITE as u32) as u64, 0, 0, 0],
+        )?;
+        made.push((r.start, len, r.prot));
+    }
+    let npages = len / PAGE;
+    let mut at = 0u64;
+    for &(first, n) in r.runs.iter().chain(std::iter::once(&(npages, 0))) {
+        if first > at {
+            t.syscall_ok(
+                "madvise(MADV_REMOVE)",
+                libc::SYS_madvise,
+                [r.start + at * PAGE, (first - at) * PAGE, libc::MADV_REMOVE as u64, 0, 0, 0],
+            )?;
+        }
+        at = first + n;
+    }
+    Ok(())
 }
 
 /// Phase 1 again, after a pre-copy: the target already holds `pre`'s layout
@@ -2403,6 +2477,11 @@ pub fn restore_layout_again(
                 let was_writable = q.prot & libc::PROT_WRITE as u32 != 0 || !q.runs.is_empty();
                 if !was_writable {
                     make_writable(t, r, &mut still_writable)?;
+                }
+                // A gang member's pre-copy left its object as it was: the
+                // final image fills it.
+                if fills_object(r) && !fills_object(q) {
+                    punch_holes(t, r, &mut still_writable)?;
                 }
             }
             None => {

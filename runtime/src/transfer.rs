@@ -48,6 +48,32 @@ pub fn answer_offer(files: &[(String, FileId)], vdso_hash: u64, vdso_len: u64, x
 }
 
 /// Send the image header and every page of `pid` it lists, then `PagesDone`.
+/// With OM_VERIFY_TRACKING in omd's environment: what each shared memory
+/// region of `pid` holds now, logged where a move captures it and where it
+/// is rebuilt, so a lost write shows which hop lost it.
+pub fn log_shared(pid: i32, img: &Image, what: &str) {
+    if std::env::var_os("OM_VERIFY_TRACKING").is_none() {
+        return;
+    }
+    for r in &img.regions {
+        let image::RegionKind::Shared { id, owner, .. } = &r.kind else { continue };
+        let len = ((r.end - r.start) as usize).min(64 << 20);
+        let mut buf = vec![0u8; len];
+        let digest = image::read_pages(pid, &[(r.start, len)], &mut buf, ReadMode::Pinned)
+            .map(|_| format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&buf)));
+        tracing::info!(
+            what,
+            pid,
+            start = format!("{:#x}", r.start),
+            id,
+            owner,
+            runs = r.runs.len(),
+            ?digest,
+            "shared memory (OM_VERIFY_TRACKING)"
+        );
+    }
+}
+
 pub fn send_image<W: Write>(w: &mut W, pid: i32, img: &Image, mode: ReadMode) -> Result<u64, WireError> {
     wire::send(w, &Msg::Image(Box::new(img.clone())))?;
     let mut buf = vec![0u8; CHUNK];

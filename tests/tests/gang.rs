@@ -73,8 +73,8 @@ fn a_parent_and_child_sharing_a_counter_move_out_across_and_home_together() {
 /// Python multiprocessing: a parent and two workers (forked) add into a
 /// shared `Array` under a `Lock` (an arena file in /dev/shm, mapped and
 /// held open by every process, and a POSIX semaphore). Moved as one gang
-/// to node 2 and on to 3 while they work, they finish with the result they
-/// give natively (the parent's join brings the gang home).
+/// to node 2 and on to 3 while they work, they finish with the exact sums
+/// a native run prints (the parent's join brings the gang home).
 #[test]
 fn python_multiprocessing_with_a_shared_array_and_lock_moves_as_a_gang() {
     let c = Cluster::start(3);
@@ -94,8 +94,11 @@ fn python_multiprocessing_with_a_shared_array_and_lock_moves_as_a_gang() {
     let python = std::process::Command::new("sh").args(["-c", "command -v python3"]).output().expect("sh");
     let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
     assert!(!python.is_empty(), "python3 is needed (apt-get install python3)");
-    let n = "1000000";
-    let native = std::process::Command::new(&python).arg(&script).arg(n).output().expect("native run");
+    // Long enough (about 15 s alone here) that no worker ends before the
+    // second move, even on a loaded machine.
+    let n = 3_000_000u64;
+    let native = format!("started\nexit codes [0, 0]\nsum {} [{q}, {q}, {q}, {q}]\n", 3 * n, q = 3 * n / 4);
+    let n = &n.to_string();
     let mut p = c.om_exec(1, std::path::Path::new(&python), &[script.to_str().expect("path"), n], "mp.out");
     wait_lines(&c.path("mp.out"), 1, T);
     let parent = p.id();
@@ -118,5 +121,5 @@ fn python_multiprocessing_with_a_shared_array_and_lock_moves_as_a_gang() {
     let st = wait_child(&mut p, T);
     assert!(st.success(), "{st:?}\n{}", c.logs());
     let got = std::fs::read_to_string(c.path("mp.out")).expect("output");
-    assert_eq!(got, String::from_utf8_lossy(&native.stdout), "{}", c.logs());
+    assert_eq!(got, native, "{}", c.logs());
 }

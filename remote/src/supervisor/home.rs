@@ -88,8 +88,8 @@ fn precopy(
     let same = |p: &str| same_files.iter().any(|q| q == p);
     let pre = image::pre_image(gpid, &same).map_err(crate::GuestError::from).and_then(|mut pre| {
         refs.lock().unwrap_or_else(|p| p.into_inner()).mark(&mut pre);
-        if let Some((_, _, gang)) = attempt {
-            image::keep_owned(&mut pre, gpid, gang).map_err(crate::GuestError::Refused)?;
+        if attempt.is_some() {
+            image::keep_no_shared(&mut pre).map_err(crate::GuestError::Refused)?;
         }
         Ok(pre)
     });
@@ -445,6 +445,7 @@ impl Supervisor {
                 return Err(crate::GuestError::Refused(why));
             }
         }
+        transfer::log_shared(self.gpid, &cap.image, "captured");
         // Home knows the threads by their home ids.
         for th in cap.image.threads.iter_mut() {
             match self.home_tid_of(th.tid) {

@@ -374,17 +374,6 @@ pub fn shmem_anon(size: u64) -> io::Result<std::fs::File> {
     f
 }
 
-/// Empty the first `size` bytes of an open file (punch a hole), keeping its size.
-pub fn punch_all(f: &std::fs::File, size: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    if size == 0 {
-        return Ok(());
-    }
-    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    // SAFETY: fallocate on a valid fd has no memory effects.
-    cvt(unsafe { libc::fallocate(f.as_raw_fd(), mode, 0, size as libc::off_t) } as libc::c_long).map(drop)
-}
-
 /// The seals of a memfd (F_GET_SEALS), or 0 for a file that has none.
 pub fn seals(fd: RawFd) -> u32 {
     // SAFETY: F_GET_SEALS takes no argument and returns an int.

@@ -23,7 +23,16 @@ impl Dirty {
     /// Start tracking the stopped process `t` (every other thread of it
     /// stopped too, so none sees the fd it holds for the moment).
     pub fn start(t: &mut Tracee) -> std::io::Result<Dirty> {
-        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | sys::UFFD_USER_MODE_ONLY;
+        Dirty::start_with(t, false)
+    }
+
+    /// [`Dirty::start`]; with `kernel_faults`, the userfaultfd also sees the
+    /// faults the kernel takes for the process (needed to serve missing
+    /// pages in a post-copy, see `lazy`; only a privileged process may
+    /// make one, as a guest is at its rebuild).
+    pub fn start_with(t: &mut Tracee, kernel_faults: bool) -> std::io::Result<Dirty> {
+        let mode = if kernel_faults { 0 } else { sys::UFFD_USER_MODE_ONLY };
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | mode;
         let fd = t.syscall(libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0]).map_err(std::io::Error::other)?;
         if fd < 0 {
             return Err(std::io::Error::from_raw_os_error(-fd as i32));
@@ -61,6 +70,11 @@ impl Dirty {
     /// The process tracked.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Another fd on the process's userfaultfd (for a post-copy).
+    pub fn uffd(&self) -> std::io::Result<OwnedFd> {
+        self.uffd.try_clone()
     }
 
     /// Track these ranges (each one whole mapping; those tracked already

@@ -11,6 +11,7 @@ pub mod dirty;
 pub mod embed;
 pub mod gang;
 pub mod image;
+pub mod lazy;
 pub mod link;
 pub mod marshal;
 pub mod mon;

@@ -273,6 +273,24 @@ pub enum Msg {
     Wake {
         lane: i32,
     },
+
+    // ---- page link: post-copy (the destination runs the process while
+    // its memory still arrives; see `lazy`)
+    /// Destination -> source: the process waits for the page at `addr`.
+    PageWant {
+        addr: u64,
+    },
+    /// Source -> destination: `len` bytes of memory at `addr` (a data frame
+    /// follows).
+    LazyPages {
+        addr: u64,
+        len: u64,
+    },
+    /// Source -> destination: every page owed was sent.
+    LazyDone,
+    /// Destination -> source: every page owed arrived (the source may let
+    /// its copy go).
+    LazyOk,
 }
 
 /// Write one message frame.

@@ -752,6 +752,96 @@ const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
 const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
 /// userfaultfd() flag: only faults in user mode (allowed unprivileged).
 pub const UFFD_USER_MODE_ONLY: u64 = 1;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+const UFFDIO_UNREGISTER: u64 = 0x8010_AA01;
+const UFFDIO_WAKE: u64 = 0x8010_AA02;
+const UFFDIO_COPY: u64 = 0xC028_AA03;
+const UFFDIO_ZEROPAGE: u64 = 0xC020_AA04;
+/// uffd_msg.event of a page fault.
+pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+
+/// Register [start, start + len) of the userfaultfd's process for missing
+/// page faults (each one waits until answered with [`uffd_copy`] or
+/// [`uffd_zeropage`]).
+pub fn uffd_register_missing(uffd: RawFd, start: u64, len: u64) -> io::Result<()> {
+    let mut reg = [start, len, UFFDIO_REGISTER_MODE_MISSING, 0];
+    // SAFETY: `reg` is a struct uffdio_register (range, mode, ioctls) the
+    // kernel reads and fills.
+    cvt(unsafe { libc::ioctl(uffd, UFFDIO_REGISTER as _, reg.as_mut_ptr()) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Undo every registration of [start, start + len).
+pub fn uffd_unregister(uffd: RawFd, start: u64, len: u64) -> io::Result<()> {
+    let mut range = [start, len];
+    // SAFETY: `range` is a struct uffdio_range the kernel reads.
+    cvt(unsafe { libc::ioctl(uffd, UFFDIO_UNREGISTER as _, range.as_mut_ptr()) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Wake the threads waiting on faults in [start, start + len).
+pub fn uffd_wake(uffd: RawFd, start: u64, len: u64) -> io::Result<()> {
+    let mut range = [start, len];
+    // SAFETY: `range` is a struct uffdio_range the kernel reads.
+    cvt(unsafe { libc::ioctl(uffd, UFFDIO_WAKE as _, range.as_mut_ptr()) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Fill missing pages at `dst` with `src` (whole pages) and wake whoever
+/// waits on them. Returns how many bytes went in before the first page
+/// already there (Ok(src.len()) when all did).
+pub fn uffd_copy(uffd: RawFd, dst: u64, src: &[u8]) -> io::Result<usize> {
+    let mut c = [dst, src.as_ptr() as u64, src.len() as u64, 0, 0];
+    // SAFETY: `c` is a struct uffdio_copy (dst, src, len, mode, copy); the
+    // kernel reads `src.len()` bytes from `src` and writes `copy`.
+    let r = unsafe { libc::ioctl(uffd, UFFDIO_COPY as _, c.as_mut_ptr()) };
+    let copied = c[4] as i64;
+    if r == 0 {
+        return Ok(src.len());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => Ok(copied.max(0) as usize),
+        _ => Err(e),
+    }
+}
+
+/// Map the zero page at the missing pages [start, start + len) and wake
+/// whoever waits on them (a page already there is left alone).
+pub fn uffd_zeropage(uffd: RawFd, start: u64, len: u64) -> io::Result<()> {
+    let mut z = [start, len, 0, 0];
+    // SAFETY: `z` is a struct uffdio_zeropage (range, mode, zeropage).
+    let r = unsafe { libc::ioctl(uffd, UFFDIO_ZEROPAGE as _, z.as_mut_ptr()) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => uffd_wake(uffd, start, len),
+        _ => Err(e),
+    }
+}
+
+/// The next page fault waiting on the userfaultfd (its address, page
+/// aligned), None when none is there now or another event came.
+pub fn uffd_next_fault(uffd: RawFd) -> io::Result<Option<u64>> {
+    let mut msg = [0u8; 32];
+    // SAFETY: reads one struct uffd_msg (32 bytes) into `msg`.
+    let n = unsafe { libc::read(uffd, msg.as_mut_ptr().cast(), msg.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if n as usize != msg.len() || msg[0] != UFFD_EVENT_PAGEFAULT {
+        return Ok(None);
+    }
+    // arg.pagefault: flags (u64) at 8, address (u64) at 16.
+    let addr = u64::from_ne_bytes(msg[16..24].try_into().unwrap_or([0; 8]));
+    Ok(Some(addr & !4095))
+}
 
 /// Enable write-protect tracking without notifications (WP_ASYNC: a write
 /// to a protected page only clears its protection) on a fresh userfaultfd.

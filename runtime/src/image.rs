@@ -2060,7 +2060,6 @@ pub fn restore_layout(
         // Kept: what the image does not hold goes (zero, or the file's
         // page), as in a region mapped afresh; the rest is compared as it
         // is written.
-        let npages = (r.end - r.start) / PAGE;
         if is_sysv(r) && r.prot & libc::PROT_WRITE as u32 == 0 {
             // Attached read-only, it cannot have changed away.
             continue;
@@ -2071,17 +2070,7 @@ pub fn restore_layout(
         }
         // In a SysV segment a page the image lacks is a hole punched in it.
         let advice = if is_sysv(r) { libc::MADV_REMOVE } else { libc::MADV_DONTNEED };
-        let mut at = 0u64;
-        for &(first, n) in r.runs.iter().chain(std::iter::once(&(npages, 0))) {
-            if first > at {
-                t.syscall_ok(
-                    "madvise(MADV_DONTNEED)",
-                    libc::SYS_madvise,
-                    [r.start + at * PAGE, (first - at) * PAGE, advice as u64, 0, 0, 0],
-                )?;
-            }
-            at = first + n;
-        }
+        advise_gaps(t, r, advice)?;
         if r.prot & libc::PROT_WRITE as u32 == 0 {
             make_writable(t, r, &mut made_writable)?;
         }
@@ -2403,14 +2392,19 @@ fn punch_holes(t: &mut Tracee, r: &Region, made: &mut Vec<(u64, u64, u32)>) -> R
         )?;
         made.push((r.start, len, r.prot));
     }
-    let npages = len / PAGE;
+    advise_gaps(t, r, libc::MADV_REMOVE)
+}
+
+/// madvise(`advice`) each run of pages of region `r` its image lacks.
+fn advise_gaps(t: &mut Tracee, r: &Region, advice: i32) -> Result<()> {
+    let npages = (r.end - r.start) / PAGE;
     let mut at = 0u64;
     for &(first, n) in r.runs.iter().chain(std::iter::once(&(npages, 0))) {
         if first > at {
             t.syscall_ok(
-                "madvise(MADV_REMOVE)",
+                "madvise",
                 libc::SYS_madvise,
-                [r.start + at * PAGE, (first - at) * PAGE, libc::MADV_REMOVE as u64, 0, 0, 0],
+                [r.start + at * PAGE, (first - at) * PAGE, advice as u64, 0, 0, 0],
             )?;
         }
         at = first + n;

@@ -398,6 +398,19 @@ mod tests {
         (c, to, from)
     }
 
+    /// A userfaultfd of `dst` that sees kernel faults (root needed), its
+    /// 64 pages registered for missing faults.
+    fn missing_pages(dst: &std::process::Child) -> (crate::dirty::Dirty, OwnedFd) {
+        const A: u64 = 0x7e5a_0000_0000;
+        let mut t = crate::ptrace::Tracee::seize(dst.id() as i32, true).expect("seize (root or ptrace_scope 0 needed)");
+        assert!(t.use_vdso_syscall().expect("vdso"), "no syscall instruction in the vdso");
+        let d = crate::dirty::Dirty::start_with(&mut t, true).expect("a userfaultfd that sees kernel faults (root)");
+        t.detach().expect("detach");
+        let uffd = d.uffd().expect("uffd");
+        sys::uffd_register_missing(uffd.as_raw_fd(), A, 64 * PAGE).expect("register missing pages");
+        (d, uffd)
+    }
+
     /// A process runs with 48 of its pages owed (and 16 its source never
     /// had): each page it reads, and the one the kernel writes for it in a
     /// readv, has its bytes from the source (asked for, or pushed first);
@@ -408,12 +421,7 @@ mod tests {
         const A: u64 = 0x7e5a_0000_0000;
         let (mut src, src_in, _src_out) = python("source");
         let (mut dst, mut dst_in, mut dst_out) = python("dest");
-        let mut t = crate::ptrace::Tracee::seize(dst.id() as i32, true).expect("seize (root or ptrace_scope 0 needed)");
-        assert!(t.use_vdso_syscall().expect("vdso"), "no syscall instruction in the vdso");
-        let d = crate::dirty::Dirty::start_with(&mut t, true).expect("a userfaultfd that sees kernel faults (root)");
-        t.detach().expect("detach");
-        let uffd = d.uffd().expect("uffd");
-        sys::uffd_register_missing(uffd.as_raw_fd(), A, 64 * PAGE).expect("register missing pages");
+        let (d, uffd) = missing_pages(&dst);
         let (here, there) = std::os::unix::net::UnixStream::pair().expect("socketpair");
         let owed = [(A, 48 * PAGE)];
         let fetch =
@@ -446,12 +454,7 @@ mod tests {
     fn a_lost_page_link_is_reported_and_the_waiting_process_can_be_killed() {
         const A: u64 = 0x7e5a_0000_0000;
         let (mut dst, mut dst_in, mut dst_out) = python("dest");
-        let mut t = crate::ptrace::Tracee::seize(dst.id() as i32, true).expect("seize (root or ptrace_scope 0 needed)");
-        assert!(t.use_vdso_syscall().expect("vdso"), "no syscall instruction in the vdso");
-        let d = crate::dirty::Dirty::start_with(&mut t, true).expect("a userfaultfd that sees kernel faults (root)");
-        t.detach().expect("detach");
-        let uffd = d.uffd().expect("uffd");
-        sys::uffd_register_missing(uffd.as_raw_fd(), A, 64 * PAGE).expect("register missing pages");
+        let (d, uffd) = missing_pages(&dst);
         let (here, there) = std::os::unix::net::UnixStream::pair().expect("socketpair");
         let owed = Owed::new(&[(A, 48 * PAGE)]);
         let fetch = Fetching::start(uffd, owed, vec![(A, 64 * PAGE)], here.try_clone().expect("clone"), here);
